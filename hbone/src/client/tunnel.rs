@@ -1,0 +1,89 @@
+//! An open tunnel: the byte stream plus what we learned opening it.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::HeaderMap;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::connection::StreamSlot;
+use crate::identity::SpiffeId;
+use crate::stream::H2Stream;
+
+/// One established CONNECT stream. Reading and writing move tunnelled bytes;
+/// dropping it ends the stream and frees its slot on the pooled connection.
+#[derive(Debug)]
+pub struct Tunnel {
+    stream: H2Stream,
+    peer_identity: SpiffeId,
+    response_headers: HeaderMap,
+    connection_id: u64,
+    _slot: StreamSlot,
+}
+
+impl Tunnel {
+    pub(crate) fn new(
+        stream: H2Stream,
+        peer_identity: SpiffeId,
+        response_headers: HeaderMap,
+        connection_id: u64,
+        slot: StreamSlot,
+    ) -> Self {
+        Tunnel {
+            stream,
+            peer_identity,
+            response_headers,
+            connection_id,
+            _slot: slot,
+        }
+    }
+
+    /// The server's verified SPIFFE identity.
+    pub fn peer_identity(&self) -> &SpiffeId {
+        &self.peer_identity
+    }
+
+    /// Headers of the 200 response (e.g. destination `baggage`).
+    pub fn response_headers(&self) -> &HeaderMap {
+        &self.response_headers
+    }
+
+    /// Which pooled connection carries this stream (for tests and logs).
+    pub fn connection_id(&self) -> u64 {
+        self.connection_id
+    }
+
+    /// Aborts the stream with RST_STREAM.
+    pub fn reset(&mut self, reason: h2::Reason) {
+        self.stream.reset(reason);
+    }
+}
+
+impl AsyncRead for Tunnel {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Tunnel {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,479 @@
+//! The HBONE server (port 15008): mutual TLS, HTTP/2, one CONNECT stream per
+//! tunnelled TCP connection.
+//!
+//! What happens to a CONNECT after it is parsed — authorization, choosing and
+//! dialing the upstream — belongs to an [`InboundHandler`], so ztunnel and the
+//! waypoint plug their own policy in while the wire handling stays here. Bad
+//! input on one stream answers that stream; bad input on a connection closes
+//! that connection; nothing stops the listener.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::cert::WorkloadCertificate;
+use crate::config::HboneConfig;
+use crate::identity::SpiffeId;
+use crate::keepalive;
+use crate::request::{self, ConnectTarget, InboundConnect};
+use crate::stream::H2Stream;
+use crate::tls;
+
+/// A CONNECT that passed wire validation, with everything policy may look at.
+#[derive(Clone, Debug)]
+pub struct InboundRequest {
+    /// The client's verified SPIFFE identity (from its certificate).
+    pub peer_identity: SpiffeId,
+    /// The TCP peer address of the HBONE connection.
+    pub peer_addr: SocketAddr,
+    /// The local address the HBONE connection arrived on.
+    pub local_addr: SocketAddr,
+    /// The parsed request.
+    pub connect: InboundConnect,
+}
+
+/// A handler's refusal: the HTTP status sent back and why.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{status}: {reason}")]
+pub struct Refusal {
+    /// 400, 401 or 503 (istio-wire §2.5).
+    pub status: StatusCode,
+    /// Logged, never sent.
+    pub reason: String,
+}
+
+impl Refusal {
+    /// A refusal with `status`.
+    pub fn new(status: StatusCode, reason: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Decides what a validated CONNECT connects to.
+pub trait InboundHandler: Send + Sync + 'static {
+    /// The upstream byte stream the tunnel is spliced to.
+    type Upstream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// Authorizes and dials. The server answers 200 only after this succeeds.
+    fn open(
+        &self,
+        req: InboundRequest,
+    ) -> impl Future<Output = Result<Self::Upstream, Refusal>> + Send;
+}
+
+/// Authorization hook for [`DirectHandler`]: `Err(reason)` denies with 401.
+pub type PolicyFn = dyn Fn(&InboundRequest) -> Result<(), String> + Send + Sync;
+
+/// Connects to the authority's `IP:port` when that IP is the local address the
+/// tunnel arrived on (istio-wire §2.4), after an optional policy check.
+#[derive(Clone)]
+pub struct DirectHandler {
+    connect_timeout: Duration,
+    policy: Option<Arc<PolicyFn>>,
+}
+
+impl std::fmt::Debug for DirectHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectHandler")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("policy", &self.policy.is_some())
+            .finish()
+    }
+}
+
+impl Default for DirectHandler {
+    fn default() -> Self {
+        DirectHandler {
+            connect_timeout: HboneConfig::default().connect_timeout,
+            policy: None,
+        }
+    }
+}
+
+impl DirectHandler {
+    /// A handler that asks `policy` before connecting.
+    pub fn with_policy(policy: Arc<PolicyFn>) -> Self {
+        DirectHandler {
+            policy: Some(policy),
+            ..Default::default()
+        }
+    }
+}
+
+impl InboundHandler for DirectHandler {
+    type Upstream = TcpStream;
+
+    async fn open(&self, req: InboundRequest) -> Result<TcpStream, Refusal> {
+        let addr = match req.connect.target {
+            ConnectTarget::Addr(a) => a,
+            ConnectTarget::Host { ref host, .. } => {
+                return Err(Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("no service registry to resolve {host}"),
+                ));
+            }
+        };
+        if addr.ip() != req.local_addr.ip() {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "authority {addr} does not match the local address {}",
+                    req.local_addr.ip()
+                ),
+            ));
+        }
+        if let Some(policy) = &self.policy {
+            policy(&req).map_err(|why| Refusal::new(StatusCode::UNAUTHORIZED, why))?;
+        }
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect timed out",
+                )
+            })?
+            .map_err(|e| {
+                Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("upstream connect: {e}"),
+                )
+            })?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}
+
+/// Chooses the server certificate for a connection by the local address it
+/// arrived on (one pod's identity per address in shared mode).
+pub trait ServerTlsSource: Send + Sync + 'static {
+    /// The TLS config to use, or `None` to drop the connection.
+    fn server_config(&self, local_addr: SocketAddr) -> Option<Arc<ServerConfig>>;
+}
+
+/// One certificate for every local address, replaceable at run time (rotation).
+#[derive(Debug)]
+pub struct StaticServerTls {
+    config: RwLock<Arc<ServerConfig>>,
+}
+
+impl StaticServerTls {
+    /// Serves `cert`.
+    pub fn new(cert: &WorkloadCertificate) -> Self {
+        StaticServerTls {
+            config: RwLock::new(tls::server_config(cert)),
+        }
+    }
+
+    /// Swaps in a new certificate; established connections keep theirs.
+    pub fn rotate(&self, cert: &WorkloadCertificate) {
+        let new = tls::server_config(cert);
+        match self.config.write() {
+            Ok(mut g) => *g = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
+        }
+    }
+}
+
+impl ServerTlsSource for StaticServerTls {
+    fn server_config(&self, _local_addr: SocketAddr) -> Option<Arc<ServerConfig>> {
+        Some(match self.config.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        })
+    }
+}
+
+/// Counters a test or the metrics endpoint can read.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// TCP connections accepted.
+    pub connections_accepted: AtomicU64,
+    /// TLS handshakes that failed (bad certificate, garbage, timeout).
+    pub tls_failures: AtomicU64,
+    /// HTTP/2 connections that ended in a protocol or I/O error.
+    pub h2_failures: AtomicU64,
+    /// Connections closed because PINGs went unanswered.
+    pub keepalive_timeouts: AtomicU64,
+    /// CONNECT streams received.
+    pub streams_received: AtomicU64,
+    /// Streams answered 200.
+    pub streams_established: AtomicU64,
+    /// Streams answered with an error status.
+    pub streams_refused: AtomicU64,
+    /// Established streams that ended with an I/O error or reset.
+    pub streams_failed: AtomicU64,
+}
+
+impl ServerStats {
+    fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// The HBONE server.
+pub struct HboneServer<H: InboundHandler> {
+    config: HboneConfig,
+    tls: Arc<dyn ServerTlsSource>,
+    handler: Arc<H>,
+    stats: Arc<ServerStats>,
+    drain_tx: watch::Sender<bool>,
+    next_conn_id: AtomicU64,
+}
+
+impl<H: InboundHandler> std::fmt::Debug for HboneServer<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HboneServer")
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl<H: InboundHandler> HboneServer<H> {
+    /// A server with `config`, certificates from `tls` and streams handled by `handler`.
+    pub fn new(config: HboneConfig, tls: Arc<dyn ServerTlsSource>, handler: H) -> Arc<Self> {
+        let (drain_tx, _) = watch::channel(false);
+        Arc::new(HboneServer {
+            config,
+            tls,
+            handler: Arc::new(handler),
+            stats: Arc::default(),
+            drain_tx,
+            next_conn_id: AtomicU64::new(1),
+        })
+    }
+
+    /// The server's counters.
+    pub fn stats(&self) -> &Arc<ServerStats> {
+        &self.stats
+    }
+
+    /// Starts draining: the accept loop stops and every connection gets a graceful
+    /// GOAWAY; streams in flight go on until they end.
+    pub fn drain(&self) {
+        self.drain_tx.send_replace(true);
+    }
+
+    /// Accepts connections on `listener` until [`drain`](Self::drain) is called.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let mut drain_rx = self.drain_tx.subscribe();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        let this = self.clone();
+                        tokio::spawn(async move { this.serve_tcp(tcp, peer).await });
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = drain_rx.wait_for(|d| *d) => {
+                    info!("HBONE listener draining");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Serves one accepted TCP connection: TLS, then HTTP/2.
+    pub async fn serve_tcp(self: Arc<Self>, tcp: TcpStream, peer_addr: SocketAddr) {
+        ServerStats::inc(&self.stats.connections_accepted);
+        let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        let span = info_span!("hbone_in", conn = conn_id, peer = %peer_addr);
+        async move {
+            let local_addr = match tcp.local_addr() {
+                Ok(a) => a,
+                Err(e) => return debug!(error = %e, "connection gone before TLS"),
+            };
+            let _ = tcp.set_nodelay(true);
+            let Some(tls_config) = self.tls.server_config(local_addr) else {
+                ServerStats::inc(&self.stats.tls_failures);
+                return warn!(%local_addr, "no certificate for this address; closing");
+            };
+            let (tls, peer_id) = match tls::accept(tls_config, tcp).await {
+                Ok(ok) => ok,
+                Err(e) => {
+                    ServerStats::inc(&self.stats.tls_failures);
+                    return warn!(error = %e, "TLS handshake failed");
+                }
+            };
+            debug!(peer_identity = %peer_id, "mTLS established");
+            self.serve_established(tls, peer_id, peer_addr, local_addr)
+                .await;
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Serves HTTP/2 over an already-authenticated stream. Public so tests and the
+    /// fuzz target can drive the HTTP/2 layer over any byte stream.
+    pub async fn serve_established<IO>(
+        &self,
+        io: IO,
+        peer_identity: SpiffeId,
+        peer_addr: SocketAddr,
+        local_addr: SocketAddr,
+    ) where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let handshake = self.config.server_builder().handshake::<_, Bytes>(io);
+        let mut conn = match tokio::time::timeout(self.config.connect_timeout, handshake).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                ServerStats::inc(&self.stats.h2_failures);
+                return warn!(error = %e, "HTTP/2 handshake failed");
+            }
+            Err(_) => {
+                ServerStats::inc(&self.stats.h2_failures);
+                return warn!("HTTP/2 handshake timed out");
+            }
+        };
+        let keepalive = match conn.ping_pong() {
+            Some(pp) => keepalive::run(
+                pp,
+                self.config.keepalive_interval,
+                self.config.keepalive_timeout,
+            ),
+            None => return warn!("HTTP/2 ping handle unavailable"),
+        };
+        tokio::pin!(keepalive);
+        let mut drain_rx = self.drain_tx.subscribe();
+        let mut draining = *drain_rx.borrow();
+        if draining {
+            conn.graceful_shutdown();
+        }
+        loop {
+            tokio::select! {
+                next = conn.accept() => match next {
+                    None => break,
+                    Some(Ok((req, respond))) => {
+                        ServerStats::inc(&self.stats.streams_received);
+                        let stream = StreamTask {
+                            handler: self.handler.clone(),
+                            stats: self.stats.clone(),
+                            peer_identity: peer_identity.clone(),
+                            peer_addr,
+                            local_addr,
+                        };
+                        tokio::spawn(stream.run(req, respond).in_current_span());
+                    }
+                    Some(Err(e)) => {
+                        if e.is_go_away() || e.reason() == Some(h2::Reason::NO_ERROR) {
+                            debug!(error = %e, "connection closed by peer");
+                        } else {
+                            ServerStats::inc(&self.stats.h2_failures);
+                            warn!(error = %e, "HTTP/2 connection failed");
+                        }
+                        break;
+                    }
+                },
+                err = &mut keepalive => {
+                    ServerStats::inc(&self.stats.keepalive_timeouts);
+                    warn!(error = %err, "keepalive failed; dropping connection");
+                    break;
+                }
+                _ = drain_rx.wait_for(|d| *d), if !draining => {
+                    draining = true;
+                    debug!("sending GOAWAY");
+                    conn.graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// The life of one CONNECT stream.
+struct StreamTask<H> {
+    handler: Arc<H>,
+    stats: Arc<ServerStats>,
+    peer_identity: SpiffeId,
+    peer_addr: SocketAddr,
+    local_addr: SocketAddr,
+}
+
+impl<H: InboundHandler> StreamTask<H> {
+    async fn run(
+        self,
+        req: http::Request<h2::RecvStream>,
+        mut respond: h2::server::SendResponse<Bytes>,
+    ) {
+        let connect = match request::parse_inbound(&req) {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(error = %e, "bad CONNECT");
+                return self.refuse(&mut respond, e.status());
+            }
+        };
+        let span = info_span!("stream", target = %connect.target, trace = connect.traceparent.as_deref().unwrap_or("-"));
+        async move {
+            let inbound = InboundRequest {
+                peer_identity: self.peer_identity.clone(),
+                peer_addr: self.peer_addr,
+                local_addr: self.local_addr,
+                connect,
+            };
+            let mut upstream = match self.handler.open(inbound).await {
+                Ok(u) => u,
+                Err(refusal) => {
+                    info!(status = %refusal.status, reason = %refusal.reason, "CONNECT refused");
+                    return self.refuse(&mut respond, refusal.status);
+                }
+            };
+            let send = match respond.send_response(ok_response(), false) {
+                Ok(s) => s,
+                Err(e) => return debug!(error = %e, "stream gone before 200"),
+            };
+            ServerStats::inc(&self.stats.streams_established);
+            let mut tunnel = H2Stream::new(send, req.into_body());
+            match tokio::io::copy_bidirectional(&mut tunnel, &mut upstream).await {
+                Ok((up, down)) => debug!(
+                    bytes_to_upstream = up,
+                    bytes_from_upstream = down,
+                    "stream done"
+                ),
+                Err(e) => {
+                    ServerStats::inc(&self.stats.streams_failed);
+                    tunnel.reset(h2::Reason::CANCEL);
+                    debug!(error = %e, "stream ended with error");
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn refuse(&self, respond: &mut h2::server::SendResponse<Bytes>, status: StatusCode) {
+        ServerStats::inc(&self.stats.streams_refused);
+        let mut resp = Response::new(());
+        *resp.status_mut() = status;
+        // HEADERS with END_STREAM and no body.
+        if let Err(e) = respond.send_response(resp, true) {
+            debug!(error = %e, "could not send refusal");
+        }
+    }
+}
+
+fn ok_response() -> Response<()> {
+    Response::new(())
+}
