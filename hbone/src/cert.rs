@@ -188,6 +188,15 @@ impl WorkloadCertificate {
         &self.roots
     }
 
+    /// The same certificate, trusting `roots` for its peers instead (used while a
+    /// root is rotated and the bundle grows or shrinks).
+    pub fn with_roots(&self, roots: TrustBundle) -> Self {
+        WorkloadCertificate {
+            roots,
+            ..self.clone()
+        }
+    }
+
     /// Start of validity.
     pub fn not_before(&self) -> SystemTime {
         self.not_before

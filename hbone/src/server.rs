@@ -288,7 +288,7 @@ impl<H: InboundHandler> HboneServer<H> {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
-                _ = drain_rx.wait_for(|d| *d) => {
+                _ = drained(&mut drain_rx) => {
                     info!("HBONE listener draining");
                     return;
                 }
@@ -359,7 +359,7 @@ impl<H: InboundHandler> HboneServer<H> {
         };
         tokio::pin!(keepalive);
         let mut drain_rx = self.drain_tx.subscribe();
-        let mut draining = *drain_rx.borrow();
+        let mut draining = *drain_rx.borrow_and_update();
         if draining {
             conn.graceful_shutdown();
         }
@@ -393,7 +393,7 @@ impl<H: InboundHandler> HboneServer<H> {
                     warn!(error = %err, "keepalive failed; dropping connection");
                     break;
                 }
-                _ = drain_rx.wait_for(|d| *d), if !draining => {
+                _ = drained(&mut drain_rx), if !draining => {
                     draining = true;
                     debug!("sending GOAWAY");
                     conn.graceful_shutdown();
@@ -476,4 +476,16 @@ impl<H: InboundHandler> StreamTask<H> {
 
 fn ok_response() -> Response<()> {
     Response::new(())
+}
+
+/// Resolves once the drain flag is set (never, if the server is gone).
+async fn drained(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
 }
