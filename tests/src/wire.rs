@@ -283,7 +283,7 @@ pub fn encode_frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// HPACK-encodes a header list (no Huffman, literal without indexing).
+/// HPACK-encodes a header list with a fresh encoder (static table only as context).
 pub fn encode_headers(headers: &[(&str, &str)]) -> Vec<u8> {
     let mut enc = hpack::Encoder::new();
     enc.encode(headers.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())))

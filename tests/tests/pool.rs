@@ -46,7 +46,9 @@ async fn pool_opens_connections_per_stream_limit_and_never_shares_identities() {
         tasks.push(tokio::spawn(async move {
             let mut t = pool.connect(&cert_a, &target).await.expect("tunnel");
             let msg = format!("tunnel {i}");
-            let back = ambit_e2e::round_trip(&mut t, msg.as_bytes()).await.expect("echo");
+            let back = ambit_e2e::round_trip(&mut t, msg.as_bytes())
+                .await
+                .expect("echo");
             assert_eq!(back, msg.as_bytes());
             t
         }));
@@ -62,8 +64,15 @@ async fn pool_opens_connections_per_stream_limit_and_never_shares_identities() {
         *per_conn.entry(t.connection_id()).or_default() += 1;
         assert_eq!(t.peer_identity(), &b);
     }
-    assert_eq!(per_conn.len(), expected_conns, "streams per connection: {per_conn:?}");
-    assert!(per_conn.values().all(|n| *n <= STREAMS_PER_CONN), "{per_conn:?}");
+    assert_eq!(
+        per_conn.len(),
+        expected_conns,
+        "streams per connection: {per_conn:?}"
+    );
+    assert!(
+        per_conn.values().all(|n| *n <= STREAMS_PER_CONN),
+        "{per_conn:?}"
+    );
     assert_eq!(pool.stats().connections_opened.load(Ordering::Relaxed), 2);
     assert_eq!(
         ServerStats::get(&server.stats().connections_accepted),
@@ -82,9 +91,15 @@ async fn pool_opens_connections_per_stream_limit_and_never_shares_identities() {
     // even though they have free slots.
     let mut tc = pool.connect(&cert_c, &target).await.expect("tunnel as c");
     assert!(!per_conn.contains_key(&tc.connection_id()));
-    assert_eq!(ambit_e2e::round_trip(&mut tc, b"c").await.expect("echo"), b"c");
+    assert_eq!(
+        ambit_e2e::round_trip(&mut tc, b"c").await.expect("echo"),
+        b"c"
+    );
     assert_eq!(ServerStats::get(&server.stats().connections_accepted), 3);
-    let key_c = PoolKey { source: c.clone(), ..key_a.clone() };
+    let key_c = PoolKey {
+        source: c.clone(),
+        ..key_a.clone()
+    };
     assert_eq!(pool.connections_for(&key_c), 1);
 
     // A different expected-identity list is a different key too.
@@ -92,7 +107,10 @@ async fn pool_opens_connections_per_stream_limit_and_never_shares_identities() {
         expected: vec![c.clone(), b.clone()],
         ..target.clone()
     };
-    let t_alt = pool.connect(&cert_a, &target_alt).await.expect("tunnel alt key");
+    let t_alt = pool
+        .connect(&cert_a, &target_alt)
+        .await
+        .expect("tunnel alt key");
     assert!(!per_conn.contains_key(&t_alt.connection_id()));
     assert_eq!(ServerStats::get(&server.stats().connections_accepted), 4);
 
@@ -110,5 +128,8 @@ async fn pool_opens_connections_per_stream_limit_and_never_shares_identities() {
         "no new connection after slots were freed"
     );
     let reused: std::collections::BTreeSet<_> = again.iter().map(|t| t.connection_id()).collect();
-    assert!(reused.iter().all(|id| per_conn.contains_key(id)), "{reused:?}");
+    assert!(
+        reused.iter().all(|id| per_conn.contains_key(id)),
+        "{reused:?}"
+    );
 }
