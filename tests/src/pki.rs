@@ -51,3 +51,31 @@ pub fn root(trust_domain: &str, name: &str) -> Authority {
 pub fn issue(ca: &Authority, identity: &SpiffeId, validity: Validity) -> WorkloadCertificate {
     WorkloadCertificate::issue(ca, identity, validity).expect("issue certificate")
 }
+
+/// A certificate as files for an external peer (Envoy): chain PEM (leaf +
+/// intermediates), key PEM, and the root bundle PEM.
+#[derive(Clone, Debug)]
+pub struct PemIdentity {
+    /// Leaf followed by intermediates.
+    pub chain_pem: String,
+    /// PKCS#8 private key.
+    pub key_pem: String,
+    /// Trusted roots.
+    pub roots_pem: String,
+}
+
+/// Issues `identity` from `ca` the way a ztunnel would (key + CSR + sign), as PEM.
+pub fn issue_pem(ca: &Authority, identity: &SpiffeId) -> PemIdentity {
+    use ambit_hbone::ca::CertificateSigner;
+    let req = ambit_hbone::csr::generate(identity).expect("csr");
+    let chain = ca.sign(&req.csr_pem, identity, valid()).expect("sign");
+    let mut chain_pem = chain.leaf_pem.clone();
+    for i in &chain.intermediates_pem {
+        chain_pem.push_str(i);
+    }
+    PemIdentity {
+        chain_pem,
+        key_pem: req.key_pem,
+        roots_pem: chain.roots_pem,
+    }
+}
