@@ -14,6 +14,8 @@ pub mod cert;
 pub mod client;
 pub mod config;
 pub mod csr;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod identity;
 pub mod keepalive;
 pub mod pem;
