@@ -174,7 +174,8 @@ mod tests {
 
     #[test]
     fn parse_errors_are_named() {
-        let cases: &[(&str, fn(&SpiffeIdError) -> bool)] = &[
+        type Check = fn(&SpiffeIdError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("cluster.local/ns/a/sa/b", |e| {
                 matches!(e, SpiffeIdError::MissingScheme(_))
             }),

@@ -17,21 +17,20 @@ use ambit_hbone::{DirectHandler, HboneConfig, HboneServer, Pool, StaticServerTls
 use rustls::pki_types::CertificateDer;
 use tokio::net::{TcpListener, TcpStream};
 
+/// Version, ALPN and cipher suite a handshake settled on.
+type Negotiated = (
+    Option<rustls::ProtocolVersion>,
+    Option<Vec<u8>>,
+    Option<rustls::CipherSuite>,
+);
+
 /// What the tapping server saw on one connection.
 #[derive(Default, Clone)]
 struct Tap {
     raw: Recording,
     h2: Recording,
     client_chain: Arc<Mutex<Vec<CertificateDer<'static>>>>,
-    negotiated: Arc<
-        Mutex<
-            Option<(
-                Option<rustls::ProtocolVersion>,
-                Option<Vec<u8>>,
-                Option<rustls::CipherSuite>,
-            )>,
-        >,
-    >,
+    negotiated: Arc<Mutex<Option<Negotiated>>>,
 }
 
 /// Runs the real HBONE server behind recorders: raw TCP bytes, then decrypted bytes.

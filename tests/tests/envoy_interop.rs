@@ -137,7 +137,7 @@ static_resources:
 
     assert_eq!(
         seen.lock().expect("seen").as_slice(),
-        &[envoy_id.clone()],
+        std::slice::from_ref(&envoy_id),
         "Envoy's SPIFFE id verified"
     );
     assert_eq!(ServerStats::get(&server.stats().streams_established), 1);

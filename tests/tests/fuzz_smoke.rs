@@ -129,7 +129,7 @@ fn bounded_fuzz_of_server_request_handling() {
         "many-streams seed: {:?}",
         reached[5]
     );
-    let mut rng = StdRng::seed_from_u64(0xA3B1_7);
+    let mut rng = StdRng::seed_from_u64(0x000A_3B17);
     let started = Instant::now();
     let mut runs = 0u32;
     while started.elapsed() < budget {

@@ -24,10 +24,40 @@ pub(crate) struct PooledConn {
     pub(crate) id: u64,
     pub(crate) sender: h2::client::SendRequest<Bytes>,
     pub(crate) peer_identity: SpiffeId,
+    pub(crate) tls_info: TlsInfo,
     max_streams: usize,
     active: Arc<AtomicUsize>,
     closed: Arc<AtomicBool>,
     last_used: Mutex<Instant>,
+}
+
+/// What a TLS handshake negotiated, for logs and diagnostics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// e.g. `TLSv1_3`.
+    pub version: String,
+    /// e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub cipher_suite: String,
+    /// The ALPN protocol, e.g. `h2`.
+    pub alpn: Option<String>,
+}
+
+impl TlsInfo {
+    fn of(conn: &rustls::ClientConnection) -> Self {
+        TlsInfo {
+            version: conn
+                .protocol_version()
+                .map(|v| format!("{v:?}"))
+                .unwrap_or_default(),
+            cipher_suite: conn
+                .negotiated_cipher_suite()
+                .map(|s| format!("{:?}", s.suite()))
+                .unwrap_or_default(),
+            alpn: conn
+                .alpn_protocol()
+                .map(|p| String::from_utf8_lossy(p).into_owned()),
+        }
+    }
 }
 
 /// Holds one stream's place on a connection; dropping it gives the place back.
@@ -58,6 +88,7 @@ impl PooledConn {
         let _ = tcp.set_nodelay(true);
         let tls_config = tls::client_config(source, target.expected.clone());
         let (tls, peer_identity) = tls::connect(tls_config, tcp, addr.ip()).await?;
+        let tls_info = TlsInfo::of(tls.get_ref().1);
         let (sender, mut connection) = config
             .client_builder()
             .handshake::<_, Bytes>(tls)
@@ -92,6 +123,7 @@ impl PooledConn {
             id,
             sender,
             peer_identity,
+            tls_info,
             max_streams: config.client_max_streams as usize,
             active: Arc::new(AtomicUsize::new(0)),
             closed,

@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::StatusCode;
 
+pub use connection::TlsInfo;
 pub use pool::{Pool, PoolKey, PoolStats};
 pub use tunnel::Tunnel;
 

@@ -148,6 +148,7 @@ impl Pool {
             conn.peer_identity.clone(),
             parts.headers,
             conn.id,
+            conn.tls_info.clone(),
             slot,
         ))
     }

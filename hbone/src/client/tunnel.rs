@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use http::HeaderMap;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::connection::StreamSlot;
+use super::connection::{StreamSlot, TlsInfo};
 use crate::identity::SpiffeId;
 use crate::stream::H2Stream;
 
@@ -19,6 +19,7 @@ pub struct Tunnel {
     peer_identity: SpiffeId,
     response_headers: HeaderMap,
     connection_id: u64,
+    tls_info: TlsInfo,
     _slot: StreamSlot,
 }
 
@@ -28,6 +29,7 @@ impl Tunnel {
         peer_identity: SpiffeId,
         response_headers: HeaderMap,
         connection_id: u64,
+        tls_info: TlsInfo,
         slot: StreamSlot,
     ) -> Self {
         Tunnel {
@@ -35,6 +37,7 @@ impl Tunnel {
             peer_identity,
             response_headers,
             connection_id,
+            tls_info,
             _slot: slot,
         }
     }
@@ -52,6 +55,11 @@ impl Tunnel {
     /// Which pooled connection carries this stream (for tests and logs).
     pub fn connection_id(&self) -> u64 {
         self.connection_id
+    }
+
+    /// What the carrying connection's TLS handshake negotiated.
+    pub fn tls_info(&self) -> &TlsInfo {
+        &self.tls_info
     }
 
     /// Aborts the stream with RST_STREAM.
