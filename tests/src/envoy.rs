@@ -71,6 +71,26 @@ pub fn write_file(dir: &Path, name: &str, contents: &str) -> String {
     p.to_string_lossy().into_owned()
 }
 
+/// Paths of an identity written out for Envoy.
+#[derive(Clone, Debug)]
+pub struct IdentityFiles {
+    /// Leaf + intermediates.
+    pub chain: String,
+    /// Private key.
+    pub key: String,
+    /// Trusted roots.
+    pub roots: String,
+}
+
+/// Writes `pem` as `chain.pem`, `key.pem` and `roots.pem` under `dir`.
+pub fn write_identity(dir: &Path, pem: &crate::pki::PemIdentity) -> IdentityFiles {
+    IdentityFiles {
+        chain: write_file(dir, "chain.pem", &pem.chain_pem),
+        key: write_file(dir, "key.pem", &pem.key_pem),
+        roots: write_file(dir, "roots.pem", &pem.roots_pem),
+    }
+}
+
 impl Envoy {
     /// Starts Envoy with `config` (YAML whose admin listens on `admin_port`) and waits
     /// until its admin `/ready` answers 200.

@@ -33,11 +33,11 @@ const TLS_COMMON: &str = r#"
             - san_type: URI
               matcher: MATCH"#;
 
-fn tls_common(chain: &str, key: &str, roots: &str, matcher: &str) -> String {
+fn tls_common(files: &envoy::IdentityFiles, matcher: &str) -> String {
     TLS_COMMON
-        .replace("CHAIN", chain)
-        .replace("KEY", key)
-        .replace("ROOTS", roots)
+        .replace("CHAIN", &files.chain)
+        .replace("KEY", &files.key)
+        .replace("ROOTS", &files.roots)
         .replace("MATCH", matcher)
 }
 
@@ -69,10 +69,7 @@ async fn envoy_client_tunnels_through_our_server() {
     .await;
 
     let dir = envoy::scratch_dir("client");
-    let pem = pki::issue_pem(&root, &envoy_id);
-    let chain = envoy::write_file(&dir, "chain.pem", &pem.chain_pem);
-    let key = envoy::write_file(&dir, "key.pem", &pem.key_pem);
-    let roots = envoy::write_file(&dir, "roots.pem", &pem.roots_pem);
+    let files = envoy::write_identity(&dir, &pki::issue_pem(&root, &envoy_id));
     let (admin, listen) = (envoy::free_port(), envoy::free_port());
     let config = format!(
         r#"
@@ -114,7 +111,7 @@ static_resources:
         common_tls_context:{tls}
 "#,
         hbone_port = hbone_addr.port(),
-        tls = tls_common(&chain, &key, &roots, &format!("{{exact: \"{server_id}\"}}")),
+        tls = tls_common(&files, &format!("{{exact: \"{server_id}\"}}")),
     );
     let envoy = Envoy::start(dir, &config, admin).await;
 
@@ -160,10 +157,7 @@ async fn our_client_tunnels_through_envoy_server() {
     let echo = ambit_e2e::echo_server().await;
 
     let dir = envoy::scratch_dir("server");
-    let pem = pki::issue_pem(&root, &envoy_id);
-    let chain = envoy::write_file(&dir, "chain.pem", &pem.chain_pem);
-    let key = envoy::write_file(&dir, "key.pem", &pem.key_pem);
-    let roots = envoy::write_file(&dir, "roots.pem", &pem.roots_pem);
+    let files = envoy::write_identity(&dir, &pki::issue_pem(&root, &envoy_id));
     let (admin, hbone_port) = (envoy::free_port(), envoy::free_port());
     let config = format!(
         r#"
@@ -212,13 +206,8 @@ static_resources:
         - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {echo_port}}}}}}}
 "#,
         echo_port = echo.port(),
-        tls = tls_common(
-            &chain,
-            &key,
-            &roots,
-            "{prefix: \"spiffe://cluster.local/\"}"
-        )
-        .replace("\n          ", "\n            "),
+        tls = tls_common(&files, "{prefix: \"spiffe://cluster.local/\"}")
+            .replace("\n          ", "\n            "),
     );
     let envoy = Envoy::start(dir, &config, admin).await;
 
