@@ -3,6 +3,7 @@
 //! record parsing for wire assertions, and a panic counter.
 
 pub mod envoy;
+pub mod netns;
 pub mod pki;
 pub mod wire;
 

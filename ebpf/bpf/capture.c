@@ -1,0 +1,202 @@
+// SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0)
+// Ambit traffic capture. Built by build.rs with clang, loaded with aya.
+//
+// Outbound: cgroup/connect4 at the cgroup-v2 root. A TCP connect() from a pod
+// whose network namespace is enrolled (by netns cookie) is rewritten to the
+// ztunnel listener inside that namespace (127.0.0.1:15001). The original
+// destination is remembered by socket cookie, and sockops moves it to a key
+// ztunnel can compute from the accepted socket: (netns cookie, src ip, src port).
+// ztunnel's own sockets carry SO_MARK 0x539 and are never touched.
+//
+// Services for pods that are not enrolled: the same connect4 picks a backend of
+// a ClusterIP (socket-level load balancing, standing in for kube-proxy).
+//
+// Inbound: sk_lookup on each enrolled pod's namespace steers TCP connections to
+// the pod's own IP into ztunnel's in-pod 15006 socket (plaintext inbound), except
+// local ones (ztunnel's own upstream connects, from the pod's own address) and
+// ztunnel's ports.
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define ZTUNNEL_MARK 0x539
+#define PORT_OUTBOUND 15001
+#define PORT_INBOUND_PLAIN 15006
+#define PORT_HBONE 15008
+#define SOCK_STREAM_TYPE 1
+#define MAX_BACKENDS 32
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+// netns cookie -> enrolment flags (1 = capture).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u32);
+} enrolled SEC(".maps");
+
+struct dst4 {
+	__u32 ip;   // network order
+	__u32 port; // network order, low 16 bits
+};
+
+// socket cookie -> original destination, between connect4 and sockops.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct dst4);
+} pending SEC(".maps");
+
+struct orig_key {
+	__u64 netns;
+	__u32 src_ip;   // network order
+	__u32 src_port; // host order
+};
+
+// (netns cookie, app src ip, app src port) -> original destination.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct orig_key);
+	__type(value, struct dst4);
+} orig_dst SEC(".maps");
+
+struct svc_key {
+	__u32 vip;  // network order
+	__u32 port; // host order
+};
+
+struct svc_backends {
+	__u32 count;
+	__u32 ip[MAX_BACKENDS];   // network order
+	__u32 port[MAX_BACKENDS]; // host order
+};
+
+// ClusterIP:port -> backends, for connections ztunnel does not capture.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct svc_key);
+	__type(value, struct svc_backends);
+} services SEC(".maps");
+
+// pod IP (network order) -> ztunnel's 15006 socket in that pod's namespace.
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u32); // aya's SockHash wants a 4-byte value (the fd on insert)
+} inbound_plain SEC(".maps");
+
+static __always_inline int is_ztunnel_port(__u16 port)
+{
+	return port == PORT_OUTBOUND || port == PORT_INBOUND_PLAIN || port == PORT_HBONE ||
+	       port == 15000 || port == 15020 || port == 15021 || port == 15053;
+}
+
+static __always_inline void balance(struct bpf_sock_addr *ctx)
+{
+	struct svc_key k = { .vip = ctx->user_ip4, .port = bpf_ntohs((__u16)ctx->user_port) };
+	struct svc_backends *b = bpf_map_lookup_elem(&services, &k);
+	if (!b)
+		return;
+	__u32 n = b->count;
+	if (n == 0 || n > MAX_BACKENDS)
+		return;
+	__u32 i = bpf_get_prandom_u32() % n;
+	// Hide what the compiler knows about i so the bound check survives for the
+	// verifier (it cannot bound the result of a modulo by itself).
+	asm volatile("" : "+r"(i));
+	if (i >= MAX_BACKENDS)
+		return;
+	ctx->user_ip4 = b->ip[i];
+	ctx->user_port = bpf_htons((__u16)b->port[i]);
+}
+
+SEC("cgroup/connect4")
+int ambit_connect4(struct bpf_sock_addr *ctx)
+{
+	if (ctx->type != SOCK_STREAM_TYPE)
+		return 1;
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return 1;
+	if (sk->mark == ZTUNNEL_MARK)
+		return 1;
+	__u32 dst_ip = ctx->user_ip4;
+	__u16 dst_port = bpf_ntohs((__u16)ctx->user_port);
+	__u64 netns = bpf_get_netns_cookie(ctx);
+	if (!bpf_map_lookup_elem(&enrolled, &netns)) {
+		balance(ctx);
+		return 1;
+	}
+	if ((bpf_ntohl(dst_ip) >> 24) == 127 || is_ztunnel_port(dst_port))
+		return 1;
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct dst4 orig = { .ip = dst_ip, .port = ctx->user_port };
+	bpf_map_update_elem(&pending, &cookie, &orig, BPF_ANY);
+	ctx->user_ip4 = bpf_htonl(0x7f000001);
+	ctx->user_port = bpf_htons(PORT_OUTBOUND);
+	return 1;
+}
+
+SEC("sockops")
+int ambit_sockops(struct bpf_sock_ops *ops)
+{
+	if (ops->family != 2 /* AF_INET */)
+		return 1;
+	switch (ops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB: {
+		__u64 cookie = bpf_get_socket_cookie(ops);
+		struct dst4 *orig = bpf_map_lookup_elem(&pending, &cookie);
+		if (!orig)
+			return 1;
+		struct orig_key k = {
+			.netns = bpf_get_netns_cookie(ops),
+			.src_ip = ops->local_ip4,
+			.src_port = ops->local_port,
+		};
+		struct dst4 v = *orig;
+		bpf_map_update_elem(&orig_dst, &k, &v, BPF_ANY);
+		bpf_map_delete_elem(&pending, &cookie);
+		bpf_sock_ops_cb_flags_set(ops, BPF_SOCK_OPS_STATE_CB_FLAG);
+		break;
+	}
+	case BPF_SOCK_OPS_STATE_CB:
+		if (ops->args[1] == BPF_TCP_CLOSE) {
+			struct orig_key k = {
+				.netns = bpf_get_netns_cookie(ops),
+				.src_ip = ops->local_ip4,
+				.src_port = ops->local_port,
+			};
+			bpf_map_delete_elem(&orig_dst, &k);
+		}
+		break;
+	}
+	return 1;
+}
+
+SEC("sk_lookup")
+int ambit_sk_lookup(struct bpf_sk_lookup *ctx)
+{
+	if (ctx->protocol != 6 /* TCP */ || ctx->family != 2 /* AF_INET */)
+		return SK_PASS;
+	// ztunnel's own connects to the app come from inside the pod, so their source
+	// is the pod's own address (the kernel reports the pod interface, not lo, as
+	// ingress for such local traffic); loopback is skipped too. Never steer them.
+	if (ctx->ingress_ifindex == 1 || ctx->remote_ip4 == ctx->local_ip4)
+		return SK_PASS;
+	if (is_ztunnel_port((__u16)ctx->local_port))
+		return SK_PASS;
+	__u32 ip = ctx->local_ip4;
+	struct bpf_sock *sk = bpf_map_lookup_elem(&inbound_plain, &ip);
+	if (!sk)
+		return SK_PASS;
+	bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	return SK_PASS;
+}
