@@ -4,3 +4,5 @@
 //! (`ambit-hbone`) to the destination node, and enforces L4 authorization.
 
 pub mod netns;
+pub mod rbac;
+pub mod state;
