@@ -107,6 +107,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         expected: vec![server_id.clone()],
         src_ip: None,
         head: ConnectHead::to_addr(app),
+        socket: None,
     };
     let mut tunnel = pool
         .connect(&client_cert, &target)

@@ -115,6 +115,7 @@ async fn hbone_wire_conformance() {
         expected: vec![b.clone()],
         src_ip: None,
         head,
+        socket: None,
     };
     let mut tunnel = pool.connect(&cert_a, &target).await.expect("tunnel");
     assert_eq!(tunnel.peer_identity(), &b);

@@ -222,6 +222,7 @@ static_resources:
             forwarded_host: None,
             baggage: vec![("k8s.namespace.name".into(), "ns-a".into())],
         },
+        socket: None,
     };
     let mut tunnels = Vec::new();
     for _ in 0..3 {

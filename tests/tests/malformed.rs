@@ -100,6 +100,7 @@ impl Fixture {
             expected: vec![self.b.clone()],
             src_ip: None,
             head: ConnectHead::to_addr(self.echo),
+            socket: None,
         };
         let mut t = pool
             .connect(&self.cert_a, &target)
@@ -297,6 +298,7 @@ async fn stream_reset_mid_transfer_leaves_other_streams_alone() {
         expected: vec![f.b.clone()],
         src_ip: None,
         head: ConnectHead::to_addr(f.echo),
+        socket: None,
     };
     let mut t1 = pool.connect(&f.cert_a, &target).await.expect("t1");
     let mut t2 = pool.connect(&f.cert_a, &target).await.expect("t2");
@@ -325,6 +327,7 @@ async fn stream_reset_mid_transfer_leaves_other_streams_alone() {
     });
     let target_rst = TunnelTarget {
         head: ConnectHead::to_addr(rst_addr),
+        socket: None,
         ..target.clone()
     };
     let mut t3 = pool.connect(&f.cert_a, &target_rst).await.expect("t3");

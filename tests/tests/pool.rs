@@ -37,6 +37,7 @@ async fn pool_opens_connections_per_stream_limit_and_never_shares_identities() {
         expected: vec![b.clone()],
         src_ip: None,
         head: ConnectHead::to_addr(echo),
+        socket: None,
     };
 
     // 150 tunnels opened at once, all held open together.

@@ -81,7 +81,7 @@ impl PooledConn {
         target: &TunnelTarget,
     ) -> Result<Arc<Self>, ClientError> {
         let addr = target.dial;
-        let tcp = tokio::time::timeout(config.connect_timeout, dial(addr, target.src_ip))
+        let tcp = tokio::time::timeout(config.connect_timeout, dial(target))
             .await
             .map_err(|_| ClientError::ConnectTimeout(addr))?
             .map_err(|source| ClientError::Connect { addr, source })?;
@@ -185,8 +185,12 @@ impl PooledConn {
     }
 }
 
-async fn dial(addr: SocketAddr, src_ip: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
-    match src_ip {
+async fn dial(target: &TunnelTarget) -> std::io::Result<TcpStream> {
+    let addr = target.dial;
+    if let Some(factory) = &target.socket {
+        return factory(addr)?.connect(addr).await;
+    }
+    match target.src_ip {
         None => TcpStream::connect(addr).await,
         Some(ip) => {
             let socket = if addr.is_ipv4() {

@@ -19,8 +19,12 @@ use crate::identity::SpiffeId;
 use crate::request::ConnectHead;
 use crate::tls::{CertRejection, HandshakeError};
 
+/// Creates the (unconnected) TCP socket a pooled connection dials from, e.g.
+/// inside a pod's network namespace with ztunnel's mark. `dst` is the peer.
+pub type SocketFactory = dyn Fn(SocketAddr) -> io::Result<tokio::net::TcpSocket> + Send + Sync;
+
 /// Where and how to open a tunnel.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct TunnelTarget {
     /// The peer's HBONE address (`IP:15008`).
     pub dial: SocketAddr,
@@ -30,6 +34,22 @@ pub struct TunnelTarget {
     pub src_ip: Option<IpAddr>,
     /// The CONNECT request head.
     pub head: ConnectHead,
+    /// Makes the dialing socket; `None` uses an ordinary socket (bound to
+    /// `src_ip` if set). Not part of the pool key: a given source identity and
+    /// source IP always come with the same factory.
+    pub socket: Option<std::sync::Arc<SocketFactory>>,
+}
+
+impl std::fmt::Debug for TunnelTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelTarget")
+            .field("dial", &self.dial)
+            .field("expected", &self.expected)
+            .field("src_ip", &self.src_ip)
+            .field("head", &self.head)
+            .field("socket", &self.socket.is_some())
+            .finish()
+    }
 }
 
 /// Why a tunnel could not be opened.

@@ -1,0 +1,182 @@
+//! Inbound: HBONE CONNECTs arriving on a pod's 15008, and plaintext steered into
+//! its 15006 by sk_lookup. Both authorize (L4 policy) and then connect to the app
+//! from inside the pod's namespace.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ambit_hbone::SpiffeId;
+use ambit_hbone::request::ConnectTarget;
+use ambit_hbone::server::{InboundHandler, InboundRequest, Refusal};
+use http::StatusCode;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, warn};
+
+use crate::metrics::{PeerLabels, TrafficLabels};
+use crate::proxy::{Pod, Shared};
+use crate::rbac::{self, Connection};
+use crate::socket::marked_socket_in;
+use crate::state::ProxyState;
+
+/// The HBONE handler of one pod.
+pub struct PodInbound {
+    shared: Arc<Shared>,
+    pod: Arc<Pod>,
+}
+
+impl PodInbound {
+    /// Handles CONNECTs for `pod`.
+    pub fn new(shared: Arc<Shared>, pod: Arc<Pod>) -> Self {
+        PodInbound { shared, pod }
+    }
+}
+
+/// Labels for the destination reporter.
+fn inbound_labels(
+    state: &ProxyState,
+    src_ip: std::net::IpAddr,
+    src_identity: Option<&SpiffeId>,
+    dst: SocketAddr,
+    service_host: Option<&str>,
+) -> TrafficLabels {
+    let principal = src_identity.map(|i| i.to_string());
+    let source = match state.workload_by_ip(src_ip) {
+        Some(w) => PeerLabels::of(w, principal.clone()),
+        None => PeerLabels::unknown(principal),
+    };
+    let destination = state
+        .workload_by_ip(dst.ip())
+        .map(|w| PeerLabels::of(w, None))
+        .unwrap_or_default();
+    let (svc_name, svc_ns) = service_host
+        .and_then(|h| {
+            let mut parts = h.split('.');
+            Some((parts.next()?.to_string(), parts.next()?.to_string()))
+        })
+        .unwrap_or_default();
+    TrafficLabels {
+        reporter: "destination",
+        source,
+        destination_service: service_host.unwrap_or_default().to_string(),
+        destination_service_namespace: svc_ns,
+        destination_service_name: svc_name,
+        destination,
+        request_protocol: "tcp",
+        response_flags: "-",
+        connection_security_policy: if src_identity.is_some() { "mutual_tls" } else { "unknown" },
+    }
+}
+
+/// Authorizes a connection to `dst` on this node.
+fn authorize(state: &ProxyState, conn: &Connection) -> rbac::Decision {
+    match state.workload_by_ip(conn.dst_ip) {
+        Some(w) => rbac::authorize(state.policies_for(w), conn),
+        // Unknown destination: nothing applies to it.
+        None => rbac::Decision::Allow { by: None },
+    }
+}
+
+/// Connects to the app at `dst` from inside the pod's namespace.
+pub async fn connect_app(pod: &Pod, dst: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = marked_socket_in(&pod.netns, dst)?;
+    let stream = tokio::time::timeout(std::time::Duration::from_secs(10), socket.connect(dst))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "app connect timed out"))??;
+    Ok(stream)
+}
+
+impl InboundHandler for PodInbound {
+    type Upstream = TcpStream;
+
+    async fn open(&self, req: InboundRequest) -> Result<TcpStream, Refusal> {
+        let dst = match req.connect.target {
+            ConnectTarget::Addr(a) => a,
+            ConnectTarget::Host { ref host, .. } => {
+                return Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, format!("hostname target {host} not supported")));
+            }
+        };
+        if dst.ip() != self.pod.ip {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                format!("authority {dst} is not this pod's address {}", self.pod.ip),
+            ));
+        }
+        let state = self.shared.state();
+        let src_ip = req.peer_addr.ip();
+        let mut labels = inbound_labels(&state, src_ip, Some(&req.peer_identity), dst, req.connect.forwarded_host.as_deref());
+        let conn = Connection {
+            src_identity: Some(req.peer_identity.clone()),
+            src_ip,
+            dst_ip: dst.ip(),
+            dst_port: dst.port(),
+        };
+        let decision = authorize(&state, &conn);
+        if !decision.is_allowed() {
+            labels.response_flags = "DENY";
+            self.shared.metrics.failed(&labels);
+            info!(target: "access", reporter = "destination", src.addr = %req.peer_addr, src.identity = %req.peer_identity, dst.addr = %dst, decision = %decision, "connection denied");
+            return Err(Refusal::new(StatusCode::UNAUTHORIZED, decision.to_string()));
+        }
+        match connect_app(&self.pod, dst).await {
+            Ok(s) => {
+                self.shared.metrics.opened(&labels);
+                info!(target: "access", reporter = "destination", src.addr = %req.peer_addr, src.identity = %req.peer_identity, dst.addr = %dst, dst.identity = %self.pod.identity, "connection opened");
+                Ok(s)
+            }
+            Err(e) => {
+                labels.response_flags = "CONNECT";
+                self.shared.metrics.failed(&labels);
+                Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, format!("connecting to app {dst}: {e}")))
+            }
+        }
+    }
+}
+
+/// Serves plaintext steered into the pod's 15006: the accepted socket's local
+/// address is the original destination. No identity: only policies that admit
+/// unauthenticated peers let it through (STRICT mTLS is a DENY of those).
+pub async fn serve_plaintext(shared: Arc<Shared>, pod: Arc<Pod>, listener: TcpListener) {
+    loop {
+        let (mut client, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "15006 accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let pod = pod.clone();
+        tokio::spawn(async move {
+            let Ok(dst) = client.local_addr() else { return };
+            let state = shared.state();
+            let mut labels = inbound_labels(&state, peer.ip(), None, dst, None);
+            let conn = Connection {
+                src_identity: None,
+                src_ip: peer.ip(),
+                dst_ip: dst.ip(),
+                dst_port: dst.port(),
+            };
+            let decision = authorize(&state, &conn);
+            if !decision.is_allowed() {
+                labels.response_flags = "DENY";
+                shared.metrics.failed(&labels);
+                info!(target: "access", reporter = "destination", src.addr = %peer, dst.addr = %dst, decision = %decision, "plaintext connection denied");
+                let _ = client.set_zero_linger();
+                return;
+            }
+            let mut app = match connect_app(&pod, dst).await {
+                Ok(a) => a,
+                Err(e) => {
+                    labels.response_flags = "CONNECT";
+                    shared.metrics.failed(&labels);
+                    return debug!(error = %e, "app connect failed");
+                }
+            };
+            shared.metrics.opened(&labels);
+            info!(target: "access", reporter = "destination", src.addr = %peer, dst.addr = %dst, "plaintext connection opened");
+            let (up, down) = tokio::io::copy_bidirectional(&mut client, &mut app).await.unwrap_or((0, 0));
+            shared.metrics.closed(&labels, up, down);
+        });
+    }
+}

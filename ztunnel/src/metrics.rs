@@ -1,0 +1,204 @@
+//! Istio's TCP metrics (istio-wire §6) with the full traffic label set for both
+//! reporters, rendered as OpenMetrics text, plus one access-log line per connection.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+
+use crate::state::Workload;
+
+/// Which side reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reporter {
+    /// The client side's ztunnel (outbound).
+    Source,
+    /// The server side's ztunnel (inbound).
+    Destination,
+}
+
+/// The traffic label set, in Istio's order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TrafficLabels {
+    /// `source` or `destination`.
+    pub reporter: &'static str,
+    /// source_workload, source_canonical_service, source_canonical_revision,
+    /// source_workload_namespace, source_principal, source_app, source_version,
+    /// source_cluster.
+    pub source: PeerLabels,
+    /// destination_service (FQDN).
+    pub destination_service: String,
+    /// destination_service_namespace.
+    pub destination_service_namespace: String,
+    /// destination_service_name.
+    pub destination_service_name: String,
+    /// The eight destination_* labels.
+    pub destination: PeerLabels,
+    /// `tcp`.
+    pub request_protocol: &'static str,
+    /// `-`, `DENY`, `CONNECT`, ...
+    pub response_flags: &'static str,
+    /// `mutual_tls` or `unknown`.
+    pub connection_security_policy: &'static str,
+}
+
+/// The eight per-peer labels.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PeerLabels {
+    /// Workload (deployment) name.
+    pub workload: String,
+    /// Canonical service (`app`).
+    pub canonical_service: String,
+    /// Canonical revision (`version`).
+    pub canonical_revision: String,
+    /// Namespace.
+    pub workload_namespace: String,
+    /// Full SPIFFE id.
+    pub principal: String,
+    /// `app` label.
+    pub app: String,
+    /// `version` label.
+    pub version: String,
+    /// Cluster id.
+    pub cluster: String,
+}
+
+impl PeerLabels {
+    /// Labels for a known workload, with `principal` as verified (or its own id).
+    pub fn of(w: &Workload, principal: Option<String>) -> Self {
+        let principal = principal
+            .or_else(|| w.identity().ok().map(|i| i.to_string()))
+            .unwrap_or_default();
+        let name = if w.workload_name.is_empty() { &w.name } else { &w.workload_name };
+        PeerLabels {
+            workload: name.clone(),
+            canonical_service: w.canonical_name.clone(),
+            canonical_revision: w.canonical_revision.clone(),
+            workload_namespace: w.namespace.clone(),
+            principal,
+            app: w.canonical_name.clone(),
+            version: w.canonical_revision.clone(),
+            cluster: "Kubernetes".into(),
+        }
+    }
+
+    /// Labels for an unknown peer that proved an identity (or none).
+    pub fn unknown(principal: Option<String>) -> Self {
+        PeerLabels {
+            principal: principal.unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+
+    fn write(&self, prefix: &str, out: &mut String) {
+        for (k, v) in [
+            ("workload", &self.workload),
+            ("canonical_service", &self.canonical_service),
+            ("canonical_revision", &self.canonical_revision),
+            ("workload_namespace", &self.workload_namespace),
+            ("principal", &self.principal),
+            ("app", &self.app),
+            ("version", &self.version),
+            ("cluster", &self.cluster),
+        ] {
+            label(out, &format!("{prefix}_{k}"), v);
+        }
+    }
+}
+
+fn label(out: &mut String, k: &str, v: &str) {
+    let v = if v.is_empty() { "unknown" } else { v };
+    let escaped = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    let _ = write!(out, "{k}=\"{escaped}\",");
+}
+
+impl TrafficLabels {
+    fn render(&self) -> String {
+        let mut out = String::new();
+        label(&mut out, "reporter", self.reporter);
+        self.source.write("source", &mut out);
+        label(&mut out, "destination_service", &self.destination_service);
+        label(&mut out, "destination_service_namespace", &self.destination_service_namespace);
+        label(&mut out, "destination_service_name", &self.destination_service_name);
+        self.destination.write("destination", &mut out);
+        label(&mut out, "request_protocol", self.request_protocol);
+        label(&mut out, "response_flags", self.response_flags);
+        label(&mut out, "connection_security_policy", self.connection_security_policy);
+        out.pop();
+        out
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Counters {
+    opened: u64,
+    closed: u64,
+    failed: u64,
+    received: u64,
+    sent: u64,
+}
+
+/// The metric families ztunnel exports.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    traffic: Mutex<BTreeMap<TrafficLabels, Counters>>,
+}
+
+impl Metrics {
+    fn with(&self, l: &TrafficLabels, f: impl FnOnce(&mut Counters)) {
+        let mut t = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
+        f(t.entry(l.clone()).or_default());
+    }
+
+    /// A connection opened.
+    pub fn opened(&self, l: &TrafficLabels) {
+        self.with(l, |c| c.opened += 1);
+    }
+
+    /// A connection closed after moving `received`/`sent` bytes.
+    pub fn closed(&self, l: &TrafficLabels, received: u64, sent: u64) {
+        self.with(l, |c| {
+            c.closed += 1;
+            c.received += received;
+            c.sent += sent;
+        });
+    }
+
+    /// A connection failed or was refused (`response_flags` says why).
+    pub fn failed(&self, l: &TrafficLabels) {
+        self.with(l, |c| c.failed += 1);
+    }
+
+    /// The sum of `istio_tcp_connections_failed_total` over series whose labels
+    /// satisfy `pred` (for tests and diagnostics).
+    pub fn failed_where(&self, pred: impl Fn(&TrafficLabels) -> bool) -> u64 {
+        let t = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
+        t.iter().filter(|(l, _)| pred(l)).map(|(_, c)| c.failed).sum()
+    }
+
+    /// The sum of `istio_tcp_connections_opened_total` over matching series.
+    pub fn opened_where(&self, pred: impl Fn(&TrafficLabels) -> bool) -> u64 {
+        let t = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
+        t.iter().filter(|(l, _)| pred(l)).map(|(_, c)| c.opened).sum()
+    }
+
+    /// OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let t = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::new();
+        let families: [(&str, &str, fn(&Counters) -> u64); 5] = [
+            ("istio_tcp_connections_opened", "The total number of TCP connections opened.", |c| c.opened),
+            ("istio_tcp_connections_closed", "The total number of TCP connections closed.", |c| c.closed),
+            ("istio_tcp_connections_failed", "The total number of TCP connections that failed.", |c| c.failed),
+            ("istio_tcp_received_bytes", "The size of total bytes received during request in case of a TCP connection.", |c| c.received),
+            ("istio_tcp_sent_bytes", "The size of total bytes sent during response in case of a TCP connection.", |c| c.sent),
+        ];
+        for (name, help, get) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (l, c) in t.iter() {
+                let _ = writeln!(out, "{name}_total{{{}}} {}", l.render(), get(c));
+            }
+        }
+        out.push_str("# EOF\n");
+        out
+    }
+}

@@ -1,0 +1,209 @@
+//! Outbound: connections an enrolled app made, redirected by connect4 to the
+//! pod's 15001. The original destination comes from the capture map; a Service
+//! VIP is resolved to a healthy endpoint; mesh (HBONE) endpoints are reached
+//! through a tunnel as the pod's identity, others with plain TCP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ambit_hbone::client::TunnelTarget;
+use ambit_hbone::request::ConnectHead;
+use ambit_hbone::{SpiffeId, Tunnel};
+use rand::seq::SliceRandom;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, warn};
+
+use crate::metrics::{PeerLabels, TrafficLabels};
+use crate::proxy::{Pod, Shared, ports};
+use crate::socket::marked_socket_in;
+use crate::state::{ProxyState, Protocol, Workload};
+
+/// Where an outbound connection goes.
+#[derive(Debug)]
+enum Route {
+    /// Through HBONE to `endpoint`, expecting one of `expected`.
+    Hbone {
+        endpoint: SocketAddr,
+        workload: Arc<Workload>,
+        expected: Vec<SpiffeId>,
+        service_host: Option<String>,
+    },
+    /// Plain TCP (destination not in the mesh, or unknown).
+    Passthrough(SocketAddr),
+    /// A Service with no healthy endpoint: drop.
+    NoEndpoint(String),
+}
+
+fn route(state: &ProxyState, dst: SocketAddr) -> Route {
+    let (workload, endpoint, service) = if let Some(svc) = state.service_by_vip(dst.ip()) {
+        let eps = state.endpoints(svc, dst.port());
+        let Some(ep) = eps.choose(&mut rand::thread_rng()) else {
+            return Route::NoEndpoint(svc.hostname.clone());
+        };
+        (ep.workload.clone(), ep.addr, Some(svc.clone()))
+    } else if let Some(w) = state.workload_by_ip(dst.ip()) {
+        (w.clone(), dst, None)
+    } else {
+        return Route::Passthrough(dst);
+    };
+    if workload.protocol != Protocol::Hbone {
+        return Route::Passthrough(endpoint);
+    }
+    let mut expected: Vec<SpiffeId> = service
+        .iter()
+        .flat_map(|s| s.subject_alt_names.iter().filter_map(|n| n.parse().ok()))
+        .collect();
+    if let Ok(id) = workload.identity() {
+        expected.push(id);
+    }
+    Route::Hbone {
+        endpoint,
+        workload,
+        expected,
+        service_host: service.map(|s| s.hostname.clone()),
+    }
+}
+
+/// Accepts on the pod's 15001 until the task is aborted.
+pub async fn serve(shared: Arc<Shared>, pod: Arc<Pod>, listener: TcpListener) {
+    loop {
+        let (app, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "15001 accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (shared, pod) = (shared.clone(), pod.clone());
+        tokio::spawn(async move { handle(shared, pod, app, peer).await });
+    }
+}
+
+async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, mut app: TcpStream, peer: SocketAddr) {
+    let _ = app.set_nodelay(true);
+    let SocketAddr::V4(peer4) = peer else { return };
+    let orig = {
+        let mut capture = shared.capture.lock().unwrap_or_else(|p| p.into_inner());
+        capture.original_dst(pod.netns_cookie, peer4)
+    };
+    let dst = match orig {
+        Ok(Some(d)) => SocketAddr::V4(d),
+        Ok(None) => return warn!(%peer, "no original destination recorded; closing"),
+        Err(e) => return warn!(%peer, error = %e, "original destination lookup failed"),
+    };
+    if dst.ip().is_loopback() && [ports::OUTBOUND, ports::INBOUND_PLAIN, ports::HBONE].contains(&dst.port()) {
+        return warn!(%dst, "refusing a self-call");
+    }
+    let state = shared.state();
+    // The app's own address as its peers see it: the pod IP and its source port.
+    let client = SocketAddr::new(pod.ip, peer.port());
+    let source = state
+        .workload(&pod.uid)
+        .map(|w| PeerLabels::of(w, Some(pod.identity.to_string())))
+        .unwrap_or_default();
+    match route(&state, dst) {
+        Route::NoEndpoint(host) => {
+            let labels = labels(source, None, Some(&host), "mutual_tls");
+            shared.metrics.failed(&TrafficLabels { response_flags: "UF", ..labels });
+            warn!(target: "access", reporter = "source", src.addr = %client, dst.service = %host, "no healthy endpoint");
+        }
+        Route::Passthrough(to) => {
+            let upstream = async {
+                let s = marked_socket_in(&pod.netns, to)?;
+                s.connect(to).await
+            };
+            match upstream.await {
+                Ok(mut up) => {
+                    debug!(%client, %to, "passthrough");
+                    let _ = tokio::io::copy_bidirectional(&mut app, &mut up).await;
+                }
+                Err(e) => debug!(%to, error = %e, "passthrough connect failed"),
+            }
+        }
+        Route::Hbone { endpoint, workload, expected, service_host } => {
+            let mut l = labels(source, Some(&workload), service_host.as_deref(), "mutual_tls");
+            // Same node or even same pod: still through HBONE, so identity and
+            // policy always apply.
+            let tunnel =
+                open_tunnel(&shared, &pod, endpoint, client, expected, service_host.clone()).await;
+            match tunnel {
+                Ok(mut t) => {
+                    shared.metrics.opened(&l);
+                    info!(target: "access", reporter = "source", src.addr = %client, src.identity = %pod.identity, dst.addr = %endpoint, dst.identity = %t.peer_identity(), dst.service = service_host.as_deref().unwrap_or("-"), "connection opened");
+                    let (sent, received) = copy(&mut app, &mut t).await;
+                    shared.metrics.closed(&l, received, sent);
+                }
+                Err(e) => {
+                    l.response_flags = match &e {
+                        ambit_hbone::client::ClientError::Refused(s) if *s == http::StatusCode::UNAUTHORIZED => "DENY",
+                        ambit_hbone::client::ClientError::Tls(_) | ambit_hbone::client::ClientError::PeerRejected(_) => "TLS_FAILURE",
+                        _ => "CONNECT",
+                    };
+                    shared.metrics.failed(&l);
+                    info!(target: "access", reporter = "source", src.addr = %client, dst.addr = %endpoint, error = %e, "connection failed");
+                }
+            }
+        }
+    }
+}
+
+fn labels(source: PeerLabels, dst: Option<&Workload>, service_host: Option<&str>, security: &'static str) -> TrafficLabels {
+    let (svc_name, svc_ns) = service_host
+        .and_then(|h| {
+            let mut parts = h.split('.');
+            Some((parts.next()?.to_string(), parts.next()?.to_string()))
+        })
+        .unwrap_or_default();
+    TrafficLabels {
+        reporter: "source",
+        source,
+        destination_service: service_host.unwrap_or_default().to_string(),
+        destination_service_namespace: svc_ns,
+        destination_service_name: svc_name,
+        destination: dst.map(|w| PeerLabels::of(w, None)).unwrap_or_default(),
+        request_protocol: "tcp",
+        response_flags: "-",
+        connection_security_policy: security,
+    }
+}
+
+async fn open_tunnel(
+    shared: &Shared,
+    pod: &Arc<Pod>,
+    endpoint: SocketAddr,
+    client: SocketAddr,
+    expected: Vec<SpiffeId>,
+    service_host: Option<String>,
+) -> Result<Tunnel, ambit_hbone::client::ClientError> {
+    let cert = shared.certs.get(&pod.identity).map_err(|e| {
+        ambit_hbone::client::ClientError::Connect {
+            addr: endpoint,
+            source: std::io::Error::other(e.to_string()),
+        }
+    })?;
+    let netns_pod = pod.clone();
+    let target = TunnelTarget {
+        dial: SocketAddr::new(endpoint.ip(), ports::HBONE),
+        expected,
+        src_ip: Some(pod.ip),
+        head: ConnectHead {
+            authority: endpoint.to_string(),
+            forwarded_for: Some(client),
+            forwarded_host: service_host,
+            baggage: vec![("k8s.namespace.name".into(), pod.identity.namespace().into())],
+        },
+        socket: Some(Arc::new(move |dst| marked_socket_in(&netns_pod.netns, dst))),
+    };
+    shared.pool.connect(&cert, &target).await
+}
+
+/// Copies both ways; returns (bytes app→peer, bytes peer→app).
+async fn copy<A, B>(a: &mut A, b: &mut B) -> (u64, u64)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    tokio::io::copy_bidirectional(a, b).await.unwrap_or((0, 0))
+}

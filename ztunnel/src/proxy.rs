@@ -1,0 +1,293 @@
+//! The node proxy: per enrolled pod, listeners inside the pod's namespace
+//! (15001 outbound, 15006 inbound plaintext, 15008 HBONE), the pod's certificate
+//! presented on its behalf, and the eBPF capture pointed at them.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use ambit_ebpf::{Capture, CaptureError};
+use ambit_hbone::ca::CertificateSigner;
+use ambit_hbone::{HboneConfig, HboneServer, Pool, SpiffeId, StaticServerTls};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::certs::CertManager;
+use crate::inbound::{self, PodInbound};
+use crate::metrics::Metrics;
+use crate::netns::Netns;
+use crate::outbound;
+use crate::socket::listen_in;
+use crate::state::{ProxyState, Workload};
+
+/// ztunnel's ports inside each pod namespace.
+pub mod ports {
+    /// Outbound capture.
+    pub const OUTBOUND: u16 = 15001;
+    /// Inbound plaintext capture.
+    pub const INBOUND_PLAIN: u16 = 15006;
+    /// Inbound HBONE.
+    pub const HBONE: u16 = 15008;
+}
+
+/// How to run a ztunnel.
+pub struct ZtunnelConfig {
+    /// This node's name (workloads with this `node` are local).
+    pub node: String,
+    /// Signs the certificates of local pods' identities.
+    pub signer: Arc<dyn CertificateSigner>,
+    /// Certificate lifetime.
+    pub cert_ttl: Duration,
+    /// HBONE settings.
+    pub hbone: HboneConfig,
+    /// cgroup-v2 root for the capture programs (`None`: detect).
+    pub cgroup_root: Option<PathBuf>,
+}
+
+/// Why a pod could not be enrolled or released.
+#[derive(Debug, thiserror::Error)]
+pub enum ZtunnelError {
+    /// The pod is not in the current state.
+    #[error("pod {0}: no such workload in the current state")]
+    UnknownPod(String),
+    /// The pod runs on another node.
+    #[error("pod {uid} runs on node {node:?}, not this ztunnel's {this:?}")]
+    WrongNode {
+        /// Pod uid.
+        uid: String,
+        /// Its node.
+        node: String,
+        /// Ours.
+        this: String,
+    },
+    /// The workload has no usable identity or IP.
+    #[error("pod {uid}: {why}")]
+    BadWorkload {
+        /// Pod uid.
+        uid: String,
+        /// What is missing.
+        why: String,
+    },
+    /// Certificate issuance failed.
+    #[error("pod {uid}: certificate: {source}")]
+    Cert {
+        /// Pod uid.
+        uid: String,
+        /// Why.
+        source: ambit_hbone::cert::CertError,
+    },
+    /// A socket or namespace operation failed.
+    #[error("pod {uid}: {what}: {source}")]
+    Io {
+        /// Pod uid.
+        uid: String,
+        /// What was being done.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Capture could not be changed.
+    #[error("capture: {0}")]
+    Capture(#[from] CaptureError),
+}
+
+/// An enrolled pod, as the proxy paths need it.
+#[derive(Debug)]
+pub struct Pod {
+    /// Workload uid.
+    pub uid: String,
+    /// Its IP.
+    pub ip: IpAddr,
+    /// Its identity.
+    pub identity: SpiffeId,
+    /// Its network namespace.
+    pub netns: Netns,
+    /// That namespace's cookie.
+    pub netns_cookie: u64,
+}
+
+/// State every connection handler shares.
+pub struct Shared {
+    state: RwLock<Arc<ProxyState>>,
+    pub(crate) capture: Mutex<Capture>,
+    pub(crate) certs: CertManager,
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) hbone: HboneConfig,
+}
+
+impl Shared {
+    /// The current state snapshot.
+    pub fn state(&self) -> Arc<ProxyState> {
+        match self.state.read() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
+struct PodRuntime {
+    pod: Arc<Pod>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// A running ztunnel.
+pub struct Ztunnel {
+    node: String,
+    shared: Arc<Shared>,
+    pods: Mutex<HashMap<String, PodRuntime>>,
+}
+
+impl std::fmt::Debug for Ztunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ztunnel").field("node", &self.node).finish_non_exhaustive()
+    }
+}
+
+impl Ztunnel {
+    /// Loads capture and starts with `state`. Needs root.
+    pub fn new(config: ZtunnelConfig, state: ProxyState) -> Result<Self, ZtunnelError> {
+        let capture = Capture::load(config.cgroup_root.as_deref())?;
+        Ok(Ztunnel {
+            node: config.node,
+            shared: Arc::new(Shared {
+                state: RwLock::new(Arc::new(state)),
+                capture: Mutex::new(capture),
+                certs: CertManager::new(config.signer, config.cert_ttl),
+                pool: Pool::new(config.hbone.clone()),
+                metrics: Arc::new(Metrics::default()),
+                hbone: config.hbone,
+            }),
+            pods: Mutex::default(),
+        })
+    }
+
+    /// Replaces the state; new connections see it at once.
+    pub fn update_state(&self, state: ProxyState) {
+        match self.shared.state.write() {
+            Ok(mut s) => *s = Arc::new(state),
+            Err(p) => *p.into_inner() = Arc::new(state),
+        }
+    }
+
+    /// Connection and policy counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// The shared handler state (for the admin endpoints).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// uids of enrolled pods.
+    pub fn enrolled(&self) -> Vec<String> {
+        self.pods.lock().map(|p| p.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    fn local_workload(&self, uid: &str) -> Result<Arc<Workload>, ZtunnelError> {
+        let state = self.shared.state();
+        let w = state
+            .workload(uid)
+            .ok_or_else(|| ZtunnelError::UnknownPod(uid.to_string()))?
+            .clone();
+        if !w.node.is_empty() && w.node != self.node {
+            return Err(ZtunnelError::WrongNode {
+                uid: uid.to_string(),
+                node: w.node.clone(),
+                this: self.node.clone(),
+            });
+        }
+        Ok(w)
+    }
+
+    /// Enrolls a pod: certificate, listeners in its namespace, capture on.
+    /// Enrolling an enrolled pod again is a no-op.
+    pub fn add_pod(&self, uid: &str, netns: Netns) -> Result<(), ZtunnelError> {
+        if self.pods.lock().map(|p| p.contains_key(uid)).unwrap_or(false) {
+            return Ok(());
+        }
+        let w = self.local_workload(uid)?;
+        let bad = |why: String| ZtunnelError::BadWorkload {
+            uid: uid.to_string(),
+            why,
+        };
+        let identity = w.identity().map_err(|e| bad(e.to_string()))?;
+        let ip = *w.workload_ips.first().ok_or_else(|| bad("no workload IP".into()))?;
+        let io = |what: &'static str| {
+            move |source: std::io::Error| ZtunnelError::Io {
+                uid: uid.to_string(),
+                what,
+                source,
+            }
+        };
+        let cert = self.shared.certs.get(&identity).map_err(|source| ZtunnelError::Cert {
+            uid: uid.to_string(),
+            source,
+        })?;
+        let netns_cookie = netns.cookie().map_err(io("reading netns cookie"))?;
+        let outbound_l = listen_in(&netns, SocketAddr::new([127, 0, 0, 1].into(), ports::OUTBOUND))
+            .map_err(io("binding 15001"))?;
+        let plain_l = listen_in(&netns, SocketAddr::new([127, 0, 0, 1].into(), ports::INBOUND_PLAIN))
+            .map_err(io("binding 15006"))?;
+        let hbone_l = listen_in(&netns, SocketAddr::new(ip, ports::HBONE)).map_err(io("binding 15008"))?;
+        let pod = Arc::new(Pod {
+            uid: uid.to_string(),
+            ip,
+            identity,
+            netns,
+            netns_cookie,
+        });
+        {
+            let mut capture = self.shared.capture.lock().unwrap_or_else(|p| p.into_inner());
+            if let IpAddr::V4(v4) = ip {
+                capture.attach_inbound(&pod.netns, netns_cookie, v4, &plain_l)?;
+            }
+            capture.enroll(netns_cookie)?;
+        }
+        let server = HboneServer::new(
+            self.shared.hbone.clone(),
+            Arc::new(StaticServerTls::new(&cert)),
+            PodInbound::new(self.shared.clone(), pod.clone()),
+        );
+        let tasks = vec![
+            tokio::spawn(server.serve(hbone_l)),
+            tokio::spawn(inbound::serve_plaintext(self.shared.clone(), pod.clone(), plain_l)),
+            tokio::spawn(outbound::serve(self.shared.clone(), pod.clone(), outbound_l)),
+        ];
+        info!(uid, %ip, identity = %pod.identity, "pod enrolled");
+        if let Ok(mut pods) = self.pods.lock() {
+            pods.insert(uid.to_string(), PodRuntime { pod, tasks });
+        }
+        Ok(())
+    }
+
+    /// Releases a pod: capture off, listeners closed. Established connections
+    /// run to their end.
+    pub fn remove_pod(&self, uid: &str) -> Result<(), ZtunnelError> {
+        let Some(rt) = self.pods.lock().ok().and_then(|mut p| p.remove(uid)) else {
+            return Ok(());
+        };
+        for t in &rt.tasks {
+            t.abort();
+        }
+        let mut capture = self.shared.capture.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = capture.release(rt.pod.netns_cookie) {
+            warn!(uid, error = %e, "releasing capture failed");
+            return Err(e.into());
+        }
+        info!(uid, "pod released");
+        Ok(())
+    }
+}
+
+impl Drop for Ztunnel {
+    fn drop(&mut self) {
+        let uids = self.enrolled();
+        for uid in uids {
+            let _ = self.remove_pod(&uid);
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! Sockets ztunnel makes inside a pod's network namespace: listeners for the
+//! pod's 15001/15006/15008, and marked sockets for connections it originates
+//! on the pod's behalf (the mark keeps the capture programs off them).
+
+use std::io;
+use std::net::SocketAddr;
+
+use ambit_ebpf::ZTUNNEL_MARK;
+use socket2::{Domain, Socket, Type};
+use tokio::net::{TcpListener, TcpSocket};
+
+use crate::netns::Netns;
+
+/// Binds a listener at `addr` inside `ns`.
+pub fn listen_in(ns: &Netns, addr: SocketAddr) -> io::Result<TcpListener> {
+    let std_listener = ns.run(|| -> io::Result<std::net::TcpListener> {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        s.set_reuse_address(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        s.listen(1024)?;
+        Ok(s.into())
+    })??;
+    TcpListener::from_std(std_listener)
+}
+
+/// An unconnected TCP socket inside `ns`, marked as ztunnel's, ready to dial `dst`.
+pub fn marked_socket_in(ns: &Netns, dst: SocketAddr) -> io::Result<TcpSocket> {
+    let std_stream = ns.run(|| -> io::Result<std::net::TcpStream> {
+        let s = Socket::new(Domain::for_address(dst), Type::STREAM, None)?;
+        s.set_mark(ZTUNNEL_MARK)?;
+        s.set_nodelay(true)?;
+        s.set_nonblocking(true)?;
+        Ok(s.into())
+    })??;
+    Ok(TcpSocket::from_std_stream(std_stream))
+}
