@@ -2,6 +2,7 @@
 //! PKI, an echo upstream, an HBONE server on loopback, raw HTTP/2 frame and TLS
 //! record parsing for wire assertions, and a panic counter.
 
+pub mod cluster;
 pub mod envoy;
 pub mod netns;
 pub mod pki;

@@ -18,7 +18,9 @@ pub struct CertManager {
 
 impl std::fmt::Debug for CertManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertManager").field("ttl", &self.ttl).finish_non_exhaustive()
+        f.debug_struct("CertManager")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
     }
 }
 
@@ -41,7 +43,8 @@ impl CertManager {
         {
             return Ok(c.clone());
         }
-        let cert = WorkloadCertificate::issue(self.signer.as_ref(), id, Validity::starting_now(self.ttl))?;
+        let cert =
+            WorkloadCertificate::issue(self.signer.as_ref(), id, Validity::starting_now(self.ttl))?;
         if let Ok(mut certs) = self.certs.lock() {
             certs.insert(id.clone(), cert.clone());
         }

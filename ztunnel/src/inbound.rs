@@ -63,7 +63,11 @@ fn inbound_labels(
         destination,
         request_protocol: "tcp",
         response_flags: "-",
-        connection_security_policy: if src_identity.is_some() { "mutual_tls" } else { "unknown" },
+        connection_security_policy: if src_identity.is_some() {
+            "mutual_tls"
+        } else {
+            "unknown"
+        },
     }
 }
 
@@ -81,7 +85,9 @@ pub async fn connect_app(pod: &Pod, dst: SocketAddr) -> std::io::Result<TcpStrea
     let socket = marked_socket_in(&pod.netns, dst)?;
     let stream = tokio::time::timeout(std::time::Duration::from_secs(10), socket.connect(dst))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "app connect timed out"))??;
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "app connect timed out")
+        })??;
     Ok(stream)
 }
 
@@ -92,7 +98,10 @@ impl InboundHandler for PodInbound {
         let dst = match req.connect.target {
             ConnectTarget::Addr(a) => a,
             ConnectTarget::Host { ref host, .. } => {
-                return Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, format!("hostname target {host} not supported")));
+                return Err(Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("hostname target {host} not supported"),
+                ));
             }
         };
         if dst.ip() != self.pod.ip {
@@ -103,7 +112,13 @@ impl InboundHandler for PodInbound {
         }
         let state = self.shared.state();
         let src_ip = req.peer_addr.ip();
-        let mut labels = inbound_labels(&state, src_ip, Some(&req.peer_identity), dst, req.connect.forwarded_host.as_deref());
+        let mut labels = inbound_labels(
+            &state,
+            src_ip,
+            Some(&req.peer_identity),
+            dst,
+            req.connect.forwarded_host.as_deref(),
+        );
         let conn = Connection {
             src_identity: Some(req.peer_identity.clone()),
             src_ip,
@@ -126,7 +141,10 @@ impl InboundHandler for PodInbound {
             Err(e) => {
                 labels.response_flags = "CONNECT";
                 self.shared.metrics.failed(&labels);
-                Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, format!("connecting to app {dst}: {e}")))
+                Err(Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("connecting to app {dst}: {e}"),
+                ))
             }
         }
     }
@@ -175,7 +193,9 @@ pub async fn serve_plaintext(shared: Arc<Shared>, pod: Arc<Pod>, listener: TcpLi
             };
             shared.metrics.opened(&labels);
             info!(target: "access", reporter = "destination", src.addr = %peer, dst.addr = %dst, "plaintext connection opened");
-            let (up, down) = tokio::io::copy_bidirectional(&mut client, &mut app).await.unwrap_or((0, 0));
+            let (up, down) = tokio::io::copy_bidirectional(&mut client, &mut app)
+                .await
+                .unwrap_or((0, 0));
             shared.metrics.closed(&labels, up, down);
         });
     }

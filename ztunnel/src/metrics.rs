@@ -68,7 +68,11 @@ impl PeerLabels {
         let principal = principal
             .or_else(|| w.identity().ok().map(|i| i.to_string()))
             .unwrap_or_default();
-        let name = if w.workload_name.is_empty() { &w.name } else { &w.workload_name };
+        let name = if w.workload_name.is_empty() {
+            &w.name
+        } else {
+            &w.workload_name
+        };
         PeerLabels {
             workload: name.clone(),
             canonical_service: w.canonical_name.clone(),
@@ -107,7 +111,10 @@ impl PeerLabels {
 
 fn label(out: &mut String, k: &str, v: &str) {
     let v = if v.is_empty() { "unknown" } else { v };
-    let escaped = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    let escaped = v
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n");
     let _ = write!(out, "{k}=\"{escaped}\",");
 }
 
@@ -117,12 +124,24 @@ impl TrafficLabels {
         label(&mut out, "reporter", self.reporter);
         self.source.write("source", &mut out);
         label(&mut out, "destination_service", &self.destination_service);
-        label(&mut out, "destination_service_namespace", &self.destination_service_namespace);
-        label(&mut out, "destination_service_name", &self.destination_service_name);
+        label(
+            &mut out,
+            "destination_service_namespace",
+            &self.destination_service_namespace,
+        );
+        label(
+            &mut out,
+            "destination_service_name",
+            &self.destination_service_name,
+        );
         self.destination.write("destination", &mut out);
         label(&mut out, "request_protocol", self.request_protocol);
         label(&mut out, "response_flags", self.response_flags);
-        label(&mut out, "connection_security_policy", self.connection_security_policy);
+        label(
+            &mut out,
+            "connection_security_policy",
+            self.connection_security_policy,
+        );
         out.pop();
         out
     }
@@ -136,6 +155,9 @@ struct Counters {
     received: u64,
     sent: u64,
 }
+
+/// A counter family: name, help text, and which counter it reads.
+type Family = (&'static str, &'static str, fn(&Counters) -> u64);
 
 /// The metric families ztunnel exports.
 #[derive(Debug, Default)]
@@ -172,25 +194,51 @@ impl Metrics {
     /// satisfy `pred` (for tests and diagnostics).
     pub fn failed_where(&self, pred: impl Fn(&TrafficLabels) -> bool) -> u64 {
         let t = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
-        t.iter().filter(|(l, _)| pred(l)).map(|(_, c)| c.failed).sum()
+        t.iter()
+            .filter(|(l, _)| pred(l))
+            .map(|(_, c)| c.failed)
+            .sum()
     }
 
     /// The sum of `istio_tcp_connections_opened_total` over matching series.
     pub fn opened_where(&self, pred: impl Fn(&TrafficLabels) -> bool) -> u64 {
         let t = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
-        t.iter().filter(|(l, _)| pred(l)).map(|(_, c)| c.opened).sum()
+        t.iter()
+            .filter(|(l, _)| pred(l))
+            .map(|(_, c)| c.opened)
+            .sum()
     }
 
     /// OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let t = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
-        let families: [(&str, &str, fn(&Counters) -> u64); 5] = [
-            ("istio_tcp_connections_opened", "The total number of TCP connections opened.", |c| c.opened),
-            ("istio_tcp_connections_closed", "The total number of TCP connections closed.", |c| c.closed),
-            ("istio_tcp_connections_failed", "The total number of TCP connections that failed.", |c| c.failed),
-            ("istio_tcp_received_bytes", "The size of total bytes received during request in case of a TCP connection.", |c| c.received),
-            ("istio_tcp_sent_bytes", "The size of total bytes sent during response in case of a TCP connection.", |c| c.sent),
+        let families: [Family; 5] = [
+            (
+                "istio_tcp_connections_opened",
+                "The total number of TCP connections opened.",
+                |c| c.opened,
+            ),
+            (
+                "istio_tcp_connections_closed",
+                "The total number of TCP connections closed.",
+                |c| c.closed,
+            ),
+            (
+                "istio_tcp_connections_failed",
+                "The total number of TCP connections that failed.",
+                |c| c.failed,
+            ),
+            (
+                "istio_tcp_received_bytes",
+                "The size of total bytes received during request in case of a TCP connection.",
+                |c| c.received,
+            ),
+            (
+                "istio_tcp_sent_bytes",
+                "The size of total bytes sent during response in case of a TCP connection.",
+                |c| c.sent,
+            ),
         ];
         for (name, help, get) in families {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");

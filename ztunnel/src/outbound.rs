@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 use crate::metrics::{PeerLabels, TrafficLabels};
 use crate::proxy::{Pod, Shared, ports};
 use crate::socket::marked_socket_in;
-use crate::state::{ProxyState, Protocol, Workload};
+use crate::state::{Protocol, ProxyState, Workload};
 
 /// Where an outbound connection goes.
 #[derive(Debug)]
@@ -93,7 +93,9 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, mut app: TcpStream, peer: So
         Ok(None) => return warn!(%peer, "no original destination recorded; closing"),
         Err(e) => return warn!(%peer, error = %e, "original destination lookup failed"),
     };
-    if dst.ip().is_loopback() && [ports::OUTBOUND, ports::INBOUND_PLAIN, ports::HBONE].contains(&dst.port()) {
+    if dst.ip().is_loopback()
+        && [ports::OUTBOUND, ports::INBOUND_PLAIN, ports::HBONE].contains(&dst.port())
+    {
         return warn!(%dst, "refusing a self-call");
     }
     let state = shared.state();
@@ -106,7 +108,10 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, mut app: TcpStream, peer: So
     match route(&state, dst) {
         Route::NoEndpoint(host) => {
             let labels = labels(source, None, Some(&host), "mutual_tls");
-            shared.metrics.failed(&TrafficLabels { response_flags: "UF", ..labels });
+            shared.metrics.failed(&TrafficLabels {
+                response_flags: "UF",
+                ..labels
+            });
             warn!(target: "access", reporter = "source", src.addr = %client, dst.service = %host, "no healthy endpoint");
         }
         Route::Passthrough(to) => {
@@ -122,12 +127,29 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, mut app: TcpStream, peer: So
                 Err(e) => debug!(%to, error = %e, "passthrough connect failed"),
             }
         }
-        Route::Hbone { endpoint, workload, expected, service_host } => {
-            let mut l = labels(source, Some(&workload), service_host.as_deref(), "mutual_tls");
+        Route::Hbone {
+            endpoint,
+            workload,
+            expected,
+            service_host,
+        } => {
+            let mut l = labels(
+                source,
+                Some(&workload),
+                service_host.as_deref(),
+                "mutual_tls",
+            );
             // Same node or even same pod: still through HBONE, so identity and
             // policy always apply.
-            let tunnel =
-                open_tunnel(&shared, &pod, endpoint, client, expected, service_host.clone()).await;
+            let tunnel = open_tunnel(
+                &shared,
+                &pod,
+                endpoint,
+                client,
+                expected,
+                service_host.clone(),
+            )
+            .await;
             match tunnel {
                 Ok(mut t) => {
                     shared.metrics.opened(&l);
@@ -137,8 +159,13 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, mut app: TcpStream, peer: So
                 }
                 Err(e) => {
                     l.response_flags = match &e {
-                        ambit_hbone::client::ClientError::Refused(s) if *s == http::StatusCode::UNAUTHORIZED => "DENY",
-                        ambit_hbone::client::ClientError::Tls(_) | ambit_hbone::client::ClientError::PeerRejected(_) => "TLS_FAILURE",
+                        ambit_hbone::client::ClientError::Refused(s)
+                            if *s == http::StatusCode::UNAUTHORIZED =>
+                        {
+                            "DENY"
+                        }
+                        ambit_hbone::client::ClientError::Tls(_)
+                        | ambit_hbone::client::ClientError::PeerRejected(_) => "TLS_FAILURE",
                         _ => "CONNECT",
                     };
                     shared.metrics.failed(&l);
@@ -149,7 +176,12 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, mut app: TcpStream, peer: So
     }
 }
 
-fn labels(source: PeerLabels, dst: Option<&Workload>, service_host: Option<&str>, security: &'static str) -> TrafficLabels {
+fn labels(
+    source: PeerLabels,
+    dst: Option<&Workload>,
+    service_host: Option<&str>,
+    security: &'static str,
+) -> TrafficLabels {
     let (svc_name, svc_ns) = service_host
         .and_then(|h| {
             let mut parts = h.split('.');
@@ -177,12 +209,14 @@ async fn open_tunnel(
     expected: Vec<SpiffeId>,
     service_host: Option<String>,
 ) -> Result<Tunnel, ambit_hbone::client::ClientError> {
-    let cert = shared.certs.get(&pod.identity).map_err(|e| {
-        ambit_hbone::client::ClientError::Connect {
-            addr: endpoint,
-            source: std::io::Error::other(e.to_string()),
-        }
-    })?;
+    let cert =
+        shared
+            .certs
+            .get(&pod.identity)
+            .map_err(|e| ambit_hbone::client::ClientError::Connect {
+                addr: endpoint,
+                source: std::io::Error::other(e.to_string()),
+            })?;
     let netns_pod = pod.clone();
     let target = TunnelTarget {
         dial: SocketAddr::new(endpoint.ip(), ports::HBONE),

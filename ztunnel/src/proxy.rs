@@ -142,7 +142,9 @@ pub struct Ztunnel {
 
 impl std::fmt::Debug for Ztunnel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ztunnel").field("node", &self.node).finish_non_exhaustive()
+        f.debug_struct("Ztunnel")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
     }
 }
 
@@ -184,7 +186,10 @@ impl Ztunnel {
 
     /// uids of enrolled pods.
     pub fn enrolled(&self) -> Vec<String> {
-        self.pods.lock().map(|p| p.keys().cloned().collect()).unwrap_or_default()
+        self.pods
+            .lock()
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn local_workload(&self, uid: &str) -> Result<Arc<Workload>, ZtunnelError> {
@@ -206,7 +211,12 @@ impl Ztunnel {
     /// Enrolls a pod: certificate, listeners in its namespace, capture on.
     /// Enrolling an enrolled pod again is a no-op.
     pub fn add_pod(&self, uid: &str, netns: Netns) -> Result<(), ZtunnelError> {
-        if self.pods.lock().map(|p| p.contains_key(uid)).unwrap_or(false) {
+        if self
+            .pods
+            .lock()
+            .map(|p| p.contains_key(uid))
+            .unwrap_or(false)
+        {
             return Ok(());
         }
         let w = self.local_workload(uid)?;
@@ -215,7 +225,10 @@ impl Ztunnel {
             why,
         };
         let identity = w.identity().map_err(|e| bad(e.to_string()))?;
-        let ip = *w.workload_ips.first().ok_or_else(|| bad("no workload IP".into()))?;
+        let ip = *w
+            .workload_ips
+            .first()
+            .ok_or_else(|| bad("no workload IP".into()))?;
         let io = |what: &'static str| {
             move |source: std::io::Error| ZtunnelError::Io {
                 uid: uid.to_string(),
@@ -223,16 +236,27 @@ impl Ztunnel {
                 source,
             }
         };
-        let cert = self.shared.certs.get(&identity).map_err(|source| ZtunnelError::Cert {
-            uid: uid.to_string(),
-            source,
-        })?;
+        let cert = self
+            .shared
+            .certs
+            .get(&identity)
+            .map_err(|source| ZtunnelError::Cert {
+                uid: uid.to_string(),
+                source,
+            })?;
         let netns_cookie = netns.cookie().map_err(io("reading netns cookie"))?;
-        let outbound_l = listen_in(&netns, SocketAddr::new([127, 0, 0, 1].into(), ports::OUTBOUND))
-            .map_err(io("binding 15001"))?;
-        let plain_l = listen_in(&netns, SocketAddr::new([127, 0, 0, 1].into(), ports::INBOUND_PLAIN))
-            .map_err(io("binding 15006"))?;
-        let hbone_l = listen_in(&netns, SocketAddr::new(ip, ports::HBONE)).map_err(io("binding 15008"))?;
+        let outbound_l = listen_in(
+            &netns,
+            SocketAddr::new([127, 0, 0, 1].into(), ports::OUTBOUND),
+        )
+        .map_err(io("binding 15001"))?;
+        let plain_l = listen_in(
+            &netns,
+            SocketAddr::new([127, 0, 0, 1].into(), ports::INBOUND_PLAIN),
+        )
+        .map_err(io("binding 15006"))?;
+        let hbone_l =
+            listen_in(&netns, SocketAddr::new(ip, ports::HBONE)).map_err(io("binding 15008"))?;
         let pod = Arc::new(Pod {
             uid: uid.to_string(),
             ip,
@@ -241,7 +265,11 @@ impl Ztunnel {
             netns_cookie,
         });
         {
-            let mut capture = self.shared.capture.lock().unwrap_or_else(|p| p.into_inner());
+            let mut capture = self
+                .shared
+                .capture
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             if let IpAddr::V4(v4) = ip {
                 capture.attach_inbound(&pod.netns, netns_cookie, v4, &plain_l)?;
             }
@@ -254,8 +282,16 @@ impl Ztunnel {
         );
         let tasks = vec![
             tokio::spawn(server.serve(hbone_l)),
-            tokio::spawn(inbound::serve_plaintext(self.shared.clone(), pod.clone(), plain_l)),
-            tokio::spawn(outbound::serve(self.shared.clone(), pod.clone(), outbound_l)),
+            tokio::spawn(inbound::serve_plaintext(
+                self.shared.clone(),
+                pod.clone(),
+                plain_l,
+            )),
+            tokio::spawn(outbound::serve(
+                self.shared.clone(),
+                pod.clone(),
+                outbound_l,
+            )),
         ];
         info!(uid, %ip, identity = %pod.identity, "pod enrolled");
         if let Ok(mut pods) = self.pods.lock() {
@@ -273,7 +309,11 @@ impl Ztunnel {
         for t in &rt.tasks {
             t.abort();
         }
-        let mut capture = self.shared.capture.lock().unwrap_or_else(|p| p.into_inner());
+        let mut capture = self
+            .shared
+            .capture
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Err(e) = capture.release(rt.pod.netns_cookie) {
             warn!(uid, error = %e, "releasing capture failed");
             return Err(e.into());

@@ -1,0 +1,323 @@
+//! ztunnel end to end on real namespaces with real eBPF capture: two nodes, pods
+//! talking through HBONE without knowing it, L4 policy, metrics, and enrolment
+//! changing at run time. Needs root.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ambit_e2e::cluster::{Cluster, Exchange, LinkCapture, contains, echo_app, talk};
+use ambit_e2e::pki;
+use ambit_hbone::HboneConfig;
+use ambit_hbone::ca::CertificateSigner;
+use ztunnel::state::{LocalConfig, ProxyState};
+use ztunnel::{Ztunnel, ZtunnelConfig};
+
+/// The ALPN extension of a ClientHello offering exactly `h2`.
+const ALPN_H2_EXT: &[u8] = &[0x00, 0x10, 0x00, 0x05, 0x00, 0x03, 0x02, b'h', b'2'];
+
+fn marker() -> Vec<u8> {
+    format!("MARKER-{:032x}", rand::random::<u128>()).into_bytes()
+}
+
+struct Pod<'a> {
+    name: &'a str,
+    ns: &'a str,
+    sa: &'a str,
+    ip: Ipv4Addr,
+    node: u8,
+    mesh: bool,
+    service: bool,
+}
+
+fn workload_yaml(p: &Pod<'_>) -> String {
+    let services = if p.service {
+        "{\"demo/echo.demo.svc.cluster.local\": {80: 8080}}"
+    } else {
+        "{}"
+    };
+    format!(
+        "- {{uid: Kubernetes//Pod/{ns}/{name}, name: {name}, namespace: {ns}, serviceAccount: {sa}, \
+         trustDomain: cluster.local, workloadIps: [\"{ip}\"], protocol: {proto}, node: node{node}, \
+         canonicalName: {name}, workloadName: {name}, services: {services}}}\n",
+        ns = p.ns,
+        name = p.name,
+        sa = p.sa,
+        ip = p.ip,
+        node = p.node,
+        proto = if p.mesh { "HBONE" } else { "TCP" },
+    )
+}
+
+fn state(pods: &[Pod<'_>], policies: &str) -> ProxyState {
+    let mut yaml = String::from("workloads:\n");
+    for p in pods {
+        yaml.push_str(&workload_yaml(p));
+    }
+    yaml.push_str(
+        "services:\n- {name: echo, namespace: demo, hostname: echo.demo.svc.cluster.local, \
+         vips: [\"/10.96.0.10\"], ports: {80: 8080}}\n",
+    );
+    yaml.push_str(policies);
+    ProxyState::from_config(&LocalConfig::parse(&yaml, "test state").expect("state yaml"))
+}
+
+fn ztunnel(node: u8, signer: Arc<dyn CertificateSigner>, st: ProxyState) -> Ztunnel {
+    Ztunnel::new(
+        ZtunnelConfig {
+            node: format!("node{node}"),
+            signer,
+            cert_ttl: Duration::from_secs(3600),
+            hbone: HboneConfig::default(),
+            cgroup_root: None,
+        },
+        st,
+    )
+    .expect("start ztunnel (needs root)")
+}
+
+fn uid(ns: &str, name: &str) -> String {
+    format!("Kubernetes//Pod/{ns}/{name}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_talk_through_hbone_with_policy_and_metrics() {
+    ambit_e2e::init_tracing();
+    ambit_e2e::netns::require_root();
+    let mut cluster = Cluster::new(2);
+    let ip_a = cluster.add_pod("a", 1);
+    let ip_c = cluster.add_pod("c", 1);
+    let ip_b2 = cluster.add_pod("b2", 1);
+    let ip_b = cluster.add_pod("b", 2);
+    let pods = [
+        Pod {
+            name: "a",
+            ns: "demo",
+            sa: "a",
+            ip: ip_a,
+            node: 1,
+            mesh: true,
+            service: false,
+        },
+        Pod {
+            name: "c",
+            ns: "other",
+            sa: "c",
+            ip: ip_c,
+            node: 1,
+            mesh: true,
+            service: false,
+        },
+        Pod {
+            name: "b2",
+            ns: "demo",
+            sa: "b",
+            ip: ip_b2,
+            node: 1,
+            mesh: true,
+            service: false,
+        },
+        Pod {
+            name: "b",
+            ns: "demo",
+            sa: "b",
+            ip: ip_b,
+            node: 2,
+            mesh: true,
+            service: true,
+        },
+    ];
+    let policy = "policies:\n- {name: only-a, namespace: demo, scope: Namespace, action: Allow, dryRun: false, \
+                  rules: [[[{principals: [!Exact cluster.local/ns/demo/sa/a]}]]]}\n";
+    let signer: Arc<dyn CertificateSigner> = Arc::new(pki::root("cluster.local", "mesh root"));
+    let z1 = ztunnel(1, signer.clone(), state(&pods, policy));
+    let z2 = ztunnel(2, signer, state(&pods, policy));
+    for name in ["a", "c", "b2"] {
+        let ns = if name == "c" { "other" } else { "demo" };
+        z1.add_pod(&uid(ns, name), cluster.pod(name).netns())
+            .expect("enroll on node1");
+    }
+    z2.add_pod(&uid("demo", "b"), cluster.pod("b").netns())
+        .expect("enroll on node2");
+    let b_accepts = echo_app(cluster.pod("b"), 8080).await;
+    echo_app(cluster.pod("b2"), 8080).await;
+
+    let link = LinkCapture::start(&cluster.node_ns(1));
+    let secret = marker();
+
+    // A → B's pod IP, across nodes.
+    match talk(cluster.pod("a"), SocketAddr::from((ip_b, 8080)), &secret).await {
+        Exchange::Served { greeting, echoed } => {
+            assert!(greeting.starts_with("b saw"), "{greeting}");
+            assert_eq!(echoed, secret);
+        }
+        other => panic!("a → b pod IP: {other:?}"),
+    }
+    // A → the Service VIP (resolved by ztunnel to B).
+    match talk(
+        cluster.pod("a"),
+        "10.96.0.10:80".parse().expect("vip"),
+        &secret,
+    )
+    .await
+    {
+        Exchange::Served { greeting, echoed } => {
+            assert!(greeting.starts_with("b saw"), "{greeting}");
+            assert_eq!(echoed, secret);
+        }
+        other => panic!("a → VIP: {other:?}"),
+    }
+    // A → B2 on the same node: same path, same policy.
+    match talk(cluster.pod("a"), SocketAddr::from((ip_b2, 8080)), &secret).await {
+        Exchange::Served { greeting, .. } => assert!(greeting.starts_with("b2 saw"), "{greeting}"),
+        other => panic!("a → b2 same node: {other:?}"),
+    }
+    // C is not allowed: no payload, and B's app never accepts.
+    let before = b_accepts.load(Ordering::SeqCst);
+    let denied = talk(cluster.pod("c"), SocketAddr::from((ip_b, 8080)), &secret).await;
+    assert!(
+        matches!(denied, Exchange::ClosedEmpty),
+        "c → b must be refused: {denied:?}"
+    );
+    assert_eq!(
+        b_accepts.load(Ordering::SeqCst),
+        before,
+        "b's app never saw c"
+    );
+
+    let wire = link.finish();
+    assert!(!wire.is_empty(), "the capture saw the node link");
+    assert!(
+        !contains(&wire, &secret),
+        "payload marker crossed the node link in clear"
+    );
+    assert!(
+        contains(&wire, ALPN_H2_EXT),
+        "ClientHello with ALPN h2 on the link"
+    );
+
+    // Node 2's ztunnel reports A's identity as the source principal, and C's denial.
+    let a_id = "spiffe://cluster.local/ns/demo/sa/a";
+    let m2 = z2.metrics();
+    assert!(
+        m2.opened_where(|l| l.reporter == "destination" && l.source.principal == a_id) >= 2,
+        "{}",
+        m2.render()
+    );
+    assert!(
+        m2.failed_where(|l| l.response_flags == "DENY"
+            && l.source.principal == "spiffe://cluster.local/ns/other/sa/c")
+            >= 1,
+        "{}",
+        m2.render()
+    );
+    let text = m2.render();
+    assert!(
+        text.contains(&format!("source_principal=\"{a_id}\"")),
+        "{text}"
+    );
+    assert!(text.contains("connection_security_policy=\"mutual_tls\""));
+    assert!(text.ends_with("# EOF\n"));
+    // Node 1 reports the denial from the source side too.
+    assert!(
+        z1.metrics()
+            .failed_where(|l| l.reporter == "source" && l.response_flags == "DENY")
+            >= 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolment_at_run_time_switches_between_plaintext_and_mtls() {
+    ambit_e2e::init_tracing();
+    ambit_e2e::netns::require_root();
+    let mut cluster = Cluster::new(2);
+    let ip_u = cluster.add_pod("u", 1);
+    let ip_b = cluster.add_pod("b", 2);
+    let pods = |u_mesh: bool| {
+        [
+            Pod {
+                name: "u",
+                ns: "plain",
+                sa: "u",
+                ip: ip_u,
+                node: 1,
+                mesh: u_mesh,
+                service: false,
+            },
+            Pod {
+                name: "b",
+                ns: "demo",
+                sa: "b",
+                ip: ip_b,
+                node: 2,
+                mesh: true,
+                service: true,
+            },
+        ]
+    };
+    let signer: Arc<dyn CertificateSigner> = Arc::new(pki::root("cluster.local", "mesh root"));
+    let z1 = ztunnel(1, signer.clone(), state(&pods(false), ""));
+    let z2 = ztunnel(2, signer, state(&pods(false), ""));
+    z2.add_pod(&uid("demo", "b"), cluster.pod("b").netns())
+        .expect("enroll b");
+    echo_app(cluster.pod("b"), 8080).await;
+    let to_b = SocketAddr::from((ip_b, 8080));
+
+    // Not enrolled: plain TCP on the link (PERMISSIVE: B's 15006 takes it).
+    let link = LinkCapture::start(&cluster.node_ns(1));
+    let m1 = marker();
+    assert!(matches!(
+        talk(cluster.pod("u"), to_b, &m1).await,
+        Exchange::Served { .. }
+    ));
+    assert!(
+        contains(&link.finish(), &m1),
+        "un-enrolled traffic is plaintext on the link"
+    );
+    assert!(
+        z2.metrics()
+            .opened_where(|l| l.connection_security_policy == "unknown")
+            >= 1
+    );
+
+    // Enrol the running pod: same namespace, same process; next connection is mTLS.
+    z1.update_state(state(&pods(true), ""));
+    z2.update_state(state(&pods(true), ""));
+    z1.add_pod(&uid("plain", "u"), cluster.pod("u").netns())
+        .expect("enroll u");
+    let link = LinkCapture::start(&cluster.node_ns(1));
+    let m2 = marker();
+    assert!(matches!(
+        talk(cluster.pod("u"), to_b, &m2).await,
+        Exchange::Served { .. }
+    ));
+    let wire = link.finish();
+    assert!(!contains(&wire, &m2), "enrolled traffic is not in clear");
+    assert!(contains(&wire, ALPN_H2_EXT));
+
+    // Release it: plain again.
+    z1.remove_pod(&uid("plain", "u")).expect("release u");
+    z1.update_state(state(&pods(false), ""));
+    z2.update_state(state(&pods(false), ""));
+    let link = LinkCapture::start(&cluster.node_ns(1));
+    let m3 = marker();
+    assert!(matches!(
+        talk(cluster.pod("u"), to_b, &m3).await,
+        Exchange::Served { .. }
+    ));
+    assert!(
+        contains(&link.finish(), &m3),
+        "released pod is plaintext again"
+    );
+
+    // STRICT on B (Istio's form: deny peers without an identity) refuses plaintext.
+    let strict = "policies:\n- {name: strict, namespace: demo, scope: Namespace, action: Deny, dryRun: false, \
+                  rules: [[[{notPrincipals: [!Presence null]}]]]}\n";
+    z2.update_state(state(&pods(false), strict));
+    let refused = talk(cluster.pod("u"), to_b, &marker()).await;
+    assert!(
+        matches!(refused, Exchange::ClosedEmpty | Exchange::ConnectFailed(_)),
+        "{refused:?}"
+    );
+}
