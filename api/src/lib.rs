@@ -1,7 +1,8 @@
 //! Ambit's user-facing resources and wire types.
 //!
-//! Today this holds the Istio CA API messages ([`ca`]); the Kubernetes/Istio
-//! resource types, their validation and translation, and the xDS types join it
-//! with the ztunnel and controller work.
+//! * [`ca`]: the Istio CA API messages.
+//! * [`model`]: proxy state (workloads, services, L4 policies) and the pure
+//!   L4 authorization function over it.
 
 pub mod ca;
+pub mod model;

@@ -9,8 +9,12 @@ pub mod metrics;
 pub mod netns;
 pub mod outbound;
 pub mod proxy;
-pub mod rbac;
 pub mod socket;
-pub mod state;
+
+/// L4 authorization: the pure function and its types live in `ambit-api` so the
+/// controller and `ambit analyze` evaluate policies exactly as ztunnel does.
+pub use ambit_api::model::authz as rbac;
+/// Proxy state (shared with the controller).
+pub use ambit_api::model as state;
 
 pub use proxy::{Ztunnel, ZtunnelConfig, ZtunnelError};

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use super::{HealthStatus, LocalConfig, Service, Workload};
-use crate::rbac::{Authorization, PolicyScope};
+use super::authz::{Authorization, PolicyScope};
 
 /// A snapshot of everything ztunnel routes and authorizes by. Cheap to share;
 /// replaced whole on each update so readers never see a half-applied change.

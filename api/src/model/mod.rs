@@ -1,14 +1,17 @@
-//! What ztunnel knows about the mesh: workloads, services and L4 policies.
+//! Proxy state: the workloads, services and L4 policies ztunnel routes and
+//! authorizes by. The local cluster and the controller both translate user
+//! resources into it (see `translate`).
 //!
 //! The shapes follow Istio ztunnel's local config format (istio-wire §5), so the
 //! same YAML a user would hand Istio's ztunnel for debugging works here, and the
 //! xDS types map onto them one to one.
 
+pub mod authz;
 mod local;
-mod lookup;
+mod state;
 
 pub use local::{LocalConfig, LocalConfigError};
-pub use lookup::ProxyState;
+pub use state::{Endpoint, ProxyState};
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -132,4 +135,4 @@ impl Service {
     }
 }
 
-pub use crate::rbac::{Action, Authorization, PolicyMatch, PolicyScope, StringMatch};
+pub use authz::{Action, Authorization, PolicyMatch, PolicyScope, StringMatch};

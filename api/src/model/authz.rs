@@ -335,4 +335,5 @@ pub fn authorize<'a>(
 }
 
 #[cfg(test)]
+#[path = "authz_tests.rs"]
 mod tests;
