@@ -5,4 +5,6 @@
 //!   L4 authorization function over it.
 
 pub mod ca;
+pub mod k8s;
 pub mod model;
+pub mod translate;

@@ -11,10 +11,10 @@ pub mod outbound;
 pub mod proxy;
 pub mod socket;
 
+/// Proxy state (shared with the controller).
+pub use ambit_api::model as state;
 /// L4 authorization: the pure function and its types live in `ambit-api` so the
 /// controller and `ambit analyze` evaluate policies exactly as ztunnel does.
 pub use ambit_api::model::authz as rbac;
-/// Proxy state (shared with the controller).
-pub use ambit_api::model as state;
 
 pub use proxy::{Ztunnel, ZtunnelConfig, ZtunnelError};

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::{HealthStatus, LocalConfig, Service, Workload};
 use super::authz::{Authorization, PolicyScope};
+use super::{HealthStatus, LocalConfig, Service, Workload};
 
 /// A snapshot of everything ztunnel routes and authorizes by. Cheap to share;
 /// replaced whole on each update so readers never see a half-applied change.

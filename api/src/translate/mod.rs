@@ -1,0 +1,74 @@
+//! Kubernetes + Istio resources → proxy state. Written once: the local cluster
+//! and the controller both call [`translate`].
+//!
+//! * A pod is in the mesh (HBONE) when its namespace or itself carries
+//!   `istio.io/dataplane-mode=ambient`, it is not opted out with `none`, and it
+//!   does not use the host network.
+//! * Services become VIPs; pods selected by a Service list it with their port map.
+//! * `AuthorizationPolicy` becomes ztunnel's L4 form ([`policy`]); `PeerAuthentication`
+//!   STRICT becomes a DENY of peers without an identity, as Istio does.
+
+mod policy;
+mod workloads;
+
+use crate::k8s::{Resources, Source};
+use crate::model::LocalConfig;
+
+pub use workloads::{expand_deployments, pod_in_mesh};
+
+/// How bad a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// Applied, but worth knowing.
+    Info,
+    /// Applied differently from what was written (e.g. an L7 field on L4).
+    Warning,
+    /// Not applied.
+    Error,
+}
+
+/// Something the translation noticed about one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    /// How bad.
+    pub severity: Severity,
+    /// Where the object came from.
+    pub source: Source,
+    /// `Kind namespace/name`.
+    pub object: String,
+    /// Field path, e.g. `spec.rules[0].to[0].operation.methods`.
+    pub field: String,
+    /// What it means.
+    pub message: String,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?} [{}] {} {}: {}",
+            self.severity, self.source, self.object, self.field, self.message
+        )
+    }
+}
+
+/// The result: state plus what was noticed along the way.
+#[derive(Clone, Debug, Default)]
+pub struct Translation {
+    /// The proxy state.
+    pub config: LocalConfig,
+    /// Findings, in input order.
+    pub findings: Vec<Finding>,
+}
+
+/// Translates `res` (pods must carry `spec.nodeName` and `status.podIP`).
+pub fn translate(res: &Resources) -> Translation {
+    let mut out = Translation::default();
+    workloads::translate_services(res, &mut out);
+    workloads::translate_pods(res, &mut out);
+    policy::translate_policies(res, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests;
