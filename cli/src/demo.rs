@@ -1,157 +1,137 @@
-//! `ambit demo`: an HBONE tunnel between two local endpoints, with everything a
-//! user would want to see verified printed as it happens.
+//! `ambit demo`: brings up the local cluster from `cli/demo/demo.yaml`, sends
+//! requests from the client pod to the echo Service and shows which pod served
+//! each, the identity ztunnel verified, that the node link carried TLS and not
+//! the payload, and one denied attempt; then tears everything down.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ambit_hbone::ca::{Authority, Validity};
-use ambit_hbone::client::TunnelTarget;
-use ambit_hbone::request::ConnectHead;
-use ambit_hbone::server::InboundRequest;
-use ambit_hbone::{
-    DirectHandler, HboneConfig, HboneServer, Pool, SpiffeId, StaticServerTls, WorkloadCertificate,
-};
+use ambit_api::k8s::Resources;
 use anyhow::{Context, bail};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
-/// Options for `ambit demo`.
-#[derive(clap::Args, Debug)]
-pub struct DemoArgs {
-    /// Trust domain of the demo identities.
-    #[arg(long, default_value = "cluster.local")]
-    trust_domain: String,
-    /// Message sent through the tunnel.
-    #[arg(long, default_value = "hello through HBONE")]
-    message: String,
+use crate::cluster::LocalCluster;
+use crate::cluster::capture::{ALPN_H2_EXT, LinkCapture, contains};
+use crate::cluster::client::{http_get, wait_listening};
+
+/// The demo's resources.
+pub const DEMO_YAML: &str = include_str!("../demo/demo.yaml");
+
+/// The echo Service's VIP in the demo.
+const ECHO_VIP: &str = "10.96.0.10:80";
+
+/// Runs the demo; any unexpected result is an error (non-zero exit).
+pub async fn run() -> anyhow::Result<()> {
+    let mut res = Resources::default();
+    res.add_yaml(DEMO_YAML, "demo.yaml")?;
+    println!(
+        "== bringing up a 2-node local cluster (network namespaces, eBPF capture, ztunnel per node)"
+    );
+    let cluster = LocalCluster::up(res, 2).await?;
+    let outcome = exercise(&cluster).await;
+    drop(cluster);
+    println!("== torn down: namespaces, cgroups and eBPF programs removed");
+    outcome
 }
 
-/// A one-connection-at-a-time echo app that says who it is.
-async fn echo_app(name: &'static str) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((mut sock, peer)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                while let Ok(n) = sock.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    let reply = format!(
-                        "{name} (saw peer {peer}) echoes: {}",
-                        String::from_utf8_lossy(&buf[..n])
-                    );
-                    if sock.write_all(reply.as_bytes()).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    Ok(addr)
+fn served_by(body: &str) -> Option<&str> {
+    body.lines()
+        .find_map(|l| l.strip_prefix("pod="))
+        .and_then(|l| l.split_whitespace().next())
 }
 
-/// Runs the demo; returns an error (non-zero exit) if anything is not as expected.
-pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let td = args.trust_domain.as_str();
-    let ca = Authority::new_root(
-        td,
-        "ambit demo root",
-        Validity::starting_now(Duration::from_secs(3600)),
-    )
-    .context("creating the demo CA")?;
-    let client_id = SpiffeId::new(td, "demo", "client")?;
-    let server_id = SpiffeId::new(td, "demo", "echo")?;
-    let intruder_id = SpiffeId::new(td, "elsewhere", "intruder")?;
-    let day = Validity::starting_now(Duration::from_secs(24 * 3600));
-    let issue = |id: &SpiffeId| {
-        WorkloadCertificate::issue(&ca, id, day).with_context(|| format!("issuing {id}"))
-    };
-    let (client_cert, server_cert, intruder_cert) =
-        (issue(&client_id)?, issue(&server_id)?, issue(&intruder_id)?);
-    println!("CA      root for trust domain {td} created; certificates issued (P-256, 24 h):");
-    for c in [&client_cert, &server_cert, &intruder_cert] {
-        println!("          {}  serial {}", c.identity(), c.serial());
+async fn exercise(cluster: &LocalCluster) -> anyhow::Result<()> {
+    for p in cluster.pods.values() {
+        let in_mesh = cluster.ztunnel(p.node).enrolled().contains(&p.uid);
+        println!(
+            "   pod {:<14} node{}  {:<12} {}",
+            p.key,
+            p.node,
+            p.ip,
+            if in_mesh {
+                "ambient (HBONE via ztunnel)"
+            } else {
+                "not in the mesh"
+            }
+        );
     }
-
-    let app = echo_app("echo-app").await?;
-    // Policy on the server side: only the demo namespace may connect.
-    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-    let seen_by_policy = seen.clone();
-    let handler = DirectHandler::with_policy(Arc::new(move |req: &InboundRequest| {
-        let who = req.peer_identity.to_string();
-        if let Ok(mut s) = seen_by_policy.lock() {
-            s.push(who.clone());
+    for f in &cluster.findings {
+        println!("   note: {f}");
+    }
+    let client = cluster.pod("demo/client")?;
+    let legacy = cluster.pod("legacy/legacy")?;
+    let vip: SocketAddr = ECHO_VIP.parse()?;
+    for echo in ["demo/echo-0", "demo/echo-1"] {
+        let p = cluster.pod(echo)?;
+        if !wait_listening(&p.netns, 8080, Duration::from_secs(10)).await {
+            bail!("{echo} did not start listening");
         }
-        if req.peer_identity.namespace() == "demo" {
-            Ok(())
-        } else {
-            Err(format!("{who} is not in namespace demo"))
+    }
+
+    println!("== client → echo Service {ECHO_VIP}, 6 requests");
+    let node1 = cluster.topology.node(1).context("node1")?.ns.open()?;
+    let capture = LinkCapture::start(&node1)?;
+    let marker = format!("/secret-{:016x}", rand::random::<u64>());
+    let mut served = std::collections::BTreeMap::<String, u32>::new();
+    for i in 1..=6 {
+        let body = http_get(&client.netns, vip, &marker)
+            .await
+            .with_context(|| format!("request {i}"))?
+            .with_context(|| format!("request {i}: connection closed without a response"))?;
+        let who = served_by(&body).unwrap_or("?").to_string();
+        let node = cluster
+            .pods
+            .get(&format!("demo/{who}"))
+            .map(|p| p.node)
+            .unwrap_or(0);
+        println!("   request {i}: served by demo/{who} (node{node})");
+        *served.entry(who).or_default() += 1;
+    }
+    let wire = capture.finish();
+    let tls = contains(&wire, ALPN_H2_EXT);
+    let leaked = contains(&wire, marker.as_bytes());
+    println!(
+        "== node1's links: TLS ClientHello with ALPN h2 seen: {tls}; request path seen in clear: {leaked}"
+    );
+    if !tls || leaked {
+        bail!("the node link did not carry mTLS only");
+    }
+
+    println!("== identities ztunnel verified (destination side)");
+    let mut verified = false;
+    for (i, z) in cluster.ztunnels.iter().enumerate() {
+        for (l, opened, _) in z.metrics().snapshot() {
+            if l.reporter == "destination" && opened > 0 {
+                println!(
+                    "   ztunnel node{}: {} connection(s) from {} to {} ({})",
+                    i + 1,
+                    opened,
+                    l.source.principal,
+                    l.destination.workload,
+                    l.connection_security_policy
+                );
+                verified |= l.source.principal == "spiffe://cluster.local/ns/demo/sa/client";
+            }
         }
-    }));
-    let server = HboneServer::new(
-        HboneConfig::default(),
-        Arc::new(StaticServerTls::new(&server_cert)),
-        handler,
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let hbone_addr = listener.local_addr()?;
-    tokio::spawn(server.clone().serve(listener));
-    println!("server  HBONE listener on {hbone_addr} as {server_id}; app on {app}");
-
-    let pool = Pool::new(HboneConfig::default());
-    let target = TunnelTarget {
-        dial: hbone_addr,
-        expected: vec![server_id.clone()],
-        src_ip: None,
-        head: ConnectHead::to_addr(app),
-        socket: None,
-    };
-    let mut tunnel = pool
-        .connect(&client_cert, &target)
-        .await
-        .context("opening the tunnel")?;
-    let tls = tunnel.tls_info().clone();
-    println!(
-        "client  tunnel open: {} {} ALPN {}; server proved {}",
-        tls.version,
-        tls.cipher_suite,
-        tls.alpn.as_deref().unwrap_or("-"),
-        tunnel.peer_identity()
-    );
-    tunnel.write_all(args.message.as_bytes()).await?;
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), tunnel.read(&mut buf))
-        .await
-        .context("waiting for the reply")??;
-    println!("reply   {}", String::from_utf8_lossy(&buf[..n]));
-    let verified_client = seen.lock().ok().and_then(|s| s.first().cloned());
-    println!(
-        "server  verified client identity: {}",
-        verified_client.as_deref().unwrap_or("<none>")
-    );
-    if verified_client.as_deref() != Some(client_id.to_string().as_str()) {
-        bail!("the server did not see the client's identity");
+    }
+    if !verified {
+        bail!("no ztunnel recorded the client's SPIFFE identity");
     }
 
-    // Refusal 1: policy denies an identity from another namespace (HTTP 401).
-    match pool.connect(&intruder_cert, &target).await {
-        Ok(_) => bail!("the intruder was let in"),
-        Err(e) => println!("denied  {intruder_id}: {e}"),
+    println!("== legacy/legacy (not in the mesh, no identity) → echo Service");
+    match http_get(&legacy.netns, vip, "/").await {
+        Ok(None) | Err(_) => println!(
+            "   denied: connection closed without a response (policy demo/echo-allow-client admits only the client's identity)"
+        ),
+        Ok(Some(body)) => bail!("legacy pod was served: {body}"),
     }
-    // Refusal 2: the client expects another server identity; TLS refuses the peer.
-    let impostor = TunnelTarget {
-        expected: vec![SpiffeId::new(td, "demo", "not-echo")?],
-        ..target.clone()
-    };
-    match pool.connect(&client_cert, &impostor).await {
-        Ok(_) => bail!("a server with the wrong identity was accepted"),
-        Err(e) => println!("denied  wrong server identity: {e}"),
+    let denials: u64 = cluster
+        .ztunnels
+        .iter()
+        .map(|z| z.metrics().failed_where(|l| l.response_flags == "DENY"))
+        .sum();
+    println!("   istio_tcp_connections_failed_total{{response_flags=\"DENY\"}} = {denials}");
+    if denials == 0 {
+        bail!("the denial was not counted");
     }
-    drop(tunnel);
-    server.drain();
-    println!("done    all checks passed");
     Ok(())
 }

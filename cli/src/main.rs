@@ -1,11 +1,11 @@
 //! `ambit`: the one command users type.
-//!
-//! For now it carries `ambit demo`, which shows the HBONE tunnel end to end on
-//! this machine: a CA, two workload identities, a server and a client, bytes
-//! through the tunnel, the verified peer identities, and two refusals.
 
-mod demo;
+mod hbone_demo;
 
+use std::path::PathBuf;
+
+use ambit::cluster::LocalCluster;
+use ambit_api::k8s::Resources;
 use clap::{Parser, Subcommand};
 
 /// Ambit: a sidecarless, ambient-style service mesh.
@@ -18,9 +18,21 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Open an HBONE (HTTP/2 CONNECT over mutual TLS) tunnel between two local
-    /// endpoints and report what was verified.
-    Demo(demo::DemoArgs),
+    /// Bring up a 2-node local cluster, show mesh traffic, a denial, and tear down.
+    Demo,
+    /// Run a local cluster from a directory of Kubernetes YAML until Ctrl-C.
+    Up {
+        /// Directory of YAML files.
+        #[arg(short = 'f', long = "file")]
+        dir: PathBuf,
+        /// Number of nodes.
+        #[arg(long, default_value_t = 2)]
+        nodes: u8,
+    },
+    /// The built-in test app (HTTP/1.1 and TCP echo; reports who served).
+    Echo(ambit::echo::EchoArgs),
+    /// Open an HBONE tunnel between two local endpoints and report what was verified.
+    HboneDemo(hbone_demo::DemoArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,6 +49,36 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Demo(args) => rt.block_on(demo::run(args)),
+        Command::Demo => rt.block_on(ambit::demo::run()),
+        Command::Up { dir, nodes } => rt.block_on(up(dir, nodes)),
+        Command::Echo(args) => rt.block_on(ambit::echo::run(args)),
+        Command::HboneDemo(args) => rt.block_on(hbone_demo::run(args)),
     }
+}
+
+async fn up(dir: PathBuf, nodes: u8) -> anyhow::Result<()> {
+    let res = Resources::from_dir(&dir)?;
+    let cluster = LocalCluster::up(res, nodes).await?;
+    for p in cluster.pods.values() {
+        let mesh = cluster.ztunnel(p.node).enrolled().contains(&p.uid);
+        println!(
+            "pod {:<24} node{} {:<12} {}",
+            p.key,
+            p.node,
+            p.ip,
+            if mesh { "ambient" } else { "-" }
+        );
+    }
+    for f in &cluster.findings {
+        println!("note: {f}");
+    }
+    println!("local cluster up; Ctrl-C to tear down");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    drop(cluster);
+    println!("torn down");
+    Ok(())
 }

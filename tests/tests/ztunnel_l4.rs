@@ -7,15 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use ambit_e2e::cluster::{Cluster, Exchange, LinkCapture, contains, echo_app, talk};
+use ambit_e2e::cluster::{
+    ALPN_H2_EXT, Exchange, LinkCapture, Pod as PodNet, Topology, contains, echo_app, talk, topology,
+};
 use ambit_e2e::pki;
 use ambit_hbone::HboneConfig;
 use ambit_hbone::ca::CertificateSigner;
 use ztunnel::state::{LocalConfig, ProxyState};
 use ztunnel::{Ztunnel, ZtunnelConfig};
-
-/// The ALPN extension of a ClientHello offering exactly `h2`.
-const ALPN_H2_EXT: &[u8] = &[0x00, 0x10, 0x00, 0x05, 0x00, 0x03, 0x02, b'h', b'2'];
 
 fn marker() -> Vec<u8> {
     format!("MARKER-{:032x}", rand::random::<u128>()).into_bytes()
@@ -77,6 +76,18 @@ fn ztunnel(node: u8, signer: Arc<dyn CertificateSigner>, st: ProxyState) -> Ztun
     .expect("start ztunnel (needs root)")
 }
 
+fn pod<'a>(t: &'a Topology, name: &str) -> &'a PodNet {
+    t.pod(name).unwrap_or_else(|| panic!("no pod {name}"))
+}
+
+fn netns(t: &Topology, name: &str) -> ztunnel::netns::Netns {
+    pod(t, name).ns.open().expect("pod netns")
+}
+
+fn node_netns(t: &Topology, n: u8) -> ztunnel::netns::Netns {
+    t.node(n).expect("node").ns.open().expect("node netns")
+}
+
 fn uid(ns: &str, name: &str) -> String {
     format!("Kubernetes//Pod/{ns}/{name}")
 }
@@ -85,11 +96,11 @@ fn uid(ns: &str, name: &str) -> String {
 async fn pods_talk_through_hbone_with_policy_and_metrics() {
     ambit_e2e::init_tracing();
     ambit_e2e::netns::require_root();
-    let mut cluster = Cluster::new(2);
-    let ip_a = cluster.add_pod("a", 1);
-    let ip_c = cluster.add_pod("c", 1);
-    let ip_b2 = cluster.add_pod("b2", 1);
-    let ip_b = cluster.add_pod("b", 2);
+    let mut cluster = topology("l4", 2);
+    let ip_a = cluster.add_pod("a", 1).expect("pod");
+    let ip_c = cluster.add_pod("c", 1).expect("pod");
+    let ip_b2 = cluster.add_pod("b2", 1).expect("pod");
+    let ip_b = cluster.add_pod("b", 2).expect("pod");
     let pods = [
         Pod {
             name: "a",
@@ -135,19 +146,19 @@ async fn pods_talk_through_hbone_with_policy_and_metrics() {
     let z2 = ztunnel(2, signer, state(&pods, policy));
     for name in ["a", "c", "b2"] {
         let ns = if name == "c" { "other" } else { "demo" };
-        z1.add_pod(&uid(ns, name), cluster.pod(name).netns())
+        z1.add_pod(&uid(ns, name), netns(&cluster, name))
             .expect("enroll on node1");
     }
-    z2.add_pod(&uid("demo", "b"), cluster.pod("b").netns())
+    z2.add_pod(&uid("demo", "b"), netns(&cluster, "b"))
         .expect("enroll on node2");
-    let b_accepts = echo_app(cluster.pod("b"), 8080).await;
-    echo_app(cluster.pod("b2"), 8080).await;
+    let b_accepts = echo_app(pod(&cluster, "b"), 8080).await;
+    echo_app(pod(&cluster, "b2"), 8080).await;
 
-    let link = LinkCapture::start(&cluster.node_ns(1));
+    let link = LinkCapture::start(&node_netns(&cluster, 1)).expect("capture");
     let secret = marker();
 
     // A → B's pod IP, across nodes.
-    match talk(cluster.pod("a"), SocketAddr::from((ip_b, 8080)), &secret).await {
+    match talk(pod(&cluster, "a"), SocketAddr::from((ip_b, 8080)), &secret).await {
         Exchange::Served { greeting, echoed } => {
             assert!(greeting.starts_with("b saw"), "{greeting}");
             assert_eq!(echoed, secret);
@@ -156,7 +167,7 @@ async fn pods_talk_through_hbone_with_policy_and_metrics() {
     }
     // A → the Service VIP (resolved by ztunnel to B).
     match talk(
-        cluster.pod("a"),
+        pod(&cluster, "a"),
         "10.96.0.10:80".parse().expect("vip"),
         &secret,
     )
@@ -169,13 +180,13 @@ async fn pods_talk_through_hbone_with_policy_and_metrics() {
         other => panic!("a → VIP: {other:?}"),
     }
     // A → B2 on the same node: same path, same policy.
-    match talk(cluster.pod("a"), SocketAddr::from((ip_b2, 8080)), &secret).await {
+    match talk(pod(&cluster, "a"), SocketAddr::from((ip_b2, 8080)), &secret).await {
         Exchange::Served { greeting, .. } => assert!(greeting.starts_with("b2 saw"), "{greeting}"),
         other => panic!("a → b2 same node: {other:?}"),
     }
     // C is not allowed: no payload, and B's app never accepts.
     let before = b_accepts.load(Ordering::SeqCst);
-    let denied = talk(cluster.pod("c"), SocketAddr::from((ip_b, 8080)), &secret).await;
+    let denied = talk(pod(&cluster, "c"), SocketAddr::from((ip_b, 8080)), &secret).await;
     assert!(
         matches!(denied, Exchange::ClosedEmpty),
         "c → b must be refused: {denied:?}"
@@ -231,9 +242,9 @@ async fn pods_talk_through_hbone_with_policy_and_metrics() {
 async fn enrolment_at_run_time_switches_between_plaintext_and_mtls() {
     ambit_e2e::init_tracing();
     ambit_e2e::netns::require_root();
-    let mut cluster = Cluster::new(2);
-    let ip_u = cluster.add_pod("u", 1);
-    let ip_b = cluster.add_pod("b", 2);
+    let mut cluster = topology("enrol", 2);
+    let ip_u = cluster.add_pod("u", 1).expect("pod");
+    let ip_b = cluster.add_pod("b", 2).expect("pod");
     let pods = |u_mesh: bool| {
         [
             Pod {
@@ -259,16 +270,16 @@ async fn enrolment_at_run_time_switches_between_plaintext_and_mtls() {
     let signer: Arc<dyn CertificateSigner> = Arc::new(pki::root("cluster.local", "mesh root"));
     let z1 = ztunnel(1, signer.clone(), state(&pods(false), ""));
     let z2 = ztunnel(2, signer, state(&pods(false), ""));
-    z2.add_pod(&uid("demo", "b"), cluster.pod("b").netns())
+    z2.add_pod(&uid("demo", "b"), netns(&cluster, "b"))
         .expect("enroll b");
-    echo_app(cluster.pod("b"), 8080).await;
+    echo_app(pod(&cluster, "b"), 8080).await;
     let to_b = SocketAddr::from((ip_b, 8080));
 
     // Not enrolled: plain TCP on the link (PERMISSIVE: B's 15006 takes it).
-    let link = LinkCapture::start(&cluster.node_ns(1));
+    let link = LinkCapture::start(&node_netns(&cluster, 1)).expect("capture");
     let m1 = marker();
     assert!(matches!(
-        talk(cluster.pod("u"), to_b, &m1).await,
+        talk(pod(&cluster, "u"), to_b, &m1).await,
         Exchange::Served { .. }
     ));
     assert!(
@@ -284,12 +295,12 @@ async fn enrolment_at_run_time_switches_between_plaintext_and_mtls() {
     // Enrol the running pod: same namespace, same process; next connection is mTLS.
     z1.update_state(state(&pods(true), ""));
     z2.update_state(state(&pods(true), ""));
-    z1.add_pod(&uid("plain", "u"), cluster.pod("u").netns())
+    z1.add_pod(&uid("plain", "u"), netns(&cluster, "u"))
         .expect("enroll u");
-    let link = LinkCapture::start(&cluster.node_ns(1));
+    let link = LinkCapture::start(&node_netns(&cluster, 1)).expect("capture");
     let m2 = marker();
     assert!(matches!(
-        talk(cluster.pod("u"), to_b, &m2).await,
+        talk(pod(&cluster, "u"), to_b, &m2).await,
         Exchange::Served { .. }
     ));
     let wire = link.finish();
@@ -300,10 +311,10 @@ async fn enrolment_at_run_time_switches_between_plaintext_and_mtls() {
     z1.remove_pod(&uid("plain", "u")).expect("release u");
     z1.update_state(state(&pods(false), ""));
     z2.update_state(state(&pods(false), ""));
-    let link = LinkCapture::start(&cluster.node_ns(1));
+    let link = LinkCapture::start(&node_netns(&cluster, 1)).expect("capture");
     let m3 = marker();
     assert!(matches!(
-        talk(cluster.pod("u"), to_b, &m3).await,
+        talk(pod(&cluster, "u"), to_b, &m3).await,
         Exchange::Served { .. }
     ));
     assert!(
@@ -315,7 +326,7 @@ async fn enrolment_at_run_time_switches_between_plaintext_and_mtls() {
     let strict = "policies:\n- {name: strict, namespace: demo, scope: Namespace, action: Deny, dryRun: false, \
                   rules: [[[{notPrincipals: [!Presence null]}]]]}\n";
     z2.update_state(state(&pods(false), strict));
-    let refused = talk(cluster.pod("u"), to_b, &marker()).await;
+    let refused = talk(pod(&cluster, "u"), to_b, &marker()).await;
     assert!(
         matches!(refused, Exchange::ClosedEmpty | Exchange::ConnectFailed(_)),
         "{refused:?}"

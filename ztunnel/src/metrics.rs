@@ -209,6 +209,14 @@ impl Metrics {
             .sum()
     }
 
+    /// Every series with its opened and failed counts (for diagnostics and demos).
+    pub fn snapshot(&self) -> Vec<(TrafficLabels, u64, u64)> {
+        let t = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
+        t.iter()
+            .map(|(l, c)| (l.clone(), c.opened, c.failed))
+            .collect()
+    }
+
     /// OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let t = self.traffic.lock().unwrap_or_else(|p| p.into_inner());

@@ -112,6 +112,7 @@ pub struct Pod {
 pub struct Shared {
     state: RwLock<Arc<ProxyState>>,
     pub(crate) capture: Mutex<Capture>,
+    lb_vips: Mutex<std::collections::HashSet<std::net::SocketAddrV4>>,
     pub(crate) certs: CertManager,
     pub(crate) pool: Arc<Pool>,
     pub(crate) metrics: Arc<Metrics>,
@@ -126,6 +127,48 @@ impl Shared {
             Err(p) => p.into_inner().clone(),
         }
     }
+}
+
+/// Programs the socket-level load balancer (for pods ztunnel does not capture)
+/// with every Service VIP:port and its healthy endpoints; removes VIPs that went
+/// away. Returns the VIPs now programmed.
+fn sync_services(
+    capture: &mut Capture,
+    state: &ProxyState,
+    previous: &std::collections::HashSet<std::net::SocketAddrV4>,
+) -> std::collections::HashSet<std::net::SocketAddrV4> {
+    let mut now = std::collections::HashSet::new();
+    for svc in state.services() {
+        for vip in svc.vip_addrs() {
+            let IpAddr::V4(vip) = vip else { continue };
+            for port in svc.ports.keys() {
+                let backends: Vec<_> = state
+                    .endpoints(svc, *port)
+                    .into_iter()
+                    .filter_map(|e| match e.addr {
+                        SocketAddr::V4(a) => Some(a),
+                        SocketAddr::V6(_) => None,
+                    })
+                    .take(ambit_ebpf::MAX_BACKENDS)
+                    .collect();
+                let key = std::net::SocketAddrV4::new(vip, *port);
+                match capture.set_service(key, &backends) {
+                    Ok(()) => {
+                        now.insert(key);
+                    }
+                    Err(e) => {
+                        warn!(vip = %key, error = %e, "programming service load balancer failed")
+                    }
+                }
+            }
+        }
+    }
+    for gone in previous.difference(&now) {
+        if let Err(e) = capture.remove_service(*gone) {
+            warn!(vip = %gone, error = %e, "removing service from load balancer failed");
+        }
+    }
+    now
 }
 
 struct PodRuntime {
@@ -151,12 +194,14 @@ impl std::fmt::Debug for Ztunnel {
 impl Ztunnel {
     /// Loads capture and starts with `state`. Needs root.
     pub fn new(config: ZtunnelConfig, state: ProxyState) -> Result<Self, ZtunnelError> {
-        let capture = Capture::load(config.cgroup_root.as_deref())?;
+        let mut capture = Capture::load(config.cgroup_root.as_deref())?;
+        let lb_vips = sync_services(&mut capture, &state, &Default::default());
         Ok(Ztunnel {
             node: config.node,
             shared: Arc::new(Shared {
                 state: RwLock::new(Arc::new(state)),
                 capture: Mutex::new(capture),
+                lb_vips: Mutex::new(lb_vips),
                 certs: CertManager::new(config.signer, config.cert_ttl),
                 pool: Pool::new(config.hbone.clone()),
                 metrics: Arc::new(Metrics::default()),
@@ -168,6 +213,19 @@ impl Ztunnel {
 
     /// Replaces the state; new connections see it at once.
     pub fn update_state(&self, state: ProxyState) {
+        {
+            let mut capture = self
+                .shared
+                .capture
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let mut vips = self
+                .shared
+                .lb_vips
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            *vips = sync_services(&mut capture, &state, &vips);
+        }
         match self.shared.state.write() {
             Ok(mut s) => *s = Arc::new(state),
             Err(p) => *p.into_inner() = Arc::new(state),
