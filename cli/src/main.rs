@@ -72,6 +72,13 @@ async fn up(dir: PathBuf, nodes: u8) -> anyhow::Result<()> {
     for f in &cluster.findings {
         println!("note: {f}");
     }
+    for n in 1..=nodes {
+        println!(
+            "ztunnel node{n}: metrics 172.30.0.{n}:15020/metrics, readiness :15021/healthz/ready, \
+             admin 127.0.0.1:15000/config_dump (inside netns ambit-{}-node{n})",
+            std::process::id()
+        );
+    }
     println!("local cluster up; Ctrl-C to tear down");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

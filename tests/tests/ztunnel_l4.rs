@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use ambit::cluster::client::http_get;
 use ambit_e2e::cluster::{
     ALPN_H2_EXT, Exchange, LinkCapture, Pod as PodNet, Topology, contains, echo_app, talk, topology,
 };
@@ -143,7 +144,21 @@ async fn pods_talk_through_hbone_with_policy_and_metrics() {
                   rules: [[[{principals: [!Exact cluster.local/ns/demo/sa/a]}]]]}\n";
     let signer: Arc<dyn CertificateSigner> = Arc::new(pki::root("cluster.local", "mesh root"));
     let z1 = ztunnel(1, signer.clone(), state(&pods, policy));
-    let z2 = ztunnel(2, signer, state(&pods, policy));
+    let z2 = Arc::new(ztunnel(2, signer, state(&pods, policy)));
+    let node2 = cluster.node(2).expect("node2").ns.name().to_string();
+    let _admin = ztunnel::admin::start(&z2, &node_netns(&cluster, 2)).expect("admin endpoints");
+    let ready = http_get(
+        &node2,
+        "127.0.0.1:15021".parse().expect("addr"),
+        "/healthz/ready",
+    )
+    .await
+    .expect("readiness")
+    .expect("response");
+    assert!(
+        ready.starts_with("HTTP/1.1 500") && ready.contains("not ready, pending: pod demo/b"),
+        "{ready}"
+    );
     for name in ["a", "c", "b2"] {
         let ns = if name == "c" { "other" } else { "demo" };
         z1.add_pod(&uid(ns, name), netns(&cluster, name))
@@ -230,6 +245,32 @@ async fn pods_talk_through_hbone_with_policy_and_metrics() {
     );
     assert!(text.contains("connection_security_policy=\"mutual_tls\""));
     assert!(text.ends_with("# EOF\n"));
+    // The same over HTTP on 15020, and the pod's certificate in /config_dump.
+    let scraped = http_get(
+        &node2,
+        "172.30.0.2:15020".parse().expect("addr"),
+        "/metrics",
+    )
+    .await
+    .expect("scrape")
+    .expect("response");
+    assert!(
+        scraped.contains(&format!("source_principal=\"{a_id}\"")),
+        "{scraped}"
+    );
+    let dump = http_get(
+        &node2,
+        "127.0.0.1:15000".parse().expect("addr"),
+        "/config_dump",
+    )
+    .await
+    .expect("config_dump")
+    .expect("response");
+    assert!(
+        dump.contains("\"identity\": \"spiffe://cluster.local/ns/demo/sa/b\""),
+        "{dump}"
+    );
+    assert!(dump.contains("\"serialNumber\""));
     // Node 1 reports the denial from the source side too.
     assert!(
         z1.metrics()

@@ -358,6 +358,67 @@ impl Ztunnel {
         Ok(())
     }
 
+    /// Local mesh pods not enrolled yet (readiness lists them as pending).
+    pub fn pending(&self) -> Vec<String> {
+        let state = self.shared.state();
+        let enrolled = self.enrolled();
+        let mut p: Vec<String> = state
+            .workloads()
+            .filter(|w| w.node == self.node && w.protocol == crate::state::Protocol::Hbone)
+            .filter(|w| !enrolled.contains(&w.uid))
+            .map(|w| format!("pod {}/{}", w.namespace, w.name))
+            .collect();
+        p.sort();
+        p
+    }
+
+    /// `/config_dump`: state, certificates and config, Istio's shape.
+    pub fn config_dump(&self) -> serde_json::Value {
+        let state = self.shared.state();
+        let mut workloads: Vec<_> = state.workloads().map(|w| w.as_ref().clone()).collect();
+        workloads.sort_by(|a, b| a.uid.cmp(&b.uid));
+        let mut services: Vec<_> = state.services().map(|s| s.as_ref().clone()).collect();
+        services.sort_by_key(|s| s.key());
+        let mut policies: Vec<_> = state.policies().map(|p| p.as_ref().clone()).collect();
+        policies.sort_by_key(|p| p.key());
+        let rfc3339 = |t: std::time::SystemTime| {
+            time::OffsetDateTime::from(t)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        };
+        let certificates: Vec<_> = self
+            .shared
+            .certs
+            .snapshot()
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "identity": c.identity().to_string(),
+                    "state": "Available",
+                    "certChain": [{
+                        "serialNumber": c.serial(),
+                        "validFrom": rfc3339(c.not_before()),
+                        "expirationTime": rfc3339(c.not_after()),
+                    }],
+                })
+            })
+            .collect();
+        let enrolled = self.enrolled();
+        let workload_state: serde_json::Map<String, serde_json::Value> = enrolled
+            .iter()
+            .map(|uid| (uid.clone(), serde_json::json!({"state": "Up"})))
+            .collect();
+        serde_json::json!({
+            "workloads": workloads,
+            "services": services,
+            "policies": policies,
+            "certificates": certificates,
+            "workloadState": workload_state,
+            "config": {"proxyMode": "shared", "nodeName": self.node},
+            "version": {"version": env!("CARGO_PKG_VERSION"), "cryptoProvider": "ring"},
+        })
+    }
+
     /// Releases a pod: capture off, listeners closed. Established connections
     /// run to their end.
     pub fn remove_pod(&self, uid: &str) -> Result<(), ZtunnelError> {

@@ -36,11 +36,17 @@ impl LinkCapture {
         let thread = std::thread::spawn(move || {
             let mut sock = sock;
             let mut buf = vec![0u8; 65536];
-            while !s.load(Ordering::Relaxed) {
-                if let Ok(n) = sock.read(&mut buf)
-                    && let Ok(mut v) = b.lock()
-                {
-                    v.extend_from_slice(&buf[..n]);
+            // Once asked to stop, keep reading until the queue is empty (a read
+            // times out), so frames already captured are not lost.
+            loop {
+                match sock.read(&mut buf) {
+                    Ok(n) => {
+                        if let Ok(mut v) = b.lock() {
+                            v.extend_from_slice(&buf[..n]);
+                        }
+                    }
+                    Err(_) if s.load(Ordering::Relaxed) => break,
+                    Err(_) => {}
                 }
             }
         });
@@ -53,6 +59,8 @@ impl LinkCapture {
 
     /// Stops and returns everything captured.
     pub fn finish(mut self) -> Vec<u8> {
+        // Frames of the last exchange may still be on their way through the links.
+        std::thread::sleep(Duration::from_millis(100));
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();

@@ -47,7 +47,8 @@ pub struct PlacedPod {
 pub struct LocalCluster {
     processes: Vec<PodProcess>,
     /// One ztunnel per node, by node index - 1.
-    pub ztunnels: Vec<Ztunnel>,
+    pub ztunnels: Vec<Arc<Ztunnel>>,
+    admin_tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Network (dropped last).
     pub topology: Topology,
     /// Resources, pods placed.
@@ -150,6 +151,7 @@ impl LocalCluster {
         let mut cluster = LocalCluster {
             processes: vec![],
             ztunnels: vec![],
+            admin_tasks: vec![],
             topology,
             resources,
             pods,
@@ -170,6 +172,12 @@ impl LocalCluster {
                 ProxyState::from_config(&translation.config),
             )
             .with_context(|| format!("starting ztunnel on node{n}"))?;
+            let z = Arc::new(z);
+            let node_ns = cluster.topology.node(n).context("node")?.ns.open()?;
+            cluster.admin_tasks.extend(
+                ztunnel::admin::start(&z, &node_ns)
+                    .with_context(|| format!("ztunnel endpoints on node{n}"))?,
+            );
             cluster.ztunnels.push(z);
         }
         cluster.apply_enrolment()?;
@@ -275,6 +283,9 @@ impl LocalCluster {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         self.processes.clear();
+        for t in &self.admin_tasks {
+            t.abort();
+        }
         self.ztunnels.clear();
     }
 }
