@@ -373,3 +373,111 @@ async fn enrolment_at_run_time_switches_between_plaintext_and_mtls() {
         "{refused:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_vip_balances_over_healthy_endpoints_only() {
+    ambit_e2e::init_tracing();
+    ambit_e2e::netns::require_root();
+    let mut cluster = topology("lb", 2);
+    let ip_a = cluster.add_pod("a", 1).expect("pod");
+    let ip_e1 = cluster.add_pod("e1", 1).expect("pod");
+    let ip_e2 = cluster.add_pod("e2", 2).expect("pod");
+    let ip_e3 = cluster.add_pod("e3", 2).expect("pod");
+    let pods = [
+        Pod {
+            name: "a",
+            ns: "demo",
+            sa: "a",
+            ip: ip_a,
+            node: 1,
+            mesh: true,
+            service: false,
+        },
+        Pod {
+            name: "e1",
+            ns: "demo",
+            sa: "echo",
+            ip: ip_e1,
+            node: 1,
+            mesh: true,
+            service: true,
+        },
+        Pod {
+            name: "e2",
+            ns: "demo",
+            sa: "echo",
+            ip: ip_e2,
+            node: 2,
+            mesh: true,
+            service: true,
+        },
+        Pod {
+            name: "e3",
+            ns: "demo",
+            sa: "echo",
+            ip: ip_e3,
+            node: 2,
+            mesh: true,
+            service: true,
+        },
+    ];
+    // e3 is an endpoint of the Service but unhealthy.
+    let mut st = String::from("workloads:\n");
+    for p in &pods {
+        let mut w = workload_yaml(p);
+        if p.name == "e3" {
+            w = w.replace("services:", "status: Unhealthy, services:");
+        }
+        st.push_str(&w);
+    }
+    st.push_str(
+        "services:\n- {name: echo, namespace: demo, hostname: echo.demo.svc.cluster.local, \
+         vips: [\"/10.96.0.10\"], ports: {80: 8080}}\n",
+    );
+    let state = || ProxyState::from_config(&LocalConfig::parse(&st, "lb state").expect("state"));
+    let signer: Arc<dyn CertificateSigner> = Arc::new(pki::root("cluster.local", "mesh root"));
+    let z1 = ztunnel(1, signer.clone(), state());
+    let z2 = ztunnel(2, signer, state());
+    for n in ["a", "e1"] {
+        z1.add_pod(&uid("demo", n), netns(&cluster, n))
+            .expect("enroll");
+    }
+    for n in ["e2", "e3"] {
+        z2.add_pod(&uid("demo", n), netns(&cluster, n))
+            .expect("enroll");
+    }
+    for n in ["e1", "e2", "e3"] {
+        echo_app(pod(&cluster, n), 8080).await;
+    }
+    let mut served = std::collections::BTreeMap::<String, u32>::new();
+    for i in 0..100 {
+        match talk(
+            pod(&cluster, "a"),
+            "10.96.0.10:80".parse().expect("vip"),
+            b"x",
+        )
+        .await
+        {
+            Exchange::Served { greeting, .. } => {
+                let who = greeting
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("?")
+                    .to_string();
+                *served.entry(who).or_default() += 1;
+            }
+            other => panic!("connection {i}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        served.get("e3"),
+        None,
+        "unhealthy endpoint got traffic: {served:?}"
+    );
+    for e in ["e1", "e2"] {
+        assert!(
+            served.get(e).copied().unwrap_or(0) >= 30,
+            "{e} got < 30%: {served:?}"
+        );
+    }
+}
