@@ -8,3 +8,4 @@ pub mod ca;
 pub mod k8s;
 pub mod model;
 pub mod translate;
+pub mod zds;

@@ -128,3 +128,115 @@ fn a_failing_test_leaves_no_namespaces_cgroups_or_programs() {
         .collect();
     assert!(dead.is_empty(), "namespaces of dead runs: {dead:?}");
 }
+
+const SHOP: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: shop}
+spec: {nodeName: node1, containers: [{name: c, image: ambit}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: echo, namespace: shop, labels: {app: echo}}
+spec:
+  nodeName: node2
+  containers: [{name: echo, image: ambit, command: [ambit, echo, --port, "8080"]}]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relabelling_a_namespace_enrols_and_releases_running_pods() {
+    use ambit::cluster::capture::{ALPN_H2_EXT, LinkCapture, contains};
+    use ambit::cluster::client::{http_get, wait_listening};
+
+    require_root();
+    let mut res = Resources::default();
+    res.add_yaml(SHOP, "shop.yaml").expect("yaml");
+    // The pod processes are this test's `ambit` binary, not the test harness.
+    let mut cluster = with_ambit_bin(|| LocalCluster::up(res, 2))
+        .await
+        .expect("up");
+    let client = cluster.pod("shop/client").expect("client").clone();
+    let echo = cluster.pod("shop/echo").expect("echo").clone();
+    assert!(wait_listening(&echo.netns, 8080, std::time::Duration::from_secs(10)).await);
+    let pids_before = cluster.pids();
+    let to = std::net::SocketAddr::from((echo.ip, 8080));
+    let node1 = cluster
+        .topology
+        .node(1)
+        .expect("node1")
+        .ns
+        .open()
+        .expect("netns");
+
+    let exchange = |marker: String| {
+        let client = client.netns.clone();
+        async move {
+            let body = http_get(&client, to, &marker)
+                .await
+                .expect("request")
+                .expect("response");
+            assert!(body.contains("pod=echo"), "{body}");
+        }
+    };
+
+    let cap = LinkCapture::start(&node1).expect("capture");
+    let m1 = format!("/plain-{:x}", rand_u64());
+    exchange(m1.clone()).await;
+    assert!(
+        contains(&cap.finish(), m1.as_bytes()),
+        "unlabelled namespace: plaintext"
+    );
+
+    cluster
+        .label_namespace("shop", Some("ambient"))
+        .expect("label");
+    assert_eq!(cluster.pids(), pids_before, "no pod restarted");
+    let cap = LinkCapture::start(&node1).expect("capture");
+    let m2 = format!("/mesh-{:x}", rand_u64());
+    exchange(m2.clone()).await;
+    let wire = cap.finish();
+    assert!(
+        !contains(&wire, m2.as_bytes()) && contains(&wire, ALPN_H2_EXT),
+        "labelled: mTLS"
+    );
+
+    cluster.label_namespace("shop", None).expect("unlabel");
+    assert_eq!(cluster.pids(), pids_before, "no pod restarted");
+    let cap = LinkCapture::start(&node1).expect("capture");
+    let m3 = format!("/plain-again-{:x}", rand_u64());
+    exchange(m3.clone()).await;
+    assert!(
+        contains(&cap.finish(), m3.as_bytes()),
+        "unlabelled again: plaintext"
+    );
+}
+
+fn rand_u64() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(7)
+}
+
+/// Runs `f` with `$AMBIT_BIN` pointing at the built `ambit` binary.
+async fn with_ambit_bin<F, Fut, T>(f: F) -> T
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    // Tests in this binary that start pod processes all want the same value.
+    static SET: std::sync::Once = std::sync::Once::new();
+    SET.call_once(|| {
+        #[allow(unsafe_code)]
+        // SAFETY: set once, before any thread of this test reads the environment
+        // for it; every writer would write the same value.
+        unsafe {
+            std::env::set_var("AMBIT_BIN", env!("CARGO_BIN_EXE_ambit"))
+        };
+    });
+    f().await
+}

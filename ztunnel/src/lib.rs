@@ -11,6 +11,7 @@ pub mod netns;
 pub mod outbound;
 pub mod proxy;
 pub mod socket;
+pub mod zds;
 
 /// Proxy state (shared with the controller).
 pub use ambit_api::model as state;

@@ -179,6 +179,9 @@ struct PodRuntime {
 /// A running ztunnel.
 pub struct Ztunnel {
     node: String,
+    /// `None`: enrolment is not driven by ZDS. `Some(connected)` otherwise.
+    zds: Mutex<Option<bool>>,
+    shutting_down: std::sync::atomic::AtomicBool,
     shared: Arc<Shared>,
     pods: Mutex<HashMap<String, PodRuntime>>,
 }
@@ -198,6 +201,8 @@ impl Ztunnel {
         let lb_vips = sync_services(&mut capture, &state, &Default::default());
         Ok(Ztunnel {
             node: config.node,
+            zds: Mutex::new(None),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
             shared: Arc::new(Shared {
                 state: RwLock::new(Arc::new(state)),
                 capture: Mutex::new(capture),
@@ -358,6 +363,25 @@ impl Ztunnel {
         Ok(())
     }
 
+    /// Records the state of the ZDS connection (readiness waits for it).
+    pub fn set_zds_connected(&self, connected: bool) {
+        if let Ok(mut z) = self.zds.lock() {
+            *z = Some(connected);
+        }
+    }
+
+    /// Asks background loops (ZDS) to stop.
+    pub fn shutdown(&self) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Has [`shutdown`](Self::shutdown) been called?
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Local mesh pods not enrolled yet (readiness lists them as pending).
     pub fn pending(&self) -> Vec<String> {
         let state = self.shared.state();
@@ -369,6 +393,9 @@ impl Ztunnel {
             .map(|w| format!("pod {}/{}", w.namespace, w.name))
             .collect();
         p.sort();
+        if self.zds.lock().map(|z| *z == Some(false)).unwrap_or(false) {
+            p.insert(0, "ZDS connection to the node agent".into());
+        }
         p
     }
 

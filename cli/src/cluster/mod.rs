@@ -2,6 +2,7 @@
 //! in their own cgroups, a ztunnel per node with eBPF capture, all built from
 //! ordinary Kubernetes YAML and torn down on drop.
 
+pub mod agent;
 pub mod capture;
 pub mod client;
 pub mod net;
@@ -49,6 +50,8 @@ pub struct LocalCluster {
     /// One ztunnel per node, by node index - 1.
     pub ztunnels: Vec<Arc<Ztunnel>>,
     admin_tasks: Vec<tokio::task::JoinHandle<()>>,
+    agents: Vec<agent::NodeAgent>,
+    zds_threads: Vec<std::thread::JoinHandle<()>>,
     /// Network (dropped last).
     pub topology: Topology,
     /// Resources, pods placed.
@@ -152,6 +155,8 @@ impl LocalCluster {
             processes: vec![],
             ztunnels: vec![],
             admin_tasks: vec![],
+            agents: vec![],
+            zds_threads: vec![],
             topology,
             resources,
             pods,
@@ -178,6 +183,20 @@ impl LocalCluster {
                 ztunnel::admin::start(&z, &node_ns)
                     .with_context(|| format!("ztunnel endpoints on node{n}"))?,
             );
+            // Enrolment reaches ztunnel the way it does on a real node: over ZDS
+            // from the node agent, with each pod's netns fd.
+            let sock = std::path::PathBuf::from(format!(
+                "/run/ambit/{}/node{n}/ztunnel.sock",
+                cluster.run
+            ));
+            cluster
+                .agents
+                .push(agent::NodeAgent::start(&sock).context("starting the node agent")?);
+            cluster.zds_threads.push(ztunnel::zds::run_client(
+                z.clone(),
+                sock,
+                tokio::runtime::Handle::current(),
+            ));
             cluster.ztunnels.push(z);
         }
         cluster.apply_enrolment()?;
@@ -269,6 +288,14 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// `(pod key, pid)` of every running pod process.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.processes
+            .iter()
+            .map(|p| (p.pod.clone(), p.pid()))
+            .collect()
+    }
+
     /// The placed pod `namespace/name`.
     pub fn pod(&self, key: &str) -> anyhow::Result<&PlacedPod> {
         self.pods.get(key).with_context(|| format!("no pod {key}"))
@@ -286,6 +313,19 @@ impl Drop for LocalCluster {
         for t in &self.admin_tasks {
             t.abort();
         }
+        for z in &self.ztunnels {
+            z.shutdown();
+        }
+        for t in self.zds_threads.drain(..) {
+            let _ = t.join();
+        }
+        self.agents.clear();
+        for z in &self.ztunnels {
+            for uid in z.enrolled() {
+                let _ = z.remove_pod(&uid);
+            }
+        }
         self.ztunnels.clear();
+        let _ = std::fs::remove_dir_all(format!("/run/ambit/{}", self.run));
     }
 }

@@ -77,6 +77,8 @@ impl Drop for PodCgroup {
 /// A running pod process.
 #[derive(Debug)]
 pub struct PodProcess {
+    /// The pod (`namespace/name`).
+    pub pod: String,
     child: Child,
     /// Its cgroup (drop kills it).
     pub cgroup: PodCgroup,
@@ -122,7 +124,11 @@ impl PodProcess {
         cgroup
             .add(child.id())
             .map_err(|e| err(format!("joining cgroup {}: {e}", cgroup.path().display())))?;
-        Ok(PodProcess { child, cgroup })
+        Ok(PodProcess {
+            pod: pod.to_string(),
+            child,
+            cgroup,
+        })
     }
 
     /// The process id.
