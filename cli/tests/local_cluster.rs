@@ -37,10 +37,14 @@ fn leftovers(pid: u32) -> Vec<String> {
 #[test]
 fn ambit_demo_shows_mesh_traffic_and_a_denial_then_cleans_up() {
     require_root();
-    let child = Command::new(env!("CARGO_BIN_EXE_ambit"))
+    let running = Command::new(env!("CARGO_BIN_EXE_ambit"))
         .arg("demo")
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run ambit demo");
+    let demo_pid = running.id();
+    let child = running.wait_with_output().expect("demo output");
     let stdout = String::from_utf8_lossy(&child.stdout);
     assert!(
         child.status.success(),
@@ -60,7 +64,7 @@ fn ambit_demo_shows_mesh_traffic_and_a_denial_then_cleans_up() {
     assert!(stdout.contains("denied:"), "{stdout}");
     assert!(stdout.contains("torn down"), "{stdout}");
     // The demo ran in its own process: nothing of it may remain.
-    let left = leftovers(std::process::id());
+    let left = leftovers(demo_pid);
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
