@@ -79,13 +79,57 @@ async fn up(dir: PathBuf, nodes: u8) -> anyhow::Result<()> {
             std::process::id()
         );
     }
-    println!("local cluster up; Ctrl-C to tear down");
+    println!(
+        "local cluster up; watching {} for changes; Ctrl-C to tear down",
+        dir.display()
+    );
+    let mut cluster = cluster;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
+    let mut last = dir_fingerprint(&dir);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = tick.tick() => {
+                let now = dir_fingerprint(&dir);
+                if now == last {
+                    continue;
+                }
+                last = now;
+                // A bad edit is reported and the running config stays as it was.
+                match Resources::from_dir(&dir) {
+                    Err(e) => eprintln!("not applied: {e}"),
+                    Ok(res) => match cluster.reload(res) {
+                        Ok(notes) => {
+                            println!("applied changes from {}", dir.display());
+                            for n in notes {
+                                println!("note: {n}");
+                            }
+                        }
+                        Err(e) => eprintln!("not applied: {e:#}"),
+                    },
+                }
+            }
+        }
     }
     drop(cluster);
     println!("torn down");
     Ok(())
+}
+
+/// Names, sizes and modification times of the YAML files in `dir`.
+fn dir_fingerprint(dir: &std::path::Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let m = e.metadata().ok()?;
+                    Some((e.path(), m.len(), m.modified().ok()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }

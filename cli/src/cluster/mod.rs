@@ -232,6 +232,40 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Applies edited resources to the running cluster: namespace labels,
+    /// services and policies take effect at once (pods enrol or leave without a
+    /// restart). Pods and Deployments are placed at start only; changes to them
+    /// are reported, not applied.
+    pub fn reload(&mut self, new: Resources) -> anyhow::Result<Vec<String>> {
+        let mut notes = Vec::new();
+        let before: std::collections::BTreeSet<String> = self.pods.keys().cloned().collect();
+        let after: std::collections::BTreeSet<String> = expand_deployments(&new)
+            .iter()
+            .map(|(_, p)| {
+                format!(
+                    "{}/{}",
+                    p.metadata.namespace.as_deref().unwrap_or("default"),
+                    p.metadata.name.as_deref().unwrap_or_default()
+                )
+            })
+            .collect();
+        for added in after.difference(&before) {
+            notes.push(format!("pod {added} is new: restart `ambit up` to run it"));
+        }
+        for gone in before.difference(&after) {
+            notes.push(format!(
+                "pod {gone} was removed from the files: it keeps running until `ambit up` restarts"
+            ));
+        }
+        self.resources.namespaces = new.namespaces;
+        self.resources.services = new.services;
+        self.resources.service_accounts = new.service_accounts;
+        self.resources.authorization_policies = new.authorization_policies;
+        self.resources.peer_authentications = new.peer_authentications;
+        self.apply_enrolment()?;
+        Ok(notes)
+    }
+
     /// Sets `istio.io/dataplane-mode` on a namespace (`None` removes it) and
     /// applies the change to running pods.
     pub fn label_namespace(&mut self, namespace: &str, mode: Option<&str>) -> anyhow::Result<()> {
