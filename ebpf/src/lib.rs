@@ -94,6 +94,17 @@ fn prog_err(name: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> C
     move |source| CaptureError::Program { name, source }
 }
 
+/// The program `name` of `bpf`, as program type `P`.
+fn program<'a, P>(bpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, CaptureError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    bpf.program_mut(name)
+        .ok_or(CaptureError::Missing(name))?
+        .try_into()
+        .map_err(prog_err(name))
+}
+
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> CaptureError {
     move |source| CaptureError::Map { name, source }
 }
@@ -143,31 +154,19 @@ impl Capture {
             source,
         })?;
 
-        let connect4: &mut CgroupSockAddr = bpf
-            .program_mut("ambit_connect4")
-            .ok_or(CaptureError::Missing("program ambit_connect4"))?
-            .try_into()
-            .map_err(prog_err("ambit_connect4"))?;
+        let connect4: &mut CgroupSockAddr = program(&mut bpf, "ambit_connect4")?;
         connect4.load().map_err(prog_err("ambit_connect4"))?;
         connect4
             .attach(cgroup.as_fd(), LINK_MODE)
             .map_err(prog_err("ambit_connect4"))?;
 
-        let sockops: &mut SockOps = bpf
-            .program_mut("ambit_sockops")
-            .ok_or(CaptureError::Missing("program ambit_sockops"))?
-            .try_into()
-            .map_err(prog_err("ambit_sockops"))?;
+        let sockops: &mut SockOps = program(&mut bpf, "ambit_sockops")?;
         sockops.load().map_err(prog_err("ambit_sockops"))?;
         sockops
             .attach(cgroup.as_fd(), LINK_MODE)
             .map_err(prog_err("ambit_sockops"))?;
 
-        let lookup: &mut SkLookup = bpf
-            .program_mut("ambit_sk_lookup")
-            .ok_or(CaptureError::Missing("program ambit_sk_lookup"))?
-            .try_into()
-            .map_err(prog_err("ambit_sk_lookup"))?;
+        let lookup: &mut SkLookup = program(&mut bpf, "ambit_sk_lookup")?;
         lookup.load().map_err(prog_err("ambit_sk_lookup"))?;
 
         Ok(Capture {
@@ -203,12 +202,7 @@ impl Capture {
         let removed = self.hash_map::<u64, u32>("enrolled")?.remove(&netns_cookie);
         absent_is_ok(removed).map_err(map_err("enrolled"))?;
         if let Some(link) = self.inbound_links.remove(&netns_cookie) {
-            let lookup: &mut SkLookup = self
-                .bpf
-                .program_mut("ambit_sk_lookup")
-                .ok_or(CaptureError::Missing("program ambit_sk_lookup"))?
-                .try_into()
-                .map_err(prog_err("ambit_sk_lookup"))?;
+            let lookup: &mut SkLookup = program(&mut self.bpf, "ambit_sk_lookup")?;
             lookup.detach(link).map_err(prog_err("ambit_sk_lookup"))?;
         }
         Ok(())
@@ -262,12 +256,7 @@ impl Capture {
         if self.inbound_links.contains_key(&netns_cookie) {
             return Ok(());
         }
-        let lookup: &mut SkLookup = self
-            .bpf
-            .program_mut("ambit_sk_lookup")
-            .ok_or(CaptureError::Missing("program ambit_sk_lookup"))?
-            .try_into()
-            .map_err(prog_err("ambit_sk_lookup"))?;
+        let lookup: &mut SkLookup = program(&mut self.bpf, "ambit_sk_lookup")?;
         let link = lookup.attach(netns).map_err(prog_err("ambit_sk_lookup"))?;
         self.inbound_links.insert(netns_cookie, link);
         Ok(())

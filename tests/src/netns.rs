@@ -72,28 +72,11 @@ impl TestNetns {
     }
 }
 
-/// Deletes `ambit-t<pid>-*` namespaces left by test processes that were killed
-/// before their drops ran (a SIGKILLed run cannot clean up after itself).
+/// Deletes `ambit-t<pid>-*` namespaces of test processes that were killed
+/// before their drops ran.
 pub fn sweep_stale() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let Ok(entries) = std::fs::read_dir("/run/netns") else {
-            return;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Some(pid) = name
-                .strip_prefix("ambit-t")
-                .and_then(|r| r.split('-').next())
-                .and_then(|p| p.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = Command::new("ip").args(["netns", "del", &name]).status();
-            }
-        }
-    });
+    ONCE.call_once(|| ambit::cluster::net::sweep_stale("ambit-t"));
 }
 
 impl Drop for TestNetns {

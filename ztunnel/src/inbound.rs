@@ -48,18 +48,9 @@ fn inbound_labels(
         .workload_by_ip(dst.ip())
         .map(|w| PeerLabels::of(w, None))
         .unwrap_or_default();
-    let (svc_name, svc_ns) = service_host
-        .and_then(|h| {
-            let mut parts = h.split('.');
-            Some((parts.next()?.to_string(), parts.next()?.to_string()))
-        })
-        .unwrap_or_default();
     TrafficLabels {
         reporter: "destination",
         source,
-        destination_service: service_host.unwrap_or_default().to_string(),
-        destination_service_namespace: svc_ns,
-        destination_service_name: svc_name,
         destination,
         request_protocol: "tcp",
         response_flags: "-",
@@ -68,7 +59,9 @@ fn inbound_labels(
         } else {
             "unknown"
         },
+        ..Default::default()
     }
+    .with_service(service_host)
 }
 
 /// Authorizes a connection to `dst` on this node.

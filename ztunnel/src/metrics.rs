@@ -119,6 +119,21 @@ fn label(out: &mut String, k: &str, v: &str) {
 }
 
 impl TrafficLabels {
+    /// Sets the three destination_service labels from a service FQDN
+    /// (`name.namespace.svc.cluster.local`).
+    pub fn with_service(mut self, host: Option<&str>) -> Self {
+        let (name, ns) = host
+            .and_then(|h| {
+                let mut parts = h.split('.');
+                Some((parts.next()?.to_string(), parts.next()?.to_string()))
+            })
+            .unwrap_or_default();
+        self.destination_service = host.unwrap_or_default().to_string();
+        self.destination_service_name = name;
+        self.destination_service_namespace = ns;
+        self
+    }
+
     fn render(&self) -> String {
         let mut out = String::new();
         label(&mut out, "reporter", self.reporter);

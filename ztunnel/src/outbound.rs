@@ -182,23 +182,16 @@ fn labels(
     service_host: Option<&str>,
     security: &'static str,
 ) -> TrafficLabels {
-    let (svc_name, svc_ns) = service_host
-        .and_then(|h| {
-            let mut parts = h.split('.');
-            Some((parts.next()?.to_string(), parts.next()?.to_string()))
-        })
-        .unwrap_or_default();
     TrafficLabels {
         reporter: "source",
         source,
-        destination_service: service_host.unwrap_or_default().to_string(),
-        destination_service_namespace: svc_ns,
-        destination_service_name: svc_name,
         destination: dst.map(|w| PeerLabels::of(w, None)).unwrap_or_default(),
         request_protocol: "tcp",
         response_flags: "-",
         connection_security_policy: security,
+        ..Default::default()
     }
+    .with_service(service_host)
 }
 
 async fn open_tunnel(

@@ -39,6 +39,17 @@ fn own(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
+/// A new unix SOCK_SEQPACKET socket.
+fn seqpacket() -> io::Result<OwnedFd> {
+    socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(nix_io)
+}
+
 /// One end of a ZDS connection.
 #[derive(Debug)]
 pub struct ZdsSocket {
@@ -59,13 +70,7 @@ impl ZdsListener {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let fd = socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .map_err(nix_io)?;
+        let fd = seqpacket()?;
         bind(fd.as_raw_fd(), &UnixAddr::new(path).map_err(nix_io)?).map_err(nix_io)?;
         listen(&fd, Backlog::new(8).map_err(nix_io)?).map_err(nix_io)?;
         Ok(ZdsListener {
@@ -105,13 +110,7 @@ impl Drop for ZdsListener {
 impl ZdsSocket {
     /// Connects to the agent at `path`.
     pub fn connect(path: &Path) -> io::Result<Self> {
-        let fd = socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .map_err(nix_io)?;
+        let fd = seqpacket()?;
         connect(fd.as_raw_fd(), &UnixAddr::new(path).map_err(nix_io)?).map_err(nix_io)?;
         Ok(ZdsSocket { fd })
     }

@@ -85,6 +85,14 @@ pub fn require_root() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `(namespace, name)` of an object, `default` namespace when unset.
+fn ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
+    (
+        meta.namespace.clone().unwrap_or_else(|| "default".into()),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
 fn node_of(pod: &k8s_openapi::api::core::v1::Pod, fallback: u8, nodes: u8) -> u8 {
     pod.spec
         .as_ref()
@@ -107,12 +115,7 @@ impl LocalCluster {
         let mut pods = BTreeMap::new();
         let mut placed = Vec::new();
         for (i, (source, mut pod)) in expand_deployments(&resources).into_iter().enumerate() {
-            let ns = pod
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into());
-            let name = pod.metadata.name.clone().unwrap_or_default();
+            let (ns, name) = ns_name(&pod.metadata);
             let node = node_of(&pod, (i as u8 % nodes) + 1, nodes);
             let key = format!("{ns}/{name}");
             let ip = topology
@@ -242,11 +245,8 @@ impl LocalCluster {
         let after: std::collections::BTreeSet<String> = expand_deployments(&new)
             .iter()
             .map(|(_, p)| {
-                format!(
-                    "{}/{}",
-                    p.metadata.namespace.as_deref().unwrap_or("default"),
-                    p.metadata.name.as_deref().unwrap_or_default()
-                )
+                let (ns, name) = ns_name(&p.metadata);
+                format!("{ns}/{name}")
             })
             .collect();
         for added in after.difference(&before) {
@@ -291,12 +291,7 @@ impl LocalCluster {
     fn start_processes(&mut self) -> anyhow::Result<()> {
         let cgroot = ambit_ebpf::cgroup2_root().context("finding cgroup v2")?;
         for (_, pod) in &self.resources.pods {
-            let ns = pod
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into());
-            let name = pod.metadata.name.clone().unwrap_or_default();
+            let (ns, name) = ns_name(&pod.metadata);
             let key = format!("{ns}/{name}");
             let Some(placed) = self.pods.get(&key) else {
                 continue;
