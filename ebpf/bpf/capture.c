@@ -8,8 +8,8 @@
 // ztunnel can compute from the accepted socket: (netns cookie, src ip, src port).
 // ztunnel's own sockets carry SO_MARK 0x539 and are never touched.
 //
-// Services for pods that are not enrolled: the same connect4 picks a backend of
-// a ClusterIP (socket-level load balancing, standing in for kube-proxy).
+// Services for this cluster's pods that are not enrolled: the same connect4
+// picks a backend of a ClusterIP (socket-level load balancing, standing in for kube-proxy).
 //
 // Inbound: sk_lookup on each enrolled pod's namespace steers TCP connections to
 // the pod's own IP into ztunnel's in-pod 15006 socket (plaintext inbound), except
@@ -30,7 +30,12 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-// netns cookie -> enrolment flags (1 = capture).
+// netns cookie -> what to do with that namespace's connects:
+// MODE_CAPTURE (enrolled: redirect to ztunnel) or MODE_BALANCE (a pod of this
+// cluster outside the mesh: only Service VIP load balancing). Namespaces not in
+// the map (the host, other clusters) are never touched.
+#define MODE_CAPTURE 1
+#define MODE_BALANCE 2
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
@@ -130,7 +135,10 @@ int ambit_connect4(struct bpf_sock_addr *ctx)
 	__u32 dst_ip = ctx->user_ip4;
 	__u16 dst_port = bpf_ntohs((__u16)ctx->user_port);
 	__u64 netns = bpf_get_netns_cookie(ctx);
-	if (!bpf_map_lookup_elem(&enrolled, &netns)) {
+	__u32 *mode = bpf_map_lookup_elem(&enrolled, &netns);
+	if (!mode)
+		return 1;
+	if (*mode != MODE_CAPTURE) {
 		balance(ctx);
 		return 1;
 	}

@@ -7,8 +7,10 @@
 //!   `127.0.0.1:15001` inside the pod's namespace and record the original
 //!   destination, which ztunnel reads back with [`Capture::original_dst`].
 //!   Sockets marked [`ZTUNNEL_MARK`] are never redirected.
-//! * The same connect4 load-balances Service VIPs for pods that are *not* enrolled
-//!   ([`Capture::set_service`]), standing in for kube-proxy.
+//! * The same connect4 load-balances Service VIPs for the cluster's pods that are
+//!   *not* enrolled ([`Capture::balance_only`], [`Capture::set_service`]),
+//!   standing in for kube-proxy. Namespaces never registered (the host, other
+//!   clusters on the same machine) are not touched at all.
 //! * `sk_lookup`, attached to each enrolled pod's namespace, steers inbound
 //!   plaintext to the pod's IP into ztunnel's in-pod 15006 socket.
 //!
@@ -34,6 +36,11 @@ use keys::{Dst4, OrigKey, SvcBackends, SvcKey, dst4_addr, orig_key, svc_backends
 
 /// SO_MARK on ztunnel's own sockets; the capture programs never touch them.
 pub const ZTUNNEL_MARK: u32 = 0x539;
+
+/// `enrolled` map value: redirect to ztunnel.
+const MODE_CAPTURE: u32 = 1;
+/// `enrolled` map value: Service load balancing only.
+const MODE_BALANCE: u32 = 2;
 
 /// Most backends one Service VIP can have in the socket-level load balancer.
 pub const MAX_BACKENDS: usize = keys::MAX_BACKENDS;
@@ -192,12 +199,22 @@ impl Capture {
     /// Starts redirecting outbound TCP from the namespace with `netns_cookie`.
     pub fn enroll(&mut self, netns_cookie: u64) -> Result<(), CaptureError> {
         self.hash_map::<u64, u32>("enrolled")?
-            .insert(netns_cookie, 1, 0)
+            .insert(netns_cookie, MODE_CAPTURE, 0)
             .map_err(map_err("enrolled"))
     }
 
-    /// Stops redirecting outbound TCP from that namespace and detaches its inbound
-    /// steering. Releasing a namespace that is not enrolled is not an error.
+    /// Lets the namespace use Service VIPs through the socket-level load balancer
+    /// without being captured (a pod outside the mesh). Namespaces never
+    /// registered are left entirely alone.
+    pub fn balance_only(&mut self, netns_cookie: u64) -> Result<(), CaptureError> {
+        self.hash_map::<u64, u32>("enrolled")?
+            .insert(netns_cookie, MODE_BALANCE, 0)
+            .map_err(map_err("enrolled"))
+    }
+
+    /// Stops redirecting outbound TCP from that namespace (and load balancing
+    /// for it) and detaches its inbound steering. Releasing a namespace that is
+    /// not registered is not an error.
     pub fn release(&mut self, netns_cookie: u64) -> Result<(), CaptureError> {
         let removed = self.hash_map::<u64, u32>("enrolled")?.remove(&netns_cookie);
         absent_is_ok(removed).map_err(map_err("enrolled"))?;
@@ -208,12 +225,12 @@ impl Capture {
         Ok(())
     }
 
-    /// Is this namespace enrolled?
+    /// Is this namespace enrolled (captured)?
     pub fn is_enrolled(&mut self, netns_cookie: u64) -> Result<bool, CaptureError> {
         Ok(self
             .hash_map::<u64, u32>("enrolled")?
             .get(&netns_cookie, 0)
-            .is_ok())
+            .is_ok_and(|m| m == MODE_CAPTURE))
     }
 
     /// The destination an app in `netns_cookie` connected to before connect4

@@ -186,6 +186,15 @@ fn socket_load_balancer_spreads_a_vip_for_unenrolled_pods() {
             ],
         )
         .expect("set service");
+    // Only namespaces registered with the load balancer are balanced (the host
+    // and other clusters on this machine are left alone).
+    assert!(
+        connect_in(&ns, SocketAddr::V4(vip), None).is_err(),
+        "unregistered: untouched"
+    );
+    capture
+        .balance_only(ns.cookie().expect("cookie"))
+        .expect("register");
     let mut hits = [0u32; 2];
     let mut conns = Vec::new();
     for _ in 0..100 {

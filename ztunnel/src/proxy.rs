@@ -382,6 +382,23 @@ impl Ztunnel {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Registers a pod that is not in the mesh for Service load balancing only
+    /// (its connects to VIPs reach a backend directly; nothing is captured).
+    pub fn balance_only(&self, netns: &Netns) -> Result<(), ZtunnelError> {
+        let cookie = netns.cookie().map_err(|source| ZtunnelError::Io {
+            uid: netns.path().display().to_string(),
+            what: "reading netns cookie",
+            source,
+        })?;
+        let mut capture = self
+            .shared
+            .capture
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        capture.balance_only(cookie)?;
+        Ok(())
+    }
+
     /// Local mesh pods not enrolled yet (readiness lists them as pending).
     pub fn pending(&self) -> Vec<String> {
         let state = self.shared.state();

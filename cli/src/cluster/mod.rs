@@ -219,16 +219,32 @@ impl LocalCluster {
             let Some(pod) = self.pods.values().find(|p| p.uid == w.uid) else {
                 continue;
             };
-            let z = &self.ztunnels[usize::from(pod.node - 1)];
-            let enrolled = z.enrolled().contains(&w.uid);
+            let node = usize::from(pod.node - 1);
+            let enrolled = self.ztunnels[node].enrolled().contains(&w.uid);
             let wanted = w.protocol == ambit_api::model::Protocol::Hbone;
+            // Enrolment reaches ztunnel over ZDS from the node agent, with the
+            // pod's netns fd, as on a real node.
+            let agent = &self.agents[node];
             if wanted && !enrolled {
-                let netns = ztunnel::netns::Netns::open(format!("/run/netns/{}", pod.netns))?;
-                z.add_pod(&w.uid, netns)
-                    .with_context(|| format!("enrolling {}", pod.key))?;
+                let info = ambit_api::zds::WorkloadInfo {
+                    name: w.name.clone(),
+                    namespace: w.namespace.clone(),
+                    service_account: w.service_account.clone(),
+                };
+                let netns = std::path::PathBuf::from(format!("/run/netns/{}", pod.netns));
+                agent
+                    .add(&w.uid, info, netns)
+                    .map_err(|e| anyhow::anyhow!("enrolling {}: {e}", pod.key))?;
             } else if !wanted && enrolled {
-                z.remove_pod(&w.uid)
-                    .with_context(|| format!("releasing {}", pod.key))?;
+                agent
+                    .del(&w.uid)
+                    .map_err(|e| anyhow::anyhow!("releasing {}: {e}", pod.key))?;
+            } else if !wanted {
+                // Outside the mesh, but still a client of the Service load balancer.
+                let netns = ztunnel::netns::Netns::open(format!("/run/netns/{}", pod.netns))?;
+                self.ztunnels[node]
+                    .balance_only(&netns)
+                    .with_context(|| format!("load balancing for {}", pod.key))?;
             }
         }
         self.findings = translation.findings;
