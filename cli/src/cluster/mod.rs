@@ -235,11 +235,13 @@ impl LocalCluster {
                 agent
                     .add(&w.uid, info, netns)
                     .map_err(|e| anyhow::anyhow!("enrolling {}: {e}", pod.key))?;
-            } else if !wanted && enrolled {
-                agent
-                    .del(&w.uid)
-                    .map_err(|e| anyhow::anyhow!("releasing {}: {e}", pod.key))?;
-            } else if !wanted {
+            }
+            if !wanted {
+                if enrolled {
+                    agent
+                        .del(&w.uid)
+                        .map_err(|e| anyhow::anyhow!("releasing {}: {e}", pod.key))?;
+                }
                 // Outside the mesh, but still a client of the Service load balancer.
                 let netns = ztunnel::netns::Netns::open(format!("/run/netns/{}", pod.netns))?;
                 self.ztunnels[node]
