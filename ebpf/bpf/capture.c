@@ -152,6 +152,27 @@ int ambit_connect4(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
+// IPv6: ztunnel has no v6 listeners yet, so an enrolled pod's v6 TCP connects
+// (other than to ::1) are refused rather than let through in clear. Fail closed.
+SEC("cgroup/connect6")
+int ambit_connect6(struct bpf_sock_addr *ctx)
+{
+	if (ctx->type != SOCK_STREAM_TYPE)
+		return 1;
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk || sk->mark == ZTUNNEL_MARK)
+		return 1;
+	__u64 netns = bpf_get_netns_cookie(ctx);
+	__u32 *mode = bpf_map_lookup_elem(&enrolled, &netns);
+	if (!mode || *mode != MODE_CAPTURE)
+		return 1;
+	// ::1
+	if (ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 && ctx->user_ip6[2] == 0 &&
+	    ctx->user_ip6[3] == bpf_htonl(1))
+		return 1;
+	return 0; // EPERM to the app
+}
+
 SEC("sockops")
 int ambit_sockops(struct bpf_sock_ops *ops)
 {

@@ -11,6 +11,8 @@
 //!   *not* enrolled ([`Capture::balance_only`], [`Capture::set_service`]),
 //!   standing in for kube-proxy. Namespaces never registered (the host, other
 //!   clusters on the same machine) are not touched at all.
+//! * `cgroup/connect6` refuses an enrolled pod's IPv6 TCP connects (except to
+//!   `::1`) until v6 capture exists: fail closed, never a clear-text bypass.
 //! * `sk_lookup`, attached to each enrolled pod's namespace, steers inbound
 //!   plaintext to the pod's IP into ztunnel's in-pod 15006 socket.
 //!
@@ -166,6 +168,12 @@ impl Capture {
         connect4
             .attach(cgroup.as_fd(), LINK_MODE)
             .map_err(prog_err("ambit_connect4"))?;
+
+        let connect6: &mut CgroupSockAddr = program(&mut bpf, "ambit_connect6")?;
+        connect6.load().map_err(prog_err("ambit_connect6"))?;
+        connect6
+            .attach(cgroup.as_fd(), LINK_MODE)
+            .map_err(prog_err("ambit_connect6"))?;
 
         let sockops: &mut SockOps = program(&mut bpf, "ambit_sockops")?;
         sockops.load().map_err(prog_err("ambit_sockops"))?;

@@ -28,6 +28,17 @@ fn connect_in(ns: &Netns, to: SocketAddr, mark: Option<u32>) -> std::io::Result<
     })?
 }
 
+fn connect_in6(ns: &Netns, to: SocketAddr) -> std::io::Result<TcpStream> {
+    ns.run(|| {
+        let s = Socket::new(Domain::IPV6, Type::STREAM, None)?;
+        s.connect_timeout(&to.into(), Duration::from_secs(2))?;
+        Ok(s.into())
+    })?
+}
+
+/// errno EPERM: what a cgroup connect program's refusal looks like to the app.
+const EPERM: i32 = 1;
+
 fn listen_in(ns: &Netns, at: &str) -> TcpListener {
     ns.run(|| TcpListener::bind(at))
         .expect("setns")
@@ -97,6 +108,16 @@ fn outbound_redirect_and_original_destination() {
     let direct = listen_in(&ns, "127.0.0.1:9999");
     connect_in(&ns, "127.0.0.1:9999".parse().expect("addr"), None).expect("loopback untouched");
     drop(direct);
+
+    // IPv6 from an enrolled namespace is refused (no v6 capture yet: fail closed),
+    // except loopback.
+    ip_in(pod.name(), &["addr", "add", "fd00::2/64", "dev", "lo"]);
+    let v6 = connect_in6(&ns, "[fd00::9]:8080".parse().expect("addr"));
+    let err = v6.err().map(|e| e.raw_os_error());
+    assert_eq!(err, Some(Some(EPERM)), "v6 refused with EPERM");
+    let lo6 = listen_in(&ns, "[::1]:9998");
+    connect_in6(&ns, "[::1]:9998".parse().expect("addr")).expect("::1 untouched");
+    drop(lo6);
 
     // Released: back to plain behaviour, same process, same namespace.
     capture.release(cookie).expect("release");
