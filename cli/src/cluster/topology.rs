@@ -9,6 +9,13 @@ use std::net::Ipv4Addr;
 
 use super::net::{NamedNetns, NetError, ip, ip_in, sysctl};
 
+/// Creates a veth pair: `eth0` in namespace `a`, `peer` in namespace `b`.
+fn veth_pair(a: &str, peer: &str, b: &str) -> Result<(), NetError> {
+    ip(&[
+        "link", "add", "eth0", "netns", a, "type", "veth", "peer", "name", peer, "netns", b,
+    ])
+}
+
 /// A node's namespace and number.
 #[derive(Debug)]
 pub struct NodeNet {
@@ -66,20 +73,7 @@ impl Topology {
             ip_in(ns.name(), &["link", "set", "cni0", "up"])?;
             sysctl(ns.name(), "net.ipv4.ip_forward", "1")?;
             let port = format!("n{i}");
-            ip(&[
-                "link",
-                "add",
-                "eth0",
-                "netns",
-                ns.name(),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &port,
-                "netns",
-                fabric.name(),
-            ])?;
+            veth_pair(ns.name(), &port, fabric.name())?;
             ip_in(
                 fabric.name(),
                 &["link", "set", &port, "master", "br0", "up"],
@@ -124,20 +118,7 @@ impl Topology {
         let ns = NamedNetns::create(&format!("{}-n{node}-p{host}", self.prefix))?;
         let node_ns = self.nodes[usize::from(node - 1)].ns.name().to_string();
         let host_if = format!("vp{host}");
-        ip(&[
-            "link",
-            "add",
-            "eth0",
-            "netns",
-            ns.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &host_if,
-            "netns",
-            &node_ns,
-        ])?;
+        veth_pair(ns.name(), &host_if, &node_ns)?;
         ip_in(&node_ns, &["link", "set", &host_if, "master", "cni0", "up"])?;
         ip_in(
             ns.name(),
