@@ -114,22 +114,7 @@ fn a_failing_test_leaves_no_namespaces_cgroups_or_programs() {
     let left = leftovers(child_pid);
     assert!(left.is_empty(), "left behind: {left:?}");
     // And nothing under any ambit prefix whose process is dead.
-    let stale: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    let dead: Vec<&String> = stale
-        .iter()
-        .filter(|n| {
-            n.strip_prefix("ambit-")
-                .and_then(|r| r.split('-').next())
-                .and_then(|p| p.parse::<u32>().ok())
-                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
-        })
-        .collect();
+    let dead = ambit::cluster::net::stale_namespaces("ambit-");
     assert!(dead.is_empty(), "namespaces of dead runs: {dead:?}");
 }
 

@@ -10,7 +10,7 @@ use ambit_hbone::request::ConnectTarget;
 use ambit_hbone::server::{InboundHandler, InboundRequest, Refusal};
 use http::StatusCode;
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::metrics::{PeerLabels, TrafficLabels};
 use crate::proxy::{Pod, Shared};
@@ -148,14 +148,7 @@ impl InboundHandler for PodInbound {
 /// unauthenticated peers let it through (STRICT mTLS is a DENY of those).
 pub async fn serve_plaintext(shared: Arc<Shared>, pod: Arc<Pod>, listener: TcpListener) {
     loop {
-        let (mut client, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(error = %e, "15006 accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (mut client, peer) = crate::socket::accept(&listener, "15006").await;
         let shared = shared.clone();
         let pod = pod.clone();
         tokio::spawn(async move {

@@ -68,14 +68,7 @@ fn route(state: &ProxyState, dst: SocketAddr) -> Route {
 /// Accepts on the pod's 15001 until the task is aborted.
 pub async fn serve(shared: Arc<Shared>, pod: Arc<Pod>, listener: TcpListener) {
     loop {
-        let (app, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(error = %e, "15001 accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (app, peer) = crate::socket::accept(&listener, "15001").await;
         let (shared, pod) = (shared.clone(), pod.clone());
         tokio::spawn(async move { handle(shared, pod, app, peer).await });
     }

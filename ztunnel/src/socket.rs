@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use ambit_ebpf::ZTUNNEL_MARK;
 use socket2::{Domain, Socket, Type};
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::netns::Netns;
 
@@ -34,4 +34,18 @@ pub fn marked_socket_in(ns: &Netns, dst: SocketAddr) -> io::Result<TcpSocket> {
         Ok(s.into())
     })??;
     Ok(TcpSocket::from_std_stream(std_stream))
+}
+
+/// Accepts the next connection on `listener`; on an error (EMFILE and the like)
+/// logs it and backs off briefly instead of spinning.
+pub async fn accept(listener: &TcpListener, what: &str) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(x) => return x,
+            Err(e) => {
+                tracing::warn!(listener = what, error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
 }

@@ -69,31 +69,61 @@ fn exchange(sock: &ZdsSocket, req: &WorkloadRequest, netns: Option<&Path>) -> Re
     }
 }
 
+/// Pods the agent wants enrolled: what the next snapshot is built from.
+type Desired = BTreeMap<String, (WorkloadInfo, PathBuf)>;
+
+/// Applies one command: to ztunnel when connected (`sock`), and to the desired
+/// set. While disconnected it only updates the desired set (the snapshot will
+/// carry it). Returns false for `Stop`.
+fn apply(cmd: Cmd, desired: &mut Desired, sock: Option<&ZdsSocket>) -> bool {
+    let send = |req: &WorkloadRequest, netns: Option<&Path>| match sock {
+        Some(s) => exchange(s, req, netns),
+        None => Ok(()),
+    };
+    match cmd {
+        Cmd::Stop => false,
+        Cmd::Add {
+            uid,
+            info,
+            netns,
+            reply,
+        } => {
+            let res = send(&add_request(&uid, &info), Some(&netns));
+            if res.is_ok() {
+                desired.insert(uid, (info, netns));
+            }
+            let _ = reply.send(res);
+            true
+        }
+        Cmd::Del { uid, reply } => {
+            let req = WorkloadRequest {
+                payload: Some(Payload::Del(DelWorkload { uid: uid.clone() })),
+            };
+            let res = send(&req, None);
+            desired.remove(&uid);
+            let _ = reply.send(res);
+            true
+        }
+    }
+}
+
 impl NodeAgent {
     /// Listens at `path` and serves whichever ztunnel connects.
     pub fn start(path: &Path) -> std::io::Result<Self> {
         let listener = ZdsListener::bind(path)?;
         let (tx, rx) = mpsc::channel::<Cmd>();
         let thread = std::thread::spawn(move || {
-            let mut desired: BTreeMap<String, (WorkloadInfo, PathBuf)> = BTreeMap::new();
+            let mut desired = Desired::new();
             loop {
                 // Wait for ztunnel, applying commands to the desired set meanwhile.
                 let sock = loop {
                     match rx.try_recv() {
-                        Ok(Cmd::Stop) | Err(mpsc::TryRecvError::Disconnected) => return,
-                        Ok(Cmd::Add {
-                            uid,
-                            info,
-                            netns,
-                            reply,
-                        }) => {
-                            desired.insert(uid, (info, netns));
-                            let _ = reply.send(Ok(()));
+                        Ok(cmd) => {
+                            if !apply(cmd, &mut desired, None) {
+                                return;
+                            }
                         }
-                        Ok(Cmd::Del { uid, reply }) => {
-                            desired.remove(&uid);
-                            let _ = reply.send(Ok(()));
-                        }
+                        Err(mpsc::TryRecvError::Disconnected) => return,
                         Err(mpsc::TryRecvError::Empty) => {}
                     }
                     match listener.accept_timeout(Duration::from_millis(100)) {
@@ -125,27 +155,12 @@ impl NodeAgent {
                 debug!("ZDS snapshot sent");
                 loop {
                     match rx.recv_timeout(Duration::from_millis(100)) {
-                        Ok(Cmd::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                        Ok(Cmd::Add {
-                            uid,
-                            info,
-                            netns,
-                            reply,
-                        }) => {
-                            let res = exchange(&sock, &add_request(&uid, &info), Some(&netns));
-                            if res.is_ok() {
-                                desired.insert(uid, (info, netns));
+                        Ok(cmd) => {
+                            if !apply(cmd, &mut desired, Some(&sock)) {
+                                return;
                             }
-                            let _ = reply.send(res);
                         }
-                        Ok(Cmd::Del { uid, reply }) => {
-                            let req = WorkloadRequest {
-                                payload: Some(Payload::Del(DelWorkload { uid: uid.clone() })),
-                            };
-                            let res = exchange(&sock, &req, None);
-                            desired.remove(&uid);
-                            let _ = reply.send(res);
-                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
                         Err(mpsc::RecvTimeoutError::Timeout) => {}
                     }
                 }

@@ -91,23 +91,27 @@ impl Drop for NamedNetns {
     }
 }
 
-/// Deletes namespaces named `<prefix><pid>-...` whose process is gone (left by a
-/// run that was killed before it could clean up).
-pub fn sweep_stale(prefix: &str) {
+/// Namespaces named `<prefix><pid>-...` whose process is gone (left by a run
+/// that was killed before it could clean up).
+pub fn stale_namespaces(prefix: &str) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir("/run/netns") else {
-        return;
+        return vec![];
     };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(prefix)
-            .and_then(|r| r.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        }
+    entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| {
+            name.strip_prefix(prefix)
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .collect()
+}
+
+/// Deletes the [`stale_namespaces`] of `prefix`.
+pub fn sweep_stale(prefix: &str) {
+    for name in stale_namespaces(prefix) {
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
     }
 }
