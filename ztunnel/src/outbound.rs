@@ -10,7 +10,6 @@ use ambit_hbone::client::TunnelTarget;
 use ambit_hbone::request::ConnectHead;
 use ambit_hbone::{SpiffeId, Tunnel};
 use rand::seq::SliceRandom;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
@@ -147,7 +146,9 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, mut app: TcpStream, peer: So
                 Ok(mut t) => {
                     shared.metrics.opened(&l);
                     info!(target: "access", reporter = "source", src.addr = %client, src.identity = %pod.identity, dst.addr = %endpoint, dst.identity = %t.peer_identity(), dst.service = service_host.as_deref().unwrap_or("-"), "connection opened");
-                    let (sent, received) = copy(&mut app, &mut t).await;
+                    let (sent, received) = tokio::io::copy_bidirectional(&mut app, &mut t)
+                        .await
+                        .unwrap_or((0, 0));
                     shared.metrics.closed(&l, received, sent);
                 }
                 Err(e) => {
@@ -217,13 +218,4 @@ async fn open_tunnel(
         socket: Some(Arc::new(move |dst| marked_socket_in(&netns_pod.netns, dst))),
     };
     shared.pool.connect(&cert, &target).await
-}
-
-/// Copies both ways; returns (bytes app→peer, bytes peer→app).
-async fn copy<A, B>(a: &mut A, b: &mut B) -> (u64, u64)
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    tokio::io::copy_bidirectional(a, b).await.unwrap_or((0, 0))
 }

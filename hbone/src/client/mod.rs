@@ -87,7 +87,7 @@ pub enum ClientError {
 impl From<h2::Error> for ClientError {
     fn from(err: h2::Error) -> Self {
         if let Some(io_err) = err.get_io()
-            && let Some(tls) = crate::tls::find_rustls_error_pub(io_err)
+            && let Some(tls) = crate::tls::find_rustls_error(io_err)
         {
             return ClientError::PeerRejected(CertRejection::from_rustls(tls));
         }

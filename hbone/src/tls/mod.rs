@@ -14,7 +14,7 @@ use rustls::server::NoServerSessionStorage;
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, ServerConfig};
 
-pub(crate) use handshake::find_rustls_error as find_rustls_error_pub;
+pub(crate) use handshake::find_rustls_error;
 pub use handshake::{HandshakeError, accept, connect};
 pub use rejection::CertRejection;
 pub use verify::{SpiffeClientVerifier, SpiffeServerVerifier};
