@@ -1,5 +1,6 @@
-//! `istio.v1.auth.IstioCertificateService` messages (istio-wire §3.3), with the
-//! upstream field numbers so Istio's ztunnel and Ambit's CA interoperate.
+//! `istio.v1.auth.IstioCertificateService` (istio-wire §3.3): messages and
+//! gRPC stubs generated from `proto/ca.proto` with the upstream field numbers,
+//! so Istio's ztunnel and Ambit's CA interoperate, plus the metadata helpers.
 
 /// gRPC path of the one method of the CA service.
 pub const CREATE_CERTIFICATE_PATH: &str =
@@ -8,27 +9,13 @@ pub const CREATE_CERTIFICATE_PATH: &str =
 /// Metadata key naming the identity a shared-mode ztunnel asks for on a pod's behalf.
 pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
 
-/// A certificate signing request.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct IstioCertificateRequest {
-    /// PEM-encoded CSR.
-    #[prost(string, tag = "1")]
-    pub csr: String,
-    /// Requested lifetime in seconds.
-    #[prost(int64, tag = "3")]
-    pub validity_duration: i64,
-    /// Shared mode: `{"ImpersonatedIdentity": "<spiffe id>"}`.
-    #[prost(message, optional, tag = "4")]
-    pub metadata: Option<prost_types::Struct>,
-}
-
-/// The signed chain: leaf first, then intermediates, the root bundle last.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct IstioCertificateResponse {
-    /// PEM certificates.
-    #[prost(string, repeated, tag = "1")]
-    pub cert_chain: Vec<String>,
-}
+/// The gRPC client of the CA service.
+pub use crate::xds::proto::ca::istio_certificate_service_client::IstioCertificateServiceClient;
+/// The gRPC server side of the CA service.
+pub use crate::xds::proto::ca::istio_certificate_service_server::{
+    IstioCertificateService, IstioCertificateServiceServer,
+};
+pub use crate::xds::proto::ca::{IstioCertificateRequest, IstioCertificateResponse};
 
 impl IstioCertificateRequest {
     /// The identity named by `metadata.ImpersonatedIdentity`, if any.

@@ -219,6 +219,49 @@ impl Authority {
     pub fn certificate_pem(&self) -> String {
         pem::encode_certificate(self.cert.der())
     }
+
+    /// A TLS server certificate for the control plane itself (xDS + CA on
+    /// 15012), with DNS/IP SANs rather than a SPIFFE id: proxies check it
+    /// against the mesh root and the address they dialled (istio-wire §3.4).
+    pub fn issue_server(
+        &self,
+        names: &[String],
+        validity: Validity,
+    ) -> Result<ServerCert, SignError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::new(names.to_vec())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, self.trust_domain.as_str());
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = validity.not_before.into();
+        params.not_after = validity.not_after.into();
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        let leaf = params.signed_by(&key, &self.cert, &self.key)?;
+        let mut chain_pem = pem::encode_certificate(leaf.der());
+        for c in &self.intermediates {
+            chain_pem.push_str(&pem::encode_certificate(c));
+        }
+        Ok(ServerCert {
+            chain_pem,
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// A control-plane serving certificate: chain (leaf first) and key, PEM.
+#[derive(Clone, Debug)]
+pub struct ServerCert {
+    /// Leaf then intermediates.
+    pub chain_pem: String,
+    /// PKCS#8 private key.
+    pub key_pem: String,
 }
 
 impl CertificateSigner for Authority {

@@ -25,7 +25,7 @@ impl std::fmt::Display for Source {
 }
 
 /// A document that could not be read; names file, document, kind and name.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("{source_ref}: {object}: {message}")]
 pub struct LoadError {
     /// Where.
@@ -70,6 +70,19 @@ fn typed<T: DeserializeOwned>(
 }
 
 impl Resources {
+    /// Appends everything in `other` (used to merge files read separately).
+    pub fn extend(&mut self, other: Resources) {
+        self.namespaces.extend(other.namespaces);
+        self.pods.extend(other.pods);
+        self.deployments.extend(other.deployments);
+        self.services.extend(other.services);
+        self.service_accounts.extend(other.service_accounts);
+        self.authorization_policies
+            .extend(other.authorization_policies);
+        self.peer_authentications.extend(other.peer_authentications);
+        self.ignored.extend(other.ignored);
+    }
+
     /// Reads every `*.yaml` / `*.yml` file in `dir` (sorted by name).
     pub fn from_dir(dir: &Path) -> Result<Self, LoadError> {
         let err = |message: String| LoadError {

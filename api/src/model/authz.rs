@@ -100,6 +100,22 @@ impl fmt::Display for Cidr {
 }
 
 impl Cidr {
+    /// `addr/prefix`; `None` when the prefix is longer than the family allows.
+    pub fn new(addr: IpAddr, prefix: u8) -> Option<Self> {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then_some(Cidr { addr, prefix })
+    }
+
+    /// The network address as written.
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// The prefix length.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
     /// Is `ip` inside this network? (Families never mix.)
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {

@@ -1,0 +1,20 @@
+//! Generates the xDS, CA and L7 protobuf types (prost) and their gRPC client
+//! and server stubs (tonic) from `proto/`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = [
+        "proto/workload.proto",
+        "proto/authorization.proto",
+        "proto/discovery.proto",
+        "proto/ca.proto",
+        "proto/l7.proto",
+    ];
+    for p in &protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    tonic_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_protos(&protos, &["proto"])?;
+    Ok(())
+}

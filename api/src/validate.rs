@@ -1,0 +1,211 @@
+//! Validation before resources reach a model: every finding names the file,
+//! the object (`Kind namespace/name`) and the field. [`keep_last_good`] lets a
+//! model keep the previous version of an object that now fails, so one bad
+//! edit never takes working config away.
+
+use std::collections::{BTreeMap, HashSet};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::k8s::{Resources, Source, object_ref};
+use crate::translate::{Finding, Severity, expand_deployments, translate};
+
+/// Checks `res`: what translation rejects (bad CIDRs, ports, actions, ...) plus
+/// the cross-object checks `istioctl analyze` makes (a selector that matches
+/// no pod).
+pub fn validate(res: &Resources) -> Vec<Finding> {
+    let mut findings: Vec<Finding> = translate(res)
+        .findings
+        .into_iter()
+        .filter(|f| f.severity >= Severity::Warning)
+        .collect();
+    let pods = expand_deployments(res);
+    let pod_labels: Vec<(String, BTreeMap<String, String>)> = pods
+        .iter()
+        .map(|(_, p)| {
+            (
+                p.metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+                p.metadata.labels.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let matches_some = |ns: &str, sel: &BTreeMap<String, String>| {
+        pod_labels
+            .iter()
+            .any(|(pns, l)| pns == ns && sel.iter().all(|(k, v)| l.get(k) == Some(v)))
+    };
+    for (source, p) in &res.authorization_policies {
+        let ns = p
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        if let Some(sel) = &p.spec.selector
+            && !sel.match_labels.is_empty()
+            && !matches_some(&ns, &sel.match_labels)
+        {
+            findings.push(Finding {
+                severity: Severity::Warning,
+                source: source.clone(),
+                object: object_ref("AuthorizationPolicy", &p.metadata),
+                field: "spec.selector.matchLabels".into(),
+                message: "selects no pod in this namespace".into(),
+            });
+        }
+    }
+    for (source, s) in &res.services {
+        let ns = s
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        if let Some(sel) = s.spec.as_ref().and_then(|s| s.selector.as_ref())
+            && !sel.is_empty()
+            && !matches_some(&ns, sel)
+        {
+            findings.push(Finding {
+                severity: Severity::Info,
+                source: source.clone(),
+                object: object_ref("Service", &s.metadata),
+                field: "spec.selector".into(),
+                message: "selects no pod yet: the service has no endpoints".into(),
+            });
+        }
+    }
+    findings
+}
+
+fn replace_bad<T: Clone>(
+    kind: &str,
+    incoming: Vec<(Source, T)>,
+    last_good: &[(Source, T)],
+    bad: &HashSet<String>,
+    meta: fn(&T) -> &ObjectMeta,
+) -> Vec<(Source, T)> {
+    let mut out = Vec::with_capacity(incoming.len());
+    for (source, obj) in incoming {
+        let key = object_ref(kind, meta(&obj));
+        if !bad.contains(&key) {
+            out.push((source, obj));
+            continue;
+        }
+        if let Some(old) = last_good
+            .iter()
+            .find(|(_, o)| object_ref(kind, meta(o)) == key)
+        {
+            tracing::warn!(object = %key, "invalid update rejected; keeping the last good version");
+            out.push(old.clone());
+        } else {
+            tracing::warn!(object = %key, "invalid object left out");
+        }
+    }
+    out
+}
+
+/// `incoming` with every object named in `bad` (`Kind namespace/name`)
+/// replaced by its version in `last_good`, or dropped if it has none.
+pub fn keep_last_good(
+    incoming: Resources,
+    last_good: &Resources,
+    bad: &HashSet<String>,
+) -> Resources {
+    if bad.is_empty() {
+        return incoming;
+    }
+    Resources {
+        namespaces: replace_bad(
+            "Namespace",
+            incoming.namespaces,
+            &last_good.namespaces,
+            bad,
+            |o| &o.metadata,
+        ),
+        pods: replace_bad("Pod", incoming.pods, &last_good.pods, bad, |o| &o.metadata),
+        deployments: replace_bad(
+            "Deployment",
+            incoming.deployments,
+            &last_good.deployments,
+            bad,
+            |o| &o.metadata,
+        ),
+        services: replace_bad(
+            "Service",
+            incoming.services,
+            &last_good.services,
+            bad,
+            |o| &o.metadata,
+        ),
+        service_accounts: replace_bad(
+            "ServiceAccount",
+            incoming.service_accounts,
+            &last_good.service_accounts,
+            bad,
+            |o| &o.metadata,
+        ),
+        authorization_policies: replace_bad(
+            "AuthorizationPolicy",
+            incoming.authorization_policies,
+            &last_good.authorization_policies,
+            bad,
+            |o| &o.metadata,
+        ),
+        peer_authentications: replace_bad(
+            "PeerAuthentication",
+            incoming.peer_authentications,
+            &last_good.peer_authentications,
+            bad,
+            |o| &o.metadata,
+        ),
+        ignored: incoming.ignored,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(yaml: &str) -> Resources {
+        let mut r = Resources::default();
+        r.add_yaml(yaml, "v.yaml").unwrap();
+        r
+    }
+
+    const POLICY: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+        metadata: {name: p, namespace: demo}\nspec: {action: DENY, rules: [{from: [{source: {ipBlocks: [CIDR]}}]}]}\n";
+
+    #[test]
+    fn bad_update_keeps_last_good_version() {
+        let good = res(&POLICY.replace("CIDR", "10.0.0.0/8"));
+        let bad_res = res(&POLICY.replace("CIDR", "10.0.0.0/99"));
+        let findings = validate(&bad_res);
+        let f = findings
+            .iter()
+            .find(|f| f.severity == Severity::Error)
+            .expect("an error");
+        assert_eq!(f.object, "AuthorizationPolicy demo/p");
+        assert!(f.field.contains("ipBlocks"), "{f}");
+        assert_eq!(f.source.file, "v.yaml");
+        let bad: HashSet<String> = [f.object.clone()].into();
+        let kept = keep_last_good(bad_res.clone(), &good, &bad);
+        assert_eq!(kept.authorization_policies, good.authorization_policies);
+        // Never good before: left out.
+        let kept = keep_last_good(bad_res, &Resources::default(), &bad);
+        assert!(kept.authorization_policies.is_empty());
+    }
+
+    #[test]
+    fn selector_matching_nothing_is_reported() {
+        let r = res(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+            metadata: {name: p, namespace: demo}\nspec: {selector: {matchLabels: {app: ghost}}}\n",
+        );
+        let f = validate(&r);
+        assert!(
+            f.iter().any(|f| f.field == "spec.selector.matchLabels"),
+            "{f:?}"
+        );
+    }
+}

@@ -1,0 +1,19 @@
+//! Ambit's control plane.
+//!
+//! * [`source`]: where resources come from (a watched YAML directory, an
+//!   in-memory feed from the local cluster), behind one trait.
+//! * [`model`]: validated resources → proxy state → versioned xDS resources.
+//! * [`xds`]: the delta ADS server (Istio's `Address` and `Authorization` types,
+//!   Ambit's L7 type for waypoints).
+//! * [`ca`]: `IstioCertificateService/CreateCertificate`, scoped to the caller's node.
+//! * [`auth`]: how a caller proves which node it is.
+//! * [`run`]: the listeners and the update loop that tie them together.
+
+pub mod auth;
+pub mod ca;
+pub mod model;
+pub mod run;
+pub mod source;
+pub mod xds;
+
+pub use run::{Controller, ControllerConfig};

@@ -1,0 +1,235 @@
+//! The model: resources from a source, validated (a bad object keeps its last
+//! good version), translated once by `ambit-api`, and encoded as xDS resources
+//! whose version is a hash of their bytes. Equal bytes → equal version, so a
+//! push sends only what changed and a restarted controller recognises what a
+//! reconnecting proxy already holds.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use ambit_api::k8s::Resources;
+use ambit_api::model::LocalConfig;
+use ambit_api::translate::{Finding, Severity, translate};
+use ambit_api::xds::{self, convert};
+use prost::Message;
+
+/// One encoded resource, shared by every connection that sends it.
+#[derive(Debug, PartialEq)]
+pub struct XdsResource {
+    /// `Resource.name` (workload uid, `ns/hostname`, `ns/name`).
+    pub name: String,
+    /// Content hash of the encoded body.
+    pub version: String,
+    /// The body as `Any`.
+    pub body: prost_types::Any,
+}
+
+/// Resources of one type URL, by name.
+pub type ResourceSet = HashMap<String, Arc<XdsResource>>;
+
+/// One published state of the world.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Increases with each publication.
+    pub generation: u64,
+    /// `Address` resources (workloads and services).
+    pub addresses: ResourceSet,
+    /// `Authorization` resources.
+    pub authorizations: ResourceSet,
+    /// The translated proxy state the resources were built from.
+    pub config: Arc<LocalConfig>,
+    /// SPIFFE ids of the mesh pods on each node: what the CA may sign for it.
+    pub identities_by_node: HashMap<String, HashSet<String>>,
+    /// What validation and translation noticed.
+    pub findings: Vec<Finding>,
+}
+
+impl Snapshot {
+    /// The resources of `type_url`, if the controller serves that type.
+    pub fn resources(&self, type_url: &str) -> Option<&ResourceSet> {
+        match type_url {
+            xds::ADDRESS_TYPE => Some(&self.addresses),
+            xds::AUTHORIZATION_TYPE => Some(&self.authorizations),
+            _ => None,
+        }
+    }
+
+    /// May a proxy on `node` hold certificates for `identity`?
+    pub fn node_may_hold(&self, node: &str, identity: &str) -> bool {
+        self.identities_by_node
+            .get(node)
+            .is_some_and(|ids| ids.contains(identity))
+    }
+}
+
+fn encode(
+    name: String,
+    type_url: &str,
+    msg: &impl Message,
+    previous: Option<&ResourceSet>,
+) -> Arc<XdsResource> {
+    let bytes = msg.encode_to_vec();
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    let version = format!("{:016x}", h.finish());
+    if let Some(old) = previous.and_then(|p| p.get(&name))
+        && old.version == version
+    {
+        return old.clone();
+    }
+    Arc::new(XdsResource {
+        name,
+        version,
+        body: prost_types::Any {
+            type_url: type_url.to_string(),
+            value: bytes,
+        },
+    })
+}
+
+/// Builds the snapshot for `config`, reusing unchanged entries of `previous`.
+pub fn build_snapshot(
+    generation: u64,
+    config: LocalConfig,
+    findings: Vec<Finding>,
+    previous: Option<&Snapshot>,
+) -> Snapshot {
+    let prev_addr = previous.map(|p| &p.addresses);
+    let prev_auth = previous.map(|p| &p.authorizations);
+    let mut addresses = ResourceSet::with_capacity(config.workloads.len() + config.services.len());
+    let mut identities_by_node: HashMap<String, HashSet<String>> = HashMap::new();
+    for w in &config.workloads {
+        let r = encode(
+            w.uid.clone(),
+            xds::ADDRESS_TYPE,
+            &convert::workload_to_proto(w),
+            prev_addr,
+        );
+        addresses.insert(w.uid.clone(), r);
+        if w.protocol == ambit_api::model::Protocol::Hbone
+            && let Ok(id) = w.identity()
+        {
+            identities_by_node
+                .entry(w.node.clone())
+                .or_default()
+                .insert(id.to_string());
+        }
+    }
+    for s in &config.services {
+        let key = s.key();
+        let r = encode(
+            key.clone(),
+            xds::ADDRESS_TYPE,
+            &convert::service_to_proto(s),
+            prev_addr,
+        );
+        addresses.insert(key, r);
+    }
+    let mut authorizations = ResourceSet::with_capacity(config.policies.len());
+    for p in &config.policies {
+        let key = p.key();
+        let r = encode(
+            key.clone(),
+            xds::AUTHORIZATION_TYPE,
+            &convert::authorization_to_proto(p),
+            prev_auth,
+        );
+        authorizations.insert(key, r);
+    }
+    Snapshot {
+        generation,
+        addresses,
+        authorizations,
+        config: Arc::new(config),
+        identities_by_node,
+        findings,
+    }
+}
+
+/// Identifies one object across updates: `Kind namespace/name`.
+fn object_keys(findings: &[Finding]) -> HashSet<String> {
+    findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .map(|f| f.object.clone())
+        .collect()
+}
+
+/// The model: turns each new set of resources into a snapshot, keeping the
+/// last good version of any object that fails validation.
+#[derive(Debug, Default)]
+pub struct Model {
+    last_good: Resources,
+    generation: u64,
+}
+
+impl Model {
+    /// Validates and translates `incoming`; objects with errors are replaced by
+    /// their last good version (or left out if they never were good). The
+    /// returned snapshot carries every finding, so nothing is silently lost.
+    pub fn apply(&mut self, incoming: Resources, previous: Option<&Snapshot>) -> Snapshot {
+        let mut findings = ambit_api::validate::validate(&incoming);
+        let bad = object_keys(&findings);
+        let accepted = ambit_api::validate::keep_last_good(incoming, &self.last_good, &bad);
+        let translation = translate(&accepted);
+        findings.extend(translation.findings);
+        self.last_good = accepted;
+        self.generation += 1;
+        build_snapshot(self.generation, translation.config, findings, previous)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(yaml: &str) -> Resources {
+        let mut r = Resources::default();
+        r.add_yaml(yaml, "t.yaml").unwrap();
+        r
+    }
+
+    const BASE: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: demo, labels: {app: a}}
+spec: {nodeName: node1, serviceAccountName: sa-a, containers: [{name: c, image: x}]}
+status: {podIP: 10.1.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: demo, labels: {app: b}}
+spec: {nodeName: node2, containers: [{name: c, image: x}]}
+status: {podIP: 10.2.0.2}
+"#;
+
+    #[test]
+    fn unchanged_resources_keep_their_version_and_allocation() {
+        let mut m = Model::default();
+        let s1 = m.apply(res(BASE), None);
+        assert_eq!(s1.addresses.len(), 2);
+        let changed = BASE.replace("10.2.0.2", "10.2.0.3");
+        let s2 = m.apply(res(&changed), Some(&s1));
+        let a1 = &s1.addresses["Kubernetes//Pod/demo/a"];
+        let a2 = &s2.addresses["Kubernetes//Pod/demo/a"];
+        assert!(Arc::ptr_eq(a1, a2), "unchanged workload re-encoded");
+        assert_ne!(
+            s1.addresses["Kubernetes//Pod/demo/b"].version,
+            s2.addresses["Kubernetes//Pod/demo/b"].version
+        );
+    }
+
+    #[test]
+    fn identities_are_scoped_to_nodes() {
+        let mut m = Model::default();
+        let s = m.apply(res(BASE), None);
+        assert!(s.node_may_hold("node1", "spiffe://cluster.local/ns/demo/sa/sa-a"));
+        assert!(!s.node_may_hold("node2", "spiffe://cluster.local/ns/demo/sa/sa-a"));
+        assert!(s.node_may_hold("node2", "spiffe://cluster.local/ns/demo/sa/default"));
+    }
+}
