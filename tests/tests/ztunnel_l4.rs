@@ -67,7 +67,7 @@ fn ztunnel(node: u8, signer: Arc<dyn CertificateSigner>, st: ProxyState) -> Ztun
     Ztunnel::new(
         ZtunnelConfig {
             node: format!("node{node}"),
-            signer,
+            certs: Arc::new(ztunnel::certs::LocalSigner(signer)),
             cert_ttl: Duration::from_secs(3600),
             hbone: HboneConfig::default(),
             cgroup_root: None,

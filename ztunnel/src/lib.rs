@@ -4,13 +4,16 @@
 //! (`ambit-hbone`) to the destination node, and enforces L4 authorization.
 
 pub mod admin;
+pub mod ca_client;
 pub mod certs;
+pub mod control;
 pub mod inbound;
 pub mod metrics;
 pub mod netns;
 pub mod outbound;
 pub mod proxy;
 pub mod socket;
+pub mod xds;
 pub mod zds;
 
 /// Proxy state (shared with the controller).

@@ -1,22 +1,78 @@
-//! The `ztunnel` binary: one node's proxy, configured the way Istio's ztunnel is
-//! for local runs (istio-wire §5.3): `LOCAL_XDS_PATH` names a local config file,
-//! `NODE_NAME` the node, `INPOD_UDS` the ZDS socket of the node agent, and
-//! `FAKE_CA=true` signs certificates with an in-process CA. (Workload xDS and the
-//! CA service come with the controller.)
+//! The `ztunnel` binary: one node's proxy, configured with Istio ztunnel's
+//! environment variables (istio-wire §3.4, §5.3):
+//!
+//! * state: `XDS_ADDRESS` (workload xDS from the controller), or
+//!   `LOCAL_XDS_PATH` (a local config file; `XDS_ADDRESS` set and empty);
+//! * certificates: `CA_ADDRESS` (default: the xDS address), or `FAKE_CA=true`
+//!   for an in-process CA;
+//! * `XDS_ROOT_CA` / `CA_ROOT_CA` (file path or PEM), `ALT_XDS_HOSTNAME`,
+//!   `AUTH_TOKEN` (file path or literal), `CLUSTER_ID`, `SECRET_TTL` (seconds
+//!   or `24h`), `NODE_NAME`, `INPOD_UDS`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_hbone::HboneConfig;
-use ambit_hbone::ca::{Authority, CertificateSigner, Validity};
+use ambit_hbone::ca::{Authority, Validity};
 use anyhow::{Context, bail};
+use ztunnel::ca_client::CaClient;
+use ztunnel::certs::{CertificateProvider, LocalSigner};
+use ztunnel::control::ControlPlane;
 use ztunnel::netns::Netns;
 use ztunnel::state::{LocalConfig, ProxyState};
 use ztunnel::{Ztunnel, ZtunnelConfig};
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// A value that is a file path when such a file exists, else the value itself.
+fn file_or_literal(v: String) -> anyhow::Result<String> {
+    if Path::new(&v).is_file() {
+        std::fs::read_to_string(&v).with_context(|| format!("reading {v}"))
+    } else {
+        Ok(v)
+    }
+}
+
+fn secret_ttl() -> anyhow::Result<Duration> {
+    let Some(v) = env("SECRET_TTL") else {
+        return Ok(Duration::from_secs(24 * 3600));
+    };
+    let (num, unit) = match v.strip_suffix('h') {
+        Some(n) => (n, 3600),
+        None => match v.strip_suffix('m') {
+            Some(n) => (n, 60),
+            None => (v.strip_suffix('s').unwrap_or(&v), 1),
+        },
+    };
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("SECRET_TTL={v:?}: want seconds, or a number with s/m/h"))?;
+    Ok(Duration::from_secs(n * unit))
+}
+
+fn with_scheme(a: String) -> String {
+    if a.contains("://") {
+        a
+    } else {
+        format!("https://{a}")
+    }
+}
+
+fn control_plane(address: String, root_var: &str) -> anyhow::Result<ControlPlane> {
+    let root_pem = env(root_var)
+        .or_else(|| env("XDS_ROOT_CA"))
+        .map(file_or_literal)
+        .transpose()?;
+    Ok(ControlPlane {
+        address: with_scheme(address),
+        root_pem,
+        tls_name: env("ALT_XDS_HOSTNAME"),
+        token: env("AUTH_TOKEN").map(file_or_literal).transpose()?,
+        cluster_id: env("CLUSTER_ID").unwrap_or_else(|| "Kubernetes".into()),
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,47 +90,74 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let Some(path) = env("LOCAL_XDS_PATH") else {
-        bail!(
-            "set LOCAL_XDS_PATH to a local config file (xDS from the controller is not wired yet)"
-        );
-    };
-    let cfg = LocalConfig::load(&PathBuf::from(&path))?;
     let node = env("NODE_NAME").unwrap_or_default();
-    if env("FAKE_CA").as_deref() != Some("true") {
-        bail!("set FAKE_CA=true: the CA service comes with the controller");
-    }
-    let ttl = Duration::from_secs(24 * 3600);
-    let signer: Arc<dyn CertificateSigner> = Arc::new(
-        Authority::new_root(
-            "cluster.local",
-            "ztunnel fake CA",
-            Validity::starting_now(ttl * 30),
-        )
-        .context("creating the fake CA")?,
-    );
+    let ttl = secret_ttl()?;
+    let xds_address = env("XDS_ADDRESS");
+    let local_path = env("LOCAL_XDS_PATH");
+    let (initial, xds) = match (&xds_address, &local_path) {
+        (Some(_), Some(_)) => bail!("set either XDS_ADDRESS or LOCAL_XDS_PATH, not both"),
+        (Some(a), None) => (
+            ProxyState::default(),
+            Some(control_plane(a.clone(), "XDS_ROOT_CA")?),
+        ),
+        (None, Some(p)) => (
+            ProxyState::from_config(&LocalConfig::load(&PathBuf::from(p))?),
+            None,
+        ),
+        (None, None) => bail!(
+            "set XDS_ADDRESS (the controller, e.g. https://127.0.0.1:15012) or LOCAL_XDS_PATH (a local config file)"
+        ),
+    };
+    let certs: Arc<dyn CertificateProvider> = if env("FAKE_CA").as_deref() == Some("true") {
+        Arc::new(LocalSigner(Arc::new(
+            Authority::new_root(
+                "cluster.local",
+                "ztunnel fake CA",
+                Validity::starting_now(ttl * 30),
+            )
+            .context("creating the fake CA")?,
+        )))
+    } else {
+        let Some(addr) = env("CA_ADDRESS").or(xds_address.clone()) else {
+            bail!("set CA_ADDRESS (or XDS_ADDRESS), or FAKE_CA=true");
+        };
+        Arc::new(CaClient::new(&control_plane(addr, "CA_ROOT_CA")?)?)
+    };
     let z = Arc::new(Ztunnel::new(
         ZtunnelConfig {
             node: node.clone(),
-            signer,
+            certs,
             cert_ttl: ttl,
             hbone: HboneConfig::default(),
             cgroup_root: None,
         },
-        ProxyState::from_config(&cfg),
+        initial,
     )?);
     let here = Netns::current()?;
     let _admin = ztunnel::admin::start(&z, &here).context("binding 15000/15020/15021")?;
+    let xds_task = xds.map(|cp| {
+        z.set_xds_synced(false);
+        let info = ztunnel::xds::NodeInfo {
+            node_name: node.clone(),
+            pod_name: env("POD_NAME").unwrap_or_else(|| "ztunnel".into()),
+            pod_namespace: env("POD_NAMESPACE").unwrap_or_else(|| "istio-system".into()),
+            instance_ip: env("INSTANCE_IP").unwrap_or_else(|| "1.1.1.1".into()),
+        };
+        tokio::spawn(ztunnel::xds::run(z.clone(), cp, info))
+    });
     let uds =
         PathBuf::from(env("INPOD_UDS").unwrap_or_else(|| "/var/run/ztunnel/ztunnel.sock".into()));
     let zds = ztunnel::zds::run_client(z.clone(), uds.clone(), tokio::runtime::Handle::current());
-    tracing::info!(node, config = %path, zds = %uds.display(), "ztunnel running");
+    tracing::info!(node, xds = xds_address.as_deref().unwrap_or("-"), config = local_path.as_deref().unwrap_or("-"), zds = %uds.display(), "ztunnel running");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
     }
     z.shutdown();
+    if let Some(t) = xds_task {
+        t.abort();
+    }
     let _ = tokio::task::spawn_blocking(move || zds.join()).await;
     Ok(())
 }

@@ -178,6 +178,7 @@ type Family = (&'static str, &'static str, fn(&Counters) -> u64);
 #[derive(Debug, Default)]
 pub struct Metrics {
     traffic: Mutex<BTreeMap<TrafficLabels, Counters>>,
+    xds_messages: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Metrics {
@@ -198,6 +199,12 @@ impl Metrics {
             c.received += received;
             c.sent += sent;
         });
+    }
+
+    /// An xDS response of `type_url` was received.
+    pub fn xds_message(&self, type_url: &str) {
+        let mut m = self.xds_messages.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry(type_url.to_string()).or_default() += 1;
     }
 
     /// A connection failed or was refused (`response_flags` says why).
@@ -268,6 +275,14 @@ impl Metrics {
             for (l, c) in t.iter() {
                 let _ = writeln!(out, "{name}_total{{{}}} {}", l.render(), get(c));
             }
+        }
+        let xds = self.xds_messages.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(
+            out,
+            "# HELP istio_xds_message Total number of messages received (unstable).\n# TYPE istio_xds_message counter"
+        );
+        for (url, n) in xds.iter() {
+            let _ = writeln!(out, "istio_xds_message_total{{url=\"{url}\"}} {n}");
         }
         out.push_str("# EOF\n");
         out

@@ -9,12 +9,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use ambit_ebpf::{Capture, CaptureError};
-use ambit_hbone::ca::CertificateSigner;
-use ambit_hbone::{HboneConfig, HboneServer, Pool, SpiffeId, StaticServerTls};
+use ambit_hbone::{HboneConfig, HboneServer, Pool, SpiffeId};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::certs::CertManager;
+use crate::certs::{CertManager, CertificateProvider, PodServerTls};
 use crate::inbound::{self, PodInbound};
 use crate::metrics::Metrics;
 use crate::netns::Netns;
@@ -36,8 +35,9 @@ pub mod ports {
 pub struct ZtunnelConfig {
     /// This node's name (workloads with this `node` are local).
     pub node: String,
-    /// Signs the certificates of local pods' identities.
-    pub signer: Arc<dyn CertificateSigner>,
+    /// Issues the certificates of local pods' identities (the controller's CA,
+    /// or an in-process signer).
+    pub certs: Arc<dyn CertificateProvider>,
     /// Certificate lifetime.
     pub cert_ttl: Duration,
     /// HBONE settings.
@@ -76,7 +76,7 @@ pub enum ZtunnelError {
         /// Pod uid.
         uid: String,
         /// Why.
-        source: ambit_hbone::cert::CertError,
+        source: crate::certs::FetchError,
     },
     /// A socket or namespace operation failed.
     #[error("pod {uid}: {what}: {source}")]
@@ -113,7 +113,7 @@ pub struct Shared {
     state: RwLock<Arc<ProxyState>>,
     pub(crate) capture: Mutex<Capture>,
     lb_vips: Mutex<std::collections::HashSet<std::net::SocketAddrV4>>,
-    pub(crate) certs: CertManager,
+    pub(crate) certs: Arc<CertManager>,
     pub(crate) pool: Arc<Pool>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) hbone: HboneConfig,
@@ -181,6 +181,8 @@ pub struct Ztunnel {
     node: String,
     /// `None`: enrolment is not driven by ZDS. `Some(connected)` otherwise.
     zds: Mutex<Option<bool>>,
+    /// `None`: state is not from xDS. `Some(synced)`: every type ACKed once.
+    xds: Mutex<Option<bool>>,
     shutting_down: std::sync::atomic::AtomicBool,
     shared: Arc<Shared>,
     pods: Mutex<HashMap<String, PodRuntime>>,
@@ -202,12 +204,13 @@ impl Ztunnel {
         Ok(Ztunnel {
             node: config.node,
             zds: Mutex::new(None),
+            xds: Mutex::new(None),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             shared: Arc::new(Shared {
                 state: RwLock::new(Arc::new(state)),
                 capture: Mutex::new(capture),
                 lb_vips: Mutex::new(lb_vips),
-                certs: CertManager::new(config.signer, config.cert_ttl),
+                certs: CertManager::new(config.certs, config.cert_ttl),
                 pool: Pool::new(config.hbone.clone()),
                 metrics: Arc::new(Metrics::default()),
                 hbone: config.hbone,
@@ -255,12 +258,20 @@ impl Ztunnel {
             .unwrap_or_default()
     }
 
+    /// The workload `uid` on this node. With xDS, enrolment may arrive before
+    /// the workload does: wait for it up to 5 s, as Istio's ztunnel does.
     fn local_workload(&self, uid: &str) -> Result<Arc<Workload>, ZtunnelError> {
-        let state = self.shared.state();
-        let w = state
-            .workload(uid)
-            .ok_or_else(|| ZtunnelError::UnknownPod(uid.to_string()))?
-            .clone();
+        let from_xds = self.xds.lock().map(|x| x.is_some()).unwrap_or(false);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let w = loop {
+            if let Some(w) = self.shared.state().workload(uid) {
+                break w.clone();
+            }
+            if !from_xds || std::time::Instant::now() >= deadline {
+                return Err(ZtunnelError::UnknownPod(uid.to_string()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
         if !w.node.is_empty() && w.node != self.node {
             return Err(ZtunnelError::WrongNode {
                 uid: uid.to_string(),
@@ -299,8 +310,7 @@ impl Ztunnel {
                 source,
             }
         };
-        let cert = self
-            .shared
+        self.shared
             .certs
             .get(&identity)
             .map_err(|source| ZtunnelError::Cert {
@@ -340,7 +350,10 @@ impl Ztunnel {
         }
         let server = HboneServer::new(
             self.shared.hbone.clone(),
-            Arc::new(StaticServerTls::new(&cert)),
+            Arc::new(PodServerTls::new(
+                self.shared.certs.clone(),
+                pod.identity.clone(),
+            )),
             PodInbound::new(self.shared.clone(), pod.clone()),
         );
         let tasks = vec![
@@ -367,6 +380,14 @@ impl Ztunnel {
     pub fn set_zds_connected(&self, connected: bool) {
         if let Ok(mut z) = self.zds.lock() {
             *z = Some(connected);
+        }
+    }
+
+    /// Records that state now comes from xDS: `synced` once every subscribed
+    /// type has been ACKed (readiness waits for it, istio-wire §4.4).
+    pub fn set_xds_synced(&self, synced: bool) {
+        if let Ok(mut x) = self.xds.lock() {
+            *x = Some(synced);
         }
     }
 
@@ -410,6 +431,9 @@ impl Ztunnel {
             .map(|w| format!("pod {}/{}", w.namespace, w.name))
             .collect();
         p.sort();
+        if self.xds.lock().map(|x| *x == Some(false)).unwrap_or(false) {
+            p.insert(0, "xDS: first response of every type".into());
+        }
         if self.zds.lock().map(|z| *z == Some(false)).unwrap_or(false) {
             p.insert(0, "ZDS connection to the node agent".into());
         }

@@ -1,10 +1,16 @@
 //! The local cluster: real network namespaces for nodes and pods, pod processes
-//! in their own cgroups, a ztunnel per node with eBPF capture, all built from
-//! ordinary Kubernetes YAML and torn down on drop.
+//! in their own cgroups, the controller serving xDS and the CA, a ztunnel per
+//! node with eBPF capture that takes its state and certificates from it, all
+//! built from ordinary Kubernetes YAML and torn down on drop.
+//!
+//! The cluster plays the API server and kubelet: it places pods (node, IP),
+//! starts their processes and hands the placed resources to the controller;
+//! the node agent (CNI side) enrols pods over ZDS.
 
 pub mod agent;
 pub mod capture;
 pub mod client;
+pub mod control;
 pub mod net;
 pub mod process;
 pub mod topology;
@@ -13,13 +19,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ambit_api::k8s::Resources;
-use ambit_api::model::ProxyState;
+use ambit_api::k8s::{Resources, Source};
+use ambit_api::model::{LocalConfig, ProxyState};
 use ambit_api::translate::{Finding, expand_deployments, translate};
 use ambit_hbone::HboneConfig;
-use ambit_hbone::ca::{Authority, CertificateSigner, Validity};
 use anyhow::{Context, bail};
-use k8s_openapi::api::core::v1::PodStatus;
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use ztunnel::ca_client::CaClient;
 use ztunnel::{Ztunnel, ZtunnelConfig};
 
 use process::{PodCgroup, PodProcess};
@@ -50,6 +56,7 @@ pub struct LocalCluster {
     /// One ztunnel per node, by node index - 1.
     pub ztunnels: Vec<Arc<Ztunnel>>,
     admin_tasks: Vec<tokio::task::JoinHandle<()>>,
+    xds_tasks: Vec<tokio::task::JoinHandle<()>>,
     agents: Vec<agent::NodeAgent>,
     zds_threads: Vec<std::thread::JoinHandle<()>>,
     /// Network (dropped last).
@@ -60,8 +67,10 @@ pub struct LocalCluster {
     pub pods: BTreeMap<String, PlacedPod>,
     /// What translation noticed.
     pub findings: Vec<Finding>,
-    /// The mesh CA (in-process signing core).
-    pub ca: Arc<Authority>,
+    /// The control plane: controller, CA and node credentials.
+    pub control: control::ControlSetup,
+    nodes: u8,
+    placed_count: usize,
     run: String,
 }
 
@@ -103,84 +112,80 @@ fn node_of(pod: &k8s_openapi::api::core::v1::Pod, fallback: u8, nodes: u8) -> u8
         .unwrap_or(fallback)
 }
 
+/// How long the cluster waits for every ztunnel to hold a new model.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Does `state` hold exactly the workloads, services and policies of `cfg`?
+fn converged(state: &ProxyState, cfg: &LocalConfig) -> bool {
+    state.workloads().count() == cfg.workloads.len()
+        && state.services().count() == cfg.services.len()
+        && state.policies().count() == cfg.policies.len()
+        && cfg
+            .workloads
+            .iter()
+            .all(|w| state.workload(&w.uid).is_some_and(|s| **s == *w))
+        && cfg
+            .policies
+            .iter()
+            .all(|p| state.policies().any(|s| **s == *p))
+}
+
 impl LocalCluster {
     /// Builds the cluster for `resources` on `nodes` nodes and starts everything.
     pub async fn up(mut resources: Resources, nodes: u8) -> anyhow::Result<Self> {
         require_root()?;
         net::sweep_stale(PREFIX);
         let run = format!("{PREFIX}{}", std::process::id());
-        let mut topology = Topology::new(&run, nodes).context("building the node network")?;
-
-        // Place pods: spec.nodeName `nodeN` if given, else round-robin.
-        let mut pods = BTreeMap::new();
-        let mut placed = Vec::new();
-        for (i, (source, mut pod)) in expand_deployments(&resources).into_iter().enumerate() {
-            let (ns, name) = ns_name(&pod.metadata);
-            let node = node_of(&pod, (i as u8 % nodes) + 1, nodes);
-            let key = format!("{ns}/{name}");
-            let ip = topology
-                .add_pod(&key, node)
-                .with_context(|| format!("creating pod {key}"))?;
-            pod.spec.get_or_insert_with(Default::default).node_name = Some(format!("node{node}"));
-            pod.status = Some(PodStatus {
-                pod_ip: Some(ip.to_string()),
-                ..Default::default()
-            });
-            let netns = topology
-                .pod(&key)
-                .map(|p| p.ns.name().to_string())
-                .unwrap_or_default();
-            pods.insert(
-                key.clone(),
-                PlacedPod {
-                    key,
-                    node,
-                    ip,
-                    netns,
-                    uid: format!("Kubernetes//Pod/{ns}/{name}"),
-                },
-            );
-            placed.push((source, pod));
-        }
-        resources.pods = placed;
+        let topology = Topology::new(&run, nodes).context("building the node network")?;
+        let wanted = expand_deployments(&resources);
+        resources.pods.clear();
         resources.deployments.clear();
-
-        let translation = translate(&resources);
-        let ca = Arc::new(
-            Authority::new_root(
-                "cluster.local",
-                "ambit local cluster",
-                Validity::starting_now(Duration::from_secs(7 * 86400)),
-            )
-            .context("creating the mesh CA")?,
-        );
+        let control = control::ControlSetup::start(nodes, resources.clone()).await?;
         let mut cluster = LocalCluster {
             processes: vec![],
             ztunnels: vec![],
             admin_tasks: vec![],
+            xds_tasks: vec![],
             agents: vec![],
             zds_threads: vec![],
             topology,
             resources,
-            pods,
-            findings: translation.findings,
-            ca,
+            pods: BTreeMap::new(),
+            findings: vec![],
+            control,
+            nodes,
+            placed_count: 0,
             run,
         };
+        for (source, pod) in wanted {
+            cluster.place(source, pod)?;
+        }
         for n in 1..=nodes {
-            let signer: Arc<dyn CertificateSigner> = cluster.ca.clone();
+            let cp = cluster.control.for_node(n);
+            let certs = CaClient::new(&cp).with_context(|| format!("CA client for node{n}"))?;
             let z = Ztunnel::new(
                 ZtunnelConfig {
                     node: format!("node{n}"),
-                    signer,
+                    certs: Arc::new(certs),
                     cert_ttl: Duration::from_secs(24 * 3600),
                     hbone: HboneConfig::default(),
                     cgroup_root: None,
                 },
-                ProxyState::from_config(&translation.config),
+                ProxyState::default(),
             )
             .with_context(|| format!("starting ztunnel on node{n}"))?;
             let z = Arc::new(z);
+            z.set_xds_synced(false);
+            cluster.xds_tasks.push(tokio::spawn(ztunnel::xds::run(
+                z.clone(),
+                cp,
+                ztunnel::xds::NodeInfo {
+                    node_name: format!("node{n}"),
+                    pod_name: format!("ztunnel-node{n}"),
+                    pod_namespace: "istio-system".into(),
+                    instance_ip: format!("172.30.0.{n}"),
+                },
+            )));
             let node_ns = cluster.topology.node(n).context("node")?.ns.open()?;
             cluster.admin_tasks.extend(
                 ztunnel::admin::start(&z, &node_ns)
@@ -203,18 +208,75 @@ impl LocalCluster {
             cluster.ztunnels.push(z);
         }
         cluster.apply_enrolment()?;
-        cluster.start_processes()?;
+        cluster.start_processes(None)?;
         Ok(cluster)
     }
 
-    /// Re-translates the resources, pushes the state to every ztunnel and enrols
-    /// or releases pods to match (running pods are never restarted).
-    pub fn apply_enrolment(&mut self) -> anyhow::Result<()> {
-        let translation = translate(&self.resources);
-        let state = ProxyState::from_config(&translation.config);
-        for z in &self.ztunnels {
-            z.update_state(state.clone());
+    /// Places one pod: node (`spec.nodeName: nodeN`, else round-robin), its
+    /// namespace and IP, status filled in as a kubelet would.
+    fn place(&mut self, source: Source, mut pod: Pod) -> anyhow::Result<String> {
+        let (ns, name) = ns_name(&pod.metadata);
+        let fallback = (self.placed_count % usize::from(self.nodes)) as u8 + 1;
+        self.placed_count += 1;
+        let node = node_of(&pod, fallback, self.nodes);
+        let key = format!("{ns}/{name}");
+        let ip = self
+            .topology
+            .add_pod(&key, node)
+            .with_context(|| format!("creating pod {key}"))?;
+        pod.spec.get_or_insert_with(Default::default).node_name = Some(format!("node{node}"));
+        pod.status = Some(PodStatus {
+            pod_ip: Some(ip.to_string()),
+            ..Default::default()
+        });
+        let netns = self
+            .topology
+            .pod(&key)
+            .map(|p| p.ns.name().to_string())
+            .unwrap_or_default();
+        self.pods.insert(
+            key.clone(),
+            PlacedPod {
+                key: key.clone(),
+                node,
+                ip,
+                netns,
+                uid: format!("Kubernetes//Pod/{ns}/{name}"),
+            },
+        );
+        self.resources.pods.push((source, pod));
+        Ok(key)
+    }
+
+    /// Hands the resources to the controller and waits until every ztunnel
+    /// holds the resulting state (bounded by [`CONVERGE_TIMEOUT`]).
+    fn publish_and_wait(&self, cfg: &LocalConfig) -> anyhow::Result<Duration> {
+        let started = std::time::Instant::now();
+        self.control.publish(self.resources.clone());
+        loop {
+            if self
+                .ztunnels
+                .iter()
+                .all(|z| converged(&z.shared().state(), cfg))
+            {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > CONVERGE_TIMEOUT {
+                bail!(
+                    "ztunnels did not receive the new config from the controller within {:?}",
+                    CONVERGE_TIMEOUT
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Re-translates the resources, has the controller push them to every
+    /// ztunnel, and enrols or releases pods to match (running pods are never
+    /// restarted). Returns how long the push took to reach every ztunnel.
+    pub fn apply_enrolment(&mut self) -> anyhow::Result<Duration> {
+        let translation = translate(&self.resources);
+        let took = self.publish_and_wait(&translation.config)?;
         for w in &translation.config.workloads {
             let Some(pod) = self.pods.values().find(|p| p.uid == w.uid) else {
                 continue;
@@ -250,30 +312,43 @@ impl LocalCluster {
             }
         }
         self.findings = translation.findings;
-        Ok(())
+        Ok(took)
     }
 
     /// Applies edited resources to the running cluster: namespace labels,
-    /// services and policies take effect at once (pods enrol or leave without a
-    /// restart). Pods and Deployments are placed at start only; changes to them
-    /// are reported, not applied.
+    /// services and policies take effect at once (pods enrol or leave without
+    /// a restart); new pods (or Deployment replicas) are placed and started,
+    /// removed ones are stopped and their namespaces deleted. Returns what
+    /// happened to pods.
     pub fn reload(&mut self, new: Resources) -> anyhow::Result<Vec<String>> {
         let mut notes = Vec::new();
-        let before: std::collections::BTreeSet<String> = self.pods.keys().cloned().collect();
-        let after: std::collections::BTreeSet<String> = expand_deployments(&new)
+        let wanted = expand_deployments(&new);
+        let wanted_keys: std::collections::BTreeSet<String> = wanted
             .iter()
             .map(|(_, p)| {
                 let (ns, name) = ns_name(&p.metadata);
                 format!("{ns}/{name}")
             })
             .collect();
-        for added in after.difference(&before) {
-            notes.push(format!("pod {added} is new: restart `ambit up` to run it"));
+        let gone: Vec<String> = self
+            .pods
+            .keys()
+            .filter(|k| !wanted_keys.contains(*k))
+            .cloned()
+            .collect();
+        for key in &gone {
+            self.delete_pod(key)?;
+            notes.push(format!("pod {key} deleted"));
         }
-        for gone in before.difference(&after) {
-            notes.push(format!(
-                "pod {gone} was removed from the files: it keeps running until `ambit up` restarts"
-            ));
+        let mut added = Vec::new();
+        for (source, pod) in wanted {
+            let (ns, name) = ns_name(&pod.metadata);
+            let key = format!("{ns}/{name}");
+            if !self.pods.contains_key(&key) {
+                self.place(source, pod)?;
+                notes.push(format!("pod {key} created"));
+                added.push(key);
+            }
         }
         self.resources.namespaces = new.namespaces;
         self.resources.services = new.services;
@@ -281,12 +356,40 @@ impl LocalCluster {
         self.resources.authorization_policies = new.authorization_policies;
         self.resources.peer_authentications = new.peer_authentications;
         self.apply_enrolment()?;
+        if !added.is_empty() {
+            self.start_processes(Some(&added))?;
+        }
         Ok(notes)
     }
 
+    /// Stops and removes pod `key`: released from the mesh, process killed,
+    /// namespace deleted, and gone from the controller's model.
+    pub fn delete_pod(&mut self, key: &str) -> anyhow::Result<()> {
+        let placed = self.pod(key)?.clone();
+        let node = usize::from(placed.node - 1);
+        if self.ztunnels[node].enrolled().contains(&placed.uid) {
+            self.agents[node]
+                .del(&placed.uid)
+                .map_err(|e| anyhow::anyhow!("releasing {key}: {e}"))?;
+        }
+        self.processes.retain(|p| p.pod != key);
+        self.resources.pods.retain(|(_, p)| {
+            let (ns, name) = ns_name(&p.metadata);
+            format!("{ns}/{name}") != key
+        });
+        self.pods.remove(key);
+        self.topology.pods.retain(|p| p.name != key);
+        Ok(())
+    }
+
     /// Sets `istio.io/dataplane-mode` on a namespace (`None` removes it) and
-    /// applies the change to running pods.
-    pub fn label_namespace(&mut self, namespace: &str, mode: Option<&str>) -> anyhow::Result<()> {
+    /// applies the change to running pods; returns how long the controller's
+    /// push took to reach every ztunnel.
+    pub fn label_namespace(
+        &mut self,
+        namespace: &str,
+        mode: Option<&str>,
+    ) -> anyhow::Result<Duration> {
         let ns = self
             .resources
             .namespaces
@@ -306,11 +409,15 @@ impl LocalCluster {
         self.apply_enrolment()
     }
 
-    fn start_processes(&mut self) -> anyhow::Result<()> {
+    /// Starts the processes of the placed pods (`only`: just these keys).
+    fn start_processes(&mut self, only: Option<&[String]>) -> anyhow::Result<()> {
         let cgroot = ambit_ebpf::cgroup2_root().context("finding cgroup v2")?;
         for (_, pod) in &self.resources.pods {
             let (ns, name) = ns_name(&pod.metadata);
             let key = format!("{ns}/{name}");
+            if only.is_some_and(|o| !o.contains(&key)) {
+                continue;
+            }
             let Some(placed) = self.pods.get(&key) else {
                 continue;
             };
@@ -357,7 +464,7 @@ impl LocalCluster {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         self.processes.clear();
-        for t in &self.admin_tasks {
+        for t in self.admin_tasks.iter().chain(&self.xds_tasks) {
             t.abort();
         }
         for z in &self.ztunnels {
