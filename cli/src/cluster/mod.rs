@@ -132,7 +132,17 @@ fn converged(state: &ProxyState, cfg: &LocalConfig) -> bool {
 
 impl LocalCluster {
     /// Builds the cluster for `resources` on `nodes` nodes and starts everything.
-    pub async fn up(mut resources: Resources, nodes: u8) -> anyhow::Result<Self> {
+    pub async fn up(resources: Resources, nodes: u8) -> anyhow::Result<Self> {
+        Self::up_with(resources, nodes, Duration::from_secs(24 * 3600)).await
+    }
+
+    /// As [`up`](Self::up), with workload certificates of lifetime `cert_ttl`
+    /// (renewed at half of it).
+    pub async fn up_with(
+        mut resources: Resources,
+        nodes: u8,
+        cert_ttl: Duration,
+    ) -> anyhow::Result<Self> {
         require_root()?;
         net::sweep_stale(PREFIX);
         let run = format!("{PREFIX}{}", std::process::id());
@@ -167,7 +177,7 @@ impl LocalCluster {
                 ZtunnelConfig {
                     node: format!("node{n}"),
                     certs: Arc::new(certs),
-                    cert_ttl: Duration::from_secs(24 * 3600),
+                    cert_ttl,
                     hbone: HboneConfig::default(),
                     cgroup_root: None,
                 },
@@ -360,6 +370,42 @@ impl LocalCluster {
             self.start_processes(Some(&added))?;
         }
         Ok(notes)
+    }
+
+    /// Stops the controller (every xDS stream ends; ztunnels keep their
+    /// last config and certificates).
+    pub async fn stop_controller(&mut self) {
+        self.control.stop_controller().await;
+    }
+
+    /// Starts the controller again on the same address, root and tokens.
+    pub async fn start_controller(&mut self) -> anyhow::Result<()> {
+        self.control.start_controller().await
+    }
+
+    /// Replaces the AuthorizationPolicies and hands the resources to the
+    /// controller without waiting for ztunnels (it may be down).
+    pub fn set_policies_no_wait(&mut self, new: Resources) {
+        self.resources.authorization_policies = new.authorization_policies;
+        self.control.publish(self.resources.clone());
+    }
+
+    /// Waits until every ztunnel holds the state the current resources
+    /// translate to; returns how long that took.
+    pub fn wait_converged(&self, within: Duration) -> anyhow::Result<Duration> {
+        let cfg = translate(&self.resources).config;
+        let started = std::time::Instant::now();
+        while started.elapsed() < within {
+            if self
+                .ztunnels
+                .iter()
+                .all(|z| converged(&z.shared().state(), &cfg))
+            {
+                return Ok(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        bail!("ztunnels did not converge within {within:?}")
     }
 
     /// Stops and removes pod `key`: released from the mesh, process killed,
