@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::k8s::{Resources, Source, object_ref};
-use crate::translate::{Finding, Severity, expand_deployments, translate};
+use crate::translate::{Finding, Severity, translate};
 
 /// Checks `res`: what translation rejects (bad CIDRs, ports, actions, ...) plus
 /// the cross-object checks `istioctl analyze` makes (a selector that matches
@@ -19,23 +19,35 @@ pub fn validate(res: &Resources) -> Vec<Finding> {
         .into_iter()
         .filter(|f| f.severity >= Severity::Warning)
         .collect();
-    let pods = expand_deployments(res);
-    let pod_labels: Vec<(String, BTreeMap<String, String>)> = pods
+    findings.extend(cross_checks(res));
+    findings
+}
+
+/// The checks that look across objects (what translation alone cannot see).
+pub fn cross_checks(res: &Resources) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    // Labels of every pod, and of the pods each Deployment will make, by reference.
+    let empty = BTreeMap::new();
+    let pod_labels: Vec<(&str, &BTreeMap<String, String>)> = res
+        .pods
         .iter()
-        .map(|(_, p)| {
+        .map(|(_, p)| &p.metadata)
+        .chain(
+            res.deployments
+                .iter()
+                .filter_map(|(_, d)| d.spec.as_ref()?.template.metadata.as_ref()),
+        )
+        .map(|m| {
             (
-                p.metadata
-                    .namespace
-                    .clone()
-                    .unwrap_or_else(|| "default".into()),
-                p.metadata.labels.clone().unwrap_or_default(),
+                m.namespace.as_deref().unwrap_or("default"),
+                m.labels.as_ref().unwrap_or(&empty),
             )
         })
         .collect();
     let matches_some = |ns: &str, sel: &BTreeMap<String, String>| {
         pod_labels
             .iter()
-            .any(|(pns, l)| pns == ns && sel.iter().all(|(k, v)| l.get(k) == Some(v)))
+            .any(|(pns, l)| *pns == ns && sel.iter().all(|(k, v)| l.get(k) == Some(v)))
     };
     for (source, p) in &res.authorization_policies {
         let ns = p

@@ -43,6 +43,10 @@ pub struct Snapshot {
     pub identities_by_node: HashMap<String, HashSet<String>>,
     /// What validation and translation noticed.
     pub findings: Vec<Finding>,
+    /// Names (per type URL) added, changed or removed since generation
+    /// `generation - 1`: lets a stream that is up to date send a change
+    /// without comparing the whole world.
+    pub changed: HashMap<&'static str, Vec<String>>,
 }
 
 impl Snapshot {
@@ -137,6 +141,14 @@ pub fn build_snapshot(
         );
         authorizations.insert(key, r);
     }
+    let mut changed = HashMap::new();
+    if let Some(p) = previous {
+        changed.insert(xds::ADDRESS_TYPE, changed_names(&p.addresses, &addresses));
+        changed.insert(
+            xds::AUTHORIZATION_TYPE,
+            changed_names(&p.authorizations, &authorizations),
+        );
+    }
     Snapshot {
         generation,
         addresses,
@@ -144,7 +156,19 @@ pub fn build_snapshot(
         config: Arc::new(config),
         identities_by_node,
         findings,
+        changed,
     }
+}
+
+/// Names whose entry differs between `old` and `new` (added, replaced, removed).
+fn changed_names(old: &ResourceSet, new: &ResourceSet) -> Vec<String> {
+    let mut out: Vec<String> = new
+        .iter()
+        .filter(|(n, r)| old.get(*n).is_none_or(|o| !Arc::ptr_eq(o, r)))
+        .map(|(n, _)| n.clone())
+        .collect();
+    out.extend(old.keys().filter(|n| !new.contains_key(*n)).cloned());
+    out
 }
 
 /// Identifies one object across updates: `Kind namespace/name`.
@@ -169,10 +193,26 @@ impl Model {
     /// their last good version (or left out if they never were good). The
     /// returned snapshot carries every finding, so nothing is silently lost.
     pub fn apply(&mut self, incoming: Resources, previous: Option<&Snapshot>) -> Snapshot {
-        let mut findings = ambit_api::validate::validate(&incoming);
-        let bad = object_keys(&findings);
-        let accepted = ambit_api::validate::keep_last_good(incoming, &self.last_good, &bad);
-        let translation = translate(&accepted);
+        let t = std::time::Instant::now();
+        let mut translation = translate(&incoming);
+        let translate_ms = t.elapsed().as_millis() as u64;
+        let mut findings = ambit_api::validate::cross_checks(&incoming);
+        tracing::debug!(
+            translate_ms,
+            checks_ms = t.elapsed().as_millis() as u64 - translate_ms,
+            "model stages"
+        );
+        let bad = object_keys(&translation.findings);
+        let accepted = if bad.is_empty() {
+            incoming
+        } else {
+            // Translate again with the failing objects at their last good version.
+            let accepted = ambit_api::validate::keep_last_good(incoming, &self.last_good, &bad);
+            let findings_first = std::mem::take(&mut translation.findings);
+            translation = translate(&accepted);
+            translation.findings = findings_first;
+            accepted
+        };
         findings.extend(translation.findings);
         self.last_good = accepted;
         self.generation += 1;
@@ -221,6 +261,10 @@ status: {podIP: 10.2.0.2}
         assert_ne!(
             s1.addresses["Kubernetes//Pod/demo/b"].version,
             s2.addresses["Kubernetes//Pod/demo/b"].version
+        );
+        assert_eq!(
+            s2.changed[ambit_api::xds::ADDRESS_TYPE],
+            vec!["Kubernetes//Pod/demo/b".to_string()]
         );
     }
 

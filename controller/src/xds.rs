@@ -47,6 +47,8 @@ struct TypeState {
     sent: HashMap<String, String>,
     /// Names subscribed since the last push (answered even when unknown).
     newly_subscribed: Vec<String>,
+    /// Generation this type was last reconciled against (0: never).
+    generation: u64,
 }
 
 /// Counters for the controller's own metrics and tests.
@@ -218,6 +220,7 @@ impl Connection {
                         sub,
                         sent: req.initial_resource_versions.clone().into_iter().collect(),
                         newly_subscribed,
+                        generation: 0,
                     },
                 );
                 // Always answer the first request of a type (readiness).
@@ -255,23 +258,45 @@ impl Connection {
         };
         let empty = HashMap::new();
         let current = snap.resources(type_url).unwrap_or(&empty);
+        let resource = |name: &String, r: &crate::model::XdsResource| Resource {
+            name: name.clone(),
+            aliases: vec![],
+            version: r.version.clone(),
+            resource: Some(r.body.clone()),
+        };
         let mut resources = Vec::new();
-        for (name, r) in current {
-            if st.sub.wants(name) && st.sent.get(name) != Some(&r.version) {
-                resources.push(Resource {
-                    name: name.clone(),
-                    aliases: vec![],
-                    version: r.version.clone(),
-                    resource: Some(r.body.clone()),
-                });
+        let mut removed: Vec<String> = Vec::new();
+        let incremental = st.generation != 0
+            && st.generation + 1 == snap.generation
+            && st.newly_subscribed.is_empty();
+        match snap.changed.get(type_url) {
+            // Up to date with the previous snapshot: look at what changed only.
+            Some(names) if incremental => {
+                for name in names {
+                    match current.get(name) {
+                        Some(r) if st.sub.wants(name) && st.sent.get(name) != Some(&r.version) => {
+                            resources.push(resource(name, r))
+                        }
+                        None if st.sent.contains_key(name) => removed.push(name.clone()),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {
+                for (name, r) in current {
+                    if st.sub.wants(name) && st.sent.get(name) != Some(&r.version) {
+                        resources.push(resource(name, r));
+                    }
+                }
+                removed = st
+                    .sent
+                    .keys()
+                    .filter(|n| !current.contains_key(*n) || !st.sub.wants(n))
+                    .cloned()
+                    .collect();
             }
         }
-        let mut removed: Vec<String> = st
-            .sent
-            .keys()
-            .filter(|n| !current.contains_key(*n) || !st.sub.wants(n))
-            .cloned()
-            .collect();
+        st.generation = snap.generation;
         for n in st.newly_subscribed.drain(..) {
             if !current.contains_key(&n) && !removed.contains(&n) {
                 removed.push(n); // an unknown on-demand name is answered as removed

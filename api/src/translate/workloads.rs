@@ -131,14 +131,24 @@ pub(super) fn translate_services(res: &Resources, out: &mut Translation) {
 }
 
 pub(super) fn translate_pods(res: &Resources, out: &mut Translation) {
+    // Index once: a pod only meets its own namespace's services and namespace.
+    let mut services_by_ns: std::collections::HashMap<String, Vec<&Service>> =
+        std::collections::HashMap::new();
+    for (_, svc) in &res.services {
+        services_by_ns
+            .entry(ns_of(&svc.metadata))
+            .or_default()
+            .push(svc);
+    }
+    let namespaces: std::collections::HashMap<&str, &Namespace> = res
+        .namespaces
+        .iter()
+        .filter_map(|(_, n)| Some((n.metadata.name.as_deref()?, n)))
+        .collect();
     for (source, pod) in &res.pods {
         let object = object_ref("Pod", &pod.metadata);
         let ns = ns_of(&pod.metadata);
-        let namespace = res
-            .namespaces
-            .iter()
-            .map(|(_, n)| n)
-            .find(|n| n.metadata.name.as_deref() == Some(ns.as_str()));
+        let namespace = namespaces.get(ns.as_str()).copied();
         let lbl = labels(&pod.metadata);
         let Some(ip) = pod
             .status
@@ -156,12 +166,9 @@ pub(super) fn translate_pods(res: &Resources, out: &mut Translation) {
             continue;
         };
         let mut services = BTreeMap::new();
-        for (_, svc) in &res.services {
-            if ns_of(&svc.metadata) != ns {
-                continue;
-            }
+        for svc in services_by_ns.get(&ns).into_iter().flatten() {
             let Some(spec) = &svc.spec else { continue };
-            if !selects(&spec.selector.clone().unwrap_or_default(), &lbl) {
+            if !spec.selector.as_ref().is_some_and(|sel| selects(sel, &lbl)) {
                 continue;
             }
             let mut map = BTreeMap::new();
