@@ -11,6 +11,9 @@
 //!   `rss_mib` (with every client connected; the clients share the process but
 //!   keep only counters).
 
+// tonic's interceptor signature returns `Status`.
+#![allow(clippy::result_large_err)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
