@@ -6,6 +6,7 @@
 //! * [`xds`]: workload xDS, CA and L7 protobufs and their mapping to the model.
 
 pub mod ca;
+pub mod duration;
 pub mod k8s;
 pub mod model;
 pub mod translate;

@@ -171,6 +171,41 @@ pub fn keep_last_good(
             bad,
             |o| &o.metadata,
         ),
+        virtual_services: replace_bad(
+            "VirtualService",
+            incoming.virtual_services,
+            &last_good.virtual_services,
+            bad,
+            |o| &o.metadata,
+        ),
+        destination_rules: replace_bad(
+            "DestinationRule",
+            incoming.destination_rules,
+            &last_good.destination_rules,
+            bad,
+            |o| &o.metadata,
+        ),
+        request_authentications: replace_bad(
+            "RequestAuthentication",
+            incoming.request_authentications,
+            &last_good.request_authentications,
+            bad,
+            |o| &o.metadata,
+        ),
+        gateways: replace_bad(
+            "Gateway",
+            incoming.gateways,
+            &last_good.gateways,
+            bad,
+            |o| &o.metadata,
+        ),
+        rate_limits: replace_bad(
+            "RateLimitPolicy",
+            incoming.rate_limits,
+            &last_good.rate_limits,
+            bad,
+            |o| &o.metadata,
+        ),
         ignored: incoming.ignored,
     }
 }

@@ -37,6 +37,8 @@ pub struct Snapshot {
     pub addresses: ResourceSet,
     /// `Authorization` resources.
     pub authorizations: ResourceSet,
+    /// `L7Service` resources (waypoint config), by `namespace/hostname`.
+    pub l7: ResourceSet,
     /// The translated proxy state the resources were built from.
     pub config: Arc<LocalConfig>,
     /// SPIFFE ids of the mesh pods on each node: what the CA may sign for it.
@@ -55,6 +57,7 @@ impl Snapshot {
         match type_url {
             xds::ADDRESS_TYPE => Some(&self.addresses),
             xds::AUTHORIZATION_TYPE => Some(&self.authorizations),
+            xds::L7_SERVICE_TYPE => Some(&self.l7),
             _ => None,
         }
     }
@@ -96,6 +99,7 @@ fn encode(
 pub fn build_snapshot(
     generation: u64,
     config: LocalConfig,
+    l7_services: Vec<ambit_api::xds::proto::l7::L7Service>,
     findings: Vec<Finding>,
     previous: Option<&Snapshot>,
 ) -> Snapshot {
@@ -141,8 +145,16 @@ pub fn build_snapshot(
         );
         authorizations.insert(key, r);
     }
+    let prev_l7 = previous.map(|p| &p.l7);
+    let mut l7 = ResourceSet::with_capacity(l7_services.len());
+    for s in &l7_services {
+        let key = format!("{}/{}", s.namespace, s.hostname);
+        let r = encode(key.clone(), xds::L7_SERVICE_TYPE, s, prev_l7);
+        l7.insert(key, r);
+    }
     let mut changed = HashMap::new();
     if let Some(p) = previous {
+        changed.insert(xds::L7_SERVICE_TYPE, changed_names(&p.l7, &l7));
         changed.insert(xds::ADDRESS_TYPE, changed_names(&p.addresses, &addresses));
         changed.insert(
             xds::AUTHORIZATION_TYPE,
@@ -153,6 +165,7 @@ pub fn build_snapshot(
         generation,
         addresses,
         authorizations,
+        l7,
         config: Arc::new(config),
         identities_by_node,
         findings,
@@ -216,7 +229,13 @@ impl Model {
         findings.extend(translation.findings);
         self.last_good = accepted;
         self.generation += 1;
-        build_snapshot(self.generation, translation.config, findings, previous)
+        build_snapshot(
+            self.generation,
+            translation.config,
+            translation.l7,
+            findings,
+            previous,
+        )
     }
 }
 

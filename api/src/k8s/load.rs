@@ -8,6 +8,9 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use serde::de::DeserializeOwned;
 
 use super::istio::{AuthorizationPolicy, PeerAuthentication};
+use super::networking::{
+    DestinationRule, Gateway, RateLimitPolicy, RequestAuthentication, VirtualService,
+};
 
 /// Where an object came from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -53,6 +56,16 @@ pub struct Resources {
     pub authorization_policies: Vec<(Source, AuthorizationPolicy)>,
     /// Istio PeerAuthentications.
     pub peer_authentications: Vec<(Source, PeerAuthentication)>,
+    /// Istio VirtualServices.
+    pub virtual_services: Vec<(Source, VirtualService)>,
+    /// Istio DestinationRules.
+    pub destination_rules: Vec<(Source, DestinationRule)>,
+    /// Istio RequestAuthentications.
+    pub request_authentications: Vec<(Source, RequestAuthentication)>,
+    /// Gateway API Gateways (waypoints).
+    pub gateways: Vec<(Source, Gateway)>,
+    /// Ambit RateLimitPolicies.
+    pub rate_limits: Vec<(Source, RateLimitPolicy)>,
     /// Kinds read but not used by this component (`apiVersion/kind`).
     pub ignored: Vec<(Source, String)>,
 }
@@ -80,6 +93,12 @@ impl Resources {
         self.authorization_policies
             .extend(other.authorization_policies);
         self.peer_authentications.extend(other.peer_authentications);
+        self.virtual_services.extend(other.virtual_services);
+        self.destination_rules.extend(other.destination_rules);
+        self.request_authentications
+            .extend(other.request_authentications);
+        self.gateways.extend(other.gateways);
+        self.rate_limits.extend(other.rate_limits);
         self.ignored.extend(other.ignored);
     }
 
@@ -180,6 +199,21 @@ impl Resources {
             ("security.istio.io", "PeerAuthentication") => self
                 .peer_authentications
                 .push((source.clone(), typed(value, &source, &object)?)),
+            ("security.istio.io", "RequestAuthentication") => self
+                .request_authentications
+                .push((source.clone(), typed(value, &source, &object)?)),
+            ("networking.istio.io", "VirtualService") => self
+                .virtual_services
+                .push((source.clone(), typed(value, &source, &object)?)),
+            ("networking.istio.io", "DestinationRule") => self
+                .destination_rules
+                .push((source.clone(), typed(value, &source, &object)?)),
+            ("gateway.networking.k8s.io", "Gateway") => self
+                .gateways
+                .push((source.clone(), typed(value, &source, &object)?)),
+            ("ambit.dev", "RateLimitPolicy") => self
+                .rate_limits
+                .push((source.clone(), typed(value, &source, &object)?)),
             _ => self.ignored.push((source, format!("{api_version}/{kind}"))),
         }
         Ok(())
@@ -197,7 +231,7 @@ mod tests {
             "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}\n---\n\
              apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: echo, namespace: demo}\n\
              spec: {replicas: 2, selector: {matchLabels: {app: echo}}, template: {metadata: {labels: {app: echo}}, spec: {containers: [{name: echo, image: x}]}}}\n---\n\
-             apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\n---\n",
+             apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se}\n---\n",
             "demo.yaml",
         )
         .unwrap();

@@ -4,6 +4,7 @@
 
 pub mod istio;
 mod load;
+pub mod networking;
 
 pub use load::{LoadError, Resources, Source};
 

@@ -8,6 +8,7 @@
 //! * `AuthorizationPolicy` becomes ztunnel's L4 form ([`policy`]); `PeerAuthentication`
 //!   STRICT becomes a DENY of peers without an identity, as Istio does.
 
+pub mod l7;
 mod policy;
 mod workloads;
 
@@ -59,6 +60,8 @@ pub struct Translation {
     pub config: LocalConfig,
     /// Findings, in input order.
     pub findings: Vec<Finding>,
+    /// L7 config of every Service bound to a waypoint.
+    pub l7: Vec<crate::xds::proto::l7::L7Service>,
 }
 
 /// Translates `res` (pods must carry `spec.nodeName` and `status.podIP`).
@@ -67,6 +70,7 @@ pub fn translate(res: &Resources) -> Translation {
     workloads::translate_services(res, &mut out);
     workloads::translate_pods(res, &mut out);
     policy::translate_policies(res, &mut out);
+    l7::translate_l7(res, &mut out);
     out
 }
 

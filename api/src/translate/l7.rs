@@ -1,0 +1,820 @@
+//! VirtualService, DestinationRule, L7 AuthorizationPolicy,
+//! RequestAuthentication and RateLimitPolicy → one `L7Service` per Service
+//! bound to a waypoint (`istio.io/use-waypoint` on the Service or its
+//! namespace), validated on the way: regexes compile, weights sum to 100,
+//! subsets exist, durations and percentages parse. Each error names the
+//! object and field; the object is then not applied (the model keeps its last
+//! good version).
+
+use std::collections::BTreeMap;
+
+use super::{Finding, Severity, Translation};
+use crate::duration;
+use crate::k8s::istio::{AuthorizationPolicy, TargetRef};
+use crate::k8s::networking::{
+    self as net, DestinationRule, HttpRoute, RouteDestination, VirtualService,
+};
+use crate::k8s::{Resources, Source, object_ref};
+use crate::xds::proto::l7 as pb;
+
+/// The label binding a Service or namespace to a waypoint.
+pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
+/// The Gateway class of waypoints.
+pub const WAYPOINT_CLASS: &str = "istio-waypoint";
+
+struct Ctx<'a> {
+    findings: &'a mut Vec<Finding>,
+    source: &'a Source,
+    object: String,
+    errors: usize,
+}
+
+impl Ctx<'_> {
+    fn error(&mut self, field: String, message: impl Into<String>) {
+        self.errors += 1;
+        self.note(Severity::Error, field, message);
+    }
+
+    fn note(&mut self, severity: Severity, field: String, message: impl Into<String>) {
+        self.findings.push(Finding {
+            severity,
+            source: self.source.clone(),
+            object: self.object.clone(),
+            field,
+            message: message.into(),
+        });
+    }
+
+    fn millis(&mut self, field: String, v: &Option<String>) -> u64 {
+        match v {
+            None => 0,
+            Some(s) => match duration::parse(s) {
+                Some(d) => d.as_millis() as u64,
+                None => {
+                    self.error(field, format!("{s:?} is not a duration (e.g. 1s, 250ms)"));
+                    0
+                }
+            },
+        }
+    }
+
+    fn percent(&mut self, field: String, p: &Option<net::Percent>) -> f64 {
+        match p {
+            None => 100.0,
+            Some(p) if (0.0..=100.0).contains(&p.value) => p.value,
+            Some(p) => {
+                self.error(field, format!("{} is not a percentage (0–100)", p.value));
+                0.0
+            }
+        }
+    }
+
+    fn string_match(&mut self, field: String, m: &net::StringMatch) -> Option<pb::StringMatch> {
+        use pb::string_match::Kind;
+        let set = [&m.exact, &m.prefix, &m.regex]
+            .iter()
+            .filter(|v| v.is_some())
+            .count();
+        if set != 1 {
+            self.error(field, "exactly one of exact, prefix, regex must be set");
+            return None;
+        }
+        let kind = if let Some(e) = &m.exact {
+            Kind::Exact(e.clone())
+        } else if let Some(p) = &m.prefix {
+            Kind::Prefix(p.clone())
+        } else {
+            let r = m.regex.clone().unwrap_or_default();
+            if let Err(e) = regex::Regex::new(&format!("^(?:{r})$")) {
+                self.error(format!("{field}.regex"), format!("bad regex: {e}"));
+                return None;
+            }
+            Kind::Regex(r)
+        };
+        Some(pb::StringMatch { kind: Some(kind) })
+    }
+
+    fn string_matches(
+        &mut self,
+        field: &str,
+        m: &BTreeMap<String, net::StringMatch>,
+    ) -> std::collections::HashMap<String, pb::StringMatch> {
+        m.iter()
+            .filter_map(|(k, v)| {
+                self.string_match(format!("{field}.{k}"), v)
+                    .map(|m| (k.to_ascii_lowercase(), m))
+            })
+            .collect()
+    }
+}
+
+/// `reviews`, `reviews.ns`, `reviews.ns.svc`, or an FQDN, seen from `ns`.
+pub fn resolve_host(host: &str, ns: &str) -> String {
+    match host.matches('.').count() {
+        0 => format!("{host}.{ns}.svc.cluster.local"),
+        1 => format!("{host}.svc.cluster.local"),
+        2 if host.ends_with(".svc") => format!("{host}.cluster.local"),
+        _ => host.to_string(),
+    }
+}
+
+fn ns_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    meta.namespace.clone().unwrap_or_else(|| "default".into())
+}
+
+fn headers(h: &Option<net::Headers>) -> Option<pb::Headers> {
+    let ops = |o: &Option<net::HeaderOperations>| {
+        o.as_ref().map(|o| pb::HeaderOps {
+            set: o.set.clone().into_iter().collect(),
+            add: o.add.clone().into_iter().collect(),
+            remove: o.remove.clone(),
+        })
+    };
+    h.as_ref().map(|h| pb::Headers {
+        request: ops(&h.request),
+        response: ops(&h.response),
+    })
+}
+
+/// Subsets each host (FQDN) defines, from DestinationRules.
+type Subsets = BTreeMap<String, Vec<String>>;
+
+fn destinations(
+    ctx: &mut Ctx<'_>,
+    field: &str,
+    ns: &str,
+    route: &[RouteDestination],
+    subsets: &Subsets,
+    known_hosts: &[String],
+) -> Vec<pb::RouteDestination> {
+    let total: i64 = route.iter().map(|r| r.weight.unwrap_or(0)).sum();
+    if route.iter().any(|r| r.weight.is_some_and(|w| w < 0)) {
+        ctx.error(field.to_string(), "weights must not be negative");
+    } else if route.len() > 1 && total != 100 {
+        ctx.error(
+            field.to_string(),
+            format!("weights sum to {total}, not 100"),
+        );
+    }
+    let mut out = Vec::new();
+    for (i, r) in route.iter().enumerate() {
+        let host = resolve_host(&r.destination.host, ns);
+        if !known_hosts.contains(&host) {
+            ctx.note(
+                Severity::Warning,
+                format!("{field}[{i}].destination.host"),
+                format!("no Service {host} is known"),
+            );
+        }
+        if let Some(sub) = &r.destination.subset
+            && !subsets.get(&host).is_some_and(|s| s.contains(sub))
+        {
+            ctx.error(
+                format!("{field}[{i}].destination.subset"),
+                format!("subset {sub:?} is not defined by any DestinationRule for {host}"),
+            );
+        }
+        out.push(pb::RouteDestination {
+            destination: Some(pb::Destination {
+                host,
+                subset: r.destination.subset.clone().unwrap_or_default(),
+                port: r.destination.port.as_ref().map_or(0, |p| p.number),
+            }),
+            weight: if route.len() == 1 {
+                100
+            } else {
+                r.weight.unwrap_or(0) as u32
+            },
+            headers: headers(&r.headers),
+        });
+    }
+    out
+}
+
+fn http_route(
+    ctx: &mut Ctx<'_>,
+    i: usize,
+    ns: &str,
+    r: &HttpRoute,
+    subsets: &Subsets,
+    known_hosts: &[String],
+) -> pb::HttpRoute {
+    let f = format!("spec.http[{i}]");
+    if r.route.is_empty() && r.redirect.is_none() && r.direct_response.is_none() {
+        ctx.error(f.clone(), "needs one of route, redirect, directResponse");
+    }
+    let matches = r
+        .matches
+        .iter()
+        .enumerate()
+        .map(|(j, m)| {
+            let mf = format!("{f}.match[{j}]");
+            let sm = |ctx: &mut Ctx<'_>, name: &str, v: &Option<net::StringMatch>| {
+                v.as_ref()
+                    .and_then(|v| ctx.string_match(format!("{mf}.{name}"), v))
+            };
+            pb::HttpMatch {
+                name: m.name.clone().unwrap_or_default(),
+                uri: sm(ctx, "uri", &m.uri),
+                method: sm(ctx, "method", &m.method),
+                authority: sm(ctx, "authority", &m.authority),
+                headers: ctx.string_matches(&format!("{mf}.headers"), &m.headers),
+                query_params: ctx.string_matches(&format!("{mf}.queryParams"), &m.query_params),
+                source_labels: m.source_labels.clone().into_iter().collect(),
+                port: m.port.unwrap_or(0),
+                without_headers: m.without_headers.keys().cloned().collect(),
+            }
+        })
+        .collect();
+    let retries = r.retries.as_ref().map(|rt| pb::Retry {
+        attempts: rt.attempts.unwrap_or(2).max(0) as u32,
+        per_try_timeout_ms: ctx.millis(format!("{f}.retries.perTryTimeout"), &rt.per_try_timeout),
+        retry_on: rt
+            .retry_on
+            .clone()
+            .unwrap_or_else(|| "connect-failure,refused-stream,unavailable,cancelled,503".into()),
+    });
+    let fault = r.fault.as_ref().map(|fl| pb::Fault {
+        delay: fl.delay.as_ref().map(|d| pb::FaultDelay {
+            fixed_delay_ms: ctx.millis(format!("{f}.fault.delay.fixedDelay"), &d.fixed_delay),
+            percentage: match (&d.percentage, d.percent) {
+                (None, Some(p)) => p as f64,
+                (p, _) => ctx.percent(format!("{f}.fault.delay.percentage"), p),
+            },
+        }),
+        abort: fl.abort.as_ref().map(|a| {
+            let status = a.http_status.unwrap_or(0);
+            if !(200..=599).contains(&status) {
+                ctx.error(
+                    format!("{f}.fault.abort.httpStatus"),
+                    format!("{status} is not an HTTP status"),
+                );
+            }
+            pb::FaultAbort {
+                http_status: status.clamp(0, 599) as u32,
+                percentage: ctx.percent(format!("{f}.fault.abort.percentage"), &a.percentage),
+            }
+        }),
+    });
+    let mirror = r.mirror.as_ref().map(|m| pb::Mirror {
+        destination: Some(pb::Destination {
+            host: resolve_host(&m.host, ns),
+            subset: m.subset.clone().unwrap_or_default(),
+            port: m.port.as_ref().map_or(0, |p| p.number),
+        }),
+        percentage: ctx.percent(format!("{f}.mirrorPercentage"), &r.mirror_percentage),
+    });
+    let cors = r.cors_policy.as_ref().map(|c| pb::CorsPolicy {
+        allow_origins: c
+            .allow_origins
+            .iter()
+            .enumerate()
+            .filter_map(|(k, o)| ctx.string_match(format!("{f}.corsPolicy.allowOrigins[{k}]"), o))
+            .collect(),
+        allow_methods: c.allow_methods.clone(),
+        allow_headers: c.allow_headers.clone(),
+        expose_headers: c.expose_headers.clone(),
+        max_age_s: ctx.millis(format!("{f}.corsPolicy.maxAge"), &c.max_age) / 1000,
+        allow_credentials: c.allow_credentials.unwrap_or(false),
+    });
+    pb::HttpRoute {
+        name: r.name.clone().unwrap_or_default(),
+        matches,
+        route: destinations(
+            ctx,
+            &format!("{f}.route"),
+            ns,
+            &r.route,
+            subsets,
+            known_hosts,
+        ),
+        redirect: r.redirect.as_ref().map(|d| pb::Redirect {
+            uri: d.uri.clone().unwrap_or_default(),
+            authority: d.authority.clone().unwrap_or_default(),
+            redirect_code: d.redirect_code.unwrap_or(301),
+            scheme: d.scheme.clone().unwrap_or_default(),
+            port: d.port.unwrap_or(0),
+        }),
+        rewrite: r.rewrite.as_ref().map(|w| pb::Rewrite {
+            uri: w.uri.clone().unwrap_or_default(),
+            authority: w.authority.clone().unwrap_or_default(),
+        }),
+        timeout_ms: ctx.millis(format!("{f}.timeout"), &r.timeout),
+        retries,
+        fault,
+        mirror,
+        headers: headers(&r.headers),
+        cors,
+    }
+}
+
+fn traffic_policy(ctx: &mut Ctx<'_>, field: &str, t: &net::TrafficPolicy) -> pb::TrafficPolicy {
+    use pb::load_balancer::Simple;
+    let load_balancer = t.load_balancer.as_ref().map(|lb| {
+        let simple = match lb.simple.as_deref() {
+            None => Simple::Unspecified,
+            Some("ROUND_ROBIN") => Simple::RoundRobin,
+            Some("LEAST_REQUEST" | "LEAST_CONN") => Simple::LeastRequest,
+            Some("RANDOM") => Simple::Random,
+            Some("PASSTHROUGH") => Simple::Passthrough,
+            Some(other) => {
+                ctx.error(
+                    format!("{field}.loadBalancer.simple"),
+                    format!("{other:?} is not ROUND_ROBIN, LEAST_REQUEST, LEAST_CONN, RANDOM or PASSTHROUGH"),
+                );
+                Simple::Unspecified
+            }
+        };
+        pb::LoadBalancer {
+            simple: simple as i32,
+            hash_header: lb
+                .consistent_hash
+                .as_ref()
+                .and_then(|h| h.http_header_name.clone())
+                .unwrap_or_default(),
+        }
+    });
+    let nonneg = |ctx: &mut Ctx<'_>, name: &str, v: Option<i64>| match v {
+        Some(n) if n < 0 => {
+            ctx.error(
+                format!("{field}.{name}"),
+                format!("{n} must not be negative"),
+            );
+            0
+        }
+        Some(n) => n.min(i64::from(u32::MAX)) as u32,
+        None => 0,
+    };
+    let connection_pool = t.connection_pool.as_ref().map(|cp| pb::ConnectionPool {
+        max_connections: nonneg(
+            ctx,
+            "connectionPool.tcp.maxConnections",
+            cp.tcp.as_ref().and_then(|t| t.max_connections),
+        ),
+        http1_max_pending_requests: nonneg(
+            ctx,
+            "connectionPool.http.http1MaxPendingRequests",
+            cp.http.as_ref().and_then(|h| h.http1_max_pending_requests),
+        ),
+        http2_max_requests: nonneg(
+            ctx,
+            "connectionPool.http.http2MaxRequests",
+            cp.http.as_ref().and_then(|h| h.http2_max_requests),
+        ),
+        max_requests_per_connection: nonneg(
+            ctx,
+            "connectionPool.http.maxRequestsPerConnection",
+            cp.http.as_ref().and_then(|h| h.max_requests_per_connection),
+        ),
+    });
+    let outlier_detection = t.outlier_detection.as_ref().map(|o| pb::OutlierDetection {
+        consecutive_5xx_errors: nonneg(
+            ctx,
+            "outlierDetection.consecutive5xxErrors",
+            o.consecutive_5xx_errors,
+        ),
+        consecutive_gateway_errors: nonneg(
+            ctx,
+            "outlierDetection.consecutiveGatewayErrors",
+            o.consecutive_gateway_errors,
+        ),
+        interval_ms: ctx.millis(format!("{field}.outlierDetection.interval"), &o.interval),
+        base_ejection_time_ms: ctx.millis(
+            format!("{field}.outlierDetection.baseEjectionTime"),
+            &o.base_ejection_time,
+        ),
+        max_ejection_percent: nonneg(
+            ctx,
+            "outlierDetection.maxEjectionPercent",
+            o.max_ejection_percent,
+        )
+        .min(100),
+        min_health_percent: nonneg(
+            ctx,
+            "outlierDetection.minHealthPercent",
+            o.min_health_percent,
+        )
+        .min(100),
+    });
+    pb::TrafficPolicy {
+        load_balancer,
+        connection_pool,
+        outlier_detection,
+    }
+}
+
+fn targets(refs: &[TargetRef], single: &Option<TargetRef>) -> Vec<TargetRef> {
+    refs.iter().chain(single.iter()).cloned().collect()
+}
+
+/// Does a `targetRefs` list bind to this Service or this waypoint?
+fn binds(refs: &[TargetRef], ns: &str, obj_ns: &str, service: &str, waypoint: &str) -> bool {
+    refs.iter().any(|r| {
+        r.namespace.as_deref().unwrap_or(obj_ns) == ns
+            && ((r.kind == "Service" && r.name == service)
+                || (r.kind == "Gateway" && r.name == waypoint))
+    })
+}
+
+fn http_policy(p: &AuthorizationPolicy) -> pb::HttpPolicy {
+    use pb::http_policy::Action;
+    let spec = &p.spec;
+    pb::HttpPolicy {
+        name: p.metadata.name.clone().unwrap_or_default(),
+        namespace: ns_of(&p.metadata),
+        action: match spec.action.as_deref() {
+            Some("DENY") => Action::Deny,
+            Some("AUDIT") => Action::Audit,
+            _ => Action::Allow,
+        } as i32,
+        rules: spec
+            .rules
+            .iter()
+            .flatten()
+            .map(|r| pb::HttpRule {
+                from: r
+                    .from
+                    .iter()
+                    .map(|f| pb::HttpSource {
+                        principals: f.source.principals.clone(),
+                        not_principals: f.source.not_principals.clone(),
+                        request_principals: f.source.request_principals.clone(),
+                        not_request_principals: f.source.not_request_principals.clone(),
+                        namespaces: f.source.namespaces.clone(),
+                        not_namespaces: f.source.not_namespaces.clone(),
+                        ip_blocks: f.source.ip_blocks.clone(),
+                        not_ip_blocks: f.source.not_ip_blocks.clone(),
+                        remote_ip_blocks: f.source.remote_ip_blocks.clone(),
+                        not_remote_ip_blocks: f.source.not_remote_ip_blocks.clone(),
+                    })
+                    .collect(),
+                to: r
+                    .to
+                    .iter()
+                    .map(|t| pb::HttpOperation {
+                        hosts: t.operation.hosts.clone(),
+                        not_hosts: t.operation.not_hosts.clone(),
+                        ports: t.operation.ports.clone(),
+                        not_ports: t.operation.not_ports.clone(),
+                        methods: t.operation.methods.clone(),
+                        not_methods: t.operation.not_methods.clone(),
+                        paths: t.operation.paths.clone(),
+                        not_paths: t.operation.not_paths.clone(),
+                    })
+                    .collect(),
+                when: r
+                    .when
+                    .iter()
+                    .map(|c| pb::Condition {
+                        key: c.key.clone(),
+                        values: c.values.clone(),
+                        not_values: c.not_values.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// Routes gathered for one host from every VirtualService naming it.
+#[derive(Clone, Default)]
+struct HostRoutes {
+    http: Vec<pb::HttpRoute>,
+    tcp: Vec<pb::TcpRoute>,
+    sources: Vec<String>,
+}
+
+/// Something bound by `targetRefs` (JWT rules, rate limits).
+struct Bound<T> {
+    targets: Vec<TargetRef>,
+    namespace: String,
+    value: T,
+    source: String,
+}
+
+/// Validates the L7 resources and builds the L7 config of every Service
+/// bound to a waypoint. Objects with errors are left out of the result.
+pub(super) fn translate_l7(res: &Resources, out: &mut Translation) {
+    let known_hosts: Vec<String> = out
+        .config
+        .services
+        .iter()
+        .map(|s| s.hostname.clone())
+        .collect();
+    // DestinationRules first: VirtualServices refer to their subsets.
+    let mut subsets: Subsets = BTreeMap::new();
+    let mut rules: BTreeMap<String, (pb::TrafficPolicy, Vec<pb::Subset>, String)> = BTreeMap::new();
+    for (source, dr) in &res.destination_rules {
+        let ns = ns_of(&dr.metadata);
+        let mut ctx = Ctx {
+            findings: &mut out.findings,
+            source,
+            object: object_ref("DestinationRule", &dr.metadata),
+            errors: 0,
+        };
+        let (host, policy, subs) = destination_rule(&mut ctx, &ns, dr);
+        if ctx.errors == 0 {
+            subsets.insert(host.clone(), subs.iter().map(|s| s.name.clone()).collect());
+            rules.insert(host, (policy, subs, ctx.object.clone()));
+        }
+    }
+    let mut routes: BTreeMap<String, HostRoutes> = BTreeMap::new();
+    for (source, vs) in &res.virtual_services {
+        let ns = ns_of(&vs.metadata);
+        let mut ctx = Ctx {
+            findings: &mut out.findings,
+            source,
+            object: object_ref("VirtualService", &vs.metadata),
+            errors: 0,
+        };
+        let (hosts, http, tcp) = virtual_service(&mut ctx, &ns, vs, &subsets, &known_hosts);
+        if ctx.errors == 0 {
+            for h in hosts {
+                let e = routes.entry(h).or_default();
+                e.http.extend(http.iter().cloned());
+                e.tcp.extend(tcp.iter().cloned());
+                e.sources.push(ctx.object.clone());
+            }
+        }
+    }
+    let mut jwt: Vec<Bound<Vec<pb::JwtRule>>> = Vec::new();
+    for (source, ra) in &res.request_authentications {
+        let mut ctx = Ctx {
+            findings: &mut out.findings,
+            source,
+            object: object_ref("RequestAuthentication", &ra.metadata),
+            errors: 0,
+        };
+        let mut rules_out = Vec::new();
+        for (i, r) in ra.spec.jwt_rules.iter().enumerate() {
+            let f = format!("spec.jwtRules[{i}]");
+            if r.issuer.is_empty() {
+                ctx.error(format!("{f}.issuer"), "issuer is required");
+            }
+            if let Some(j) = &r.jwks
+                && serde_json::from_str::<serde_json::Value>(j).is_err()
+            {
+                ctx.error(format!("{f}.jwks"), "not a JSON Web Key Set");
+            }
+            if let Some(u) = &r.jwks_uri
+                && !(u.starts_with("http://") || u.starts_with("https://"))
+            {
+                ctx.error(
+                    format!("{f}.jwksUri"),
+                    format!("{u:?} is not an http(s) URL"),
+                );
+            }
+            rules_out.push(pb::JwtRule {
+                issuer: r.issuer.clone(),
+                audiences: r.audiences.clone(),
+                jwks: r.jwks.clone().unwrap_or_default(),
+                jwks_uri: r.jwks_uri.clone().unwrap_or_default(),
+                forward_original_token: r.forward_original_token.unwrap_or(false),
+                output_payload_to_header: r.output_payload_to_header.clone().unwrap_or_default(),
+                from_headers: r
+                    .from_headers
+                    .iter()
+                    .map(|h| pb::JwtHeader {
+                        name: h.name.clone(),
+                        prefix: h.prefix.clone().unwrap_or_default(),
+                    })
+                    .collect(),
+                from_params: r.from_params.clone(),
+            });
+        }
+        if ctx.errors == 0 {
+            jwt.push(Bound {
+                targets: targets(&ra.spec.target_refs, &ra.spec.target_ref),
+                namespace: ns_of(&ra.metadata),
+                value: rules_out,
+                source: ctx.object.clone(),
+            });
+        }
+    }
+    let mut limits: Vec<Bound<pb::RateLimit>> = Vec::new();
+    for (source, rl) in &res.rate_limits {
+        let mut ctx = Ctx {
+            findings: &mut out.findings,
+            source,
+            object: object_ref("RateLimitPolicy", &rl.metadata),
+            errors: 0,
+        };
+        if rl.spec.max_tokens == 0 {
+            ctx.error("spec.maxTokens".into(), "must be at least 1");
+        }
+        let fill = ctx.millis(
+            "spec.fillInterval".into(),
+            &Some(rl.spec.fill_interval.clone()),
+        );
+        if fill == 0 && ctx.errors == 0 {
+            ctx.error("spec.fillInterval".into(), "must be longer than 0");
+        }
+        if ctx.errors == 0 {
+            limits.push(Bound {
+                targets: rl.spec.target_refs.clone(),
+                namespace: ns_of(&rl.metadata),
+                value: pb::RateLimit {
+                    name: rl.metadata.name.clone().unwrap_or_default(),
+                    route: rl.spec.route.clone().unwrap_or_default(),
+                    max_tokens: rl.spec.max_tokens,
+                    tokens_per_fill: rl.spec.tokens_per_fill.unwrap_or(rl.spec.max_tokens),
+                    fill_interval_ms: fill,
+                },
+                source: ctx.object.clone(),
+            });
+        }
+    }
+    for (source, gw) in &res.gateways {
+        if gw.spec.gateway_class_name != WAYPOINT_CLASS {
+            let mut ctx = Ctx {
+                findings: &mut out.findings,
+                source,
+                object: object_ref("Gateway", &gw.metadata),
+                errors: 0,
+            };
+            ctx.note(
+                Severity::Info,
+                "spec.gatewayClassName".into(),
+                "not a waypoint (istio-waypoint); ignored",
+            );
+        }
+    }
+    let ns_labels: BTreeMap<String, BTreeMap<String, String>> = res
+        .namespaces
+        .iter()
+        .filter_map(|(_, n)| {
+            Some((
+                n.metadata.name.clone()?,
+                n.metadata.labels.clone().unwrap_or_default(),
+            ))
+        })
+        .collect();
+    for (_, svc) in &res.services {
+        let ns = ns_of(&svc.metadata);
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        let labels = svc.metadata.labels.clone().unwrap_or_default();
+        let Some(waypoint) = labels
+            .get(USE_WAYPOINT)
+            .or_else(|| ns_labels.get(&ns).and_then(|l| l.get(USE_WAYPOINT)))
+            .filter(|w| w.as_str() != "none")
+            .cloned()
+        else {
+            continue;
+        };
+        let hostname = resolve_host(&name, &ns);
+        let mut sources = Vec::new();
+        let HostRoutes {
+            http,
+            tcp,
+            sources: vs_objs,
+        } = routes.get(&hostname).cloned().unwrap_or_default();
+        sources.extend(vs_objs);
+        let (traffic_policy, subs) = match rules.get(&hostname) {
+            Some((p, s, o)) => {
+                sources.push(o.clone());
+                (Some(p.clone()), s.clone())
+            }
+            None => (None, vec![]),
+        };
+        let authorization = res
+            .authorization_policies
+            .iter()
+            .filter(|(_, p)| {
+                binds(
+                    &targets(&p.spec.target_refs, &p.spec.target_ref),
+                    &ns,
+                    &ns_of(&p.metadata),
+                    &name,
+                    &waypoint,
+                )
+            })
+            .map(|(_, p)| {
+                sources.push(object_ref("AuthorizationPolicy", &p.metadata));
+                http_policy(p)
+            })
+            .collect();
+        let authentication = jwt
+            .iter()
+            .filter(|b| binds(&b.targets, &ns, &b.namespace, &name, &waypoint))
+            .flat_map(|b| {
+                sources.push(b.source.clone());
+                b.value.clone()
+            })
+            .collect();
+        let rate_limits = limits
+            .iter()
+            .filter(|b| binds(&b.targets, &ns, &b.namespace, &name, &waypoint))
+            .map(|b| {
+                sources.push(b.source.clone());
+                b.value.clone()
+            })
+            .collect();
+        let mesh = out.config.services.iter().find(|s| s.hostname == hostname);
+        out.l7.push(pb::L7Service {
+            name,
+            namespace: ns.clone(),
+            hostname,
+            vips: mesh.map(|m| m.vips.clone()).unwrap_or_default(),
+            ports: svc
+                .spec
+                .iter()
+                .flat_map(|s| s.ports.iter().flatten())
+                .map(|p| pb::ServicePort {
+                    port: p.port as u32,
+                    target_port: mesh
+                        .and_then(|m| m.ports.get(&(p.port as u16)).copied())
+                        .map_or(0, u32::from),
+                    protocol: p.app_protocol.clone().unwrap_or_default(),
+                    name: p.name.clone().unwrap_or_default(),
+                })
+                .collect(),
+            waypoints: vec![format!("{ns}/{waypoint}")],
+            http,
+            tcp,
+            traffic_policy,
+            subsets: subs,
+            authorization,
+            authentication,
+            rate_limits,
+            sources,
+        });
+    }
+}
+
+fn destination_rule(
+    ctx: &mut Ctx<'_>,
+    ns: &str,
+    dr: &DestinationRule,
+) -> (String, pb::TrafficPolicy, Vec<pb::Subset>) {
+    if dr.spec.host.is_empty() {
+        ctx.error("spec.host".into(), "host is required");
+    }
+    let host = resolve_host(&dr.spec.host, ns);
+    let policy = dr
+        .spec
+        .traffic_policy
+        .as_ref()
+        .map(|t| traffic_policy(ctx, "spec.trafficPolicy", t))
+        .unwrap_or_default();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut subs = Vec::new();
+    for (i, s) in dr.spec.subsets.iter().enumerate() {
+        if !seen.insert(s.name.clone()) {
+            ctx.error(
+                format!("spec.subsets[{i}].name"),
+                format!("subset {:?} is defined twice", s.name),
+            );
+        }
+        subs.push(pb::Subset {
+            name: s.name.clone(),
+            labels: s.labels.clone().into_iter().collect(),
+            traffic_policy: s
+                .traffic_policy
+                .as_ref()
+                .map(|t| traffic_policy(ctx, &format!("spec.subsets[{i}].trafficPolicy"), t)),
+        });
+    }
+    (host, policy, subs)
+}
+
+fn virtual_service(
+    ctx: &mut Ctx<'_>,
+    ns: &str,
+    vs: &VirtualService,
+    subsets: &Subsets,
+    known_hosts: &[String],
+) -> (Vec<String>, Vec<pb::HttpRoute>, Vec<pb::TcpRoute>) {
+    if vs.spec.hosts.is_empty() {
+        ctx.error("spec.hosts".into(), "at least one host is required");
+    }
+    let hosts = vs.spec.hosts.iter().map(|h| resolve_host(h, ns)).collect();
+    let http = vs
+        .spec
+        .http
+        .iter()
+        .enumerate()
+        .map(|(i, r)| http_route(ctx, i, ns, r, subsets, known_hosts))
+        .collect();
+    let tcp = vs
+        .spec
+        .tcp
+        .iter()
+        .enumerate()
+        .map(|(i, r)| pb::TcpRoute {
+            ports: r.matches.iter().filter_map(|m| m.port).collect(),
+            route: destinations(
+                ctx,
+                &format!("spec.tcp[{i}].route"),
+                ns,
+                &r.route,
+                subsets,
+                known_hosts,
+            ),
+        })
+        .collect();
+    (hosts, http, tcp)
+}
+
+#[cfg(test)]
+#[path = "l7_tests.rs"]
+mod tests;
