@@ -1,5 +1,6 @@
 //! `ambit`: the one command users type.
 
+mod analyze;
 mod hbone_demo;
 
 use std::path::PathBuf;
@@ -29,6 +30,13 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         nodes: u8,
     },
+    /// Validate a directory of Kubernetes/Istio YAML the way the controller
+    /// will (exit 79 on errors, as `istioctl analyze`).
+    Analyze {
+        /// Directory of YAML files.
+        #[arg(short = 'f', long = "file")]
+        dir: PathBuf,
+    },
     /// The built-in test app (HTTP/1.1 and TCP echo; reports who served).
     Echo(ambit::echo::EchoArgs),
     /// Open an HBONE tunnel between two local endpoints and report what was verified.
@@ -51,6 +59,10 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Demo => rt.block_on(ambit::demo::run()),
         Command::Up { dir, nodes } => rt.block_on(up(dir, nodes)),
+        Command::Analyze { dir } => {
+            let code = analyze::run(&dir)?;
+            std::process::exit(code)
+        }
         Command::Echo(args) => rt.block_on(ambit::echo::run(args)),
         Command::HboneDemo(args) => rt.block_on(hbone_demo::run(args)),
     }

@@ -365,6 +365,11 @@ impl LocalCluster {
         self.resources.service_accounts = new.service_accounts;
         self.resources.authorization_policies = new.authorization_policies;
         self.resources.peer_authentications = new.peer_authentications;
+        self.resources.virtual_services = new.virtual_services;
+        self.resources.destination_rules = new.destination_rules;
+        self.resources.request_authentications = new.request_authentications;
+        self.resources.gateways = new.gateways;
+        self.resources.rate_limits = new.rate_limits;
         self.apply_enrolment()?;
         if !added.is_empty() {
             self.start_processes(Some(&added))?;
