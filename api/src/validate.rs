@@ -31,15 +31,14 @@ pub fn cross_checks(res: &Resources) -> Vec<Finding> {
     let pod_labels: Vec<(&str, &BTreeMap<String, String>)> = res
         .pods
         .iter()
-        .map(|(_, p)| &p.metadata)
-        .chain(
-            res.deployments
-                .iter()
-                .filter_map(|(_, d)| d.spec.as_ref()?.template.metadata.as_ref()),
-        )
-        .map(|m| {
+        .map(|(_, p)| (&p.metadata, &p.metadata))
+        .chain(res.deployments.iter().filter_map(|(_, d)| {
+            // A template's pods live in the Deployment's namespace.
+            Some((&d.metadata, d.spec.as_ref()?.template.metadata.as_ref()?))
+        }))
+        .map(|(owner, m)| {
             (
-                m.namespace.as_deref().unwrap_or("default"),
+                owner.namespace.as_deref().unwrap_or("default"),
                 m.labels.as_ref().unwrap_or(&empty),
             )
         })
@@ -241,6 +240,17 @@ mod tests {
         // Never good before: left out.
         let kept = keep_last_good(bad_res, &Resources::default(), &bad);
         assert!(kept.authorization_policies.is_empty());
+    }
+
+    #[test]
+    fn deployment_templates_count_as_pods_of_their_namespace() {
+        let r = res(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, namespace: demo}\n\
+            spec: {selector: {matchLabels: {app: web}}, template: {metadata: {labels: {app: web}}, spec: {containers: [{name: c, image: x}]}}}\n---\n\
+            apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+            metadata: {name: p, namespace: demo}\nspec: {selector: {matchLabels: {app: web}}}\n",
+        );
+        assert!(cross_checks(&r).is_empty(), "{:?}", cross_checks(&r));
     }
 
     #[test]
