@@ -25,10 +25,26 @@ use crate::model::Snapshot;
 /// default request is 24 h).
 pub const MAX_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 
-/// A signer whose root can be replaced while the old one stays trusted.
+/// A signer whose root can be replaced without a moment where two workloads
+/// stop trusting each other. Rotation has three steps, each safe on its own:
+///
+/// 1. [`stage_root`](Self::stage_root): a new root joins the trust bundle
+///    sent with every certificate; the old root still signs. As workloads
+///    renew (at half-life) they all learn to trust the new root.
+/// 2. [`activate_staged`](Self::activate_staged): the new root signs. Peers
+///    holding old certificates are still trusted: the old root stays in the
+///    bundle.
+/// 3. [`retire_old_roots`](Self::retire_old_roots): once the old certificates
+///    have expired, the bundle shrinks to the active root.
 pub struct RotatingAuthority {
     trust_domain: String,
-    current: RwLock<Arc<Authority>>,
+    state: RwLock<RootState>,
+}
+
+struct RootState {
+    signing: Arc<Authority>,
+    bundle: TrustBundle,
+    staged: Option<Arc<Authority>>,
 }
 
 impl std::fmt::Debug for RotatingAuthority {
@@ -38,40 +54,73 @@ impl std::fmt::Debug for RotatingAuthority {
 }
 
 impl RotatingAuthority {
-    /// Starts with `authority`.
+    /// Starts with `authority` signing and trusted.
     pub fn new(authority: Authority) -> Self {
         RotatingAuthority {
             trust_domain: authority.trust_domain().to_string(),
-            current: RwLock::new(Arc::new(authority)),
+            state: RwLock::new(RootState {
+                bundle: authority.trust_bundle(),
+                signing: Arc::new(authority),
+                staged: None,
+            }),
         }
     }
 
-    fn get(&self) -> Arc<Authority> {
-        match self.current.read() {
-            Ok(a) => a.clone(),
-            Err(p) => p.into_inner().clone(),
+    fn with<T>(&self, f: impl FnOnce(&RootState) -> T) -> T {
+        match self.state.read() {
+            Ok(s) => f(&s),
+            Err(p) => f(&p.into_inner()),
         }
     }
 
-    /// Rotates to a fresh root valid for `validity`. New certificates chain to
-    /// it; the bundle sent with them holds the new and the previous roots, so
-    /// peers holding either kind of certificate keep trusting each other
-    /// until the old ones expire.
-    pub fn rotate_root(&self, common_name: &str, validity: Validity) -> Result<(), AuthorityError> {
-        let old = self.get();
-        let new = Authority::new_root(&self.trust_domain, common_name, validity)?
-            .with_extra_roots(&old.trust_bundle());
-        match self.current.write() {
-            Ok(mut c) => *c = Arc::new(new),
-            Err(p) => *p.into_inner() = Arc::new(new),
+    fn with_mut<T>(&self, f: impl FnOnce(&mut RootState) -> T) -> T {
+        match self.state.write() {
+            Ok(mut s) => f(&mut s),
+            Err(p) => f(&mut p.into_inner()),
         }
-        info!("CA root rotated; previous root kept in the trust bundle");
+    }
+
+    /// Step 1: creates a new root and adds it to the bundle.
+    pub fn stage_root(&self, common_name: &str, validity: Validity) -> Result<(), AuthorityError> {
+        let new = Authority::new_root(&self.trust_domain, common_name, validity)?;
+        self.with_mut(|s| {
+            s.bundle = s.bundle.merged(&new.trust_bundle());
+            s.staged = Some(Arc::new(new));
+        });
+        info!("CA: new root staged (trusted, not yet signing)");
         Ok(())
     }
 
-    /// The current issuing authority (for the control plane's own serving cert).
+    /// Step 2: the staged root signs from now on. False if none is staged.
+    pub fn activate_staged(&self) -> bool {
+        let done = self.with_mut(|s| match s.staged.take() {
+            Some(new) => {
+                s.signing = new;
+                true
+            }
+            None => false,
+        });
+        if done {
+            info!("CA: staged root now signs; previous root stays trusted");
+        }
+        done
+    }
+
+    /// Step 3: trust only the signing root (and a staged one, if any).
+    pub fn retire_old_roots(&self) {
+        self.with_mut(|s| {
+            let mut b = s.signing.trust_bundle();
+            if let Some(st) = &s.staged {
+                b = b.merged(&st.trust_bundle());
+            }
+            s.bundle = b;
+        });
+        info!("CA: previous roots retired from the bundle");
+    }
+
+    /// The authority that signs now.
     pub fn authority(&self) -> Arc<Authority> {
-        self.get()
+        self.with(|s| s.signing.clone())
     }
 }
 
@@ -82,11 +131,14 @@ impl CertificateSigner for RotatingAuthority {
         identity: &SpiffeId,
         validity: Validity,
     ) -> Result<CertChain, SignError> {
-        self.get().sign(csr_pem, identity, validity)
+        let (signing, bundle) = self.with(|s| (s.signing.clone(), s.bundle.clone()));
+        let mut chain = signing.sign(csr_pem, identity, validity)?;
+        chain.roots_pem = bundle.to_pem();
+        Ok(chain)
     }
 
     fn trust_bundle(&self) -> TrustBundle {
-        self.get().trust_bundle()
+        self.with(|s| s.bundle.clone())
     }
 
     fn trust_domain(&self) -> &str {

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use ambit_hbone::ca::{Authority, Validity};
+use ambit_hbone::ca::{Authority, CertificateSigner, Validity};
 use ambit_hbone::{SpiffeId, WorkloadCertificate};
 
 /// `spiffe://cluster.local/ns/<ns>/sa/<sa>`.
@@ -78,4 +78,9 @@ pub fn issue_pem(ca: &Authority, identity: &SpiffeId) -> PemIdentity {
         key_pem: req.key_pem,
         roots_pem: chain.roots_pem,
     }
+}
+
+/// Issues `identity` through any signer (key + CSR + sign), valid for a day.
+pub fn issue_with(ca: &dyn CertificateSigner, identity: &SpiffeId) -> WorkloadCertificate {
+    WorkloadCertificate::issue(ca, identity, valid()).expect("issue")
 }

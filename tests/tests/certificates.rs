@@ -316,3 +316,56 @@ async fn intermediate_chain_is_accepted_and_root_is_never_sent() {
         w.a
     );
 }
+
+/// The controller's CA rotates its root in three steps; at every step each
+/// pair of workloads that renewed on schedule still completes a handshake.
+#[tokio::test]
+async fn staged_root_rotation_never_breaks_a_pair() {
+    use controller::ca::RotatingAuthority;
+    let w = world();
+    let ca = RotatingAuthority::new(pki::root("cluster.local", "root-old"));
+    let issue = |id: &SpiffeId| pki::issue_with(&ca, id);
+    let a_old = issue(&w.a);
+    assert_eq!(a_old.roots().roots().len(), 1);
+
+    // Step 1: staged. Still signed by the old root; the bundle carries both.
+    ca.stage_root("root-new", pki::valid()).expect("stage");
+    let a_staged = issue(&w.a);
+    let b_staged = issue(&w.b);
+    assert_eq!(a_staged.roots().roots().len(), 2);
+    let ok = |o: &Outcome| o.client.is_ok() && o.server.is_ok();
+    let pair = |c: &WorkloadCertificate, s: &WorkloadCertificate| {
+        (
+            tls::client_config(c, vec![s.identity().clone()]),
+            tls::server_config(s),
+        )
+    };
+    let (c, s) = pair(&a_staged, &b_staged);
+    assert!(ok(&handshake(c, s).await), "staged ↔ staged");
+    let (c, s) = pair(&a_old, &b_staged);
+    assert!(ok(&handshake(c, s).await), "not yet renewed ↔ staged");
+
+    // Step 2: the new root signs. Renewed peers talk both ways with new-root certs.
+    assert!(ca.activate_staged());
+    let b_new = issue(&w.b);
+    let (c, s) = pair(&a_staged, &b_new);
+    assert!(
+        ok(&handshake(c, s).await),
+        "staged client → new-root server"
+    );
+    let (c, s) = pair(&b_new, &a_staged);
+    assert!(
+        ok(&handshake(c, s).await),
+        "new-root client → staged server"
+    );
+    // Why step 1 exists: a peer that never learned the new root refuses new-root certs.
+    let (c, s) = pair(&b_new, &a_old);
+    assert_eq!(
+        rejection(&handshake(c, s).await.server),
+        Some(CertRejection::UnknownIssuer)
+    );
+
+    // Step 3: old roots retired from the bundle.
+    ca.retire_old_roots();
+    assert_eq!(issue(&w.a).roots().roots().len(), 1);
+}
