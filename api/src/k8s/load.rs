@@ -145,6 +145,17 @@ impl Resources {
         Ok(())
     }
 
+    /// Adds one object given as JSON (what a Kubernetes API server returns),
+    /// attributed to `source`; dispatched and checked exactly as YAML is.
+    pub fn add_json(&mut self, value: serde_json::Value, source: Source) -> Result<(), LoadError> {
+        let value = serde_yaml::to_value(value).map_err(|e| LoadError {
+            source_ref: source.clone(),
+            object: "object".into(),
+            message: e.to_string(),
+        })?;
+        self.add_value(value, source)
+    }
+
     fn add_value(&mut self, value: serde_yaml::Value, source: Source) -> Result<(), LoadError> {
         if value.is_null() {
             return Ok(()); // empty document (e.g. a trailing `---`)

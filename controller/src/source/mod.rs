@@ -3,9 +3,11 @@
 //! a source need not know what changed, and the same YAML yields the same
 //! model whichever source read it.
 
+mod cluster;
 mod dir;
 mod memory;
 
+pub use cluster::{KubeSource, WATCHED};
 pub use dir::DirSource;
 pub use memory::MemorySource;
 

@@ -1,0 +1,222 @@
+//! A real cluster: kube-rs watchers on every kind the model reads (core,
+//! Istio, Gateway API), each object converted through the same reader as
+//! YAML files, so the same objects give the same model from either source.
+//! Watch restarts (410 Gone / resourceVersion too old) relist: the watcher
+//! emits `Init … InitDone` and the kind's store is replaced atomically, so
+//! objects deleted while the watch was broken disappear. Snapshots start only
+//! once every kind has listed (like an informer's HasSynced). An object that
+//! stops converting is reported and keeps its last good version.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use ambit_api::k8s::{LoadError, Resources, Source};
+use futures_util::StreamExt;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::{ConfigSource, SourceEvent};
+
+/// The kinds Ambit watches: `(group, version, kind)`.
+pub const WATCHED: &[(&str, &str, &str)] = &[
+    ("", "v1", "Namespace"),
+    ("", "v1", "Pod"),
+    ("", "v1", "Service"),
+    ("", "v1", "ServiceAccount"),
+    ("", "v1", "Node"),
+    ("discovery.k8s.io", "v1", "EndpointSlice"),
+    ("security.istio.io", "v1", "AuthorizationPolicy"),
+    ("security.istio.io", "v1", "PeerAuthentication"),
+    ("security.istio.io", "v1", "RequestAuthentication"),
+    ("networking.istio.io", "v1", "VirtualService"),
+    ("networking.istio.io", "v1", "DestinationRule"),
+    ("networking.istio.io", "v1", "ServiceEntry"),
+    ("telemetry.istio.io", "v1", "Telemetry"),
+    ("gateway.networking.k8s.io", "v1", "Gateway"),
+    ("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+    ("ambit.dev", "v1alpha1", "RateLimitPolicy"),
+];
+
+/// Watches a cluster through `client`.
+pub struct KubeSource {
+    client: kube::Client,
+    kinds: Vec<ApiResource>,
+}
+
+impl std::fmt::Debug for KubeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeSource")
+            .field("kinds", &self.kinds.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubeSource {
+    /// Watches every kind in [`WATCHED`].
+    pub fn new(client: kube::Client) -> Self {
+        Self::with_kinds(client, WATCHED)
+    }
+
+    /// Watches only `kinds` (tests, or clusters without some CRDs).
+    pub fn with_kinds(client: kube::Client, kinds: &[(&str, &str, &str)]) -> Self {
+        KubeSource {
+            client,
+            kinds: kinds
+                .iter()
+                .map(|(g, v, k)| ApiResource::from_gvk(&GroupVersionKind::gvk(g, v, k)))
+                .collect(),
+        }
+    }
+}
+
+/// One kind's objects, converted, by `namespace/name`.
+#[derive(Default)]
+struct KindStore {
+    live: BTreeMap<String, Resources>,
+    relisting: Option<BTreeMap<String, Resources>>,
+    errors: BTreeMap<String, LoadError>,
+    synced: bool,
+}
+
+fn key(obj: &DynamicObject) -> String {
+    format!(
+        "{}/{}",
+        obj.metadata.namespace.as_deref().unwrap_or(""),
+        obj.metadata.name.as_deref().unwrap_or("")
+    )
+}
+
+/// The object as the file reader sees it (list items carry no apiVersion/kind).
+fn convert(ar: &ApiResource, obj: &DynamicObject) -> Result<Resources, LoadError> {
+    let source = Source {
+        file: format!("kube:{}/{}", ar.kind, key(obj)),
+        doc: 0,
+    };
+    let mut value = serde_json::to_value(obj).map_err(|e| LoadError {
+        source_ref: source.clone(),
+        object: format!("{} {}", ar.kind, key(obj)),
+        message: e.to_string(),
+    })?;
+    if let Some(map) = value.as_object_mut() {
+        map.insert("apiVersion".into(), ar.api_version.clone().into());
+        map.insert("kind".into(), ar.kind.clone().into());
+    }
+    let mut r = Resources::default();
+    r.add_json(value, source)?;
+    Ok(r)
+}
+
+impl KindStore {
+    fn upsert(&mut self, ar: &ApiResource, obj: &DynamicObject, into_relist: bool) {
+        let k = key(obj);
+        match convert(ar, obj) {
+            Ok(r) => {
+                self.errors.remove(&k);
+                let target = match (&mut self.relisting, into_relist) {
+                    (Some(buf), true) => buf,
+                    _ => &mut self.live,
+                };
+                target.insert(k, r);
+            }
+            Err(e) => {
+                warn!(error = %e, "object not applied; its last good version stays");
+                // Keep the last good version through a relist too.
+                if into_relist
+                    && let (Some(buf), Some(old)) = (&mut self.relisting, self.live.get(&k))
+                {
+                    buf.insert(k.clone(), old.clone());
+                }
+                self.errors.insert(k, e);
+            }
+        }
+    }
+
+    fn apply(&mut self, ar: &ApiResource, event: Event<DynamicObject>) {
+        match event {
+            Event::Init => self.relisting = Some(BTreeMap::new()),
+            Event::InitApply(o) => self.upsert(ar, &o, true),
+            Event::InitDone => {
+                if let Some(buf) = self.relisting.take() {
+                    self.live = buf;
+                }
+                if !self.synced {
+                    info!(kind = %ar.kind, objects = self.live.len(), "listed");
+                }
+                self.synced = true;
+            }
+            Event::Apply(o) => self.upsert(ar, &o, false),
+            Event::Delete(o) => {
+                let k = key(&o);
+                self.live.remove(&k);
+                self.errors.remove(&k);
+            }
+        }
+    }
+}
+
+impl ConfigSource for KubeSource {
+    fn run(
+        self: Box<Self>,
+        tx: mpsc::Sender<SourceEvent>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let (events_tx, mut events) = mpsc::channel::<(usize, Event<DynamicObject>)>(1024);
+            let mut tasks = Vec::new();
+            for (i, ar) in self.kinds.iter().enumerate() {
+                let api: Api<DynamicObject> = Api::all_with(self.client.clone(), ar);
+                let events_tx = events_tx.clone();
+                let kind = ar.kind.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut stream = watcher::watcher(api, watcher::Config::default())
+                        .default_backoff()
+                        .boxed();
+                    while let Some(ev) = stream.next().await {
+                        match ev {
+                            Ok(ev) => {
+                                if events_tx.send((i, ev)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => warn!(%kind, error = %e, "watch failed; restarting"),
+                        }
+                    }
+                }));
+            }
+            drop(events_tx);
+            let mut stores: Vec<KindStore> =
+                self.kinds.iter().map(|_| KindStore::default()).collect();
+            while let Some((i, ev)) = events.recv().await {
+                stores[i].apply(&self.kinds[i], ev);
+                // Take whatever else is queued before building a snapshot.
+                while let Ok((i, ev)) = events.try_recv() {
+                    stores[i].apply(&self.kinds[i], ev);
+                }
+                if !stores.iter().all(|s| s.synced) {
+                    continue;
+                }
+                let mut resources = Resources::default();
+                let mut errors = Vec::new();
+                for s in &stores {
+                    for r in s.live.values() {
+                        resources.extend(r.clone());
+                    }
+                    errors.extend(s.errors.values().cloned());
+                }
+                if tx
+                    .send(SourceEvent::Snapshot { resources, errors })
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            for t in tasks {
+                t.abort();
+            }
+        })
+    }
+}
