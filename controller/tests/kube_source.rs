@@ -73,20 +73,25 @@ async fn serve(
         let is_watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
         let body: Body = if is_watch {
             let (tx, rx) = mpsc::channel(16);
-            api.lock().unwrap().watches.insert(path, tx);
+            api.lock().expect("api state").watches.insert(path, tx);
             StreamBody::new(ReceiverStream::new(rx)).boxed()
         } else {
-            let list = api.lock().unwrap().list(&path);
+            let list = api.lock().expect("api state").list(&path);
             Full::new(Bytes::from(list.to_string())).boxed()
         };
-        send.send_response(Response::builder().status(200).body(body).unwrap());
+        send.send_response(
+            Response::builder()
+                .status(200)
+                .body(body)
+                .expect("response"),
+        );
     }
 }
 
 async fn event(api: &Arc<Mutex<ApiServer>>, path: &str, kind: &str, object: Value) {
     // Wait for the watcher to have opened its watch on `path`.
     let tx = loop {
-        if let Some(tx) = api.lock().unwrap().watches.get(path).cloned() {
+        if let Some(tx) = api.lock().expect("api state").watches.get(path).cloned() {
             break tx;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -121,7 +126,7 @@ async fn until(
 async fn watch_model_xds_and_relist_after_410() {
     let api = Arc::new(Mutex::new(ApiServer::default()));
     {
-        let mut a = api.lock().unwrap();
+        let mut a = api.lock().expect("api state");
         a.version = 10;
         a.objects.insert(
             "/api/v1/namespaces".into(),
@@ -153,7 +158,7 @@ async fn watch_model_xds_and_relist_after_410() {
     .expect("root");
     let ctl = Controller::start(
         ControllerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
+            listen: "127.0.0.1:0".parse().expect("addr"),
             tls: None,
             signer: Arc::new(root),
             auth: Arc::new(BootstrapTokens::default()),
@@ -229,7 +234,7 @@ async fn watch_model_xds_and_relist_after_410() {
     // created: the watcher relists and the model follows (b gone, c there, a
     // unchanged and not re-sent).
     {
-        let mut a = api.lock().unwrap();
+        let mut a = api.lock().expect("api state");
         a.version = 20;
         a.objects.insert(
             "/api/v1/pods".into(),
