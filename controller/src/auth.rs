@@ -75,6 +75,86 @@ impl NodeAuthenticator for BootstrapTokens {
     }
 }
 
+/// Cluster-mode credentials: the caller's projected service-account token
+/// (audience `istio-ca`) reviewed by the API server. Only the configured
+/// service accounts (the ztunnel DaemonSet's) are accepted, and the node is
+/// the one the token is bound to (`authentication.kubernetes.io/node-name`,
+/// set for pod-bound tokens since Kubernetes 1.30).
+pub struct TokenReviewAuthenticator {
+    client: kube::Client,
+    allowed: Vec<String>,
+    audience: String,
+}
+
+impl std::fmt::Debug for TokenReviewAuthenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenReviewAuthenticator")
+            .field("allowed", &self.allowed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The extra key naming the node a pod-bound token belongs to.
+pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+
+impl TokenReviewAuthenticator {
+    /// Accepts tokens of `allowed` users (e.g.
+    /// `system:serviceaccount:istio-system:ztunnel`) for `audience`.
+    pub fn new(client: kube::Client, allowed: Vec<String>, audience: &str) -> Self {
+        TokenReviewAuthenticator {
+            client,
+            allowed,
+            audience: audience.to_string(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl NodeAuthenticator for TokenReviewAuthenticator {
+    async fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
+        use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+        let token = bearer_token(metadata)?;
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.to_string()),
+                audiences: Some(vec![self.audience.clone()]),
+            },
+            ..Default::default()
+        };
+        let api: kube::Api<TokenReview> = kube::Api::all(self.client.clone());
+        let result = api
+            .create(&kube::api::PostParams::default(), &review)
+            .await
+            .map_err(|e| Status::unavailable(format!("TokenReview failed: {e}")))?;
+        let status = result.status.unwrap_or_default();
+        if status.authenticated != Some(true) {
+            return Err(Status::unauthenticated(format!(
+                "token not authenticated: {}",
+                status.error.unwrap_or_default()
+            )));
+        }
+        let user = status.user.unwrap_or_default();
+        let name = user.username.unwrap_or_default();
+        if !self.allowed.contains(&name) {
+            return Err(Status::permission_denied(format!(
+                "{name} is not a node proxy identity"
+            )));
+        }
+        let node = user
+            .extra
+            .as_ref()
+            .and_then(|e| e.get(NODE_NAME_EXTRA))
+            .and_then(|v| v.first())
+            .cloned()
+            .ok_or_else(|| {
+                Status::permission_denied(format!(
+                    "token of {name} is not bound to a node ({NODE_NAME_EXTRA} missing)"
+                ))
+            })?;
+        Ok(Caller { node })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

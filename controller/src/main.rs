@@ -1,19 +1,27 @@
-//! `ambit-controller`: the control plane as its own process. Watches a
-//! directory of Kubernetes YAML and serves workload xDS and the CA on 15012
-//! (TLS, with a root it creates, or `--root-dir` to reuse one) to ztunnels
-//! holding one of the bootstrap tokens it writes to `--token-dir`.
+//! `ambit-controller`: the control plane as its own process. Serves workload
+//! xDS, the waypoint L7 type and the CA on 15012 (TLS).
+//!
+//! * `--dir DIR`: watch a directory of Kubernetes YAML; nodes authenticate
+//!   with bootstrap tokens written to `--token-dir` (one per `--nodes` entry).
+//! * `--kube`: watch the cluster (in-cluster config or `KUBECONFIG`); nodes
+//!   authenticate with their projected service-account token (TokenReview),
+//!   and the root is published as ConfigMap `istio-ca-root-cert`.
+//!
+//! The mesh root is loaded from `--ca-dir` (`root-cert.pem`, `root-key.pem`)
+//! when present, else created (and written there when the directory is
+//! writable), so restarts keep the root.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_hbone::ca::{Authority, Validity};
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Parser;
-use controller::auth::BootstrapTokens;
+use controller::auth::{BootstrapTokens, NodeAuthenticator, TokenReviewAuthenticator};
 use controller::ca::RotatingAuthority;
-use controller::source::DirSource;
+use controller::source::{ConfigSource, DirSource, KubeSource};
 use controller::{Controller, ControllerConfig};
 
 /// Command line.
@@ -21,20 +29,43 @@ use controller::{Controller, ControllerConfig};
 #[command(name = "ambit-controller", about = "Ambit control plane: xDS + CA")]
 struct Args {
     /// Directory of Kubernetes YAML to serve.
-    #[arg(long, short = 'f')]
-    dir: PathBuf,
+    #[arg(long, short = 'f', conflicts_with = "kube")]
+    dir: Option<PathBuf>,
+    /// Watch the Kubernetes cluster instead of a directory.
+    #[arg(long)]
+    kube: bool,
     /// Listen address for xDS + CA.
-    #[arg(long, default_value = "127.0.0.1:15012")]
+    #[arg(long, default_value = "0.0.0.0:15012")]
     listen: SocketAddr,
-    /// Nodes to mint bootstrap tokens for.
+    /// Trust domain.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Names on the serving certificate.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "istiod.istio-system.svc,ambit-controller.istio-system.svc,localhost"
+    )]
+    dns_names: Vec<String>,
+    /// Where the mesh root lives (`root-cert.pem`, `root-key.pem`).
+    #[arg(long, default_value = "/etc/ambit/ca")]
+    ca_dir: PathBuf,
+    /// Directory mode: nodes to mint bootstrap tokens for.
     #[arg(long, value_delimiter = ',', default_value = "node1")]
     nodes: Vec<String>,
-    /// Where to write `<node>.token` and `root-cert.pem`.
+    /// Directory mode: where to write `<node>.token` and `root-cert.pem`.
     #[arg(long, default_value = "/var/run/ambit")]
     token_dir: PathBuf,
-    /// Serve plaintext instead of TLS (debugging only).
-    #[arg(long)]
-    plaintext: bool,
+    /// Cluster mode: service accounts allowed to act as node proxies.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "system:serviceaccount:istio-system:ztunnel"
+    )]
+    node_identities: Vec<String>,
+    /// Cluster mode: namespace to publish the root ConfigMap in.
+    #[arg(long, default_value = "istio-system")]
+    namespace: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,49 +83,119 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(run(args))
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let authority = Authority::new_root(
-        "cluster.local",
-        "ambit controller",
-        Validity::starting_now(Duration::from_secs(365 * 86400)),
-    )
-    .context("creating the mesh root")?;
-    std::fs::create_dir_all(&args.token_dir)
-        .with_context(|| format!("creating {}", args.token_dir.display()))?;
-    std::fs::write(
-        args.token_dir.join("root-cert.pem"),
-        authority.certificate_pem(),
-    )?;
-    let mut tokens = BootstrapTokens::default();
-    for node in &args.nodes {
-        let t = tokens.mint(node);
-        std::fs::write(args.token_dir.join(format!("{node}.token")), t)?;
+fn load_or_create_root(dir: &Path, trust_domain: &str) -> anyhow::Result<Authority> {
+    let (cert, key) = (dir.join("root-cert.pem"), dir.join("root-key.pem"));
+    if cert.is_file() && key.is_file() {
+        let authority = Authority::load_root(
+            trust_domain,
+            &std::fs::read_to_string(&cert)?,
+            &std::fs::read_to_string(&key)?,
+        )
+        .with_context(|| format!("loading the mesh root from {}", dir.display()))?;
+        tracing::info!(dir = %dir.display(), "mesh root loaded");
+        return Ok(authority);
     }
-    let tls = if args.plaintext {
-        None
+    let authority = Authority::new_root(
+        trust_domain,
+        "ambit mesh root",
+        Validity::starting_now(Duration::from_secs(10 * 365 * 86400)),
+    )?;
+    let saved = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&cert, authority.certificate_pem()))
+        .and_then(|()| {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&key)?
+                .write_all(authority.key_pem().as_bytes())
+        });
+    match saved {
+        Ok(()) => tracing::info!(dir = %dir.display(), "new mesh root created and saved"),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "new mesh root created but not saved: a restart will create another")
+        }
+    }
+    Ok(authority)
+}
+
+async fn publish_root(
+    client: kube::Client,
+    namespace: &str,
+    root_pem: String,
+) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client, namespace);
+    let cm = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "istio-ca-root-cert", "namespace": namespace},
+        "data": {"root-cert.pem": root_pem},
+    });
+    api.patch(
+        "istio-ca-root-cert",
+        &kube::api::PatchParams::apply("ambit-controller").force(),
+        &kube::api::Patch::Apply(&cm),
+    )
+    .await
+    .context("publishing ConfigMap istio-ca-root-cert")?;
+    Ok(())
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let authority = load_or_create_root(&args.ca_dir, &args.trust_domain)?;
+    let root_pem = authority.certificate_pem();
+    let tls = authority.issue_server(
+        &args.dns_names,
+        Validity::starting_now(Duration::from_secs(365 * 86400)),
+    )?;
+    let (source, auth): (Box<dyn ConfigSource>, Arc<dyn NodeAuthenticator>) = if args.kube {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
+        publish_root(client.clone(), &args.namespace, root_pem.clone()).await?;
+        (
+            Box::new(KubeSource::new(client.clone())),
+            Arc::new(TokenReviewAuthenticator::new(
+                client,
+                args.node_identities.clone(),
+                "istio-ca",
+            )),
+        )
     } else {
-        Some(authority.issue_server(
-            &[
-                "istiod.istio-system.svc".to_string(),
-                "localhost".to_string(),
-                args.listen.ip().to_string(),
-            ],
-            Validity::starting_now(Duration::from_secs(365 * 86400)),
-        )?)
+        let Some(dir) = &args.dir else {
+            bail!("give --dir DIR (a directory of YAML) or --kube");
+        };
+        std::fs::create_dir_all(&args.token_dir)
+            .with_context(|| format!("creating {}", args.token_dir.display()))?;
+        std::fs::write(args.token_dir.join("root-cert.pem"), &root_pem)?;
+        let mut tokens = BootstrapTokens::default();
+        for node in &args.nodes {
+            std::fs::write(
+                args.token_dir.join(format!("{node}.token")),
+                tokens.mint(node),
+            )?;
+        }
+        (
+            Box::new(DirSource::new(dir, Duration::from_millis(100))),
+            Arc::new(tokens),
+        )
     };
-    let signer = Arc::new(RotatingAuthority::new(authority));
     let controller = Controller::start(
         ControllerConfig {
             listen: args.listen,
-            tls,
-            signer,
-            auth: Arc::new(tokens),
+            tls: Some(tls),
+            signer: Arc::new(RotatingAuthority::new(authority)),
+            auth,
             debounce: controller::run::DEBOUNCE,
         },
-        Box::new(DirSource::new(&args.dir, Duration::from_millis(100))),
+        source,
     )
     .await?;
-    tracing::info!(addr = %controller.local_addr(), dir = %args.dir.display(), "ambit-controller running");
+    tracing::info!(addr = %controller.local_addr(), "ambit-controller running");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},

@@ -189,6 +189,32 @@ impl Authority {
         })
     }
 
+    /// A root loaded from its PEM certificate and PKCS#8 key (a controller
+    /// restart keeps the mesh root). The bundle holds the certificate exactly
+    /// as given; signing uses the same subject and key, so chains verify.
+    pub fn load_root(
+        trust_domain: &str,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<Self, AuthorityError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let params = CertificateParams::from_ca_cert_pem(cert_pem)?;
+        let cert = params.self_signed(&key)?;
+        let bundle = TrustBundle::from_pem(cert_pem)?;
+        Ok(Authority {
+            trust_domain: trust_domain.to_string(),
+            key,
+            cert,
+            intermediates: vec![],
+            bundle,
+        })
+    }
+
+    /// This CA's private key as PKCS#8 PEM (to persist a root it created).
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
     /// A new intermediate CA signed by this one; it chains to the same roots.
     pub fn new_intermediate(
         &self,
@@ -353,6 +379,38 @@ mod tests {
 
     fn id(s: &str) -> SpiffeId {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_loaded_root_signs_chains_the_original_verifies() {
+        let original = ca();
+        let loaded = Authority::load_root(
+            "cluster.local",
+            &original.certificate_pem(),
+            &original.key_pem(),
+        )
+        .unwrap();
+        let id: SpiffeId = "spiffe://cluster.local/ns/a/sa/b".parse().unwrap();
+        let cert = crate::WorkloadCertificate::issue(
+            &loaded,
+            &id,
+            Validity::starting_now(Duration::from_secs(60)),
+        )
+        .unwrap();
+        // Verify the leaf against the original root with webpki.
+        let anchors = original.trust_bundle();
+        let leaf = &cert.certified_key().cert[0];
+        let ee = webpki::EndEntityCert::try_from(leaf).unwrap();
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            anchors.anchors(),
+            &[],
+            rustls_pki_types::UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .unwrap();
     }
 
     #[test]

@@ -61,16 +61,28 @@ fn with_scheme(a: String) -> String {
     }
 }
 
+/// Istio's default locations, relative to the working directory (istio-wire §3.4).
+const DEFAULT_ROOT: &str = "./var/run/secrets/istio/root-cert.pem";
+const DEFAULT_TOKEN: &str = "./var/run/secrets/tokens/istio-token";
+
+fn existing(path: &str) -> Option<String> {
+    Path::new(path).is_file().then(|| path.to_string())
+}
+
 fn control_plane(address: String, root_var: &str) -> anyhow::Result<ControlPlane> {
     let root_pem = env(root_var)
         .or_else(|| env("XDS_ROOT_CA"))
+        .or_else(|| existing(DEFAULT_ROOT))
         .map(file_or_literal)
         .transpose()?;
     Ok(ControlPlane {
         address: with_scheme(address),
         root_pem,
         tls_name: env("ALT_XDS_HOSTNAME"),
-        token: env("AUTH_TOKEN").map(file_or_literal).transpose()?,
+        token: env("AUTH_TOKEN")
+            .or_else(|| existing(DEFAULT_TOKEN))
+            .map(file_or_literal)
+            .transpose()?,
         cluster_id: env("CLUSTER_ID").unwrap_or_else(|| "Kubernetes".into()),
     })
 }
@@ -92,7 +104,15 @@ fn main() -> anyhow::Result<()> {
 async fn run() -> anyhow::Result<()> {
     let node = env("NODE_NAME").unwrap_or_default();
     let ttl = secret_ttl()?;
-    let xds_address = env("XDS_ADDRESS");
+    // Unset means the default istiod address; set and empty means no xDS.
+    let xds_address = match std::env::var("XDS_ADDRESS") {
+        Ok(v) => Some(v).filter(|v| !v.is_empty()),
+        Err(_) if env("LOCAL_XDS_PATH").is_some() => None,
+        Err(_) if env("KUBERNETES_SERVICE_HOST").is_some() => {
+            Some("https://istiod.istio-system.svc:15012".to_string())
+        }
+        Err(_) => Some("https://localhost:15012".to_string()),
+    };
     let local_path = env("LOCAL_XDS_PATH");
     let (initial, xds) = match (&xds_address, &local_path) {
         (Some(_), Some(_)) => bail!("set either XDS_ADDRESS or LOCAL_XDS_PATH, not both"),
