@@ -1,0 +1,161 @@
+//! `deploy/` checked against the Kubernetes OpenAPI schemas
+//! (`kubernetes-validate --strict`, PyPI, installed by `.ci/deps`), plus the
+//! properties the manifests promise: every file in the kustomization, least
+//! privilege RBAC, and a DaemonSet with what eBPF capture needs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const KUBERNETES_VERSION: &str = "1.33.0";
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+fn manifests() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(deploy_dir())
+        .expect("deploy/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .filter(|p| p.file_name().is_some_and(|n| n != "kustomization.yaml"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn validate(files: &[PathBuf]) -> (bool, String) {
+    let out = Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet", "-k", KUBERNETES_VERSION])
+        .args(files)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("kubernetes-validate not runnable ({e}): `pip install kubernetes-validate` (.ci/deps does)")
+        });
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn docs(path: &Path) -> Vec<serde_yaml::Value> {
+    let text = std::fs::read_to_string(path).expect("read");
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
+        .filter(|v: &serde_yaml::Value| !v.is_null())
+        .collect()
+}
+
+#[test]
+fn manifests_pass_the_kubernetes_schemas() {
+    let files = manifests();
+    assert!(files.len() >= 5, "{files:?}");
+    let (ok, out) = validate(&files);
+    assert!(ok, "schema validation failed:\n{out}");
+    // The check can fail: a typo'd field is caught.
+    let bad = std::env::temp_dir().join(format!("ambit-bad-ds-{}.yaml", std::process::id()));
+    let ds = std::fs::read_to_string(deploy_dir().join("daemonset.yaml")).expect("ds");
+    std::fs::write(&bad, ds.replace("readinessProbe:", "readinesProbe:")).expect("write");
+    let (ok, out) = validate(std::slice::from_ref(&bad));
+    let _ = std::fs::remove_file(&bad);
+    assert!(
+        !ok && out.contains("readinesProbe"),
+        "a bad manifest must fail: {out}"
+    );
+}
+
+#[test]
+fn kustomization_lists_every_manifest() {
+    let k = &docs(&deploy_dir().join("kustomization.yaml"))[0];
+    let listed: Vec<String> = k["resources"]
+        .as_sequence()
+        .expect("resources")
+        .iter()
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect();
+    for f in manifests() {
+        let name = f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("name")
+            .to_string();
+        assert!(
+            listed.contains(&name),
+            "{name} missing from kustomization.yaml"
+        );
+    }
+}
+
+#[test]
+fn rbac_is_least_privilege() {
+    let rbac = docs(&deploy_dir().join("rbac.yaml"));
+    let cluster_role = rbac
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole")
+        .expect("ClusterRole");
+    for rule in cluster_role["rules"].as_sequence().expect("rules") {
+        let verbs: Vec<&str> = rule["verbs"]
+            .as_sequence()
+            .expect("verbs")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        let resources: Vec<&str> = rule["resources"]
+            .as_sequence()
+            .expect("resources")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        if resources == ["tokenreviews"] {
+            assert_eq!(verbs, ["create"]);
+        } else {
+            assert!(
+                verbs.iter().all(|v| ["get", "list", "watch"].contains(v)),
+                "cluster-wide write on {resources:?}: {verbs:?}"
+            );
+        }
+        assert!(
+            !resources.contains(&"secrets"),
+            "no cluster-wide secrets access"
+        );
+    }
+    // ztunnel has no API access at all.
+    assert!(
+        !rbac
+            .iter()
+            .filter(|d| d["kind"] == "ClusterRoleBinding" || d["kind"] == "RoleBinding")
+            .any(|b| b["subjects"][0]["name"] == "ztunnel"),
+        "ztunnel must not be bound to any role"
+    );
+}
+
+#[test]
+fn daemonset_has_what_ebpf_capture_needs() {
+    let ds = &docs(&deploy_dir().join("daemonset.yaml"))[0];
+    let spec = &ds["spec"]["template"]["spec"];
+    let c = &spec["containers"][0];
+    let caps: Vec<&str> = c["securityContext"]["capabilities"]["add"]
+        .as_sequence()
+        .expect("caps")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    for cap in ["BPF", "NET_ADMIN", "SYS_ADMIN"] {
+        assert!(caps.contains(&cap), "missing {cap}");
+    }
+    let host_paths: Vec<&str> = spec["volumes"]
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .filter_map(|v| v["hostPath"]["path"].as_str())
+        .collect();
+    for p in ["/sys/fs/bpf", "/sys/fs/cgroup", "/var/run/ztunnel"] {
+        assert!(host_paths.contains(&p), "missing hostPath {p}");
+    }
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/healthz/ready");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"].as_u64(), Some(15021));
+    assert!(c["resources"]["requests"]["memory"].is_string());
+    assert_eq!(
+        ds["spec"]["template"]["metadata"]["labels"]["istio.io/dataplane-mode"], "none",
+        "ztunnel itself is never captured"
+    );
+}
