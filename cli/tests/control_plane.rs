@@ -16,11 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Generous bound for "takes effect within a second" on a loaded CI machine.
 const WITHIN: Duration = Duration::from_secs(1);
 
-fn require_root() {
-    if !nix::unistd::Uid::effective().is_root() {
-        panic!("this test needs root (network namespaces, eBPF): run as root; CI does");
-    }
-}
+mod common;
+use common::require_root;
 
 /// One local cluster per process at a time (namespace names carry the pid).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -80,18 +77,6 @@ fn ambient(yaml: &str) -> String {
     )
 }
 
-async fn with_ambit_bin() {
-    static SET: std::sync::Once = std::sync::Once::new();
-    SET.call_once(|| {
-        #[allow(unsafe_code)]
-        // SAFETY: set once before any pod process is started; every writer
-        // would write the same value.
-        unsafe {
-            std::env::set_var("AMBIT_BIN", env!("CARGO_BIN_EXE_ambit"))
-        };
-    });
-}
-
 async fn served(netns: &str, to: SocketAddr, path: &str) -> bool {
     matches!(http_get(netns, to, path).await, Ok(Some(b)) if b.contains("pod="))
 }
@@ -130,7 +115,7 @@ fn mesh_opened(cluster: &LocalCluster, node: u8) -> u64 {
 async fn controller_changes_take_effect_within_a_second() {
     require_root();
     let _one = SERIAL.lock().await;
-    with_ambit_bin().await;
+    common::set_ambit_bin();
     let mut cluster = LocalCluster::up(resources(SHOP), 2).await.expect("up");
     let client = cluster.pod("shop/client").expect("client").netns.clone();
     let echo = cluster.pod("shop/echo").expect("echo").clone();
@@ -219,7 +204,7 @@ async fn controller_changes_take_effect_within_a_second() {
 async fn ztunnels_survive_a_controller_outage_and_resync() {
     require_root();
     let _one = SERIAL.lock().await;
-    with_ambit_bin().await;
+    common::set_ambit_bin();
     let mut cluster = LocalCluster::up(resources(&ambient(SHOP)), 2)
         .await
         .expect("up");
@@ -258,7 +243,7 @@ async fn ztunnels_survive_a_controller_outage_and_resync() {
 async fn ca_signs_only_identities_on_the_callers_node() {
     require_root();
     let _one = SERIAL.lock().await;
-    with_ambit_bin().await;
+    common::set_ambit_bin();
     let cluster = LocalCluster::up(resources(&ambient(SHOP)), 2)
         .await
         .expect("up");
@@ -304,7 +289,7 @@ async fn ca_signs_only_identities_on_the_callers_node() {
 async fn certificates_rotate_under_a_live_connection() {
     require_root();
     let _one = SERIAL.lock().await;
-    with_ambit_bin().await;
+    common::set_ambit_bin();
     let cluster = LocalCluster::up_with(resources(&ambient(SHOP)), 2, Duration::from_secs(3))
         .await
         .expect("up");

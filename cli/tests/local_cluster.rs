@@ -8,11 +8,8 @@ use std::process::Command;
 use ambit::cluster::LocalCluster;
 use ambit_api::k8s::Resources;
 
-fn require_root() {
-    if !nix::unistd::Uid::effective().is_root() {
-        panic!("this test needs root (network namespaces, eBPF): run as root; CI does");
-    }
-}
+mod common;
+use common::require_root;
 
 /// Namespaces and cgroups a run of process `pid` would own.
 fn leftovers(pid: u32) -> Vec<String> {
@@ -217,15 +214,6 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = T>,
 {
-    // Tests in this binary that start pod processes all want the same value.
-    static SET: std::sync::Once = std::sync::Once::new();
-    SET.call_once(|| {
-        #[allow(unsafe_code)]
-        // SAFETY: set once, before any thread of this test reads the environment
-        // for it; every writer would write the same value.
-        unsafe {
-            std::env::set_var("AMBIT_BIN", env!("CARGO_BIN_EXE_ambit"))
-        };
-    });
+    common::set_ambit_bin();
     f().await
 }

@@ -6,6 +6,19 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
+/// A namespaced custom resource: metadata and a typed spec (`apiVersion`,
+/// `kind` and `status` are accepted and ignored; the spec rejects unknown
+/// fields).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Object<S> {
+    /// Metadata.
+    pub metadata: ObjectMeta,
+    /// Spec.
+    #[serde(default)]
+    pub spec: S,
+}
+
 /// `spec.selector`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -32,15 +45,7 @@ pub struct TargetRef {
 }
 
 /// An `AuthorizationPolicy`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AuthorizationPolicy {
-    /// Metadata.
-    pub metadata: ObjectMeta,
-    /// Spec.
-    #[serde(default)]
-    pub spec: AuthorizationPolicySpec,
-}
+pub type AuthorizationPolicy = Object<AuthorizationPolicySpec>;
 
 /// `AuthorizationPolicy.spec`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,15 +189,7 @@ pub struct Condition {
 }
 
 /// A `PeerAuthentication`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PeerAuthentication {
-    /// Metadata.
-    pub metadata: ObjectMeta,
-    /// Spec.
-    #[serde(default)]
-    pub spec: PeerAuthenticationSpec,
-}
+pub type PeerAuthentication = Object<PeerAuthenticationSpec>;
 
 /// `PeerAuthentication.spec`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,24 +7,13 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
+pub use super::istio::Object;
 use super::istio::{TargetRef, WorkloadSelector};
 
 /// Any field accepted and not interpreted.
 pub type Raw = Option<serde_json::Value>;
-
-/// A namespaced object with a typed spec.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Object<S> {
-    /// Metadata.
-    pub metadata: ObjectMeta,
-    /// Spec.
-    #[serde(default)]
-    pub spec: S,
-}
 
 /// `VirtualService`.
 pub type VirtualService = Object<VirtualServiceSpec>;
