@@ -97,51 +97,45 @@ async fn up(dir: PathBuf, nodes: u8) -> anyhow::Result<()> {
     );
     let mut cluster = cluster;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut last = dir_fingerprint(&dir);
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    // The controller's directory source watches the files: a file that stops
+    // parsing is reported and keeps its last good contents.
+    let (tx, mut changes) = tokio::sync::mpsc::channel(4);
+    let watcher = tokio::spawn(controller::source::ConfigSource::run(
+        Box::new(controller::source::DirSource::new(
+            &dir,
+            std::time::Duration::from_millis(200),
+        )),
+        tx,
+    ));
+    let _first = changes.recv().await; // the state we started from
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
-            _ = tick.tick() => {
-                let now = dir_fingerprint(&dir);
-                if now == last {
-                    continue;
+            change = changes.recv() => {
+                let Some(controller::source::SourceEvent::Snapshot { resources, errors }) = change else {
+                    break;
+                };
+                for e in &errors {
+                    eprintln!("not applied (last good version kept): {e}");
                 }
-                last = now;
-                // A bad edit is reported and the running config stays as it was.
-                match Resources::from_dir(&dir) {
-                    Err(e) => eprintln!("not applied: {e}"),
-                    Ok(res) => match cluster.reload(res) {
-                        Ok(notes) => {
-                            println!("applied changes from {}", dir.display());
-                            for n in notes {
-                                println!("note: {n}");
-                            }
+                match cluster.reload(resources) {
+                    Ok(notes) => {
+                        println!("applied changes from {}", dir.display());
+                        for n in notes {
+                            println!("note: {n}");
                         }
-                        Err(e) => eprintln!("not applied: {e:#}"),
-                    },
+                        for f in &cluster.findings {
+                            println!("note: {f}");
+                        }
+                    }
+                    Err(e) => eprintln!("not applied: {e:#}"),
                 }
             }
         }
     }
+    watcher.abort();
     drop(cluster);
     println!("torn down");
     Ok(())
-}
-
-/// Names, sizes and modification times of the YAML files in `dir`.
-fn dir_fingerprint(dir: &std::path::Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| {
-                    let m = e.metadata().ok()?;
-                    Some((e.path(), m.len(), m.modified().ok()))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
 }

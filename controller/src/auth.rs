@@ -45,6 +45,12 @@ pub struct BootstrapTokens {
 }
 
 impl BootstrapTokens {
+    /// Accepts an existing `token` for `node` (a restarted controller keeps
+    /// the tokens it handed out).
+    pub fn insert(&mut self, token: &str, node: &str) {
+        self.by_token.insert(token.to_string(), node.to_string());
+    }
+
     /// Mints a token for `node` (32 random bytes, hex) and returns it.
     pub fn mint(&mut self, node: &str) -> String {
         let token = hex_token();

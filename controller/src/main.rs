@@ -172,12 +172,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         std::fs::create_dir_all(&args.token_dir)
             .with_context(|| format!("creating {}", args.token_dir.display()))?;
         std::fs::write(args.token_dir.join("root-cert.pem"), &root_pem)?;
+        // A restart keeps each node's token, so running ztunnels reconnect.
         let mut tokens = BootstrapTokens::default();
         for node in &args.nodes {
-            std::fs::write(
-                args.token_dir.join(format!("{node}.token")),
-                tokens.mint(node),
-            )?;
+            let file = args.token_dir.join(format!("{node}.token"));
+            match std::fs::read_to_string(&file) {
+                Ok(t) if !t.trim().is_empty() => tokens.insert(t.trim(), node),
+                _ => std::fs::write(&file, tokens.mint(node))?,
+            }
         }
         (
             Box::new(DirSource::new(dir, Duration::from_millis(100))),

@@ -25,6 +25,30 @@ use tokio_stream::wrappers::ReceiverStream;
 
 type Body = BoxBody<Bytes, Infallible>;
 
+/// The fake cluster's initial objects, as a user would write them.
+const SAME_AS_YAML: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: demo, labels: {app: echo}}
+spec: {nodeName: node1, containers: [{name: c, image: x}]}
+status: {podIP: 10.244.1.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: demo, labels: {app: echo}}
+spec: {nodeName: node1, containers: [{name: c, image: x}]}
+status: {podIP: 10.244.1.3}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: demo}
+spec: {clusterIP: 10.96.0.10, selector: {app: echo}, ports: [{port: 80, targetPort: 8080}]}
+"#;
+
 const KINDS: &[(&str, &str, &str)] = &[
     ("", "v1", "Namespace"),
     ("", "v1", "Pod"),
@@ -185,6 +209,17 @@ async fn watch_model_xds_and_relist_after_410() {
             .and_then(|m| m.get(&80)),
         Some(&8080)
     );
+
+    // The same objects written as YAML give the same model.
+    let mut from_yaml = ambit_api::k8s::Resources::default();
+    from_yaml.add_yaml(SAME_AS_YAML, "same.yaml").expect("yaml");
+    let want = ambit_api::translate::translate(&from_yaml).config;
+    let sorted = |mut w: Vec<ambit_api::model::Workload>| {
+        w.sort_by(|a, b| a.uid.cmp(&b.uid));
+        w
+    };
+    assert_eq!(sorted(s.config.workloads.clone()), sorted(want.workloads));
+    assert_eq!(s.config.services, want.services);
 
     // A watch event: pod a relabelled out of the mesh → one resource changes.
     event(

@@ -150,7 +150,8 @@ impl LocalCluster {
         let wanted = expand_deployments(&resources);
         resources.pods.clear();
         resources.deployments.clear();
-        let control = control::ControlSetup::start(nodes, resources.clone()).await?;
+        // The controller starts empty; the first publish (after placement) fills it.
+        let control = control::ControlSetup::start(nodes, Resources::default()).await?;
         let mut cluster = LocalCluster {
             processes: vec![],
             ztunnels: vec![],
