@@ -40,6 +40,18 @@ struct Args {
     clients: usize,
     #[arg(long, default_value_t = 50)]
     changes: usize,
+    /// Internal: run only the clients, against this address, in this process.
+    #[arg(long, hide = true)]
+    clients_of: Option<String>,
+    /// Internal: the clients' bearer token.
+    #[arg(long, hide = true, default_value = "")]
+    token: String,
+}
+
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// The world after `changed` changes: pods 1..=changed carry `version: v1`,
@@ -92,14 +104,22 @@ fn rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// One xDS client: counts what it holds; records when `watch` arrives.
+/// What the parent knows of one client (reported by the client process).
 struct ClientStats {
     held: AtomicUsize,
     last_single_update: AtomicU64,
     updates: AtomicUsize,
 }
 
-async fn client(addr: String, token: String, want: usize, stats: Arc<ClientStats>, epoch: Instant) {
+/// One xDS client in the client process: reports `H <i>` once it holds
+/// everything and `U <i> <unix µs>` for every single-resource update.
+async fn client(
+    addr: String,
+    token: String,
+    want: usize,
+    id: usize,
+    out: mpsc::UnboundedSender<String>,
+) {
     let channel = tonic::transport::Endpoint::from_shared(addr)
         .expect("endpoint")
         .connect()
@@ -129,18 +149,16 @@ async fn client(addr: String, token: String, want: usize, stats: Arc<ClientStats
         .await
         .expect("stream")
         .into_inner();
+    let mut held = 0;
     while let Ok(Some(resp)) = stream.message().await {
         if resp.type_url == ADDRESS_TYPE {
-            let before = stats.held.load(Ordering::Relaxed);
-            if before >= want && resp.resources.len() == 1 {
-                stats
-                    .last_single_update
-                    .store(epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
-                stats.updates.fetch_add(1, Ordering::Relaxed);
+            if held >= want && resp.resources.len() == 1 {
+                let _ = out.send(format!("U {id} {}", unix_us()));
             } else {
-                stats
-                    .held
-                    .fetch_add(resp.resources.len(), Ordering::Relaxed);
+                held += resp.resources.len();
+                if held >= want {
+                    let _ = out.send(format!("H {id}"));
+                }
             }
         }
         let _ = tx
@@ -169,6 +187,27 @@ async fn main() -> anyhow::Result<()> {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .init();
     }
+    if let Some(addr) = &args.clients_of {
+        let want = args.pods + args.services;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for id in 0..args.clients {
+            tokio::spawn(client(
+                addr.clone(),
+                args.token.clone(),
+                want,
+                id,
+                tx.clone(),
+            ));
+        }
+        drop(tx);
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        while let Some(line) = rx.recv().await {
+            writeln!(stdout, "{line}")?;
+            stdout.flush()?;
+        }
+        return Ok(());
+    }
     anyhow::ensure!(args.changes < args.pods, "--changes must be below --pods");
     let initial = world(args.pods, args.services, 0);
     let want = args.pods + args.services;
@@ -196,19 +235,58 @@ async fn main() -> anyhow::Result<()> {
     let rss_model = rss_mib();
     let addr = format!("http://{}", ctl.local_addr());
 
-    let epoch = Instant::now();
-    let stats: Vec<Arc<ClientStats>> = (0..args.clients)
-        .map(|_| {
-            Arc::new(ClientStats {
+    let stats: Arc<Vec<ClientStats>> = Arc::new(
+        (0..args.clients)
+            .map(|_| ClientStats {
                 held: AtomicUsize::new(0),
                 last_single_update: AtomicU64::new(0),
                 updates: AtomicUsize::new(0),
             })
-        })
-        .collect();
-    for s in &stats {
-        tokio::spawn(client(addr.clone(), token.clone(), want, s.clone(), epoch));
-    }
+            .collect(),
+    );
+    // The clients run in a child process, so the RSS measured here is the
+    // controller's alone.
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(["--clients-of", &addr, "--token", &token])
+        .args([
+            "--pods",
+            &args.pods.to_string(),
+            "--services",
+            &args.services.to_string(),
+        ])
+        .args(["--clients", &args.clients.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let child_out = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no child stdout"))?;
+    let reader_stats = stats.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(child_out)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            let Some(s) = parts
+                .get(1)
+                .and_then(|i| i.parse::<usize>().ok())
+                .and_then(|i| reader_stats.get(i))
+            else {
+                continue;
+            };
+            match parts.first() {
+                Some(&"H") => s.held.store(want, Ordering::Relaxed),
+                Some(&"U") => {
+                    let t = parts.get(2).and_then(|t| t.parse().ok()).unwrap_or(0);
+                    s.last_single_update.store(t, Ordering::Relaxed);
+                    s.updates.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
+    });
     let start = Instant::now();
     while stats.iter().any(|s| s.held.load(Ordering::Relaxed) < want) {
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -226,7 +304,7 @@ async fn main() -> anyhow::Result<()> {
             .iter()
             .map(|s| s.updates.load(Ordering::Relaxed))
             .collect();
-        let t0 = epoch.elapsed().as_micros() as u64;
+        let t0 = unix_us();
         publish.send_replace(next);
         let deadline = Instant::now() + Duration::from_secs(30);
         while stats
@@ -256,6 +334,8 @@ async fn main() -> anyhow::Result<()> {
         percentile(&latencies, 0.99),
         ctl.stats().resources_sent.load(Ordering::Relaxed)
     );
+    let _ = child.kill();
+    let _ = child.wait();
     ctl.stop().await;
     Ok(())
 }

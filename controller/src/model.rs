@@ -17,12 +17,26 @@ use prost::Message;
 /// One encoded resource, shared by every connection that sends it.
 #[derive(Debug, PartialEq)]
 pub struct XdsResource {
-    /// `Resource.name` (workload uid, `ns/hostname`, `ns/name`).
-    pub name: String,
-    /// Content hash of the encoded body.
-    pub version: String,
+    /// `Resource.name` (workload uid, `ns/hostname`, `ns/name`); shared with
+    /// every stream's record of what it sent.
+    pub name: Arc<str>,
+    /// Content hash of the encoded body (`Resource.version` is its hex form).
+    pub version: u64,
     /// The body as `Any`.
     pub body: prost_types::Any,
+}
+
+impl XdsResource {
+    /// `Resource.version` on the wire.
+    pub fn version_string(&self) -> String {
+        format!("{:016x}", self.version)
+    }
+
+    /// A version a proxy reports back (0, never a real hash here, if it is
+    /// not one of ours: the resource is then sent again).
+    pub fn parse_version(v: &str) -> u64 {
+        u64::from_str_radix(v, 16).unwrap_or(0)
+    }
 }
 
 /// Resources of one type URL, by name.
@@ -79,14 +93,14 @@ fn encode(
     let bytes = msg.encode_to_vec();
     let mut h = DefaultHasher::new();
     bytes.hash(&mut h);
-    let version = format!("{:016x}", h.finish());
+    let version = h.finish();
     if let Some(old) = previous.and_then(|p| p.get(&name))
         && old.version == version
     {
         return old.clone();
     }
     Arc::new(XdsResource {
-        name,
+        name: Arc::from(name),
         version,
         body: prost_types::Any {
             type_url: type_url.to_string(),

@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::auth::NodeAuthenticator;
-use crate::model::Snapshot;
+use crate::model::{Snapshot, XdsResource};
 
 /// What a proxy asked for, per type.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,8 +43,8 @@ impl Subscription {
 #[derive(Debug)]
 struct TypeState {
     sub: Subscription,
-    /// Name → version the proxy holds.
-    sent: HashMap<String, String>,
+    /// Name → version the proxy holds (names shared with the snapshot).
+    sent: HashMap<Arc<str>, u64>,
     /// Names subscribed since the last push (answered even when unknown).
     newly_subscribed: Vec<String>,
     /// Generation this type was last reconciled against (0: never).
@@ -104,7 +104,7 @@ impl AggregatedDiscoveryService for XdsServer {
             Some(a) => a.authenticate(request.metadata()).await?.node,
             None => "unauthenticated".to_string(),
         };
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, rx) = mpsc::channel(4);
         let conn = Connection {
             peer,
             types: HashMap::new(),
@@ -218,7 +218,11 @@ impl Connection {
                     type_url.clone(),
                     TypeState {
                         sub,
-                        sent: req.initial_resource_versions.clone().into_iter().collect(),
+                        sent: req
+                            .initial_resource_versions
+                            .iter()
+                            .map(|(n, v)| (Arc::from(n.as_str()), XdsResource::parse_version(v)))
+                            .collect(),
                         newly_subscribed,
                         generation: 0,
                     },
@@ -258,13 +262,7 @@ impl Connection {
         };
         let empty = HashMap::new();
         let current = snap.resources(type_url).unwrap_or(&empty);
-        let resource = |name: &String, r: &crate::model::XdsResource| Resource {
-            name: name.clone(),
-            aliases: vec![],
-            version: r.version.clone(),
-            resource: Some(r.body.clone()),
-        };
-        let mut resources = Vec::new();
+        let mut resources: Vec<Arc<XdsResource>> = Vec::new();
         let mut removed: Vec<String> = Vec::new();
         let incremental = st.generation != 0
             && st.generation + 1 == snap.generation
@@ -274,25 +272,28 @@ impl Connection {
             Some(names) if incremental => {
                 for name in names {
                     match current.get(name) {
-                        Some(r) if st.sub.wants(name) && st.sent.get(name) != Some(&r.version) => {
-                            resources.push(resource(name, r))
+                        Some(r)
+                            if st.sub.wants(name)
+                                && st.sent.get(name.as_str()) != Some(&r.version) =>
+                        {
+                            resources.push(r.clone())
                         }
-                        None if st.sent.contains_key(name) => removed.push(name.clone()),
+                        None if st.sent.contains_key(name.as_str()) => removed.push(name.clone()),
                         _ => {}
                     }
                 }
             }
             _ => {
                 for (name, r) in current {
-                    if st.sub.wants(name) && st.sent.get(name) != Some(&r.version) {
-                        resources.push(resource(name, r));
+                    if st.sub.wants(name) && st.sent.get(name.as_str()) != Some(&r.version) {
+                        resources.push(r.clone());
                     }
                 }
                 removed = st
                     .sent
                     .keys()
-                    .filter(|n| !current.contains_key(*n) || !st.sub.wants(n))
-                    .cloned()
+                    .filter(|n| !current.contains_key(&***n) || !st.sub.wants(n))
+                    .map(|n| n.to_string())
                     .collect();
             }
         }
@@ -306,20 +307,31 @@ impl Connection {
             return true;
         }
         for r in &resources {
-            st.sent.insert(r.name.clone(), r.version.clone());
+            st.sent.insert(r.name.clone(), r.version);
         }
         for n in &removed {
-            st.sent.remove(n);
+            st.sent.remove(n.as_str());
         }
-        self.nonce += 1;
-        self.stats.responses.fetch_add(1, Ordering::Relaxed);
         self.stats
             .resources_sent
             .fetch_add(resources.len() as u64, Ordering::Relaxed);
         debug!(peer = %self.peer, type_url, upserts = resources.len(), removed = removed.len(), "push");
+        // One response per push, as istiod sends it: a proxy's state is then
+        // all-or-nothing at every ACK, so "ready" (every type ACKed once)
+        // never means "partly synced".
+        self.nonce += 1;
+        self.stats.responses.fetch_add(1, Ordering::Relaxed);
         let resp = DeltaDiscoveryResponse {
             system_version_info: snap.generation.to_string(),
-            resources,
+            resources: resources
+                .iter()
+                .map(|r| Resource {
+                    name: r.name.to_string(),
+                    aliases: vec![],
+                    version: r.version_string(),
+                    resource: Some(r.body.clone()),
+                })
+                .collect(),
             type_url: type_url.to_string(),
             nonce: self.nonce.to_string(),
             removed_resources: removed,
