@@ -26,4 +26,4 @@ for k in $keys; do
   printf '%-18s %12s %22s\n' "$k" "$med" "$min–$max"
 done
 read -r -a p <<<"${vals[pods]}"; read -r -a s <<<"${vals[services]}"; read -r -a c <<<"${vals[clients]}"
-echo "(pods=${p[0]} services=${s[0]} clients=${c[0]}; rss_mib includes the in-process clients, which keep only counters)"
+echo "(pods=${p[0]} services=${s[0]} clients=${c[0]}; clients run in a child process: rss is the controller alone)"
