@@ -17,8 +17,11 @@ pub struct ControlPlane {
     pub root_pem: Option<String>,
     /// Name the server certificate must carry (default: the address host).
     pub tls_name: Option<String>,
-    /// Bearer token (node credential).
+    /// Bearer token (node credential), given literally.
     pub token: Option<String>,
+    /// A file holding the token, re-read on every call as Istio's ztunnel
+    /// does (projected service-account tokens rotate). Wins over `token`.
+    pub token_file: Option<std::path::PathBuf>,
     /// Sent as `clusterid`.
     pub cluster_id: String,
 }
@@ -76,6 +79,7 @@ impl ControlPlane {
                 .token
                 .as_ref()
                 .and_then(|t| format!("Bearer {t}").parse().ok()),
+            token_file: self.token_file.clone(),
             cluster_id: self.cluster_id.parse().ok(),
         }
     }
@@ -85,17 +89,67 @@ impl ControlPlane {
 #[derive(Clone, Debug)]
 pub struct CredentialInterceptor {
     token: Option<AsciiMetadataValue>,
+    token_file: Option<std::path::PathBuf>,
     cluster_id: Option<AsciiMetadataValue>,
 }
 
 impl Interceptor for CredentialInterceptor {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(t) = &self.token {
-            req.metadata_mut().insert("authorization", t.clone());
+        let token = match &self.token_file {
+            Some(f) => {
+                let t = std::fs::read_to_string(f).map_err(|e| {
+                    tonic::Status::unauthenticated(format!("reading token {}: {e}", f.display()))
+                })?;
+                Some(format!("Bearer {t}").parse().map_err(|_| {
+                    tonic::Status::unauthenticated(format!("token in {} is not ASCII", f.display()))
+                })?)
+            }
+            None => self.token.clone(),
+        };
+        if let Some(t) = token {
+            req.metadata_mut().insert("authorization", t);
             if let Some(c) = &self.cluster_id {
                 req.metadata_mut().insert("clusterid", c.clone());
             }
         }
         Ok(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_file_is_read_on_every_call() {
+        let f = std::env::temp_dir().join(format!("ambit-token-{}", std::process::id()));
+        std::fs::write(&f, "one").unwrap();
+        let cp = ControlPlane {
+            address: "http://127.0.0.1:1".into(),
+            root_pem: None,
+            tls_name: None,
+            token: None,
+            token_file: Some(f.clone()),
+            cluster_id: "Kubernetes".into(),
+        };
+        let mut i = cp.interceptor();
+        let auth = |i: &mut CredentialInterceptor| {
+            i.call(tonic::Request::new(()))
+                .unwrap()
+                .metadata()
+                .get("authorization")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(auth(&mut i), "Bearer one");
+        std::fs::write(&f, "two").unwrap();
+        assert_eq!(auth(&mut i), "Bearer two");
+        std::fs::remove_file(&f).unwrap();
+        assert_eq!(
+            i.call(tonic::Request::new(())).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
     }
 }

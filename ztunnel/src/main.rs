@@ -79,10 +79,11 @@ fn control_plane(address: String, root_var: &str) -> anyhow::Result<ControlPlane
         address: with_scheme(address),
         root_pem,
         tls_name: env("ALT_XDS_HOSTNAME"),
-        token: env("AUTH_TOKEN")
+        token: env("AUTH_TOKEN").filter(|t| !Path::new(t).is_file()),
+        token_file: env("AUTH_TOKEN")
             .or_else(|| existing(DEFAULT_TOKEN))
-            .map(file_or_literal)
-            .transpose()?,
+            .filter(|t| Path::new(t).is_file())
+            .map(PathBuf::from),
         cluster_id: env("CLUSTER_ID").unwrap_or_else(|| "Kubernetes".into()),
     })
 }

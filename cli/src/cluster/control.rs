@@ -127,6 +127,7 @@ impl ControlSetup {
             root_pem: Some(self.root_pem.clone()),
             tls_name: Some(CONTROLLER_NAME.to_string()),
             token: self.node_tokens.get(usize::from(n - 1)).cloned(),
+            token_file: None,
             cluster_id: "Kubernetes".into(),
         }
     }
