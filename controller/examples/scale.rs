@@ -227,6 +227,7 @@ async fn main() -> anyhow::Result<()> {
             signer: Arc::new(root),
             auth: Arc::new(tokens),
             debounce: Duration::from_millis(1),
+            metrics: None,
         },
         Box::new(source),
     )

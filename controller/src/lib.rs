@@ -7,6 +7,7 @@
 //!   Ambit's L7 type for waypoints).
 //! * [`ca`]: `IstioCertificateService/CreateCertificate`, scoped to the caller's node.
 //! * [`auth`]: how a caller proves which node it is.
+//! * [`metrics`]: the `/metrics` endpoint (15014).
 //! * [`run`]: the listeners and the update loop that tie them together.
 
 // tonic's `Status` is the error type of every gRPC handler; boxing it would
@@ -15,6 +16,7 @@
 
 pub mod auth;
 pub mod ca;
+pub mod metrics;
 pub mod model;
 pub mod run;
 pub mod source;

@@ -37,6 +37,9 @@ struct Args {
     /// Listen address for xDS + CA.
     #[arg(long, default_value = "0.0.0.0:15012")]
     listen: SocketAddr,
+    /// Where to serve `/metrics`.
+    #[arg(long, default_value = "0.0.0.0:15014")]
+    metrics: SocketAddr,
     /// Trust domain.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
@@ -193,6 +196,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             signer: Arc::new(RotatingAuthority::new(authority)),
             auth,
             debounce: controller::run::DEBOUNCE,
+            metrics: Some(args.metrics),
         },
         source,
     )

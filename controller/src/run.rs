@@ -38,6 +38,8 @@ pub struct ControllerConfig {
     pub auth: Arc<dyn NodeAuthenticator>,
     /// Quiet period before publishing a change.
     pub debounce: Duration,
+    /// Where to serve `/metrics` (istiod: 15014); `None` for none.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Why the controller could not start.
@@ -66,6 +68,7 @@ pub struct Controller {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     stats: Arc<XdsStats>,
 }
 
@@ -197,12 +200,26 @@ impl Controller {
                 warn!(error = %e, "gRPC server ended");
             }
         });
+        let mut tasks = vec![source_task, update_task, server_task];
+        let mut metrics_addr = None;
+        if let Some(addr) = config.metrics {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ControllerError::Bind { addr, source })?;
+            metrics_addr = l.local_addr().ok();
+            tasks.push(tokio::spawn(crate::metrics::serve(
+                l,
+                stats.clone(),
+                snapshots.clone(),
+            )));
+        }
         info!(%local_addr, tls = config.tls.is_some(), "controller serving xDS and CA");
         Ok(Controller {
             snapshots,
             stop,
-            tasks: vec![source_task, update_task, server_task],
+            tasks,
             local_addr,
+            metrics_addr,
             stats,
         })
     }
@@ -210,6 +227,11 @@ impl Controller {
     /// The address xDS and the CA listen on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address `/metrics` is served on, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The latest published snapshot.

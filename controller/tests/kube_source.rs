@@ -187,6 +187,7 @@ async fn watch_model_xds_and_relist_after_410() {
             signer: Arc::new(root),
             auth: Arc::new(BootstrapTokens::default()),
             debounce: Duration::from_millis(5),
+            metrics: None,
         },
         Box::new(KubeSource::with_kinds(client, KINDS)),
     )

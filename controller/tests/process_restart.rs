@@ -39,6 +39,7 @@ fn start(base: &Path, port: u16) -> Child {
         .arg("--dir")
         .arg(base.join("config"))
         .args(["--listen", &format!("127.0.0.1:{port}"), "--nodes", "node1"])
+        .args(["--metrics", "127.0.0.1:0"])
         .arg("--ca-dir")
         .arg(base.join("ca"))
         .arg("--token-dir")

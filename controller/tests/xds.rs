@@ -86,6 +86,7 @@ async fn setup() -> Setup {
             signer: Arc::new(root),
             auth: Arc::new(tokens),
             debounce: Duration::from_millis(5),
+            metrics: Some("127.0.0.1:0".parse().expect("addr")),
         },
         Box::new(source),
     )
@@ -166,6 +167,19 @@ impl Client {
     }
 }
 
+/// `GET /metrics` from the controller's metrics endpoint.
+async fn metrics(s: &Setup) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = s.controller.metrics_addr().expect("metrics served");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nhost: c\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.expect("response");
+    out
+}
+
 fn wildcard(type_url: &str) -> DeltaDiscoveryRequest {
     DeltaDiscoveryRequest {
         type_url: type_url.into(),
@@ -208,6 +222,13 @@ async fn delta_ads_sends_what_changed_and_only_that() {
         .map(|r| (r.name.clone(), r.version.clone()))
         .collect();
     assert!(c.quiet().await, "nothing more until something changes");
+    let m = metrics(&s).await;
+    assert!(m.contains("pilot_xds 1\n"), "{m}");
+    assert!(m.contains("pilot_xds_pushes_total 3\n"), "{m}");
+    assert!(
+        m.contains("ambit_model_resources{type=\"Address\"} 3"),
+        "{m}"
+    );
 
     // One pod changes: one resource on the wire.
     s.publish

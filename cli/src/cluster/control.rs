@@ -93,6 +93,7 @@ impl ControlSetup {
                 signer: self.ca.clone(),
                 auth: Arc::new(self.tokens.clone()),
                 debounce: controller::run::DEBOUNCE,
+                metrics: None,
             },
             Box::new(source),
         )
