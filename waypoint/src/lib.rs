@@ -1,0 +1,12 @@
+//! The waypoint: Ambit's L7 proxy. This crate starts with its sans-IO core,
+//! pure functions from (config, request) to decision, tested as tables:
+//!
+//! * [`route`]: VirtualService route selection over the controller's
+//!   `L7Service` (first match wins, weighted destinations);
+//! * [`authz`]: L7 AuthorizationPolicy evaluation with Istio's order.
+//!
+//! The HTTP/HBONE data path consumes these; it is not here yet.
+
+pub mod authz;
+pub mod matcher;
+pub mod route;

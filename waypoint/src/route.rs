@@ -1,0 +1,337 @@
+//! VirtualService route selection as Istio documents it: `http` routes in
+//! order, the first whose any `match` holds wins (no `match` = everything);
+//! inside a match every condition given must hold. A route's destinations
+//! are picked by weight. Pure: the caller supplies the request's facts and a
+//! random number.
+
+use std::collections::BTreeMap;
+
+use ambit_api::xds::proto::l7 as pb;
+
+use crate::matcher::{Matcher, MatcherError};
+
+/// What routing looks at in a request.
+#[derive(Clone, Debug, Default)]
+pub struct RequestFacts {
+    /// Method.
+    pub method: String,
+    /// Path without the query.
+    pub path: String,
+    /// `:authority` / `Host`.
+    pub authority: String,
+    /// Headers, names lower-case.
+    pub headers: BTreeMap<String, String>,
+    /// Query parameters.
+    pub query: BTreeMap<String, String>,
+    /// The calling pod's labels.
+    pub source_labels: BTreeMap<String, String>,
+    /// The service port the request was sent to.
+    pub port: u32,
+}
+
+struct CompiledMatch {
+    uri: Option<Matcher>,
+    method: Option<Matcher>,
+    authority: Option<Matcher>,
+    headers: Vec<(String, Matcher)>,
+    query: Vec<(String, Matcher)>,
+    source_labels: BTreeMap<String, String>,
+    port: u32,
+    without_headers: Vec<String>,
+}
+
+impl CompiledMatch {
+    fn compile(m: &pb::HttpMatch) -> Result<Self, MatcherError> {
+        let opt = |s: &Option<pb::StringMatch>| {
+            s.as_ref()
+                .map(Matcher::compile)
+                .transpose()
+                .map(Option::flatten)
+        };
+        let map = |h: &std::collections::HashMap<String, pb::StringMatch>| -> Result<Vec<(String, Matcher)>, MatcherError> {
+            let mut v = Vec::new();
+            for (k, s) in h {
+                if let Some(m) = Matcher::compile(s)? {
+                    v.push((k.to_ascii_lowercase(), m));
+                }
+            }
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            Ok(v)
+        };
+        Ok(CompiledMatch {
+            uri: opt(&m.uri)?,
+            method: opt(&m.method)?,
+            authority: opt(&m.authority)?,
+            headers: map(&m.headers)?,
+            query: map(&m.query_params)?,
+            source_labels: m.source_labels.clone().into_iter().collect(),
+            port: m.port,
+            without_headers: m
+                .without_headers
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+        })
+    }
+
+    fn matches(&self, r: &RequestFacts) -> bool {
+        let one = |m: &Option<Matcher>, v: &str| m.as_ref().is_none_or(|m| m.matches(v));
+        one(&self.uri, &r.path)
+            && one(&self.method, &r.method)
+            && one(&self.authority, &r.authority)
+            && self
+                .headers
+                .iter()
+                .all(|(k, m)| r.headers.get(k).is_some_and(|v| m.matches(v)))
+            && self
+                .query
+                .iter()
+                .all(|(k, m)| r.query.get(k).is_some_and(|v| m.matches(v)))
+            && self
+                .source_labels
+                .iter()
+                .all(|(k, v)| r.source_labels.get(k) == Some(v))
+            && (self.port == 0 || self.port == r.port)
+            && self
+                .without_headers
+                .iter()
+                .all(|h| !r.headers.contains_key(h))
+    }
+}
+
+struct CompiledRoute {
+    matches: Vec<CompiledMatch>,
+    total_weight: u64,
+}
+
+/// An `L7Service`'s routes, compiled once per config version.
+pub struct Router {
+    service: pb::L7Service,
+    routes: Vec<CompiledRoute>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("service", &self.service.hostname)
+            .field("routes", &self.routes.len())
+            .finish()
+    }
+}
+
+/// The outcome of routing one request.
+#[derive(Debug, PartialEq)]
+pub enum Decision<'a> {
+    /// Route `index` matched; send to `destination` (None: the route
+    /// redirects or answers directly).
+    Route {
+        /// Index in `http`.
+        index: usize,
+        /// The route.
+        route: &'a pb::HttpRoute,
+        /// The picked destination.
+        destination: Option<&'a pb::RouteDestination>,
+    },
+    /// No VirtualService route applies: go to the service itself.
+    Default,
+    /// Routes exist but none matched: Istio answers 404.
+    NoMatch,
+}
+
+impl Router {
+    /// Compiles `service`'s routes.
+    pub fn new(service: pb::L7Service) -> Result<Self, MatcherError> {
+        let routes = service
+            .http
+            .iter()
+            .map(|r| {
+                Ok(CompiledRoute {
+                    matches: r
+                        .matches
+                        .iter()
+                        .map(CompiledMatch::compile)
+                        .collect::<Result<_, _>>()?,
+                    total_weight: r.route.iter().map(|d| u64::from(d.weight)).sum(),
+                })
+            })
+            .collect::<Result<_, MatcherError>>()?;
+        Ok(Router { service, routes })
+    }
+
+    /// The service this router serves.
+    pub fn service(&self) -> &pb::L7Service {
+        &self.service
+    }
+
+    /// Routes `req`; `random` picks among weighted destinations (any u64).
+    pub fn route(&self, req: &RequestFacts, random: u64) -> Decision<'_> {
+        if self.service.http.is_empty() {
+            return Decision::Default;
+        }
+        for (index, (compiled, route)) in self.routes.iter().zip(&self.service.http).enumerate() {
+            if !compiled.matches.is_empty() && !compiled.matches.iter().any(|m| m.matches(req)) {
+                continue;
+            }
+            let destination = if compiled.total_weight == 0 {
+                route.route.first()
+            } else {
+                let mut pick = random % compiled.total_weight;
+                route.route.iter().find(|d| {
+                    let w = u64::from(d.weight);
+                    if pick < w {
+                        true
+                    } else {
+                        pick -= w;
+                        false
+                    }
+                })
+            };
+            return Decision::Route {
+                index,
+                route,
+                destination,
+            };
+        }
+        Decision::NoMatch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::string_match::Kind;
+
+    fn sm(kind: Kind) -> Option<pb::StringMatch> {
+        Some(pb::StringMatch { kind: Some(kind) })
+    }
+
+    fn dest(subset: &str, weight: u32) -> pb::RouteDestination {
+        pb::RouteDestination {
+            destination: Some(pb::Destination {
+                host: "reviews.bookinfo.svc.cluster.local".into(),
+                subset: subset.into(),
+                port: 0,
+            }),
+            weight,
+            headers: None,
+        }
+    }
+
+    /// Bookinfo: `end-user: jason` → v2; `/reviews/legacy*` regex → v1;
+    /// everything else 90/10 v1/v3.
+    fn bookinfo() -> Router {
+        let jason = pb::HttpMatch {
+            headers: [(
+                "end-user".to_string(),
+                pb::StringMatch {
+                    kind: Some(Kind::Exact("jason".into())),
+                },
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let legacy = pb::HttpMatch {
+            uri: sm(Kind::Regex("/reviews/legacy[0-9]*".into())),
+            method: sm(Kind::Exact("GET".into())),
+            ..Default::default()
+        };
+        Router::new(pb::L7Service {
+            hostname: "reviews.bookinfo.svc.cluster.local".into(),
+            http: vec![
+                pb::HttpRoute {
+                    name: "jason".into(),
+                    matches: vec![jason],
+                    route: vec![dest("v2", 100)],
+                    ..Default::default()
+                },
+                pb::HttpRoute {
+                    name: "legacy".into(),
+                    matches: vec![legacy],
+                    route: vec![dest("v1", 100)],
+                    ..Default::default()
+                },
+                pb::HttpRoute {
+                    name: "split".into(),
+                    route: vec![dest("v1", 90), dest("v3", 10)],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn subset(d: &Decision<'_>) -> (usize, String) {
+        match d {
+            Decision::Route {
+                index,
+                destination: Some(dst),
+                ..
+            } => (*index, dst.destination.as_ref().unwrap().subset.clone()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn facts(end_user: Option<&str>, method: &str, path: &str) -> RequestFacts {
+        RequestFacts {
+            method: method.into(),
+            path: path.into(),
+            headers: end_user
+                .map(|u| [("end-user".to_string(), u.to_string())].into())
+                .unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn first_match_wins_table() {
+        let r = bookinfo();
+        // (end-user, method, path, random) → (route index, subset)
+        type Case<'a> = (Option<&'a str>, &'a str, &'a str, u64, (usize, &'a str));
+        let cases: &[Case<'_>] = &[
+            (Some("jason"), "GET", "/reviews/1", 0, (0, "v2")),
+            // Order: jason's header wins over the legacy path.
+            (Some("jason"), "GET", "/reviews/legacy", 0, (0, "v2")),
+            (Some("mary"), "GET", "/reviews/legacy7", 0, (1, "v1")),
+            // Regex is a full match; method must match too.
+            (Some("mary"), "GET", "/reviews/legacy7/x", 0, (2, "v1")),
+            (None, "POST", "/reviews/legacy", 95, (2, "v3")),
+            (None, "GET", "/", 89, (2, "v1")),
+            (None, "GET", "/", 90, (2, "v3")),
+            // Header names are case-insensitive (callers lower-case them);
+            // values are not.
+            (Some("Jason"), "GET", "/", 0, (2, "v1")),
+        ];
+        for (user, method, path, random, want) in cases {
+            let got = subset(&r.route(&facts(*user, method, path), *random));
+            assert_eq!(
+                (got.0, got.1.as_str()),
+                *want,
+                "{method} {path} {user:?} r={random}"
+            );
+        }
+    }
+
+    #[test]
+    fn weights_split_in_proportion() {
+        let r = bookinfo();
+        let f = facts(None, "GET", "/");
+        let v3 = (0..1000u64)
+            .filter(|i| subset(&r.route(&f, i.wrapping_mul(2654435761))).1 == "v3")
+            .count();
+        assert!((70..=130).contains(&v3), "v3 got {v3} of 1000");
+    }
+
+    #[test]
+    fn no_routes_and_no_match() {
+        let facts = RequestFacts::default();
+        let empty = Router::new(pb::L7Service::default()).unwrap();
+        assert_eq!(empty.route(&facts, 0), Decision::Default);
+        let only_jason = Router::new(pb::L7Service {
+            http: vec![bookinfo().service().http[0].clone()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(only_jason.route(&facts, 0), Decision::NoMatch);
+    }
+}
