@@ -3,10 +3,12 @@
 //!
 //! * [`route`]: VirtualService route selection over the controller's
 //!   `L7Service` (first match wins, weighted destinations);
-//! * [`authz`]: L7 AuthorizationPolicy evaluation with Istio's order.
+//! * [`authz`]: L7 AuthorizationPolicy evaluation with Istio's order;
+//! * [`jwt`]: RequestAuthentication token validation.
 //!
 //! The HTTP/HBONE data path consumes these; it is not here yet.
 
 pub mod authz;
+pub mod jwt;
 pub mod matcher;
 pub mod route;

@@ -1,0 +1,373 @@
+//! RequestAuthentication: JWT validation as Istio applies it. A token is
+//! taken from the rule's `fromHeaders` / `fromParams` (default
+//! `Authorization: Bearer …` and `?access_token=`); its issuer picks the rule;
+//! the signature must verify with the rule's JWKS, `exp`/`nbf` hold, and one
+//! audience match when `audiences` is set. An invalid token is a 401; no token
+//! at all passes with no request principal (so `requestPrincipals: ["*"]` in an
+//! AuthorizationPolicy then denies it).
+
+use std::collections::BTreeMap;
+
+use ambit_api::xds::proto::l7 as pb;
+use base64::Engine;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{DecodingKey, Validation, decode, decode_header};
+
+/// Why a request's token is refused (answered 401).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JwtError {
+    /// Not three base64url parts, or not JSON.
+    #[error("Jwt is not in the form of Header.Payload.Signature")]
+    Malformed,
+    /// No rule for the token's `iss`.
+    #[error("Jwt issuer {0:?} is not configured")]
+    UnknownIssuer(String),
+    /// The JWKS has no key for the token (yet: `jwksUri` not fetched).
+    #[error("Jwks doesn't have key to match kid or alg from Jwt")]
+    NoKey,
+    /// Signature, expiry, not-before or audience check failed.
+    #[error("Jwt verification fails: {0}")]
+    Invalid(String),
+}
+
+/// A validated token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Authenticated {
+    /// `iss/sub`, what `requestPrincipals` match.
+    pub request_principal: String,
+    /// Claims flattened for `request.auth.claims[...]` (nested as `a.b`).
+    pub claims: BTreeMap<String, Vec<String>>,
+    /// The payload, base64url (for `outputPayloadToHeader`).
+    pub payload_b64: String,
+    /// The rule that validated it.
+    pub rule: usize,
+    /// Header that carried it (removed upstream unless `forwardOriginalToken`).
+    pub from_header: Option<String>,
+}
+
+/// The JWT rules of one service, with their keys.
+#[derive(Debug, Default)]
+pub struct JwtRules {
+    rules: Vec<pb::JwtRule>,
+    keys: Vec<Option<JwkSet>>,
+}
+
+/// Where a token can be: header (with prefix) or query parameter.
+fn locations(rule: &pb::JwtRule) -> (Vec<(String, String)>, Vec<String>) {
+    if rule.from_headers.is_empty() && rule.from_params.is_empty() {
+        return (
+            vec![("authorization".into(), "Bearer ".into())],
+            vec!["access_token".into()],
+        );
+    }
+    (
+        rule.from_headers
+            .iter()
+            .map(|h| (h.name.to_ascii_lowercase(), h.prefix.clone()))
+            .collect(),
+        rule.from_params.clone(),
+    )
+}
+
+fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, Vec<String>>) {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        Value::Array(a) => {
+            let vals = a
+                .iter()
+                .map(|x| {
+                    x.as_str()
+                        .map(String::from)
+                        .unwrap_or_else(|| x.to_string())
+                })
+                .collect();
+            out.insert(prefix.to_string(), vals);
+        }
+        Value::String(s) => {
+            out.insert(prefix.to_string(), vec![s.clone()]);
+        }
+        other => {
+            out.insert(prefix.to_string(), vec![other.to_string()]);
+        }
+    }
+}
+
+impl JwtRules {
+    /// The rules with their inline JWKS; a JWKS that does not parse leaves
+    /// that rule without keys (its tokens are refused).
+    pub fn new(rules: &[pb::JwtRule]) -> Self {
+        JwtRules {
+            keys: rules
+                .iter()
+                .map(|r| {
+                    serde_json::from_str::<JwkSet>(&r.jwks)
+                        .ok()
+                        .filter(|_| !r.jwks.is_empty())
+                })
+                .collect(),
+            rules: rules.to_vec(),
+        }
+    }
+
+    /// Supplies the keys fetched from rule `index`'s `jwksUri`.
+    pub fn set_keys(&mut self, index: usize, keys: JwkSet) {
+        if let Some(k) = self.keys.get_mut(index) {
+            *k = Some(keys);
+        }
+    }
+
+    /// Finds and checks the request's token. `Ok(None)`: no token.
+    pub fn authenticate(
+        &self,
+        headers: &BTreeMap<String, String>,
+        query: &BTreeMap<String, String>,
+    ) -> Result<Option<Authenticated>, JwtError> {
+        for rule in &self.rules {
+            let (hs, ps) = locations(rule);
+            let found = hs
+                .iter()
+                .find_map(|(h, prefix)| {
+                    headers
+                        .get(h)
+                        .and_then(|v| v.strip_prefix(prefix.as_str()))
+                        .map(|t| (t.trim().to_string(), Some(h.clone())))
+                })
+                .or_else(|| {
+                    ps.iter()
+                        .find_map(|p| query.get(p).map(|t| (t.clone(), None)))
+                });
+            if let Some((token, from_header)) = found {
+                return self.check(&token, from_header).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    fn check(&self, token: &str, from_header: Option<String>) -> Result<Authenticated, JwtError> {
+        let header = decode_header(token).map_err(|_| JwtError::Malformed)?;
+        let payload_b64 = token
+            .split('.')
+            .nth(1)
+            .ok_or(JwtError::Malformed)?
+            .to_string();
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload_b64.trim_end_matches('='))
+            .map_err(|_| JwtError::Malformed)?;
+        let unverified: serde_json::Value =
+            serde_json::from_slice(&raw).map_err(|_| JwtError::Malformed)?;
+        let iss = unverified
+            .get("iss")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let (index, rule) = self
+            .rules
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.issuer == iss)
+            .ok_or_else(|| JwtError::UnknownIssuer(iss.clone()))?;
+        let keys = self
+            .keys
+            .get(index)
+            .and_then(|k| k.as_ref())
+            .ok_or(JwtError::NoKey)?;
+        let candidates: Vec<_> = keys
+            .keys
+            .iter()
+            .filter(|k| header.kid.is_none() || k.common.key_id == header.kid)
+            .collect();
+        if candidates.is_empty() {
+            return Err(JwtError::NoKey);
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.set_issuer(&[rule.issuer.as_str()]);
+        if rule.audiences.is_empty() {
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&rule.audiences);
+        }
+        validation.set_required_spec_claims::<&str>(&[]);
+        let mut last = JwtError::NoKey;
+        for jwk in candidates {
+            let Ok(key) = DecodingKey::from_jwk(jwk) else {
+                continue;
+            };
+            match decode::<serde_json::Value>(token, &key, &validation) {
+                Ok(data) => {
+                    let mut claims = BTreeMap::new();
+                    flatten("", &data.claims, &mut claims);
+                    let sub = data
+                        .claims
+                        .get("sub")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default();
+                    return Ok(Authenticated {
+                        request_principal: format!("{iss}/{sub}"),
+                        claims,
+                        payload_b64,
+                        rule: index,
+                        from_header,
+                    });
+                }
+                Err(e) => last = JwtError::Invalid(e.to_string()),
+            }
+        }
+        Err(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+
+    const SECRET: &[u8] = b"a test secret that is long enough";
+
+    fn jwks() -> String {
+        let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(SECRET);
+        format!(r#"{{"keys":[{{"kty":"oct","kid":"k1","alg":"HS256","k":"{k}"}}]}}"#)
+    }
+
+    fn rule() -> pb::JwtRule {
+        pb::JwtRule {
+            issuer: "https://issuer.example".into(),
+            audiences: vec!["reviews".into()],
+            jwks: jwks(),
+            ..Default::default()
+        }
+    }
+
+    fn token(claims: serde_json::Value, secret: &[u8]) -> String {
+        let mut h = Header::new(jsonwebtoken::Algorithm::HS256);
+        h.kid = Some("k1".into());
+        encode(&h, &claims, &EncodingKey::from_secret(secret)).unwrap()
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn bearer(t: &str) -> BTreeMap<String, String> {
+        [("authorization".to_string(), format!("Bearer {t}"))].into()
+    }
+
+    #[test]
+    fn valid_invalid_and_missing_tokens() {
+        let rules = JwtRules::new(&[rule()]);
+        let none = BTreeMap::new();
+        let good = token(
+            serde_json::json!({"iss": "https://issuer.example", "sub": "alice", "aud": "reviews",
+                               "exp": now() + 60, "groups": ["dev", "admin"], "org": {"team": "a"}}),
+            SECRET,
+        );
+        let ok = rules.authenticate(&bearer(&good), &none).unwrap().unwrap();
+        assert_eq!(ok.request_principal, "https://issuer.example/alice");
+        assert_eq!(
+            ok.claims["groups"],
+            vec!["dev".to_string(), "admin".to_string()]
+        );
+        assert_eq!(ok.claims["org.team"], vec!["a".to_string()]);
+        assert_eq!(ok.from_header.as_deref(), Some("authorization"));
+        // Also from ?access_token=.
+        let q: BTreeMap<String, String> = [("access_token".to_string(), good.clone())].into();
+        assert!(rules.authenticate(&none, &q).unwrap().is_some());
+        // Missing: passes, unauthenticated.
+        assert_eq!(rules.authenticate(&none, &none).unwrap(), None);
+
+        let cases = [
+            (
+                token(
+                    serde_json::json!({"iss": "https://issuer.example", "sub": "a", "aud": "reviews", "exp": now() - 120}),
+                    SECRET,
+                ),
+                "expired",
+            ),
+            (
+                token(
+                    serde_json::json!({"iss": "https://issuer.example", "sub": "a", "aud": "other", "exp": now() + 60}),
+                    SECRET,
+                ),
+                "audience",
+            ),
+            (
+                token(
+                    serde_json::json!({"iss": "https://issuer.example", "sub": "a", "aud": "reviews", "exp": now() + 60}),
+                    b"another secret, also long enough",
+                ),
+                "signature",
+            ),
+        ];
+        for (t, why) in cases {
+            assert!(
+                matches!(
+                    rules.authenticate(&bearer(&t), &none),
+                    Err(JwtError::Invalid(_))
+                ),
+                "{why}"
+            );
+        }
+        let stranger = token(
+            serde_json::json!({"iss": "https://evil", "sub": "a"}),
+            SECRET,
+        );
+        assert_eq!(
+            rules.authenticate(&bearer(&stranger), &none),
+            Err(JwtError::UnknownIssuer("https://evil".into()))
+        );
+        assert_eq!(
+            rules.authenticate(&bearer("not.a.jwt"), &none),
+            Err(JwtError::Malformed)
+        );
+    }
+
+    #[test]
+    fn jwks_uri_rules_need_their_keys() {
+        let mut r = rule();
+        r.jwks.clear();
+        r.jwks_uri = "http://jwks.local/keys".into();
+        let mut rules = JwtRules::new(&[r]);
+        let none = BTreeMap::new();
+        let t = token(
+            serde_json::json!({"iss": "https://issuer.example", "sub": "bob", "aud": "reviews", "exp": now() + 60}),
+            SECRET,
+        );
+        assert_eq!(rules.authenticate(&bearer(&t), &none), Err(JwtError::NoKey));
+        rules.set_keys(0, serde_json::from_str(&jwks()).unwrap());
+        assert!(rules.authenticate(&bearer(&t), &none).unwrap().is_some());
+    }
+
+    #[test]
+    fn custom_header_location() {
+        let mut r = rule();
+        r.from_headers = vec![pb::JwtHeader {
+            name: "X-Jwt".into(),
+            prefix: String::new(),
+        }];
+        let rules = JwtRules::new(&[r]);
+        let t = token(
+            serde_json::json!({"iss": "https://issuer.example", "sub": "c", "aud": "reviews", "exp": now() + 60}),
+            SECRET,
+        );
+        let none = BTreeMap::new();
+        assert_eq!(
+            rules.authenticate(&bearer(&t), &none).unwrap(),
+            None,
+            "Authorization is not looked at"
+        );
+        let h: BTreeMap<String, String> = [("x-jwt".to_string(), t)].into();
+        assert!(rules.authenticate(&h, &none).unwrap().is_some());
+    }
+}
