@@ -4,11 +4,15 @@
 //! * [`route`]: VirtualService route selection over the controller's
 //!   `L7Service` (first match wins, weighted destinations);
 //! * [`authz`]: L7 AuthorizationPolicy evaluation with Istio's order;
-//! * [`jwt`]: RequestAuthentication token validation.
+//! * [`jwt`]: RequestAuthentication token validation;
+//! * [`balance`]: DestinationRule load balancing;
+//! * [`ratelimit`]: the local token bucket.
 //!
 //! The HTTP/HBONE data path consumes these; it is not here yet.
 
 pub mod authz;
+pub mod balance;
 pub mod jwt;
 pub mod matcher;
+pub mod ratelimit;
 pub mod route;
