@@ -6,6 +6,7 @@
 //! * [`authz`]: L7 AuthorizationPolicy evaluation with Istio's order;
 //! * [`jwt`]: RequestAuthentication token validation;
 //! * [`balance`]: DestinationRule load balancing;
+//! * [`outlier`]: outlier detection (ejection and restore);
 //! * [`ratelimit`]: the local token bucket.
 //!
 //! The HTTP/HBONE data path consumes these; it is not here yet.
@@ -14,5 +15,6 @@ pub mod authz;
 pub mod balance;
 pub mod jwt;
 pub mod matcher;
+pub mod outlier;
 pub mod ratelimit;
 pub mod route;
