@@ -36,21 +36,16 @@ fn file_or_literal(v: String) -> anyhow::Result<String> {
     }
 }
 
+/// `SECRET_TTL`: seconds, or an Istio duration (`24h`, `90m`).
 fn secret_ttl() -> anyhow::Result<Duration> {
     let Some(v) = env("SECRET_TTL") else {
         return Ok(Duration::from_secs(24 * 3600));
     };
-    let (num, unit) = match v.strip_suffix('h') {
-        Some(n) => (n, 3600),
-        None => match v.strip_suffix('m') {
-            Some(n) => (n, 60),
-            None => (v.strip_suffix('s').unwrap_or(&v), 1),
-        },
-    };
-    let n: u64 = num
-        .parse()
-        .with_context(|| format!("SECRET_TTL={v:?}: want seconds, or a number with s/m/h"))?;
-    Ok(Duration::from_secs(n * unit))
+    v.parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+        .or_else(|| ambit_api::duration::parse(&v))
+        .with_context(|| format!("SECRET_TTL={v:?}: want seconds, or a duration like 24h"))
 }
 
 fn with_scheme(a: String) -> String {
@@ -105,16 +100,16 @@ fn main() -> anyhow::Result<()> {
 async fn run() -> anyhow::Result<()> {
     let node = env("NODE_NAME").unwrap_or_default();
     let ttl = secret_ttl()?;
+    let local_path = env("LOCAL_XDS_PATH");
     // Unset means the default istiod address; set and empty means no xDS.
     let xds_address = match std::env::var("XDS_ADDRESS") {
         Ok(v) => Some(v).filter(|v| !v.is_empty()),
-        Err(_) if env("LOCAL_XDS_PATH").is_some() => None,
+        Err(_) if local_path.is_some() => None,
         Err(_) if env("KUBERNETES_SERVICE_HOST").is_some() => {
             Some("https://istiod.istio-system.svc:15012".to_string())
         }
         Err(_) => Some("https://localhost:15012".to_string()),
     };
-    let local_path = env("LOCAL_XDS_PATH");
     let (initial, xds) = match (&xds_address, &local_path) {
         (Some(_), Some(_)) => bail!("set either XDS_ADDRESS or LOCAL_XDS_PATH, not both"),
         (Some(a), None) => (

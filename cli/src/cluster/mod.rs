@@ -262,8 +262,17 @@ impl LocalCluster {
     /// Hands the resources to the controller and waits until every ztunnel
     /// holds the resulting state (bounded by [`CONVERGE_TIMEOUT`]).
     fn publish_and_wait(&self, cfg: &LocalConfig) -> anyhow::Result<Duration> {
-        let started = std::time::Instant::now();
         self.control.publish(self.resources.clone());
+        self.wait_for(cfg, CONVERGE_TIMEOUT).map_err(|_| {
+            anyhow::anyhow!(
+                "ztunnels did not receive the new config from the controller within {CONVERGE_TIMEOUT:?}"
+            )
+        })
+    }
+
+    /// Polls until every ztunnel holds `cfg`; returns how long that took.
+    fn wait_for(&self, cfg: &LocalConfig, within: Duration) -> anyhow::Result<Duration> {
+        let started = std::time::Instant::now();
         loop {
             if self
                 .ztunnels
@@ -272,11 +281,8 @@ impl LocalCluster {
             {
                 return Ok(started.elapsed());
             }
-            if started.elapsed() > CONVERGE_TIMEOUT {
-                bail!(
-                    "ztunnels did not receive the new config from the controller within {:?}",
-                    CONVERGE_TIMEOUT
-                );
+            if started.elapsed() > within {
+                bail!("ztunnels did not converge within {within:?}");
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -361,16 +367,13 @@ impl LocalCluster {
                 added.push(key);
             }
         }
-        self.resources.namespaces = new.namespaces;
-        self.resources.services = new.services;
-        self.resources.service_accounts = new.service_accounts;
-        self.resources.authorization_policies = new.authorization_policies;
-        self.resources.peer_authentications = new.peer_authentications;
-        self.resources.virtual_services = new.virtual_services;
-        self.resources.destination_rules = new.destination_rules;
-        self.resources.request_authentications = new.request_authentications;
-        self.resources.gateways = new.gateways;
-        self.resources.rate_limits = new.rate_limits;
+        // Everything but pods comes from the files as they are now; the placed
+        // pods (with node and IP) stay the cluster's.
+        self.resources = Resources {
+            pods: std::mem::take(&mut self.resources.pods),
+            deployments: vec![],
+            ..new
+        };
         self.apply_enrolment()?;
         if !added.is_empty() {
             self.start_processes(Some(&added))?;
@@ -399,19 +402,7 @@ impl LocalCluster {
     /// Waits until every ztunnel holds the state the current resources
     /// translate to; returns how long that took.
     pub fn wait_converged(&self, within: Duration) -> anyhow::Result<Duration> {
-        let cfg = translate(&self.resources).config;
-        let started = std::time::Instant::now();
-        while started.elapsed() < within {
-            if self
-                .ztunnels
-                .iter()
-                .all(|z| converged(&z.shared().state(), &cfg))
-            {
-                return Ok(started.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        bail!("ztunnels did not converge within {within:?}")
+        self.wait_for(&translate(&self.resources).config, within)
     }
 
     /// Stops and removes pod `key`: released from the mesh, process killed,
