@@ -163,7 +163,7 @@ impl Controller {
         let stats = Arc::new(XdsStats::default());
         let xds = XdsServer::new(
             snapshots.clone(),
-            Some(config.auth.clone()),
+            config.auth.clone(),
             stats.clone(),
             stop_rx.clone(),
         );

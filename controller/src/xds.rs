@@ -67,17 +67,17 @@ pub struct XdsStats {
 /// The ADS service.
 pub struct XdsServer {
     snapshots: watch::Receiver<Arc<Snapshot>>,
-    auth: Option<Arc<dyn NodeAuthenticator>>,
+    auth: Arc<dyn NodeAuthenticator>,
     stats: Arc<XdsStats>,
     stop: watch::Receiver<bool>,
 }
 
 impl XdsServer {
-    /// Serves `snapshots`; with `auth`, every stream must authenticate. Streams
+    /// Serves `snapshots`; every stream must authenticate with `auth`. Streams
     /// end when `stop` turns true.
     pub fn new(
         snapshots: watch::Receiver<Arc<Snapshot>>,
-        auth: Option<Arc<dyn NodeAuthenticator>>,
+        auth: Arc<dyn NodeAuthenticator>,
         stats: Arc<XdsStats>,
         stop: watch::Receiver<bool>,
     ) -> Self {
@@ -100,10 +100,7 @@ impl AggregatedDiscoveryService for XdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
-        let peer = match &self.auth {
-            Some(a) => a.authenticate(request.metadata()).await?.node,
-            None => "unauthenticated".to_string(),
-        };
+        let peer = self.auth.authenticate(request.metadata()).await?.node;
         let (tx, rx) = mpsc::channel(4);
         let conn = Connection {
             peer,
