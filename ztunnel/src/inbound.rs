@@ -118,6 +118,12 @@ impl InboundHandler for PodInbound {
             dst_ip: dst.ip(),
             dst_port: dst.port(),
         };
+        if let Some(why) = skips_waypoint(&state, &self.pod.uid, &req.peer_identity) {
+            labels.response_flags = "DENY";
+            self.shared.metrics.failed(&labels);
+            info!(target: "access", reporter = "destination", src.addr = %req.peer_addr, src.identity = %req.peer_identity, dst.addr = %dst, "connection denied: {why}");
+            return Err(Refusal::new(StatusCode::UNAUTHORIZED, why));
+        }
         let decision = authorize(&state, &conn);
         if !decision.is_allowed() {
             labels.response_flags = "DENY";
@@ -143,6 +149,17 @@ impl InboundHandler for PodInbound {
     }
 }
 
+/// A pod with its own (workload) waypoint only takes tunnels from that
+/// waypoint: traffic may not skip its L7 policy. `Some(reason)` refuses.
+fn skips_waypoint(state: &ProxyState, uid: &str, peer: &SpiffeId) -> Option<String> {
+    let gw = state.workload(uid)?.waypoint.as_ref()?;
+    let from_waypoint = state
+        .waypoint_endpoints(gw)
+        .iter()
+        .any(|ep| ep.workload.identity().is_ok_and(|id| &id == peer));
+    (!from_waypoint).then(|| format!("{peer} is not this workload's waypoint {}", gw.destination))
+}
+
 /// Serves plaintext steered into the pod's 15006: the accepted socket's local
 /// address is the original destination. No identity: only policies that admit
 /// unauthenticated peers let it through (STRICT mTLS is a DENY of those).
@@ -161,11 +178,14 @@ pub async fn serve_plaintext(shared: Arc<Shared>, pod: Arc<Pod>, listener: TcpLi
                 dst_ip: dst.ip(),
                 dst_port: dst.port(),
             };
+            let has_waypoint = state
+                .workload(&pod.uid)
+                .is_some_and(|w| w.waypoint.is_some());
             let decision = authorize(&state, &conn);
-            if !decision.is_allowed() {
+            if has_waypoint || !decision.is_allowed() {
                 labels.response_flags = "DENY";
                 shared.metrics.failed(&labels);
-                info!(target: "access", reporter = "destination", src.addr = %peer, dst.addr = %dst, decision = %decision, "plaintext connection denied");
+                info!(target: "access", reporter = "destination", src.addr = %peer, dst.addr = %dst, decision = %decision, waypoint_required = has_waypoint, "plaintext connection denied");
                 let _ = client.set_zero_linger();
                 return;
             }

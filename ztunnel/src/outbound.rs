@@ -21,9 +21,12 @@ use crate::state::{Protocol, ProxyState, Workload};
 /// Where an outbound connection goes.
 #[derive(Debug)]
 enum Route {
-    /// Through HBONE to `endpoint`, expecting one of `expected`.
+    /// Through HBONE to `endpoint`'s node (its IP on 15008) asking for
+    /// `authority`, expecting one of `expected`. For a waypoint the endpoint
+    /// is the waypoint pod and the authority the original destination.
     Hbone {
         endpoint: SocketAddr,
+        authority: SocketAddr,
         workload: Arc<Workload>,
         expected: Vec<SpiffeId>,
         service_host: Option<String>,
@@ -34,7 +37,38 @@ enum Route {
     NoEndpoint(String),
 }
 
+/// Traffic for a destination with a waypoint goes to the waypoint, carrying
+/// the original destination as the CONNECT authority (istio-wire §2.8).
+fn via_waypoint(
+    state: &ProxyState,
+    gw: &ambit_api::model::GatewayRef,
+    dst: SocketAddr,
+    service_host: Option<String>,
+) -> Route {
+    let eps = state.waypoint_endpoints(gw);
+    let Some(ep) = eps.choose(&mut rand::thread_rng()) else {
+        return Route::NoEndpoint(format!("waypoint {}", gw.destination));
+    };
+    Route::Hbone {
+        endpoint: ep.addr,
+        authority: dst,
+        workload: ep.workload.clone(),
+        expected: ep.workload.identity().into_iter().collect(),
+        service_host,
+    }
+}
+
 fn route(state: &ProxyState, dst: SocketAddr) -> Route {
+    if let Some(svc) = state.service_by_vip(dst.ip())
+        && let Some(gw) = &svc.waypoint
+    {
+        return via_waypoint(state, gw, dst, Some(svc.hostname.clone()));
+    }
+    if let Some(w) = state.workload_by_ip(dst.ip())
+        && let Some(gw) = &w.waypoint
+    {
+        return via_waypoint(state, gw, dst, None);
+    }
     let (workload, endpoint, service) = if let Some(svc) = state.service_by_vip(dst.ip()) {
         let eps = state.endpoints(svc, dst.port());
         let Some(ep) = eps.choose(&mut rand::thread_rng()) else {
@@ -58,6 +92,7 @@ fn route(state: &ProxyState, dst: SocketAddr) -> Route {
     }
     Route::Hbone {
         endpoint,
+        authority: endpoint,
         workload,
         expected,
         service_host: service.map(|s| s.hostname.clone()),
@@ -121,6 +156,7 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, mut app: TcpStream, peer: So
         }
         Route::Hbone {
             endpoint,
+            authority,
             workload,
             expected,
             service_host,
@@ -137,6 +173,7 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, mut app: TcpStream, peer: So
                 &shared,
                 &pod,
                 endpoint,
+                authority,
                 client,
                 expected,
                 service_host.clone(),
@@ -192,6 +229,7 @@ async fn open_tunnel(
     shared: &Shared,
     pod: &Arc<Pod>,
     endpoint: SocketAddr,
+    authority: SocketAddr,
     client: SocketAddr,
     expected: Vec<SpiffeId>,
     service_host: Option<String>,
@@ -210,7 +248,7 @@ async fn open_tunnel(
         expected,
         src_ip: Some(pod.ip),
         head: ConnectHead {
-            authority: endpoint.to_string(),
+            authority: authority.to_string(),
             forwarded_for: Some(client),
             forwarded_host: service_host,
             baggage: vec![("k8s.namespace.name".into(), pod.identity.namespace().into())],

@@ -82,6 +82,45 @@ pub struct Workload {
     /// Deployment (or pod) name for telemetry.
     #[serde(default)]
     pub workload_name: String,
+    /// The waypoint for traffic addressed to this workload's IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waypoint: Option<GatewayRef>,
+}
+
+/// Where a waypoint is (istio-wire `GatewayAddress`): `destination` is
+/// `namespace/hostname` of the waypoint's Service or `network/IP`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayRef {
+    /// `namespace/hostname` or `network/IP`.
+    pub destination: String,
+    /// The waypoint's HBONE port (15008).
+    #[serde(default = "default_hbone_port")]
+    pub hbone_mtls_port: u16,
+}
+
+fn default_hbone_port() -> u16 {
+    15008
+}
+
+impl GatewayRef {
+    /// A waypoint reached through its Service `hostname` in `namespace`.
+    pub fn service(namespace: &str, hostname: &str) -> Self {
+        GatewayRef {
+            destination: format!("{namespace}/{hostname}"),
+            hbone_mtls_port: 15008,
+        }
+    }
+
+    /// The IP, when the destination is an address.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.destination.rsplit_once('/')?.1.parse().ok()
+    }
+
+    /// The `namespace/hostname` key, when the destination is a hostname.
+    pub fn service_key(&self) -> Option<&str> {
+        self.ip().is_none().then_some(self.destination.as_str())
+    }
 }
 
 impl Workload {
@@ -118,6 +157,9 @@ pub struct Service {
     /// Extra server identities accepted for this service.
     #[serde(default)]
     pub subject_alt_names: Vec<String>,
+    /// The Service's waypoint: traffic to a VIP goes there first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waypoint: Option<GatewayRef>,
 }
 
 impl Service {

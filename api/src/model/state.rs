@@ -82,6 +82,32 @@ impl ProxyState {
         self.by_vip.get(&ip)
     }
 
+    /// The service keyed `namespace/hostname`.
+    pub fn service(&self, key: &str) -> Option<&Arc<Service>> {
+        self.services.get(key)
+    }
+
+    /// The waypoint endpoints behind `gw`: each waypoint pod's HBONE address
+    /// and workload. A hostname destination is the waypoint's Service, whose
+    /// endpoints serve `hbone_mtls_port`; an address is a workload IP.
+    pub fn waypoint_endpoints(&self, gw: &super::GatewayRef) -> Vec<Endpoint> {
+        if let Some(ip) = gw.ip() {
+            return self
+                .by_ip
+                .get(&ip)
+                .map(|w| Endpoint {
+                    workload: w.clone(),
+                    addr: SocketAddr::new(ip, gw.hbone_mtls_port),
+                })
+                .into_iter()
+                .collect();
+        }
+        match gw.service_key().and_then(|k| self.services.get(k)) {
+            Some(svc) => self.endpoints(svc, gw.hbone_mtls_port),
+            None => vec![],
+        }
+    }
+
     /// Healthy endpoints of `svc` for service port `port`, sorted by uid.
     pub fn endpoints(&self, svc: &Service, port: u16) -> Vec<Endpoint> {
         let key = svc.key();

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use super::waypoints::Waypoints;
 use super::{Finding, Severity, Translation};
 use crate::duration;
 use crate::k8s::istio::{AuthorizationPolicy, TargetRef};
@@ -494,7 +495,7 @@ struct Bound<T> {
 
 /// Validates the L7 resources and builds the L7 config of every Service
 /// bound to a waypoint. Objects with errors are left out of the result.
-pub(super) fn translate_l7(res: &Resources, out: &mut Translation) {
+pub(super) fn translate_l7(res: &Resources, waypoints: &Waypoints, out: &mut Translation) {
     let known_hosts: Vec<String> = out
         .config
         .services
@@ -639,26 +640,12 @@ pub(super) fn translate_l7(res: &Resources, out: &mut Translation) {
             );
         }
     }
-    let ns_labels: BTreeMap<String, BTreeMap<String, String>> = res
-        .namespaces
-        .iter()
-        .filter_map(|(_, n)| {
-            Some((
-                n.metadata.name.clone()?,
-                n.metadata.labels.clone().unwrap_or_default(),
-            ))
-        })
-        .collect();
+    let backends = BackendIndex::new(res, out);
     for (_, svc) in &res.services {
         let ns = ns_of(&svc.metadata);
         let name = svc.metadata.name.clone().unwrap_or_default();
         let labels = svc.metadata.labels.clone().unwrap_or_default();
-        let Some(waypoint) = labels
-            .get(USE_WAYPOINT)
-            .or_else(|| ns_labels.get(&ns).and_then(|l| l.get(USE_WAYPOINT)))
-            .filter(|w| w.as_str() != "none")
-            .cloned()
-        else {
+        let Ok(Some((waypoint_ns, waypoint))) = waypoints.for_service(&labels, &ns) else {
             continue;
         };
         let hostname = resolve_host(&name, &ns);
@@ -710,6 +697,7 @@ pub(super) fn translate_l7(res: &Resources, out: &mut Translation) {
             })
             .collect();
         let mesh = out.config.services.iter().find(|s| s.hostname == hostname);
+        let service_backends = backends.for_service(&hostname, &http, &tcp);
         out.l7.push(pb::L7Service {
             name,
             namespace: ns.clone(),
@@ -728,16 +716,124 @@ pub(super) fn translate_l7(res: &Resources, out: &mut Translation) {
                     name: p.name.clone().unwrap_or_default(),
                 })
                 .collect(),
-            waypoints: vec![format!("{ns}/{waypoint}")],
+            waypoints: vec![format!("{waypoint_ns}/{waypoint}")],
             http,
             tcp,
             traffic_policy,
             subsets: subs,
             authorization,
             authentication,
+            backends: service_backends,
             rate_limits,
             sources,
         });
+    }
+}
+
+/// Endpoints by Service hostname, in the shape the waypoint balances over.
+struct BackendIndex {
+    by_host: BTreeMap<String, pb::Backend>,
+}
+
+impl BackendIndex {
+    fn new(res: &Resources, out: &Translation) -> Self {
+        let pod_labels: BTreeMap<(String, String), BTreeMap<String, String>> = res
+            .pods
+            .iter()
+            .map(|(_, p)| {
+                (
+                    (ns_of(&p.metadata), p.metadata.name.clone().unwrap_or_default()),
+                    p.metadata.labels.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let mut by_host: BTreeMap<String, pb::Backend> = out
+            .config
+            .services
+            .iter()
+            .map(|s| {
+                (
+                    s.hostname.clone(),
+                    pb::Backend {
+                        hostname: s.hostname.clone(),
+                        ports: s
+                            .ports
+                            .iter()
+                            .map(|(p, t)| pb::ServicePort {
+                                port: u32::from(*p),
+                                target_port: u32::from(*t),
+                                ..Default::default()
+                            })
+                            .collect(),
+                        endpoints: vec![],
+                    },
+                )
+            })
+            .collect();
+        for w in &out.config.workloads {
+            let Some(ip) = w.workload_ips.first() else {
+                continue;
+            };
+            for (key, ports) in &w.services {
+                let host = key.split_once('/').map_or(key.as_str(), |(_, h)| h);
+                let Some(b) = by_host.get_mut(host) else {
+                    continue;
+                };
+                b.endpoints.push(pb::Endpoint {
+                    address: ip.to_string(),
+                    ports: ports
+                        .iter()
+                        .map(|(p, t)| (u32::from(*p), u32::from(*t)))
+                        .collect(),
+                    labels: pod_labels
+                        .get(&(w.namespace.clone(), w.name.clone()))
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .collect(),
+                    identity: w.identity().map(|i| i.to_string()).unwrap_or_default(),
+                    workload: w.workload_name.clone(),
+                    namespace: w.namespace.clone(),
+                    healthy: w.status == crate::model::HealthStatus::Healthy,
+                    node: w.node.clone(),
+                    canonical_name: w.canonical_name.clone(),
+                    canonical_revision: w.canonical_revision.clone(),
+                    hbone: w.protocol == crate::model::Protocol::Hbone,
+                });
+            }
+        }
+        BackendIndex { by_host }
+    }
+
+    /// The Service itself and every host its routes and mirrors name.
+    fn for_service(
+        &self,
+        hostname: &str,
+        http: &[pb::HttpRoute],
+        tcp: &[pb::TcpRoute],
+    ) -> Vec<pb::Backend> {
+        let mut hosts = std::collections::BTreeSet::from([hostname.to_string()]);
+        for r in http {
+            hosts.extend(
+                r.route
+                    .iter()
+                    .filter_map(|d| d.destination.as_ref())
+                    .chain(r.mirror.iter().filter_map(|m| m.destination.as_ref()))
+                    .map(|d| d.host.clone()),
+            );
+        }
+        for r in tcp {
+            hosts.extend(
+                r.route
+                    .iter()
+                    .filter_map(|d| d.destination.as_ref())
+                    .map(|d| d.host.clone()),
+            );
+        }
+        hosts
+            .iter()
+            .filter_map(|h| self.by_host.get(h).cloned())
+            .collect()
     }
 }
 

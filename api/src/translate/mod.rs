@@ -10,6 +10,7 @@
 
 pub mod l7;
 mod policy;
+pub mod waypoints;
 mod workloads;
 
 use crate::k8s::{Resources, Source};
@@ -67,10 +68,11 @@ pub struct Translation {
 /// Translates `res` (pods must carry `spec.nodeName` and `status.podIP`).
 pub fn translate(res: &Resources) -> Translation {
     let mut out = Translation::default();
-    workloads::translate_services(res, &mut out);
-    workloads::translate_pods(res, &mut out);
+    let waypoints = waypoints::Waypoints::new(res);
+    workloads::translate_services(res, &waypoints, &mut out);
+    workloads::translate_pods(res, &waypoints, &mut out);
     policy::translate_policies(res, &mut out);
-    l7::translate_l7(res, &mut out);
+    l7::translate_l7(res, &waypoints, &mut out);
     out
 }
 

@@ -6,6 +6,8 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, PodSpec, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::l7::USE_WAYPOINT;
+use super::waypoints::{Unbound, Waypoints, gateway_ref};
 use super::{Finding, Severity, Translation};
 use crate::k8s::{AMBIENT, DATAPLANE_MODE, NONE, Resources, Source, object_ref};
 use crate::model::{HealthStatus, Protocol, Service as MeshService, Workload};
@@ -90,10 +92,28 @@ fn named_port(spec: Option<&PodSpec>, name: &str) -> Option<u16> {
         .and_then(|p| u16::try_from(p.container_port).ok())
 }
 
-pub(super) fn translate_services(res: &Resources, out: &mut Translation) {
+fn waypoint_finding(source: &Source, object: String, why: &Unbound) -> Finding {
+    Finding {
+        severity: Severity::Warning,
+        source: source.clone(),
+        object,
+        field: format!("metadata.labels[{USE_WAYPOINT}]"),
+        message: why.to_string(),
+    }
+}
+
+pub(super) fn translate_services(res: &Resources, waypoints: &Waypoints, out: &mut Translation) {
     for (source, svc) in &res.services {
         let object = object_ref("Service", &svc.metadata);
         let Some(spec) = &svc.spec else { continue };
+        let waypoint = match waypoints.for_service(&labels(&svc.metadata), &ns_of(&svc.metadata)) {
+            Ok(w) => w.map(|(ns, name)| gateway_ref(&ns, &name)),
+            Err(why) => {
+                out.findings
+                    .push(waypoint_finding(source, object.clone(), &why));
+                None
+            }
+        };
         let mut ports = BTreeMap::new();
         for (i, p) in spec.ports.iter().flatten().enumerate() {
             let Ok(port) = u16::try_from(p.port) else {
@@ -126,11 +146,12 @@ pub(super) fn translate_services(res: &Resources, out: &mut Translation) {
             vips,
             ports,
             subject_alt_names: vec![],
+            waypoint,
         });
     }
 }
 
-pub(super) fn translate_pods(res: &Resources, out: &mut Translation) {
+pub(super) fn translate_pods(res: &Resources, waypoints: &Waypoints, out: &mut Translation) {
     // Index once: a pod only meets its own namespace's services and namespace.
     let mut services_by_ns: std::collections::HashMap<String, Vec<&Service>> =
         std::collections::HashMap::new();
@@ -194,6 +215,19 @@ pub(super) fn translate_pods(res: &Resources, out: &mut Translation) {
             .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
             .is_none_or(|c| c.status == "True");
         let name = pod.metadata.name.clone().unwrap_or_default();
+        let waypoint_pod = waypoints.is_waypoint_pod(&lbl, &ns);
+        let waypoint = match waypoints.for_workload(&lbl, &ns) {
+            Ok(w) => w.map(|(wns, wname)| gateway_ref(&wns, &wname)),
+            Err(why) => {
+                // Only the pod's own label is worth a finding: a namespace
+                // label usually means "its Services", not every pod.
+                if lbl.contains_key(USE_WAYPOINT) {
+                    out.findings
+                        .push(waypoint_finding(source, object.clone(), &why));
+                }
+                None
+            }
+        };
         let app = lbl
             .get("app")
             .or_else(|| lbl.get("app.kubernetes.io/name"))
@@ -209,7 +243,8 @@ pub(super) fn translate_pods(res: &Resources, out: &mut Translation) {
             namespace: ns.clone(),
             workload_ips: vec![ip],
             services,
-            protocol: if pod_in_mesh(pod, namespace) {
+            // A waypoint is left out of capture but speaks HBONE itself.
+            protocol: if waypoint_pod || pod_in_mesh(pod, namespace) {
                 Protocol::Hbone
             } else {
                 Protocol::Tcp
@@ -237,6 +272,7 @@ pub(super) fn translate_pods(res: &Resources, out: &mut Translation) {
                 .cloned()
                 .unwrap_or_else(|| "latest".into()),
             workload_name: lbl.get("ambit.dev/deployment").cloned().unwrap_or(name),
+            waypoint,
         });
     }
 }

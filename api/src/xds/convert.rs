@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use super::proto::{security as pb_sec, workload as pb};
 use crate::model::authz::{Cidr, ServiceAccountMatch};
 use crate::model::{
-    Action, Authorization, HealthStatus, PolicyMatch, PolicyScope, Protocol, Service, StringMatch,
+    Action, Authorization, GatewayRef, HealthStatus, PolicyMatch, PolicyScope, Protocol, Service, StringMatch,
     Workload,
 };
 
@@ -109,6 +109,7 @@ pub fn workload_to_proto(w: &Workload) -> pb::Address {
                 HealthStatus::Unhealthy => pb::WorkloadStatus::Unhealthy as i32,
             },
             cluster_id: "Kubernetes".into(),
+            waypoint: w.waypoint.as_ref().map(gateway_to_proto),
             ..Default::default()
         })),
     }
@@ -137,6 +138,7 @@ pub fn service_to_proto(s: &Service) -> pb::Address {
             addresses,
             ports: ports_to_proto(&s.ports),
             subject_alt_names: s.subject_alt_names.clone(),
+            waypoint: s.waypoint.as_ref().map(gateway_to_proto),
             ..Default::default()
         })),
     }
@@ -212,6 +214,11 @@ fn workload_from_proto(w: &pb::Workload) -> Result<Workload, DecodeError> {
         canonical_name: w.canonical_name.clone(),
         canonical_revision: w.canonical_revision.clone(),
         workload_name: w.workload_name.clone(),
+        waypoint: w
+            .waypoint
+            .as_ref()
+            .map(|g| gateway_from_proto(g, "waypoint"))
+            .transpose()?,
     })
 }
 
@@ -231,6 +238,53 @@ fn service_from_proto(s: &pb::Service) -> Result<Service, DecodeError> {
         vips,
         ports: ports_from_proto(&s.ports, "ports")?,
         subject_alt_names: s.subject_alt_names.clone(),
+        waypoint: s
+            .waypoint
+            .as_ref()
+            .map(|g| gateway_from_proto(g, "waypoint"))
+            .transpose()?,
+    })
+}
+
+fn gateway_to_proto(g: &GatewayRef) -> pb::GatewayAddress {
+    let destination = match (g.ip(), g.destination.rsplit_once('/')) {
+        (Some(ip), Some((network, _))) => {
+            pb::gateway_address::Destination::Address(pb::NetworkAddress {
+                network: network.to_string(),
+                address: ip_bytes(ip),
+                length: None,
+            })
+        }
+        (_, split) => {
+            let (namespace, hostname) = split.unwrap_or(("", g.destination.as_str()));
+            pb::gateway_address::Destination::Hostname(pb::NamespacedHostname {
+                namespace: namespace.to_string(),
+                hostname: hostname.to_string(),
+            })
+        }
+    };
+    pb::GatewayAddress {
+        destination: Some(destination),
+        hbone_mtls_port: u32::from(g.hbone_mtls_port),
+    }
+}
+
+fn gateway_from_proto(g: &pb::GatewayAddress, field: &str) -> Result<GatewayRef, DecodeError> {
+    let destination = match &g.destination {
+        None => return Err(bad(field, "GatewayAddress has no destination")),
+        Some(pb::gateway_address::Destination::Hostname(h)) => {
+            format!("{}/{}", h.namespace, h.hostname)
+        }
+        Some(pb::gateway_address::Destination::Address(a)) => {
+            let ip = ip_from_bytes(&a.address, &format!("{field}.address"))?;
+            format!("{}/{ip}", a.network)
+        }
+    };
+    let hbone_mtls_port = u16::try_from(g.hbone_mtls_port)
+        .map_err(|_| bad(format!("{field}.hbone_mtls_port"), "not a port"))?;
+    Ok(GatewayRef {
+        destination,
+        hbone_mtls_port,
     })
 }
 
