@@ -33,6 +33,14 @@ struct FuzzHandler;
 impl InboundHandler for FuzzHandler {
     type Upstream = DuplexStream;
 
+    async fn relay(
+        &self,
+        tunnel: crate::stream::H2Stream,
+        up: DuplexStream,
+    ) -> std::io::Result<(u64, u64)> {
+        crate::server::copy_relay(tunnel, up).await
+    }
+
     async fn open(&self, req: InboundRequest) -> Result<DuplexStream, Refusal> {
         if req.connect.target.port() % 2 == 1 {
             return Err(Refusal::new(StatusCode::UNAUTHORIZED, "odd port"));

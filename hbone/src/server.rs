@@ -62,16 +62,40 @@ impl Refusal {
     }
 }
 
-/// Decides what a validated CONNECT connects to.
+/// Decides what a validated CONNECT connects to, and carries it.
 pub trait InboundHandler: Send + Sync + 'static {
-    /// The upstream byte stream the tunnel is spliced to.
-    type Upstream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// What `open` hands to `relay`: usually the upstream byte stream; for a
+    /// waypoint, the context its HTTP server needs.
+    type Upstream: Send + 'static;
 
     /// Authorizes and dials. The server answers 200 only after this succeeds.
     fn open(
         &self,
         req: InboundRequest,
     ) -> impl Future<Output = Result<Self::Upstream, Refusal>> + Send;
+
+    /// Carries the established tunnel until it ends; returns the bytes sent
+    /// up and down. Byte-stream handlers use [`copy_relay`].
+    fn relay(
+        &self,
+        tunnel: H2Stream,
+        upstream: Self::Upstream,
+    ) -> impl Future<Output = std::io::Result<(u64, u64)>> + Send;
+}
+
+/// Copies bytes both ways between the tunnel and `upstream`; an I/O error
+/// resets the stream (CANCEL) so the peer learns it did not end cleanly.
+pub async fn copy_relay<U>(mut tunnel: H2Stream, mut upstream: U) -> std::io::Result<(u64, u64)>
+where
+    U: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    match tokio::io::copy_bidirectional(&mut tunnel, &mut upstream).await {
+        Ok(n) => Ok(n),
+        Err(e) => {
+            tunnel.reset(h2::Reason::CANCEL);
+            Err(e)
+        }
+    }
 }
 
 /// Authorization hook for [`DirectHandler`]: `Err(reason)` denies with 401.
@@ -115,6 +139,10 @@ impl DirectHandler {
 
 impl InboundHandler for DirectHandler {
     type Upstream = TcpStream;
+
+    async fn relay(&self, tunnel: H2Stream, up: TcpStream) -> std::io::Result<(u64, u64)> {
+        copy_relay(tunnel, up).await
+    }
 
     async fn open(&self, req: InboundRequest) -> Result<TcpStream, Refusal> {
         let addr = match req.connect.target {
@@ -433,7 +461,7 @@ impl<H: InboundHandler> StreamTask<H> {
                 local_addr: self.local_addr,
                 connect,
             };
-            let mut upstream = match self.handler.open(inbound).await {
+            let upstream = match self.handler.open(inbound).await {
                 Ok(u) => u,
                 Err(refusal) => {
                     info!(status = %refusal.status, reason = %refusal.reason, "CONNECT refused");
@@ -445,8 +473,8 @@ impl<H: InboundHandler> StreamTask<H> {
                 Err(e) => return debug!(error = %e, "stream gone before 200"),
             };
             ServerStats::inc(&self.stats.streams_established);
-            let mut tunnel = H2Stream::new(send, req.into_body());
-            match tokio::io::copy_bidirectional(&mut tunnel, &mut upstream).await {
+            let tunnel = H2Stream::new(send, req.into_body());
+            match self.handler.relay(tunnel, upstream).await {
                 Ok((up, down)) => debug!(
                     bytes_to_upstream = up,
                     bytes_from_upstream = down,
@@ -454,7 +482,6 @@ impl<H: InboundHandler> StreamTask<H> {
                 ),
                 Err(e) => {
                     ServerStats::inc(&self.stats.streams_failed);
-                    tunnel.reset(h2::Reason::CANCEL);
                     debug!(error = %e, "stream ended with error");
                 }
             }

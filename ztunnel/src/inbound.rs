@@ -87,6 +87,14 @@ pub async fn connect_app(pod: &Pod, dst: SocketAddr) -> std::io::Result<TcpStrea
 impl InboundHandler for PodInbound {
     type Upstream = TcpStream;
 
+    async fn relay(
+        &self,
+        tunnel: ambit_hbone::stream::H2Stream,
+        up: TcpStream,
+    ) -> std::io::Result<(u64, u64)> {
+        ambit_hbone::server::copy_relay(tunnel, up).await
+    }
+
     async fn open(&self, req: InboundRequest) -> Result<TcpStream, Refusal> {
         let dst = match req.connect.target {
             ConnectTarget::Addr(a) => a,
