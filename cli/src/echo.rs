@@ -3,6 +3,11 @@
 //! HTTP, otherwise as a greeting line followed by a byte-for-byte TCP echo.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use waypoint::rewind::{Rewind, looks_like_http};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -55,52 +60,100 @@ pub async fn run(args: EchoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-const METHODS: [&[u8]; 7] = [
-    b"GET ",
-    b"POST ",
-    b"PUT ",
-    b"HEAD ",
-    b"DELETE ",
-    b"PATCH ",
-    b"OPTIONS ",
-];
+/// Answers HTTP/1.1 and HTTP/2 (so gRPC-style and keep-alive clients work):
+/// the body says who served, the peer, method, path and every request
+/// header (`h:name=value` lines), then the request body. `/status/N`
+/// answers N, `/delay/MS` waits first; a request asking for an upgrade gets 101 and a byte echo.
+async fn echo_http(
+    name: Arc<str>,
+    peer: SocketAddr,
+    mut req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<Full<Bytes>>, std::convert::Infallible> {
+    let status = req
+        .uri()
+        .path()
+        .strip_prefix("/status/")
+        .and_then(|s| s.parse::<u16>().ok())
+        .and_then(|s| http::StatusCode::from_u16(s).ok())
+        .unwrap_or(http::StatusCode::OK);
+    if let Some(ms) = req
+        .uri()
+        .path()
+        .strip_prefix("/delay/")
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
+    }
+    let mut text = format!(
+        "pod={name} peer={peer} method={} path={} version={:?}\n",
+        req.method(),
+        req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        req.version()
+    );
+    for (k, v) in req.headers() {
+        text.push_str(&format!("h:{k}={}\n", v.to_str().unwrap_or("?")));
+    }
+    let builder = http::Response::builder().header("x-served-by", name.as_ref());
+    if req.headers().contains_key(http::header::UPGRADE) {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on.await {
+                let mut io = hyper_util::rt::TokioIo::new(up);
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        return Ok(builder
+            .status(http::StatusCode::SWITCHING_PROTOCOLS)
+            .header(http::header::CONNECTION, "upgrade")
+            .header(http::header::UPGRADE, "echo")
+            .body(Full::new(Bytes::new()))
+            .unwrap_or_default());
+    }
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut out = text.into_bytes();
+    out.extend_from_slice(&body);
+    Ok(builder
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "text/plain")
+        .body(Full::new(Bytes::from(out)))
+        .unwrap_or_default())
+}
 
 async fn serve(mut sock: TcpStream, peer: SocketAddr, name: &str) -> std::io::Result<()> {
     let mut buf = vec![0u8; 16 * 1024];
-    let n = sock.read(&mut buf).await?;
-    if n == 0 {
-        return Ok(());
-    }
-    if METHODS.iter().any(|m| buf[..n].starts_with(m)) {
-        // HTTP/1.1: answer each request on the connection (keep-alive).
-        let mut pending = buf[..n].to_vec();
-        loop {
-            while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&pending[..end]).into_owned();
-                pending.drain(..end + 4);
-                let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-                let body = format!("pod={name} peer={peer} path={path}\n");
-                let close = head.to_ascii_lowercase().contains("connection: close");
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-served-by: {name}\r\n{}\r\n{body}",
-                    body.len(),
-                    if close { "connection: close\r\n" } else { "" }
-                );
-                sock.write_all(resp.as_bytes()).await?;
-                if close {
-                    return Ok(());
-                }
-            }
-            let n = sock.read(&mut buf).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            pending.extend_from_slice(&buf[..n]);
+    let mut seen = Vec::new();
+    let is_http = loop {
+        let n = sock.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
         }
+        seen.extend_from_slice(&buf[..n]);
+        if let Some(h) = looks_like_http(&seen) {
+            break h;
+        }
+    };
+    if is_http {
+        let name: Arc<str> = name.into();
+        let io = Rewind::new(Bytes::from(seen), sock);
+        let svc = hyper::service::service_fn(move |req| echo_http(name.clone(), peer, req));
+        let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), svc)
+            .await;
+        return Ok(());
     }
     sock.write_all(format!("{name} saw {peer}\n").as_bytes())
         .await?;
-    sock.write_all(&buf[..n]).await?;
+    sock.write_all(&seen).await?;
     loop {
         let n = sock.read(&mut buf).await?;
         if n == 0 {

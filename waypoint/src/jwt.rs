@@ -119,6 +119,21 @@ impl JwtRules {
         }
     }
 
+    /// Rule `index`.
+    pub fn rule(&self, index: usize) -> Option<&pb::JwtRule> {
+        self.rules.get(index)
+    }
+
+    /// `(index, uri)` of every rule whose keys come from a `jwksUri`.
+    pub fn remote_keys(&self) -> Vec<(usize, String)> {
+        self.rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.jwks.is_empty() && !r.jwks_uri.is_empty())
+            .map(|(i, r)| (i, r.jwks_uri.clone()))
+            .collect()
+    }
+
     /// Supplies the keys fetched from rule `index`'s `jwksUri`.
     pub fn set_keys(&mut self, index: usize, keys: JwkSet) {
         if let Some(k) = self.keys.get_mut(index) {

@@ -1,20 +1,38 @@
-//! The waypoint: Ambit's L7 proxy. This crate starts with its sans-IO core,
-//! pure functions from (config, request) to decision, tested as tables:
+//! The waypoint: Ambit's L7 proxy. It terminates HBONE from ztunnels, serves
+//! HTTP/1.1, HTTP/2 and gRPC on each tunnel, applies the Istio resources the
+//! controller compiled into `L7Service`s, and re-originates HBONE to the
+//! chosen endpoint's ztunnel.
 //!
-//! * [`route`]: VirtualService route selection over the controller's
-//!   `L7Service` (first match wins, weighted destinations);
+//! The decisions are sans-IO and tested as tables:
+//!
+//! * [`route`]: VirtualService route selection (first match wins, weights);
 //! * [`authz`]: L7 AuthorizationPolicy evaluation with Istio's order;
 //! * [`jwt`]: RequestAuthentication token validation;
 //! * [`balance`]: DestinationRule load balancing;
 //! * [`outlier`]: outlier detection (ejection and restore);
-//! * [`ratelimit`]: the local token bucket.
+//! * [`ratelimit`]: the local token bucket;
+//! * [`cors`]: CORS preflight and response headers.
 //!
-//! The HTTP/HBONE data path consumes these; it is not here yet.
+//! The data path around them: [`waypoint`] (HBONE in, protocol detection,
+//! xDS, admin), [`proxy`] (one request end to end), [`upstream`] (pooled
+//! upstream connections and their limits), [`state`] (compiled config with
+//! runtime state), [`metrics`] (Istio request metrics).
 
+pub mod admin;
 pub mod authz;
 pub mod balance;
+pub mod body;
+pub mod cors;
 pub mod jwt;
 pub mod matcher;
+pub mod metrics;
 pub mod outlier;
+pub mod proxy;
 pub mod ratelimit;
+pub mod rewind;
 pub mod route;
+pub mod state;
+pub mod upstream;
+pub mod waypoint;
+
+pub use waypoint::{Waypoint, WaypointConfig, WaypointXds};

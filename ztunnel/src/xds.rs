@@ -118,7 +118,7 @@ pub struct NodeInfo {
     pub instance_ip: String,
 }
 
-fn node(info: &NodeInfo) -> Node {
+fn node(info: &NodeInfo, kind: &str) -> Node {
     let s = |v: &str| prost_types::Value {
         kind: Some(prost_types::value::Kind::StringValue(v.to_string())),
     };
@@ -133,7 +133,7 @@ fn node(info: &NodeInfo) -> Node {
     };
     Node {
         id: format!(
-            "ztunnel~{}~{}.{}~{}.svc.cluster.local",
+            "{kind}~{}~{}.{}~{}.svc.cluster.local",
             info.instance_ip, info.pod_name, info.pod_namespace, info.pod_namespace
         ),
         cluster: String::new(),
@@ -142,12 +142,30 @@ fn node(info: &NodeInfo) -> Node {
     }
 }
 
-/// Runs the xDS client until the ztunnel shuts down.
-pub async fn run(z: Arc<Ztunnel>, cp: ControlPlane, info: NodeInfo) {
-    let mut cache = XdsCache::default();
+/// What one xDS client subscribes to and does with each response. ztunnel
+/// and the waypoint share the stream handling (ACK/NACK, reconnect with
+/// versions, readiness) and differ only here.
+pub trait XdsConsumer: Send {
+    /// The type URLs subscribed to (wildcard).
+    fn type_urls(&self) -> &'static [&'static str];
+    /// The proxy kind in `Node.id` (`ztunnel`, `waypoint`).
+    fn proxy_kind(&self) -> &'static str;
+    /// Versions of accepted resources of `type_url`, sent after a reconnect.
+    fn versions(&self, type_url: &str) -> HashMap<String, String>;
+    /// Applies one response; returns the per-resource errors (for a NACK).
+    fn apply(&mut self, resp: &DeltaDiscoveryResponse) -> Vec<String>;
+    /// Every subscribed type has been answered at least once.
+    fn synced(&mut self);
+    /// Stop reconnecting.
+    fn is_shutting_down(&self) -> bool;
+}
+
+/// Runs an xDS client for `consumer` until it shuts down; while disconnected
+/// the last applied state keeps serving.
+pub async fn run_client<C: XdsConsumer>(consumer: &mut C, cp: &ControlPlane, info: &NodeInfo) {
     let mut backoff = Duration::from_millis(10);
-    while !z.is_shutting_down() {
-        match session(&z, &cp, &info, &mut cache).await {
+    while !consumer.is_shutting_down() {
+        match session(consumer, cp, info).await {
             Ok(()) => {
                 info!("xDS stream ended; reconnecting");
                 backoff = Duration::from_millis(10);
@@ -161,21 +179,60 @@ pub async fn run(z: Arc<Ztunnel>, cp: ControlPlane, info: NodeInfo) {
     }
 }
 
-async fn session(
-    z: &Arc<Ztunnel>,
+/// ztunnel's consumer: addresses and authorizations into the proxy state.
+struct ZtunnelXds {
+    z: Arc<Ztunnel>,
+    cache: XdsCache,
+}
+
+impl XdsConsumer for ZtunnelXds {
+    fn type_urls(&self) -> &'static [&'static str] {
+        &[ADDRESS_TYPE, AUTHORIZATION_TYPE]
+    }
+    fn proxy_kind(&self) -> &'static str {
+        "ztunnel"
+    }
+    fn versions(&self, type_url: &str) -> HashMap<String, String> {
+        self.cache.versions(type_url)
+    }
+    fn apply(&mut self, resp: &DeltaDiscoveryResponse) -> Vec<String> {
+        let errors = self.cache.apply(resp);
+        self.z.update_state(self.cache.state());
+        self.z.metrics().xds_message(&resp.type_url);
+        errors
+    }
+    fn synced(&mut self) {
+        self.z.set_xds_synced(true);
+    }
+    fn is_shutting_down(&self) -> bool {
+        self.z.is_shutting_down()
+    }
+}
+
+/// Runs ztunnel's xDS client until the ztunnel shuts down.
+pub async fn run(z: Arc<Ztunnel>, cp: ControlPlane, info: NodeInfo) {
+    let mut consumer = ZtunnelXds {
+        z,
+        cache: XdsCache::default(),
+    };
+    run_client(&mut consumer, &cp, &info).await
+}
+
+async fn session<C: XdsConsumer>(
+    consumer: &mut C,
     cp: &ControlPlane,
     info: &NodeInfo,
-    cache: &mut XdsCache,
 ) -> Result<(), String> {
     let channel = cp.channel().map_err(|e| e.to_string())?;
     let mut client = AggregatedDiscoveryServiceClient::with_interceptor(channel, cp.interceptor())
         .max_decoding_message_size(200 * 1024 * 1024);
     let (tx, rx) = mpsc::channel(16);
-    for type_url in [ADDRESS_TYPE, AUTHORIZATION_TYPE] {
+    let types = consumer.type_urls();
+    for type_url in types {
         let req = DeltaDiscoveryRequest {
-            node: Some(node(info)),
+            node: Some(node(info, consumer.proxy_kind())),
             type_url: type_url.to_string(),
-            initial_resource_versions: cache.versions(type_url),
+            initial_resource_versions: consumer.versions(type_url),
             ..Default::default()
         };
         tx.send(req).await.map_err(|e| e.to_string())?;
@@ -193,9 +250,7 @@ async fn session(
             Ok(None) => return Ok(()),
             Err(s) => return Err(format!("{:?}: {}", s.code(), s.message())),
         };
-        let errors = cache.apply(&resp);
-        z.update_state(cache.state());
-        z.metrics().xds_message(&resp.type_url);
+        let errors = consumer.apply(&resp);
         let error_detail = (!errors.is_empty()).then(|| {
             warn!(type_url = %resp.type_url, errors = %errors.join("; "), "NACK");
             Status {
@@ -212,8 +267,8 @@ async fn session(
         };
         tx.send(ack).await.map_err(|e| e.to_string())?;
         acked.insert(resp.type_url.clone());
-        if acked.contains(ADDRESS_TYPE) && acked.contains(AUTHORIZATION_TYPE) {
-            z.set_xds_synced(true);
+        if types.iter().all(|t| acked.contains(*t)) {
+            consumer.synced();
         }
     }
 }

@@ -742,7 +742,10 @@ impl BackendIndex {
             .iter()
             .map(|(_, p)| {
                 (
-                    (ns_of(&p.metadata), p.metadata.name.clone().unwrap_or_default()),
+                    (
+                        ns_of(&p.metadata),
+                        p.metadata.name.clone().unwrap_or_default(),
+                    ),
                     p.metadata.labels.clone().unwrap_or_default(),
                 )
             })

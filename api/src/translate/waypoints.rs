@@ -199,3 +199,95 @@ impl std::fmt::Display for Unbound {
         }
     }
 }
+
+/// What istiod's waypoint deployer creates for each waypoint Gateway that
+/// lacks them: a Deployment (one replica, service account = the Gateway's
+/// name, left out of capture) and a Service on 15008 selecting its pods.
+/// The local cluster runs those pods' proxy itself.
+pub fn deploy(res: &mut Resources) {
+    use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+    use k8s_openapi::api::core::v1::{
+        Container, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+    let mut add_services = Vec::new();
+    let mut add_deployments = Vec::new();
+    for (source, g) in &res.gateways {
+        if g.spec.gateway_class_name != WAYPOINT_CLASS {
+            continue;
+        }
+        let ns = g
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let Some(name) = g.metadata.name.clone() else {
+            continue;
+        };
+        let labels = BTreeMap::from([(GATEWAY_NAME.to_string(), name.clone())]);
+        let meta = ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(ns.clone()),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        };
+        let same = |m: &ObjectMeta| {
+            m.name.as_deref() == Some(name.as_str())
+                && m.namespace.as_deref().unwrap_or("default") == ns
+        };
+        if !res.services.iter().any(|(_, s)| same(&s.metadata)) {
+            add_services.push((
+                source.clone(),
+                Service {
+                    metadata: meta.clone(),
+                    spec: Some(ServiceSpec {
+                        selector: Some(labels.clone()),
+                        ports: Some(vec![ServicePort {
+                            name: Some("mesh".into()),
+                            port: 15008,
+                            app_protocol: Some("all".into()),
+                            ..Default::default()
+                        }]),
+                        ..Default::default()
+                    }),
+                    status: None,
+                },
+            ));
+        }
+        if !res.deployments.iter().any(|(_, d)| same(&d.metadata)) {
+            let mut pod_labels = labels.clone();
+            pod_labels.insert(crate::k8s::DATAPLANE_MODE.into(), crate::k8s::NONE.into());
+            add_deployments.push((
+                source.clone(),
+                Deployment {
+                    metadata: meta,
+                    spec: Some(DeploymentSpec {
+                        replicas: Some(1),
+                        selector: LabelSelector {
+                            match_labels: Some(labels.clone()),
+                            ..Default::default()
+                        },
+                        template: PodTemplateSpec {
+                            metadata: Some(ObjectMeta {
+                                labels: Some(pod_labels),
+                                ..Default::default()
+                            }),
+                            spec: Some(PodSpec {
+                                service_account_name: Some(name.clone()),
+                                containers: vec![Container {
+                                    name: "istio-proxy".into(),
+                                    ..Default::default()
+                                }],
+                                ..Default::default()
+                            }),
+                        },
+                        ..Default::default()
+                    }),
+                    status: None,
+                },
+            ));
+        }
+    }
+    res.services.extend(add_services);
+    res.deployments.extend(add_deployments);
+}

@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use super::proto::{security as pb_sec, workload as pb};
 use crate::model::authz::{Cidr, ServiceAccountMatch};
 use crate::model::{
-    Action, Authorization, GatewayRef, HealthStatus, PolicyMatch, PolicyScope, Protocol, Service, StringMatch,
-    Workload,
+    Action, Authorization, GatewayRef, HealthStatus, PolicyMatch, PolicyScope, Protocol, Service,
+    StringMatch, Workload,
 };
 
 /// A resource that cannot be turned into proxy state.

@@ -14,6 +14,7 @@ pub mod control;
 pub mod net;
 pub mod process;
 pub mod topology;
+pub mod waypoints;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -72,6 +73,9 @@ pub struct LocalCluster {
     nodes: u8,
     placed_count: usize,
     run: String,
+    cert_ttl: Duration,
+    /// Waypoints running in-process, by pod key.
+    pub waypoints: BTreeMap<String, waypoints::RunningWaypoint>,
 }
 
 impl std::fmt::Debug for LocalCluster {
@@ -147,6 +151,7 @@ impl LocalCluster {
         net::sweep_stale(PREFIX);
         let run = format!("{PREFIX}{}", std::process::id());
         let topology = Topology::new(&run, nodes).context("building the node network")?;
+        ambit_api::translate::waypoints::deploy(&mut resources);
         let wanted = expand_deployments(&resources);
         resources.pods.clear();
         resources.deployments.clear();
@@ -167,6 +172,8 @@ impl LocalCluster {
             nodes,
             placed_count: 0,
             run,
+            cert_ttl,
+            waypoints: BTreeMap::new(),
         };
         for (source, pod) in wanted {
             cluster.place(source, pod)?;
@@ -218,6 +225,7 @@ impl LocalCluster {
             ));
             cluster.ztunnels.push(z);
         }
+        cluster.start_waypoints()?;
         cluster.apply_enrolment()?;
         cluster.start_processes(None)?;
         Ok(cluster)
@@ -263,11 +271,70 @@ impl LocalCluster {
     /// holds the resulting state (bounded by [`CONVERGE_TIMEOUT`]).
     fn publish_and_wait(&self, cfg: &LocalConfig) -> anyhow::Result<Duration> {
         self.control.publish(self.resources.clone());
-        self.wait_for(cfg, CONVERGE_TIMEOUT).map_err(|_| {
+        let took = self.wait_for(cfg, CONVERGE_TIMEOUT).map_err(|_| {
             anyhow::anyhow!(
                 "ztunnels did not receive the new config from the controller within {CONVERGE_TIMEOUT:?}"
             )
-        })
+        })?;
+        self.wait_waypoints(CONVERGE_TIMEOUT)?;
+        Ok(took)
+    }
+
+    /// Starts a waypoint for every placed waypoint pod not yet running one.
+    fn start_waypoints(&mut self) -> anyhow::Result<()> {
+        for (_, pod) in &self.resources.pods {
+            let labels = pod.metadata.labels.clone().unwrap_or_default();
+            let Some(gateway) = labels.get(ambit_api::translate::waypoints::GATEWAY_NAME) else {
+                continue;
+            };
+            let (ns, name) = ns_name(&pod.metadata);
+            let key = format!("{ns}/{name}");
+            if self.waypoints.contains_key(&key) {
+                continue;
+            }
+            let placed = self.pod(&key)?.clone();
+            let w = waypoints::RunningWaypoint::start(
+                &placed,
+                &ns,
+                gateway,
+                self.control.for_node(placed.node),
+                self.cert_ttl,
+            )
+            .with_context(|| format!("starting waypoint {key}"))?;
+            self.waypoints.insert(key, w);
+        }
+        Ok(())
+    }
+
+    /// Waits until every waypoint holds the L7 config the current resources
+    /// translate to for it.
+    pub fn wait_waypoints(&self, within: Duration) -> anyhow::Result<Duration> {
+        let started = std::time::Instant::now();
+        let l7 = translate(&self.resources).l7;
+        loop {
+            let done = self.waypoints.values().all(|r| {
+                let w = &r.waypoint;
+                let mine: Vec<_> = l7
+                    .iter()
+                    .filter(|s| s.waypoints.iter().any(|n| n == w.name()))
+                    .collect();
+                let state = w.state();
+                w.is_ready()
+                    && state.services().count() == mine.len()
+                    && mine.iter().all(|s| {
+                        state
+                            .by_host(&s.hostname)
+                            .is_some_and(|h| h.service() == *s)
+                    })
+            });
+            if done {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > within {
+                bail!("waypoints did not receive their L7 config within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Polls until every ztunnel holds `cfg`; returns how long that took.
@@ -300,6 +367,10 @@ impl LocalCluster {
             };
             let node = usize::from(pod.node - 1);
             let enrolled = self.ztunnels[node].enrolled().contains(&w.uid);
+            // A waypoint speaks HBONE itself and is never captured.
+            if self.waypoints.contains_key(&pod.key) {
+                continue;
+            }
             let wanted = w.protocol == ambit_api::model::Protocol::Hbone;
             // Enrolment reaches ztunnel over ZDS from the node agent, with the
             // pod's netns fd, as on a real node.
@@ -337,8 +408,9 @@ impl LocalCluster {
     /// a restart); new pods (or Deployment replicas) are placed and started,
     /// removed ones are stopped and their namespaces deleted. Returns what
     /// happened to pods.
-    pub fn reload(&mut self, new: Resources) -> anyhow::Result<Vec<String>> {
+    pub fn reload(&mut self, mut new: Resources) -> anyhow::Result<Vec<String>> {
         let mut notes = Vec::new();
+        ambit_api::translate::waypoints::deploy(&mut new);
         let wanted = expand_deployments(&new);
         let wanted_keys: std::collections::BTreeSet<String> = wanted
             .iter()
@@ -374,6 +446,7 @@ impl LocalCluster {
             deployments: vec![],
             ..new
         };
+        self.start_waypoints()?;
         self.apply_enrolment()?;
         if !added.is_empty() {
             self.start_processes(Some(&added))?;
@@ -416,6 +489,7 @@ impl LocalCluster {
                 .map_err(|e| anyhow::anyhow!("releasing {key}: {e}"))?;
         }
         self.processes.retain(|p| p.pod != key);
+        self.waypoints.remove(key);
         self.resources.pods.retain(|(_, p)| {
             let (ns, name) = ns_name(&p.metadata);
             format!("{ns}/{name}") != key
@@ -507,6 +581,7 @@ impl LocalCluster {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         self.processes.clear();
+        self.waypoints.clear();
         for t in self.admin_tasks.iter().chain(&self.xds_tasks) {
             t.abort();
         }

@@ -1,0 +1,97 @@
+//! Waypoint pods of the local cluster. The controller's deployer gives each
+//! waypoint Gateway a Deployment and a Service; the cluster places the pod
+//! like any other and runs its proxy in this process, with every socket
+//! inside the pod's network namespace: HBONE on 15008, readiness 15021,
+//! metrics 15020, admin 15000, and upstream connections. Its config and
+//! certificate come from the controller like a ztunnel's.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambit_hbone::{HboneConfig, SpiffeId};
+use anyhow::Context;
+use tokio::task::JoinHandle;
+use waypoint::{Waypoint, WaypointConfig, WaypointXds};
+use ztunnel::ca_client::CaClient;
+use ztunnel::certs::CertManager;
+use ztunnel::control::ControlPlane;
+use ztunnel::netns::Netns;
+use ztunnel::socket::{listen_in, marked_socket_in};
+
+use super::PlacedPod;
+
+/// A waypoint running for one placed pod; stopped on drop.
+pub struct RunningWaypoint {
+    /// The proxy.
+    pub waypoint: Arc<Waypoint>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RunningWaypoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningWaypoint")
+            .field("waypoint", &self.waypoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningWaypoint {
+    /// Starts the waypoint of Gateway `namespace/gateway` in `pod`.
+    pub fn start(
+        pod: &PlacedPod,
+        namespace: &str,
+        gateway: &str,
+        cp: ControlPlane,
+        cert_ttl: Duration,
+    ) -> anyhow::Result<Self> {
+        let netns = Arc::new(
+            Netns::open(format!("/run/netns/{}", pod.netns))
+                .with_context(|| format!("opening {}'s namespace", pod.key))?,
+        );
+        let identity =
+            SpiffeId::new("cluster.local", namespace, gateway).context("waypoint identity")?;
+        let ca = CaClient::new(&cp).context("waypoint CA client")?;
+        let certs = CertManager::new(Arc::new(ca), cert_ttl);
+        let sockets = netns.clone();
+        let waypoint = Waypoint::new(WaypointConfig {
+            name: format!("{namespace}/{gateway}"),
+            identity,
+            certs,
+            hbone: HboneConfig::default(),
+            socket: Some(Arc::new(move |dst| marked_socket_in(&sockets, dst))),
+        });
+        let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
+        let hbone = listen_in(&netns, any(15008)).context("waypoint 15008")?;
+        let mut tasks = vec![tokio::spawn(waypoint.hbone_server().serve(hbone))];
+        for port in [
+            waypoint::admin::READINESS,
+            waypoint::admin::METRICS,
+            waypoint::admin::ADMIN,
+        ] {
+            let l = listen_in(&netns, any(port)).with_context(|| format!("waypoint {port}"))?;
+            tasks.push(tokio::spawn(waypoint::admin::serve(waypoint.clone(), l)));
+        }
+        let info = ztunnel::xds::NodeInfo {
+            node_name: format!("node{}", pod.node),
+            pod_name: pod.key.rsplit('/').next().unwrap_or_default().to_string(),
+            pod_namespace: namespace.to_string(),
+            instance_ip: pod.ip.to_string(),
+        };
+        let w = waypoint.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut consumer = WaypointXds::new(w);
+            ztunnel::xds::run_client(&mut consumer, &cp, &info).await
+        }));
+        Ok(RunningWaypoint { waypoint, tasks })
+    }
+}
+
+impl Drop for RunningWaypoint {
+    fn drop(&mut self) {
+        self.waypoint.shutdown();
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}

@@ -1,0 +1,483 @@
+//! The waypoint in the local cluster (issue: waypoint): a Gateway
+//! `istio-waypoint`, a namespace opted in with `istio.io/use-waypoint`, and
+//! Istio's VirtualService, DestinationRule, AuthorizationPolicy,
+//! RequestAuthentication plus Ambit's RateLimitPolicy applied to real
+//! requests from a pod through ztunnel → waypoint → ztunnel → pod, all over
+//! HBONE with real certificates. Needs root.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ambit::cluster::LocalCluster;
+use ambit::cluster::client::{connect_from, wait_listening};
+use ambit_api::k8s::Resources;
+use base64::Engine;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod common;
+use common::{require_root, set_ambit_bin};
+
+const SECRET: &[u8] = b"a test secret that is long enough";
+const VIP: &str = "10.96.0.20:9080";
+
+fn jwks() -> String {
+    let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(SECRET);
+    format!(r#"{{"keys":[{{"kty":"oct","kid":"k1","alg":"HS256","k":"{k}"}}]}}"#)
+}
+
+fn token(secret: &[u8]) -> String {
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    h.kid = Some("k1".into());
+    let claims = serde_json::json!({
+        "iss": "https://issuer.test", "sub": "alice", "aud": "reviews",
+        "exp": 4_000_000_000u64, "group": "admins"
+    });
+    jsonwebtoken::encode(&h, &claims, &jsonwebtoken::EncodingKey::from_secret(secret))
+        .unwrap_or_default()
+}
+
+fn bookinfo() -> String {
+    let mut y = String::from(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: bookinfo, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: bookinfo, labels: {istio.io/waypoint-for: service}}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: bookinfo, labels: {app: client}}
+spec: {nodeName: node1, serviceAccountName: client, containers: [{name: c, image: ambit}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080}]
+"#,
+    );
+    for (v, node) in [("v1", 1), ("v2", 2), ("v3", 2)] {
+        y.push_str(&format!(
+            r#"---
+apiVersion: v1
+kind: Pod
+metadata: {{name: reviews-{v}, namespace: bookinfo, labels: {{app: reviews, version: {v}}}}}
+spec:
+  nodeName: node{node}
+  serviceAccountName: reviews
+  containers: [{{name: r, image: ambit, command: [ambit, echo, --port, "9080"]}}]
+"#
+        ));
+    }
+    y.push_str(&format!(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: bookinfo}}
+spec:
+  host: reviews
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+  - {{name: v3, labels: {{version: v3}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: bookinfo}}
+spec:
+  hosts: [reviews]
+  http:
+  - name: jason
+    match: [{{headers: {{end-user: {{exact: jason}}}}}}]
+    route: [{{destination: {{host: reviews, subset: v2}}}}]
+  - name: abort
+    match: [{{uri: {{prefix: /fault}}}}]
+    fault: {{abort: {{httpStatus: 418, percentage: {{value: 100}}}}}}
+    route: [{{destination: {{host: reviews, subset: v1}}}}]
+  - name: delayed
+    match: [{{uri: {{prefix: /delayed}}}}]
+    fault: {{delay: {{fixedDelay: 300ms, percentage: {{value: 100}}}}}}
+    route: [{{destination: {{host: reviews, subset: v1}}}}]
+  - name: slow
+    match: [{{uri: {{prefix: /delay/}}}}]
+    timeout: 100ms
+    route: [{{destination: {{host: reviews, subset: v1}}}}]
+  - name: moved
+    match: [{{uri: {{exact: /old}}}}]
+    redirect: {{uri: /new}}
+  - name: api
+    match: [{{uri: {{prefix: /api/}}}}]
+    rewrite: {{uri: /v2/}}
+    headers:
+      request: {{set: {{x-added: "yes"}}, remove: [x-drop]}}
+      response: {{set: {{x-resp: hello}}}}
+    route: [{{destination: {{host: reviews, subset: v3}}}}]
+  - name: limited
+    match: [{{uri: {{prefix: /limited}}}}]
+    route: [{{destination: {{host: reviews, subset: v1}}}}]
+  - name: query
+    match: [{{queryParams: {{canary: {{exact: "1"}}}}, method: {{exact: GET}}}}]
+    route: [{{destination: {{host: reviews, subset: v3}}}}]
+  - name: split
+    route:
+    - {{destination: {{host: reviews, subset: v1}}, weight: 90}}
+    - {{destination: {{host: reviews, subset: v3}}, weight: 10}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: deny-admin, namespace: bookinfo}}
+spec:
+  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}]
+  action: DENY
+  rules: [{{to: [{{operation: {{paths: ["/admin*"]}}}}]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: allow-reads, namespace: bookinfo}}
+spec:
+  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}]
+  action: ALLOW
+  rules:
+  - from: [{{source: {{principals: ["cluster.local/ns/bookinfo/sa/client"]}}}}]
+    to: [{{operation: {{methods: [GET, POST, OPTIONS]}}}}]
+  - to: [{{operation: {{methods: [DELETE], paths: ["/secure/*"]}}}}]
+    when: [{{key: "request.auth.claims[group]", values: [admins]}}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: bookinfo}}
+spec:
+  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}]
+  jwtRules:
+  - issuer: https://issuer.test
+    audiences: [reviews]
+    jwks: '{jwks}'
+---
+apiVersion: ambit.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {{name: limited, namespace: bookinfo}}
+spec:
+  targetRefs: [{{kind: Service, name: reviews}}]
+  route: limited
+  maxTokens: 3
+  fillInterval: 1h
+"#,
+        jwks = jwks()
+    ));
+    y
+}
+
+/// (what, method, path, headers, expected status, serving pods `a|b` or `-`).
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    u16,
+    &'a str,
+);
+
+/// A parsed response.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: String,
+}
+
+impl Reply {
+    fn pod(&self) -> &str {
+        self.headers.get("x-served-by").map_or("-", String::as_str)
+    }
+}
+
+/// One HTTP/1.1 request from the client pod to `to`.
+async fn request(
+    netns: &str,
+    to: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut s = connect_from(netns, to).await.expect("connect");
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nhost: reviews:9080\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("content-length: 0\r\n\r\n");
+    s.write_all(head.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("response within 10 s")
+        .expect("read");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn istio_l7_rules_apply_through_the_waypoint() {
+    require_root();
+    set_ambit_bin();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let mut res = Resources::default();
+    res.add_yaml(&bookinfo(), "bookinfo.yaml").expect("yaml");
+    let cluster = LocalCluster::up(res, 2).await.expect("cluster up");
+    assert_eq!(cluster.waypoints.len(), 1, "one waypoint pod runs");
+    for v in ["v1", "v2", "v3"] {
+        let p = cluster.pod(&format!("bookinfo/reviews-{v}")).expect("pod");
+        assert!(wait_listening(&p.netns, 9080, Duration::from_secs(10)).await);
+    }
+    let client = cluster
+        .pod("bookinfo/client")
+        .expect("client")
+        .netns
+        .clone();
+    let vip: SocketAddr = VIP.parse().expect("vip");
+    let good = token(SECRET);
+    let forged = token(b"some other secret, also long enough");
+    let bearer = format!("Bearer {good}");
+    let forged_bearer = format!("Bearer {forged}");
+
+    // (what, method, path, headers) → (status, serving pod or "-" for a local answer)
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "header match wins over the split",
+            "GET",
+            "/reviews/1",
+            vec![("end-user", "jason")],
+            200,
+            "reviews-v2",
+        ),
+        (
+            "header match is exact",
+            "GET",
+            "/reviews/1?canary=1",
+            vec![("end-user", "jasonx")],
+            200,
+            "reviews-v3",
+        ),
+        (
+            "query param match",
+            "GET",
+            "/x?canary=1",
+            vec![],
+            200,
+            "reviews-v3",
+        ),
+        (
+            "method is part of the query match",
+            "POST",
+            "/x?canary=1",
+            vec![],
+            200,
+            "reviews-v1|reviews-v3",
+        ),
+        ("fault abort", "GET", "/fault/1", vec![], 418, "-"),
+        (
+            "route timeout shorter than the upstream",
+            "GET",
+            "/delay/400",
+            vec![],
+            504,
+            "-",
+        ),
+        (
+            "route timeout longer than the upstream",
+            "GET",
+            "/delay/10",
+            vec![],
+            200,
+            "reviews-v1",
+        ),
+        ("redirect", "GET", "/old", vec![], 301, "-"),
+        ("DENY before ALLOW", "GET", "/admin/users", vec![], 403, "-"),
+        (
+            "no ALLOW rule matches DELETE",
+            "DELETE",
+            "/reviews/1",
+            vec![],
+            403,
+            "-",
+        ),
+        (
+            "valid JWT claim admits DELETE on /secure/*",
+            "DELETE",
+            "/secure/1",
+            vec![("authorization", &bearer)],
+            200,
+            "reviews-v1|reviews-v3",
+        ),
+        (
+            "claim rule needs the path too",
+            "DELETE",
+            "/other",
+            vec![("authorization", &bearer)],
+            403,
+            "-",
+        ),
+        (
+            "invalid JWT is 401",
+            "GET",
+            "/reviews/1",
+            vec![("authorization", &forged_bearer)],
+            401,
+            "-",
+        ),
+        (
+            "missing JWT passes to authorization",
+            "GET",
+            "/reviews/1",
+            vec![],
+            200,
+            "reviews-v1|reviews-v3",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, method, path, headers, status, pods) in &cases {
+        let r = request(&client, vip, method, path, headers).await;
+        let pod_ok = pods.split('|').any(|p| p == r.pod());
+        if r.status != *status || !pod_ok {
+            failures.push(format!(
+                "{what}: {method} {path} → {} from {} (want {status} from {pods})",
+                r.status,
+                r.pod()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // An injected delay holds the request (before the route timeout starts, as Envoy).
+    let t = std::time::Instant::now();
+    let r = request(&client, vip, "GET", "/delayed", &[]).await;
+    assert_eq!((r.status, r.pod()), (200, "reviews-v1"));
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // Redirect target, rewrite and header operations.
+    let r = request(&client, vip, "GET", "/old", &[]).await;
+    assert_eq!(
+        r.headers.get("location").map(String::as_str),
+        Some("http://reviews/new")
+    );
+    let r = request(&client, vip, "GET", "/api/items?x=1", &[("x-drop", "1")]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.pod(), "reviews-v3");
+    assert!(r.body.contains("path=/v2/items?x=1"), "{}", r.body);
+    assert!(r.body.contains("h:x-added=yes"), "{}", r.body);
+    assert!(!r.body.contains("h:x-drop"), "{}", r.body);
+    assert_eq!(r.headers.get("x-resp").map(String::as_str), Some("hello"));
+    // The token is not forwarded upstream (forwardOriginalToken: false).
+    let r = request(
+        &client,
+        vip,
+        "DELETE",
+        "/secure/2",
+        &[("authorization", &bearer)],
+    )
+    .await;
+    assert!(!r.body.contains("h:authorization"), "{}", r.body);
+
+    // Local rate limit: 3 tokens for the route, the 4th is 429 with the header.
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        let r = request(&client, vip, "GET", "/limited", &[]).await;
+        codes.push((r.status, r.headers.get("x-ambit-ratelimited").cloned()));
+    }
+    assert_eq!(
+        codes[..3].iter().map(|c| c.0).collect::<Vec<_>>(),
+        vec![200, 200, 200],
+        "{codes:?}"
+    );
+    assert_eq!(codes[3], (429, Some("limited".to_string())), "{codes:?}");
+
+    // 90/10 split over 1,000 requests on keep-alive connections: v3 share
+    // within 5 standard deviations (σ ≈ 9.5 for n = 1000, p = 0.1).
+    let mut v3 = 0;
+    let mut total = 0;
+    for _ in 0..20 {
+        let mut s = connect_from(&client, vip).await.expect("connect");
+        for _ in 0..50 {
+            s.write_all(b"GET /split HTTP/1.1\r\nhost: reviews\r\n\r\n")
+                .await
+                .expect("write");
+            let mut buf = vec![0u8; 8192];
+            let mut got = Vec::new();
+            loop {
+                let n = s.read(&mut buf).await.expect("read");
+                assert!(n > 0, "connection closed mid-run");
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got);
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        if head.contains("x-served-by: reviews-v3") {
+                            v3 += 1;
+                        }
+                        break;
+                    }
+                }
+            }
+            total += 1;
+        }
+    }
+    assert_eq!(total, 1000);
+    assert!(
+        (53..=147).contains(&v3),
+        "v3 got {v3} of 1000 (want 100 ± 47)"
+    );
+
+    // Metrics with Istio's names, reported by the waypoint.
+    let w = cluster.waypoints.values().next().expect("waypoint");
+    let text = w.waypoint.metrics().render();
+    assert!(
+        text.contains("istio_requests_total{reporter=\"waypoint\",source_workload=\"client\""),
+        "{text}"
+    );
+    assert!(text.contains("source_principal=\"spiffe://cluster.local/ns/bookinfo/sa/client\""));
+    assert!(
+        text.contains("destination_workload=\"reviews-v2\"")
+            || text.contains("destination_app=\"reviews\"")
+    );
+    assert!(text.contains("response_code=\"429\"") && text.contains("response_flags=\"RL\""));
+    assert!(text.contains("istio_request_duration_milliseconds_bucket"));
+    eprintln!("v3 share: {v3}/1000");
+}

@@ -1,0 +1,76 @@
+//! VirtualService `corsPolicy`: preflight answers and the headers added to
+//! actual responses, as Envoy's CORS filter does. An origin that does not
+//! match gets no CORS headers (the browser then refuses).
+
+use ambit_api::xds::proto::l7 as pb;
+use http::header::HeaderValue;
+use http::{HeaderMap, Response, StatusCode};
+
+use crate::matcher::Matcher;
+use crate::proxy::full;
+use crate::upstream::Body;
+
+fn origin_allowed(cors: &pb::CorsPolicy, origin: &str) -> bool {
+    cors.allow_origins
+        .iter()
+        .any(|m| match Matcher::compile(m) {
+            Ok(Some(m)) => m.matches(origin),
+            _ => false,
+        })
+}
+
+fn set(h: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::try_from(value) {
+        h.insert(name, v);
+    }
+}
+
+/// The answer to an `OPTIONS` preflight from `origin`.
+pub fn preflight(cors: &pb::CorsPolicy, origin: &str) -> Response<Body> {
+    let mut r = Response::new(full(bytes::Bytes::new()));
+    *r.status_mut() = StatusCode::OK;
+    if !origin_allowed(cors, origin) {
+        return r;
+    }
+    let h = r.headers_mut();
+    set(h, "access-control-allow-origin", origin);
+    if !cors.allow_methods.is_empty() {
+        set(
+            h,
+            "access-control-allow-methods",
+            &cors.allow_methods.join(","),
+        );
+    }
+    if !cors.allow_headers.is_empty() {
+        set(
+            h,
+            "access-control-allow-headers",
+            &cors.allow_headers.join(","),
+        );
+    }
+    if cors.max_age_s > 0 {
+        set(h, "access-control-max-age", &cors.max_age_s.to_string());
+    }
+    if cors.allow_credentials {
+        set(h, "access-control-allow-credentials", "true");
+    }
+    r
+}
+
+/// Adds CORS headers to an actual response for `origin`.
+pub fn decorate(cors: &pb::CorsPolicy, origin: &str, h: &mut HeaderMap) {
+    if !origin_allowed(cors, origin) {
+        return;
+    }
+    set(h, "access-control-allow-origin", origin);
+    if !cors.expose_headers.is_empty() {
+        set(
+            h,
+            "access-control-expose-headers",
+            &cors.expose_headers.join(","),
+        );
+    }
+    if cors.allow_credentials {
+        set(h, "access-control-allow-credentials", "true");
+    }
+}

@@ -1,0 +1,945 @@
+//! The request path: one HTTP request from a tunnelled client through
+//! RequestAuthentication, AuthorizationPolicy, the local rate limit,
+//! VirtualService routing (redirect, CORS, fault, rewrite, headers, mirror)
+//! and DestinationRule balancing to an endpoint, with timeouts and retries,
+//! then the response back with its header operations. The order is Envoy's
+//! filter chain in an Istio waypoint: jwt_authn → rbac → local_ratelimit →
+//! cors → fault → router.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ambit_api::xds::proto::l7 as pb;
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use tracing::{debug, info};
+
+use crate::authz::{RequestAttributes, authorize};
+use crate::body::{Finish, Metered};
+use crate::metrics::{Peer, RequestLabels};
+use crate::route::{Decision, RequestFacts};
+use crate::state::{ServiceState, Subset};
+use crate::upstream::{Body, BoxError, Target, UpstreamError};
+use crate::waypoint::Waypoint;
+
+/// Bodies up to this size are buffered so a retry or mirror can resend them;
+/// larger ones stream once.
+const REPLAY_LIMIT: u64 = 64 * 1024;
+
+/// What the waypoint knows about the tunnel a request arrived on.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    /// The client's verified identity (`spiffe://...`), from mTLS.
+    pub peer_identity: Option<ambit_hbone::SpiffeId>,
+    /// The client app's address (from the CONNECT's `forwarded`).
+    pub client: SocketAddr,
+    /// The original destination (CONNECT authority: VIP or pod IP : port).
+    pub dst: SocketAddr,
+    /// The client's telemetry labels.
+    pub source: Peer,
+    /// The client's labels as `sourceLabels` see them.
+    pub source_labels: BTreeMap<String, String>,
+}
+
+/// An answer the waypoint makes itself.
+fn local(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(full(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+/// A body from bytes.
+pub fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|never| match never {}).boxed()
+}
+
+fn header_map(h: &http::HeaderMap) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (k, v) in h {
+        if let Ok(v) = v.to_str() {
+            out.entry(k.as_str().to_string())
+                .and_modify(|e: &mut String| {
+                    e.push(',');
+                    e.push_str(v);
+                })
+                .or_insert_with(|| v.to_string());
+        }
+    }
+    out
+}
+
+fn query_map(q: Option<&str>) -> BTreeMap<String, String> {
+    q.unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+fn authority_of<B>(req: &Request<B>) -> String {
+    req.uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(String::from)
+        })
+        .unwrap_or_default()
+}
+
+fn apply_ops(h: &mut http::HeaderMap, ops: Option<&pb::HeaderOps>) {
+    let Some(ops) = ops else { return };
+    for (k, v) in &ops.set {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v)) {
+            h.insert(k, v);
+        }
+    }
+    for (k, v) in &ops.add {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v)) {
+            h.append(k, v);
+        }
+    }
+    for k in &ops.remove {
+        if let Ok(k) = HeaderName::try_from(k.as_str()) {
+            h.remove(k);
+        }
+    }
+}
+
+/// Does `pct` percent (0 = unset = 100 %, as Istio) of requests apply?
+fn sampled(pct: f64, unset_means_all: bool) -> bool {
+    let p = if pct <= 0.0 && unset_means_all {
+        100.0
+    } else {
+        pct
+    };
+    rand::random::<f64>() * 100.0 < p
+}
+
+/// Retry conditions (Envoy names), with Istio's default policy.
+#[derive(Clone, Debug)]
+struct RetryPolicy {
+    attempts: u32,
+    per_try: Option<Duration>,
+    on_5xx: bool,
+    on_gateway: bool,
+    on_reset: bool,
+    on_connect: bool,
+    on_refused: bool,
+    on_4xx: bool,
+    statuses: Vec<u16>,
+}
+
+impl RetryPolicy {
+    fn of(r: Option<&pb::Retry>) -> Self {
+        // Istio's default: 2 attempts on connect-failure, refused-stream,
+        // unavailable, cancelled, retriable-status-codes (503).
+        let (attempts, per_try, on) = match r {
+            None => (
+                2,
+                None,
+                "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+            ),
+            Some(r) => (
+                r.attempts,
+                (r.per_try_timeout_ms > 0).then(|| Duration::from_millis(r.per_try_timeout_ms)),
+                if r.retry_on.is_empty() {
+                    "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+                } else {
+                    r.retry_on.as_str()
+                },
+            ),
+        };
+        let has = |c: &str| on.split(',').any(|x| x.trim() == c);
+        let mut statuses: Vec<u16> = on
+            .split(',')
+            .filter_map(|x| x.trim().parse().ok())
+            .collect();
+        if has("retriable-status-codes") && r.is_none() {
+            statuses.push(503);
+        }
+        if has("unavailable") {
+            statuses.push(503);
+        }
+        RetryPolicy {
+            attempts,
+            per_try,
+            on_5xx: has("5xx"),
+            on_gateway: has("gateway-error"),
+            on_reset: has("reset") || has("cancelled"),
+            on_connect: has("connect-failure") || has("5xx") || has("gateway-error"),
+            on_refused: has("refused-stream") || has("5xx"),
+            on_4xx: has("retriable-4xx"),
+            statuses,
+        }
+    }
+
+    fn retry_status(&self, s: u16) -> bool {
+        (self.on_5xx && s >= 500)
+            || (self.on_gateway && (502..=504).contains(&s))
+            || (self.on_4xx && s == 409)
+            || self.statuses.contains(&s)
+    }
+
+    fn retry_error(&self, e: &UpstreamError) -> bool {
+        match e {
+            UpstreamError::Overflow => false,
+            UpstreamError::Connect(_) => self.on_connect,
+            UpstreamError::Request(_) if e.is_refused_stream() => self.on_refused,
+            UpstreamError::Request(_) => self.on_reset || self.on_5xx || self.on_gateway,
+        }
+    }
+}
+
+/// The replayable part of a request.
+struct Prepared {
+    parts: http::request::Parts,
+    body: Option<Bytes>,
+}
+
+impl Prepared {
+    fn build(&self) -> Request<Body> {
+        let mut b = Request::builder()
+            .method(self.parts.method.clone())
+            .uri(self.parts.uri.clone())
+            .version(self.parts.version);
+        if let Some(h) = b.headers_mut() {
+            *h = self.parts.headers.clone();
+        }
+        let body = self
+            .body
+            .clone()
+            .map(full)
+            .unwrap_or_else(|| full(Bytes::new()));
+        b.body(body)
+            .unwrap_or_else(|_| Request::new(full(Bytes::new())))
+    }
+}
+
+/// What one request turned into, for metrics and the access log.
+struct Outcome {
+    flags: &'static str,
+    destination: Peer,
+}
+
+impl Waypoint {
+    /// Handles one request end to end. Never fails: errors become HTTP
+    /// answers with Envoy's response flags.
+    pub async fn handle(
+        self: Arc<Self>,
+        conn: Arc<ConnInfo>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, std::convert::Infallible> {
+        let started = Instant::now();
+        let state = self.state();
+        let protocol = if req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"))
+        {
+            "grpc"
+        } else {
+            "http"
+        };
+        let request_bytes = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0u64);
+        let Some((svc, via_vip)) = state.for_destination(conn.dst.ip()) else {
+            let resp = local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no service for this destination\n",
+            );
+            return Ok(self.finish(
+                &conn,
+                None,
+                protocol,
+                started,
+                request_bytes,
+                resp,
+                "NR",
+                Peer::default(),
+            ));
+        };
+        let svc = svc.clone();
+        let (resp, outcome) = self.process(&conn, &svc, via_vip, req).await;
+        Ok(self.finish(
+            &conn,
+            Some(&svc),
+            protocol,
+            started,
+            request_bytes,
+            resp,
+            outcome.flags,
+            outcome.destination,
+        ))
+    }
+
+    /// Wraps the response body so metrics are recorded when it ends.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        self: &Arc<Self>,
+        conn: &ConnInfo,
+        svc: Option<&Arc<ServiceState>>,
+        protocol: &'static str,
+        started: Instant,
+        request_bytes: u64,
+        resp: Response<Body>,
+        flags: &'static str,
+        destination: Peer,
+    ) -> Response<Body> {
+        let (service, name, namespace) = svc
+            .map(|s| {
+                let l7 = s.service();
+                (l7.hostname.clone(), l7.name.clone(), l7.namespace.clone())
+            })
+            .unwrap_or_default();
+        let labels = RequestLabels {
+            source: conn.source.clone(),
+            destination,
+            destination_service: service,
+            destination_service_name: name,
+            destination_service_namespace: namespace,
+            request_protocol: protocol,
+            response_code: resp.status().as_u16(),
+            response_flags: flags,
+        };
+        let this = self.clone();
+        let client = conn.client;
+        let dst = conn.dst;
+        let finish: Finish = Box::new(move |response_bytes| {
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            info!(
+                target: "access",
+                src_addr = %client,
+                dst_addr = %dst,
+                dst_service = %labels.destination_service,
+                code = labels.response_code,
+                flags = labels.response_flags,
+                duration_ms = ms,
+                "request"
+            );
+            this.metrics()
+                .record(labels, ms, request_bytes, response_bytes);
+        });
+        resp.map(|b| Metered::new(b, vec![], Some(finish)).boxed())
+    }
+
+    async fn process(
+        self: &Arc<Self>,
+        conn: &ConnInfo,
+        svc: &Arc<ServiceState>,
+        via_vip: bool,
+        req: Request<Incoming>,
+    ) -> (Response<Body>, Outcome) {
+        let l7 = svc.service();
+        let mut out = Outcome {
+            flags: "-",
+            destination: Peer::default(),
+        };
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let path = req.uri().path().to_string();
+        let mut facts = RequestFacts {
+            method: req.method().as_str().to_string(),
+            path: path.clone(),
+            authority: authority_of(&req),
+            headers: header_map(req.headers()),
+            query: query_map(req.uri().query()),
+            source_labels: conn.source_labels.clone(),
+            port: u32::from(conn.dst.port()),
+        };
+        // RequestAuthentication: a bad token is 401; no token passes on.
+        let authn = {
+            let rules = match svc.jwt.read() {
+                Ok(r) => r,
+                Err(p) => p.into_inner(),
+            };
+            rules
+                .authenticate(&facts.headers, &facts.query)
+                .map(|a| a.map(|a| (a.clone(), rules.rule(a.rule).cloned())))
+        };
+        let (mut req_parts, body) = req.into_parts();
+        let authenticated = match authn {
+            Err(e) => {
+                debug!(error = %e, "JWT rejected");
+                out.flags = "UAEX";
+                let mut r = local(StatusCode::UNAUTHORIZED, "Jwt verification fails\n");
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"ambit\", error=\"invalid_token\""),
+                );
+                return (r, out);
+            }
+            Ok(a) => a,
+        };
+        if let Some((a, Some(rule))) = &authenticated {
+            if !rule.forward_original_token
+                && let Some(h) = &a.from_header
+            {
+                req_parts.headers.remove(h.as_str());
+            }
+            if !rule.output_payload_to_header.is_empty()
+                && let (Ok(k), Ok(v)) = (
+                    HeaderName::try_from(rule.output_payload_to_header.as_str()),
+                    HeaderValue::try_from(a.payload_b64.as_str()),
+                )
+            {
+                req_parts.headers.insert(k, v);
+            }
+        }
+        // AuthorizationPolicy.
+        let principal = conn
+            .peer_identity
+            .as_ref()
+            .map(|i| i.to_string().trim_start_matches("spiffe://").to_string());
+        let attrs = RequestAttributes {
+            namespace: conn
+                .peer_identity
+                .as_ref()
+                .map(|i| i.namespace().to_string()),
+            principal,
+            request_principal: authenticated
+                .as_ref()
+                .map(|(a, _)| a.request_principal.clone()),
+            claims: authenticated
+                .as_ref()
+                .map(|(a, _)| a.claims.clone())
+                .unwrap_or_default(),
+            source_ip: Some(conn.client.ip()),
+            remote_ip: forwarded_client(&facts.headers).or(Some(conn.client.ip())),
+            host: facts
+                .authority
+                .rsplit_once(':')
+                .map_or(facts.authority.as_str(), |(h, _)| h)
+                .to_string(),
+            port: conn.dst.port(),
+            method: facts.method.clone(),
+            path: path.clone(),
+            headers: facts.headers.clone(),
+        };
+        let decision = authorize(&l7.authorization, &attrs);
+        if !decision.is_allowed() {
+            debug!(?decision, "request denied");
+            out.flags = "-";
+            return (local(StatusCode::FORBIDDEN, "RBAC: access denied"), out);
+        }
+        // VirtualService.
+        let routed = if via_vip {
+            svc.router.route(&facts, rand::random())
+        } else {
+            Decision::Default
+        };
+        let (route, destination) = match routed {
+            Decision::NoMatch => {
+                out.flags = "NR";
+                return (local(StatusCode::NOT_FOUND, ""), out);
+            }
+            Decision::Default => (None, None),
+            Decision::Route {
+                route, destination, ..
+            } => (Some(route), destination),
+        };
+        // Local rate limit: the Service's buckets, then the route's.
+        for limit in &svc.limits {
+            if !limit.config.route.is_empty() && route.is_none_or(|r| r.name != limit.config.route)
+            {
+                continue;
+            }
+            let ok = match limit.bucket.lock() {
+                Ok(mut b) => b.try_take(Instant::now()),
+                Err(p) => p.into_inner().try_take(Instant::now()),
+            };
+            if !ok {
+                out.flags = "RL";
+                let mut r = local(StatusCode::TOO_MANY_REQUESTS, "local_rate_limited\n");
+                if let Ok(v) = HeaderValue::try_from(limit.config.name.as_str()) {
+                    r.headers_mut().insert("x-ambit-ratelimited", v);
+                }
+                return (r, out);
+            }
+        }
+        let origin = facts.headers.get("origin").cloned();
+        if let (Some(route), Some(origin)) = (route, &origin)
+            && let Some(cors) = &route.cors
+            && req_parts.method == Method::OPTIONS
+            && facts.headers.contains_key("access-control-request-method")
+        {
+            return (crate::cors::preflight(cors, origin), out);
+        }
+        if let Some(route) = route
+            && let Some(redirect) = &route.redirect
+        {
+            return (
+                redirect_response(redirect, &req_parts, &facts.authority),
+                out,
+            );
+        }
+        if let Some(route) = route
+            && let Some(fault) = &route.fault
+        {
+            if let Some(d) = &fault.delay
+                && d.fixed_delay_ms > 0
+                && sampled(d.percentage, true)
+            {
+                tokio::time::sleep(Duration::from_millis(d.fixed_delay_ms)).await;
+                out.flags = "DI";
+            }
+            if let Some(a) = &fault.abort
+                && sampled(a.percentage, true)
+            {
+                out.flags = "FI";
+                let status = u16::try_from(a.http_status)
+                    .ok()
+                    .and_then(|s| StatusCode::from_u16(s).ok())
+                    .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                return (local(status, "fault filter abort"), out);
+            }
+        }
+        // Request rewriting and headers.
+        if let Some(route) = route
+            && let Some(rw) = &route.rewrite
+        {
+            if !rw.uri.is_empty() {
+                let new_path = rewrite_path(route, &path, &rw.uri);
+                let query = path_and_query
+                    .split_once('?')
+                    .map(|(_, q)| format!("?{q}"))
+                    .unwrap_or_default();
+                if let Ok(uri) = format!("{new_path}{query}").parse::<http::Uri>() {
+                    req_parts.uri = uri;
+                }
+            }
+            if !rw.authority.is_empty()
+                && let Ok(v) = HeaderValue::try_from(rw.authority.as_str())
+            {
+                req_parts.headers.insert(header::HOST, v);
+                facts.authority = rw.authority.clone();
+            }
+        }
+        apply_ops(
+            &mut req_parts.headers,
+            route
+                .and_then(|r| r.headers.as_ref())
+                .and_then(|h| h.request.as_ref()),
+        );
+        apply_ops(
+            &mut req_parts.headers,
+            destination
+                .and_then(|d| d.headers.as_ref())
+                .and_then(|h| h.request.as_ref()),
+        );
+        // HTTP/2 upstream iff the client spoke it (gRPC stays gRPC).
+        let http2 = req_parts.version == http::Version::HTTP_2;
+        if !http2 {
+            // hyper's HTTP/1 client wants origin-form.
+            if let Some(pq) = req_parts.uri.path_and_query().cloned()
+                && let Ok(u) = http::Uri::builder().path_and_query(pq).build()
+            {
+                req_parts.uri = u;
+            }
+        } else if req_parts.uri.authority().is_none()
+            && let Ok(u) = format!(
+                "http://{}{}",
+                facts.authority,
+                req_parts.uri.path_and_query().map_or("/", |p| p.as_str())
+            )
+            .parse()
+        {
+            req_parts.uri = u;
+        }
+        let (host, subset_name, port) = match destination.and_then(|d| d.destination.as_ref()) {
+            Some(d) => (
+                d.host.clone(),
+                d.subset.clone(),
+                u16::try_from(d.port)
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .unwrap_or(conn.dst.port()),
+            ),
+            None => (l7.hostname.clone(), String::new(), conn.dst.port()),
+        };
+        let Some(backend) = svc.backends.get(&host) else {
+            out.flags = "NR";
+            return (
+                local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+                out,
+            );
+        };
+        let Some(subset) = backend.subsets.get(&subset_name).cloned() else {
+            out.flags = "NR";
+            return (
+                local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+                out,
+            );
+        };
+        let hash_value = subset
+            .balancer
+            .hash_header()
+            .and_then(|h| facts.headers.get(h))
+            .cloned();
+        let upgrade = !http2 && is_upgrade(&req_parts.headers);
+        // Small bodies are buffered so retries and mirrors can resend them.
+        let size_hint = http_body::Body::size_hint(&body);
+        let replayable = !upgrade && size_hint.upper().is_some_and(|u| u <= REPLAY_LIMIT);
+        let retry = RetryPolicy::of(route.and_then(|r| r.retries.as_ref()));
+        let timeout = route
+            .map(|r| r.timeout_ms)
+            .filter(|t| *t > 0)
+            .map(Duration::from_millis);
+        let mut streamed = None;
+        let prepared = if replayable {
+            match body.collect().await {
+                Ok(b) => Prepared {
+                    parts: req_parts,
+                    body: Some(b.to_bytes()),
+                },
+                Err(_) => {
+                    out.flags = "DC";
+                    return (local(StatusCode::BAD_REQUEST, "request body"), out);
+                }
+            }
+        } else {
+            streamed = Some(body);
+            Prepared {
+                parts: req_parts,
+                body: None,
+            }
+        };
+        if let Some(route) = route
+            && let Some(m) = &route.mirror
+            && prepared.body.is_some()
+            && sampled(m.percentage, true)
+        {
+            self.mirror(svc, m, &prepared, port, &facts.authority);
+        }
+        let conn_dst = (!via_vip).then_some(conn.dst);
+        let attempt_all = async {
+            let mut attempts_left = if streamed.is_some() {
+                0
+            } else {
+                retry.attempts
+            };
+            loop {
+                let Some((ep_index, target)) = pick_target(
+                    &subset,
+                    backend,
+                    port,
+                    hash_value.as_deref(),
+                    http2,
+                    conn_dst,
+                ) else {
+                    return Err((
+                        "UH",
+                        local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+                    ));
+                };
+                let ep = &subset.endpoints[ep_index];
+                out.destination = Peer {
+                    workload: ep.workload.clone(),
+                    namespace: ep.namespace.clone(),
+                    principal: ep.identity.clone(),
+                    app: ep.canonical_name.clone(),
+                    version: ep.canonical_revision.clone(),
+                };
+                let in_flight = match self.upstreams().admit(&subset, ep_index) {
+                    Ok(g) => g,
+                    Err(_) => {
+                        return Err((
+                            "UO",
+                            local(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+                            ),
+                        ));
+                    }
+                };
+                let request = match streamed.take() {
+                    Some(b) => {
+                        let mut r = prepared.build();
+                        *r.body_mut() = b.map_err(|e| Box::new(e) as BoxError).boxed();
+                        r
+                    }
+                    None => prepared.build(),
+                };
+                let mut request = request;
+                let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+                let sent = self.upstreams().send(&subset, &target, request);
+                let result = match retry.per_try {
+                    Some(t) => tokio::time::timeout(t, sent).await.ok(),
+                    None => Some(sent.await),
+                };
+                match result {
+                    None => {
+                        subset.record(ep_index, None);
+                        if attempts_left == 0 {
+                            return Err((
+                                "UT",
+                                local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+                            ));
+                        }
+                    }
+                    Some(Ok(resp)) => {
+                        let status = resp.status().as_u16();
+                        subset.record(ep_index, Some(status));
+                        if attempts_left > 0 && retry.retry_status(status) {
+                            attempts_left -= 1;
+                            continue;
+                        }
+                        return Ok((resp, in_flight, downstream_upgrade));
+                    }
+                    Some(Err(e)) => {
+                        if !matches!(e, UpstreamError::Overflow) {
+                            subset.record(ep_index, None);
+                        }
+                        if matches!(e, UpstreamError::Overflow) {
+                            return Err((
+                                "UO",
+                                local(
+                                    StatusCode::SERVICE_UNAVAILABLE,
+                                    "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+                                ),
+                            ));
+                        }
+                        if attempts_left == 0 || !retry.retry_error(&e) {
+                            debug!(error = %e, "upstream failed");
+                            let flags = if e.is_connect() { "UF" } else { "UR" };
+                            return Err((
+                                if retry.attempts > 0 && attempts_left == 0 && retry.retry_error(&e)
+                                {
+                                    "URX"
+                                } else {
+                                    flags
+                                },
+                                local(
+                                    StatusCode::SERVICE_UNAVAILABLE,
+                                    "upstream connect error or disconnect/reset before headers",
+                                ),
+                            ));
+                        }
+                    }
+                }
+                attempts_left = attempts_left.saturating_sub(1);
+            }
+        };
+        let result = match timeout {
+            Some(t) => match tokio::time::timeout(t, attempt_all).await {
+                Ok(r) => r,
+                Err(_) => Err((
+                    "UT",
+                    local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+                )),
+            },
+            None => attempt_all.await,
+        };
+        let (mut resp, in_flight, downstream_upgrade) = match result {
+            Ok(ok) => ok,
+            Err((flags, resp)) => {
+                out.flags = flags;
+                return (resp, out);
+            }
+        };
+        let upstream_upgrade = (resp.status() == StatusCode::SWITCHING_PROTOCOLS)
+            .then(|| hyper::upgrade::on(&mut resp));
+        let (mut parts, body) = resp.into_parts();
+        if let (Some(down), Some(up)) = (downstream_upgrade, upstream_upgrade) {
+            tokio::spawn(async move {
+                if let (Ok(d), Ok(u)) = (down.await, up.await) {
+                    let mut d = hyper_util::rt::TokioIo::new(d);
+                    let mut u = hyper_util::rt::TokioIo::new(u);
+                    let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                }
+            });
+        }
+        apply_ops(
+            &mut parts.headers,
+            destination
+                .and_then(|d| d.headers.as_ref())
+                .and_then(|h| h.response.as_ref()),
+        );
+        apply_ops(
+            &mut parts.headers,
+            route
+                .and_then(|r| r.headers.as_ref())
+                .and_then(|h| h.response.as_ref()),
+        );
+        if let (Some(route), Some(origin)) = (route, &origin)
+            && let Some(cors) = &route.cors
+        {
+            crate::cors::decorate(cors, origin, &mut parts.headers);
+        }
+        let body = Metered::new(
+            body.map_err(|e| Box::new(e) as BoxError).boxed(),
+            vec![Box::new(in_flight)],
+            None,
+        )
+        .boxed();
+        (Response::from_parts(parts, body), out)
+    }
+
+    /// Sends a copy to the mirror destination and forgets it (Istio appends
+    /// `-shadow` to the authority).
+    fn mirror(
+        self: &Arc<Self>,
+        svc: &Arc<ServiceState>,
+        m: &pb::Mirror,
+        prepared: &Prepared,
+        port: u16,
+        authority: &str,
+    ) {
+        let Some(d) = &m.destination else { return };
+        let Some(backend) = svc.backends.get(&d.host) else {
+            return;
+        };
+        let Some(subset) = backend.subsets.get(&d.subset).cloned() else {
+            return;
+        };
+        let port = u16::try_from(d.port)
+            .ok()
+            .filter(|p| *p != 0)
+            .unwrap_or(port);
+        let http2 = prepared.parts.version == http::Version::HTTP_2;
+        let Some((ep, target)) = pick_target(&subset, backend, port, None, http2, None) else {
+            return;
+        };
+        let mut req = prepared.build();
+        let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+        if let Ok(v) = HeaderValue::try_from(format!("{host}-shadow")) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let Ok(guard) = this.upstreams().admit(&subset, ep) else {
+                return;
+            };
+            if let Ok(resp) = this.upstreams().send(&subset, &target, req).await {
+                let _ = resp.into_body().collect().await;
+            }
+            drop(guard);
+        });
+    }
+}
+
+fn pick_target(
+    subset: &Arc<Subset>,
+    backend: &crate::state::Backend,
+    port: u16,
+    hash_value: Option<&str>,
+    http2: bool,
+    exact: Option<SocketAddr>,
+) -> Option<(usize, Target)> {
+    let i = match exact {
+        // Workload-addressed traffic goes to that very pod.
+        Some(dst) => subset
+            .endpoints
+            .iter()
+            .position(|e| e.address.parse::<IpAddr>().ok() == Some(dst.ip()))?,
+        None => subset.pick(hash_value, rand::random())?,
+    };
+    let ep = &subset.endpoints[i];
+    let ip: IpAddr = ep.address.parse().ok()?;
+    let target_port = match exact {
+        Some(dst) => dst.port(),
+        None => backend.target_port(ep, port)?,
+    };
+    Some((
+        i,
+        Target {
+            addr: SocketAddr::new(ip, target_port),
+            identity: ep.identity.clone(),
+            hbone: ep.hbone,
+            http2,
+        },
+    ))
+}
+
+fn is_upgrade(h: &http::HeaderMap) -> bool {
+    h.get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"))
+        && h.contains_key(header::UPGRADE)
+}
+
+fn forwarded_client(h: &BTreeMap<String, String>) -> Option<IpAddr> {
+    h.get("x-forwarded-for")?
+        .split(',')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Istio's `rewrite.uri`: replaces the matched prefix, or the whole path when
+/// the route matched otherwise.
+fn rewrite_path(route: &pb::HttpRoute, path: &str, to: &str) -> String {
+    for m in &route.matches {
+        if let Some(pb::string_match::Kind::Prefix(p)) =
+            m.uri.as_ref().and_then(|u| u.kind.as_ref())
+            && let Some(rest) = path.strip_prefix(p.as_str())
+        {
+            return format!("{to}{rest}");
+        }
+    }
+    to.to_string()
+}
+
+fn redirect_response(
+    r: &pb::Redirect,
+    parts: &http::request::Parts,
+    authority: &str,
+) -> Response<Body> {
+    let scheme = if r.scheme.is_empty() {
+        "http"
+    } else {
+        &r.scheme
+    };
+    let host = if r.authority.is_empty() {
+        authority
+            .rsplit_once(':')
+            .map_or(authority, |(h, _)| h)
+            .to_string()
+    } else {
+        r.authority.clone()
+    };
+    let port = if r.port != 0 {
+        format!(":{}", r.port)
+    } else {
+        String::new()
+    };
+    let path = if r.uri.is_empty() {
+        parts
+            .uri
+            .path_and_query()
+            .map_or("/".to_string(), |p| p.as_str().to_string())
+    } else {
+        r.uri.clone()
+    };
+    let status = u16::try_from(r.redirect_code)
+        .ok()
+        .filter(|c| *c != 0)
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    let mut resp = local(status, "");
+    if let Ok(v) = HeaderValue::try_from(format!("{scheme}://{host}{port}{path}")) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}

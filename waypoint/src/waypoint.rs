@@ -1,0 +1,621 @@
+//! The waypoint process state and its connections: HBONE in (one CONNECT
+//! per client connection, the original destination as authority), protocol
+//! detection per connection (HTTP/1.1, HTTP/2 and gRPC through the L7 path,
+//! anything else through VirtualService `tcp` routes), the xDS consumer
+//! (`L7Service` + `Address`), JWKS fetching for `jwksUri`, and the admin
+//! endpoints.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use ambit_api::model::ProxyState;
+use ambit_api::xds::proto::discovery::DeltaDiscoveryResponse;
+use ambit_api::xds::proto::l7 as pb;
+use ambit_api::xds::{ADDRESS_TYPE, L7_SERVICE_TYPE};
+use ambit_hbone::client::SocketFactory;
+use ambit_hbone::server::{InboundHandler, InboundRequest, Refusal};
+use ambit_hbone::stream::H2Stream;
+use ambit_hbone::{HboneConfig, HboneServer, Pool, SpiffeId};
+use bytes::{Bytes, BytesMut};
+use http::StatusCode;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prost::Message;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tracing::{debug, info, warn};
+use ztunnel::certs::{CertManager, PodServerTls};
+use ztunnel::xds::{XdsCache, XdsConsumer};
+
+use crate::metrics::{Metrics, Peer};
+use crate::proxy::ConnInfo;
+use crate::rewind::{Rewind, looks_like_http};
+use crate::state::{ServiceState, WaypointState};
+use crate::upstream::{Target, Upstreams};
+
+/// How a waypoint is set up.
+pub struct WaypointConfig {
+    /// `namespace/name` of its Gateway: only `L7Service`s naming it apply.
+    pub name: String,
+    /// The identity it serves and dials as (`.../sa/<gateway name>`).
+    pub identity: SpiffeId,
+    /// Its certificates (renewed in the background).
+    pub certs: Arc<CertManager>,
+    /// HBONE settings.
+    pub hbone: HboneConfig,
+    /// Makes upstream sockets (e.g. inside the waypoint pod's namespace).
+    pub socket: Option<Arc<SocketFactory>>,
+}
+
+/// A running waypoint.
+pub struct Waypoint {
+    name: String,
+    identity: SpiffeId,
+    certs: Arc<CertManager>,
+    hbone: HboneConfig,
+    state: RwLock<Arc<WaypointState>>,
+    addresses: RwLock<Arc<ProxyState>>,
+    upstreams: Arc<Upstreams>,
+    metrics: Metrics,
+    synced: AtomicBool,
+    shutting_down: AtomicBool,
+    self_ref: Weak<Waypoint>,
+}
+
+impl std::fmt::Debug for Waypoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waypoint")
+            .field("name", &self.name)
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read<T: Clone>(l: &RwLock<T>) -> T {
+    match l.read() {
+        Ok(g) => g.clone(),
+        Err(p) => p.into_inner().clone(),
+    }
+}
+
+impl Waypoint {
+    /// A waypoint with no config yet (not ready until xDS has answered).
+    pub fn new(cfg: WaypointConfig) -> Arc<Self> {
+        let pool = Pool::new(cfg.hbone.clone());
+        let certs = cfg.certs.clone();
+        let id = cfg.identity.clone();
+        let cert_source = Arc::new(move || certs.get(&id).map_err(|e| e.to_string()));
+        Arc::new_cyclic(|me| Waypoint {
+            upstreams: Upstreams::new(pool, cert_source, cfg.socket.clone()),
+            name: cfg.name,
+            identity: cfg.identity,
+            certs: cfg.certs,
+            hbone: cfg.hbone,
+            state: RwLock::default(),
+            addresses: RwLock::default(),
+            metrics: Metrics::default(),
+            synced: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            self_ref: me.clone(),
+        })
+    }
+
+    /// The current L7 config.
+    pub fn state(&self) -> Arc<WaypointState> {
+        read(&self.state)
+    }
+
+    /// The mesh's workloads and services (source telemetry, JWKS hosts).
+    pub fn addresses(&self) -> Arc<ProxyState> {
+        read(&self.addresses)
+    }
+
+    /// Request metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Upstream connections.
+    pub fn upstreams(&self) -> &Arc<Upstreams> {
+        &self.upstreams
+    }
+
+    /// `namespace/name` of the Gateway.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Ready once every xDS type has been received and the certificate issued.
+    pub fn is_ready(&self) -> bool {
+        self.synced.load(Ordering::Relaxed) && self.certs.server_config(&self.identity).is_some()
+    }
+
+    /// Gets the waypoint's certificate from the CA (which only signs for a
+    /// workload it knows, so this runs once xDS has synced), retrying.
+    fn fetch_certificate(&self) {
+        let me = self.self_ref.clone();
+        tokio::task::spawn_blocking(move || {
+            while let Some(w) = me.upgrade() {
+                if w.shutting_down.load(Ordering::Relaxed) {
+                    return;
+                }
+                match w.certs.get(&w.identity) {
+                    Ok(_) => return,
+                    Err(e) => warn!(error = %e, "waypoint certificate not issued yet; retrying"),
+                }
+                drop(w);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+    }
+
+    /// Stops reconnecting to the controller.
+    pub fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    /// Applies one `L7Service` (or its removal).
+    pub fn apply_l7(&self, name: &str, svc: Option<pb::L7Service>) -> Result<(), String> {
+        let mut guard = match self.state.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let mut next = (**guard).clone();
+        let changed = next
+            .apply(&self.name, name, svc)
+            .map_err(|e| e.to_string())?;
+        if changed {
+            *guard = Arc::new(next);
+            drop(guard);
+            if let Some(s) = self.state().get(name) {
+                self.fetch_jwks(s);
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the address state.
+    pub fn set_addresses(&self, state: ProxyState) {
+        let mut g = match self.addresses.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *g = Arc::new(state);
+    }
+
+    /// Fetches keys for `svc`'s `jwksUri` rules, retrying until they arrive
+    /// and refreshing every 5 minutes while the config is current.
+    fn fetch_jwks(&self, svc: &Arc<ServiceState>) {
+        let remote = match svc.jwt.read() {
+            Ok(r) => r.remote_keys(),
+            Err(p) => p.into_inner().remote_keys(),
+        };
+        for (index, uri) in remote {
+            let weak_svc = Arc::downgrade(svc);
+            let me = self.self_ref.clone();
+            tokio::spawn(async move {
+                loop {
+                    let (Some(svc), Some(me)) = (weak_svc.upgrade(), me.upgrade()) else {
+                        return;
+                    };
+                    let wait = match me.get_jwks(&uri).await {
+                        Ok(keys) => {
+                            match svc.jwt.write() {
+                                Ok(mut j) => j.set_keys(index, keys),
+                                Err(p) => p.into_inner().set_keys(index, keys),
+                            }
+                            info!(%uri, "JWKS fetched");
+                            Duration::from_secs(300)
+                        }
+                        Err(e) => {
+                            warn!(%uri, error = %e, "JWKS fetch failed; tokens for this issuer are refused until it succeeds");
+                            Duration::from_secs(1)
+                        }
+                    };
+                    drop((svc, me));
+                    tokio::time::sleep(wait).await;
+                }
+            });
+        }
+    }
+
+    /// GETs a JWKS over plain HTTP; a hostname is resolved to one endpoint of
+    /// the mesh Service of that name.
+    async fn get_jwks(&self, uri: &str) -> Result<jsonwebtoken::jwk::JwkSet, String> {
+        let uri: http::Uri = uri.parse().map_err(|e| format!("{e}"))?;
+        if uri.scheme_str() != Some("http") {
+            return Err("only http:// jwksUri is supported".into());
+        }
+        let host = uri.host().ok_or("no host")?.to_string();
+        let port = uri.port_u16().unwrap_or(80);
+        let addr = match host.parse() {
+            Ok(ip) => SocketAddr::new(ip, port),
+            Err(_) => {
+                let state = self.addresses();
+                let svc = state
+                    .services()
+                    .find(|s| s.hostname == host)
+                    .ok_or_else(|| format!("no Service {host}"))?;
+                state
+                    .endpoints(svc, port)
+                    .first()
+                    .map(|e| e.addr)
+                    .ok_or_else(|| format!("Service {host} has no endpoint"))?
+            }
+        };
+        let target = Target {
+            addr,
+            identity: String::new(),
+            hbone: false,
+            http2: false,
+        };
+        let io = self
+            .upstreams
+            .dial(&target)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = http::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
+            .header(http::header::HOST, host)
+            .body(crate::proxy::full(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("status {}", resp.status()));
+        }
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        serde_json::from_slice(&body).map_err(|e| format!("not a JWKS: {e}"))
+    }
+
+    /// The HBONE server (port 15008) for this waypoint.
+    pub fn hbone_server(self: &Arc<Self>) -> Arc<HboneServer<WaypointHandler>> {
+        HboneServer::new(
+            self.hbone.clone(),
+            Arc::new(PodServerTls::new(self.certs.clone(), self.identity.clone())),
+            WaypointHandler {
+                waypoint: self.clone(),
+            },
+        )
+    }
+
+    fn conn_info(&self, peer: Option<SpiffeId>, client: SocketAddr, dst: SocketAddr) -> ConnInfo {
+        let addresses = self.addresses();
+        let w = addresses.workload_by_ip(client.ip());
+        let source = Peer {
+            workload: w.map(|w| w.workload_name.clone()).unwrap_or_default(),
+            namespace: peer
+                .as_ref()
+                .map(|p| p.namespace().to_string())
+                .or_else(|| w.map(|w| w.namespace.clone()))
+                .unwrap_or_default(),
+            principal: peer.as_ref().map(|p| p.to_string()).unwrap_or_default(),
+            app: w.map(|w| w.canonical_name.clone()).unwrap_or_default(),
+            version: w.map(|w| w.canonical_revision.clone()).unwrap_or_default(),
+        };
+        let mut source_labels = std::collections::BTreeMap::new();
+        if let Some(w) = w {
+            source_labels.insert("app".to_string(), w.canonical_name.clone());
+            source_labels.insert("version".to_string(), w.canonical_revision.clone());
+        }
+        ConnInfo {
+            peer_identity: peer,
+            client,
+            dst,
+            source,
+            source_labels,
+        }
+    }
+
+    /// Serves plain HTTP on `listener` as if every connection had been
+    /// tunnelled to `dst` (debugging, and benchmarks against other proxies).
+    pub async fn serve_plaintext(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        dst: SocketAddr,
+    ) {
+        loop {
+            let Ok((tcp, peer)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let info = self.conn_info(None, peer, dst);
+            let me = self.clone();
+            tokio::spawn(async move { me.serve_connection(tcp, info).await });
+        }
+    }
+
+    /// Serves one client connection: HTTP (detected) or TCP routes.
+    pub async fn serve_connection<IO>(
+        self: Arc<Self>,
+        mut io: IO,
+        info: ConnInfo,
+    ) -> std::io::Result<(u64, u64)>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let state = self.state();
+        let svc = state.for_destination(info.dst.ip()).map(|(s, _)| s.clone());
+        let declared = svc.as_ref().and_then(|s| {
+            s.service()
+                .ports
+                .iter()
+                .find(|p| p.port == u32::from(info.dst.port()))
+                .map(|p| p.protocol.to_ascii_lowercase())
+        });
+        let mut prefix = BytesMut::new();
+        let is_http = match declared.as_deref() {
+            Some("tcp") => false,
+            Some("http" | "http2" | "grpc") => true,
+            _ => {
+                // Sniff: HTTP/1 method or the HTTP/2 preface. Server-first
+                // protocols send nothing, so give up after a second.
+                let sniff = async {
+                    while prefix.len() < 16 {
+                        let mut buf = [0u8; 1024];
+                        match io.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => prefix.extend_from_slice(&buf[..n]),
+                        }
+                        if looks_like_http(&prefix).is_some() {
+                            break;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(1), sniff).await;
+                looks_like_http(&prefix).unwrap_or(false)
+            }
+        };
+        let io = Rewind::new(prefix.freeze(), io);
+        if !is_http {
+            return self.relay_tcp(svc, info, io).await;
+        }
+        let info = Arc::new(info);
+        let me = self.clone();
+        let service = service_fn(move |req| me.clone().handle(info.clone(), req));
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http2()
+            .max_concurrent_streams(1024)
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20);
+        if let Err(e) = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .await
+        {
+            debug!(error = %e, "downstream HTTP connection ended");
+        }
+        Ok((0, 0))
+    }
+
+    /// VirtualService `tcp` routes (or the Service itself): bytes to one
+    /// endpoint.
+    async fn relay_tcp<IO>(
+        self: Arc<Self>,
+        svc: Option<Arc<ServiceState>>,
+        info: ConnInfo,
+        mut io: IO,
+    ) -> std::io::Result<(u64, u64)>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Some(svc) = svc else {
+            return Err(std::io::Error::other(format!(
+                "no service for {}",
+                info.dst
+            )));
+        };
+        let port = info.dst.port();
+        let l7 = svc.service();
+        let dest = l7
+            .tcp
+            .iter()
+            .find(|r| r.ports.is_empty() || r.ports.contains(&u32::from(port)))
+            .and_then(|r| {
+                let total: u64 = r.route.iter().map(|d| u64::from(d.weight)).sum();
+                if total == 0 {
+                    return r.route.first();
+                }
+                let mut pick = rand::random::<u64>() % total;
+                r.route.iter().find(|d| {
+                    let w = u64::from(d.weight);
+                    if pick < w {
+                        true
+                    } else {
+                        pick -= w;
+                        false
+                    }
+                })
+            })
+            .and_then(|d| d.destination.clone());
+        let (host, subset, port) = match dest {
+            Some(d) => (
+                d.host,
+                d.subset,
+                u16::try_from(d.port)
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .unwrap_or(port),
+            ),
+            None => (l7.hostname.clone(), String::new(), port),
+        };
+        let backend = svc
+            .backends
+            .get(&host)
+            .ok_or_else(|| std::io::Error::other(format!("no backend {host}")))?;
+        let subset = backend
+            .subsets
+            .get(&subset)
+            .ok_or_else(|| std::io::Error::other("no subset"))?;
+        let i = subset
+            .pick(None, rand::random())
+            .ok_or_else(|| std::io::Error::other("no healthy upstream"))?;
+        let ep = &subset.endpoints[i];
+        let ip = ep
+            .address
+            .parse()
+            .map_err(|_| std::io::Error::other("bad endpoint address"))?;
+        let target_port = backend
+            .target_port(ep, port)
+            .ok_or_else(|| std::io::Error::other("no target port"))?;
+        let target = Target {
+            addr: SocketAddr::new(ip, target_port),
+            identity: ep.identity.clone(),
+            hbone: ep.hbone,
+            http2: false,
+        };
+        let mut up = self
+            .upstreams
+            .dial(&target)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        tokio::io::copy_bidirectional(&mut io, &mut up).await
+    }
+
+    /// `/config_dump`: the Services served and their sources.
+    pub fn config_dump(&self) -> String {
+        let state = self.state();
+        let services: Vec<serde_json::Value> = state
+            .services()
+            .map(|s| {
+                let l7 = s.service();
+                serde_json::json!({
+                    "hostname": l7.hostname,
+                    "vips": l7.vips,
+                    "routes": l7.http.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+                    "policies": l7.authorization.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect::<Vec<_>>(),
+                    "backends": s.backends.iter().map(|(h, b)| (h.clone(), b.subsets.iter().map(|(n, ss)| (n.clone(), ss.endpoints.iter().map(|e| e.address.clone()).collect::<Vec<_>>())).collect::<HashMap<_, _>>())).collect::<HashMap<_, _>>(),
+                    "sources": l7.sources,
+                })
+            })
+            .collect();
+        serde_json::to_string_pretty(&serde_json::json!({
+            "waypoint": self.name,
+            "identity": self.identity.to_string(),
+            "ready": self.is_ready(),
+            "services": services,
+        }))
+        .unwrap_or_default()
+    }
+}
+
+/// The waypoint's HBONE handler: any CONNECT to a destination it serves is
+/// accepted and its stream handed to the HTTP server.
+pub struct WaypointHandler {
+    waypoint: Arc<Waypoint>,
+}
+
+impl InboundHandler for WaypointHandler {
+    type Upstream = ConnInfo;
+
+    async fn open(&self, req: InboundRequest) -> Result<ConnInfo, Refusal> {
+        let dst = match req.connect.target {
+            ambit_hbone::request::ConnectTarget::Addr(a) => a,
+            ambit_hbone::request::ConnectTarget::Host { ref host, .. } => {
+                return Err(Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("hostname authority {host} is not supported by the waypoint"),
+                ));
+            }
+        };
+        if self.waypoint.state().for_destination(dst.ip()).is_none() {
+            return Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{dst} is not a destination this waypoint serves"),
+            ));
+        }
+        let client = req.connect.forwarded_for.unwrap_or(req.peer_addr);
+        Ok(self
+            .waypoint
+            .conn_info(Some(req.peer_identity), client, dst))
+    }
+
+    async fn relay(&self, tunnel: H2Stream, info: ConnInfo) -> std::io::Result<(u64, u64)> {
+        self.waypoint.clone().serve_connection(tunnel, info).await
+    }
+}
+
+/// The waypoint's xDS consumer: `L7Service` for its config, `Address` for
+/// source telemetry and JWKS hosts.
+pub struct WaypointXds {
+    waypoint: Arc<Waypoint>,
+    addresses: XdsCache,
+    l7_versions: HashMap<String, String>,
+}
+
+impl WaypointXds {
+    /// A consumer feeding `waypoint`.
+    pub fn new(waypoint: Arc<Waypoint>) -> Self {
+        WaypointXds {
+            waypoint,
+            addresses: XdsCache::default(),
+            l7_versions: HashMap::new(),
+        }
+    }
+}
+
+impl XdsConsumer for WaypointXds {
+    fn type_urls(&self) -> &'static [&'static str] {
+        &[ADDRESS_TYPE, L7_SERVICE_TYPE]
+    }
+
+    fn proxy_kind(&self) -> &'static str {
+        "waypoint"
+    }
+
+    fn versions(&self, type_url: &str) -> HashMap<String, String> {
+        if type_url == L7_SERVICE_TYPE {
+            self.l7_versions.clone()
+        } else {
+            self.addresses.versions(type_url)
+        }
+    }
+
+    fn apply(&mut self, resp: &DeltaDiscoveryResponse) -> Vec<String> {
+        if resp.type_url != L7_SERVICE_TYPE {
+            let errors = self.addresses.apply(resp);
+            self.waypoint.set_addresses(self.addresses.state());
+            return errors;
+        }
+        let mut errors = Vec::new();
+        for name in &resp.removed_resources {
+            self.l7_versions.remove(name);
+            if let Err(e) = self.waypoint.apply_l7(name, None) {
+                errors.push(format!("{name}: {e}"));
+            }
+        }
+        for r in &resp.resources {
+            let decoded = r
+                .resource
+                .as_ref()
+                .ok_or_else(|| "resource has no body".to_string())
+                .and_then(|b| pb::L7Service::decode(b.value.as_slice()).map_err(|e| e.to_string()))
+                .and_then(|s| self.waypoint.apply_l7(&r.name, Some(s)));
+            match decoded {
+                Ok(()) => {
+                    self.l7_versions.insert(r.name.clone(), r.version.clone());
+                }
+                Err(e) => errors.push(format!("{}: {e}", r.name)),
+            }
+        }
+        errors
+    }
+
+    fn synced(&mut self) {
+        if !self.waypoint.synced.swap(true, Ordering::Relaxed) {
+            self.waypoint.fetch_certificate();
+        }
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        self.waypoint.shutting_down.load(Ordering::Relaxed)
+    }
+}
