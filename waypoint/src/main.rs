@@ -57,8 +57,7 @@ fn args() -> anyhow::Result<Args> {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
     let args = args()?;
@@ -99,7 +98,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     if served == 0 {
-        bail!("no Service in {} uses waypoint {}", args.dir.display(), args.gateway);
+        bail!(
+            "no Service in {} uses waypoint {}",
+            args.dir.display(),
+            args.gateway
+        );
     }
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     eprintln!(

@@ -104,6 +104,28 @@ struct CompiledRoute {
     total_weight: u64,
 }
 
+/// The destination `random` lands on when `dests` split `total` by weight
+/// (all weights 0: the first).
+pub fn pick_weighted(
+    dests: &[pb::RouteDestination],
+    total: u64,
+    random: u64,
+) -> Option<&pb::RouteDestination> {
+    if total == 0 {
+        return dests.first();
+    }
+    let mut pick = random % total;
+    dests.iter().find(|d| {
+        let w = u64::from(d.weight);
+        if pick < w {
+            true
+        } else {
+            pick -= w;
+            false
+        }
+    })
+}
+
 /// An `L7Service`'s routes, compiled once per config version.
 pub struct Router {
     service: pb::L7Service,
@@ -172,20 +194,7 @@ impl Router {
             if !compiled.matches.is_empty() && !compiled.matches.iter().any(|m| m.matches(req)) {
                 continue;
             }
-            let destination = if compiled.total_weight == 0 {
-                route.route.first()
-            } else {
-                let mut pick = random % compiled.total_weight;
-                route.route.iter().find(|d| {
-                    let w = u64::from(d.weight);
-                    if pick < w {
-                        true
-                    } else {
-                        pick -= w;
-                        false
-                    }
-                })
-            };
+            let destination = pick_weighted(&route.route, compiled.total_weight, random);
             return Decision::Route {
                 index,
                 route,

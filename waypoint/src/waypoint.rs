@@ -421,19 +421,7 @@ impl Waypoint {
             .find(|r| r.ports.is_empty() || r.ports.contains(&u32::from(port)))
             .and_then(|r| {
                 let total: u64 = r.route.iter().map(|d| u64::from(d.weight)).sum();
-                if total == 0 {
-                    return r.route.first();
-                }
-                let mut pick = rand::random::<u64>() % total;
-                r.route.iter().find(|d| {
-                    let w = u64::from(d.weight);
-                    if pick < w {
-                        true
-                    } else {
-                        pick -= w;
-                        false
-                    }
-                })
+                crate::route::pick_weighted(&r.route, total, rand::random())
             })
             .and_then(|d| d.destination.clone());
         let (host, subset, port) = match dest {
