@@ -87,7 +87,12 @@ spec:
   host: reviews
   subsets:
   - {{name: v1, labels: {{version: v1}}}}
-  - {{name: v2, labels: {{version: v2}}}}
+  - name: v2
+    labels: {{version: v2}}
+    trafficPolicy:
+      connectionPool:
+        tcp: {{maxConnections: 1}}
+        http: {{http1MaxPendingRequests: 1}}
   - {{name: v3, labels: {{version: v3}}}}
 ---
 apiVersion: networking.istio.io/v1
@@ -121,6 +126,13 @@ spec:
       request: {{set: {{x-added: "yes"}}, remove: [x-drop]}}
       response: {{set: {{x-resp: hello}}}}
     route: [{{destination: {{host: reviews, subset: v3}}}}]
+  - name: cors
+    match: [{{uri: {{prefix: /cors}}}}]
+    corsPolicy:
+      allowOrigins: [{{exact: "https://shop.test"}}]
+      allowMethods: [GET, POST]
+      maxAge: 60s
+    route: [{{destination: {{host: reviews, subset: v1}}}}]
   - name: limited
     match: [{{uri: {{prefix: /limited}}}}]
     route: [{{destination: {{host: reviews, subset: v1}}}}]
@@ -409,6 +421,96 @@ async fn istio_l7_rules_apply_through_the_waypoint() {
     .await;
     assert!(!r.body.contains("h:authorization"), "{}", r.body);
 
+    // CORS: preflight answered by the waypoint for an allowed origin only;
+    // actual responses carry the allow-origin header.
+    let pre = [
+        ("origin", "https://shop.test"),
+        ("access-control-request-method", "GET"),
+    ];
+    let r = request(&client, vip, "OPTIONS", "/cors", &pre).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.headers
+            .get("access-control-allow-origin")
+            .map(String::as_str),
+        Some("https://shop.test")
+    );
+    assert_eq!(
+        r.headers.get("access-control-max-age").map(String::as_str),
+        Some("60")
+    );
+    assert_eq!(r.pod(), "-", "a preflight never reaches the app");
+    let other = [
+        ("origin", "https://evil.test"),
+        ("access-control-request-method", "GET"),
+    ];
+    let r = request(&client, vip, "OPTIONS", "/cors", &other).await;
+    assert!(
+        !r.headers.contains_key("access-control-allow-origin"),
+        "{r:?}"
+    );
+    let r = request(
+        &client,
+        vip,
+        "GET",
+        "/cors",
+        &[("origin", "https://shop.test")],
+    )
+    .await;
+    assert_eq!((r.status, r.pod()), (200, "reviews-v1"));
+    assert!(r.headers.contains_key("access-control-allow-origin"));
+
+    // HTTP/2 (prior knowledge) through the waypoint: served over HTTP/2 upstream too.
+    {
+        let s = connect_from(&client, vip).await.expect("connect");
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(s),
+        )
+        .await
+        .expect("h2 handshake");
+        tokio::spawn(conn);
+        let req = http::Request::get("http://reviews:9080/reviews/h2?canary=1")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let resp = send.send_request(req).await.expect("h2 response");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.headers()
+                .get("x-served-by")
+                .and_then(|v| v.to_str().ok()),
+            Some("reviews-v3")
+        );
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .expect("body")
+            .to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("version=HTTP/2.0"), "{body}");
+    }
+
+    // Connection pool on subset v2: one connection, one pending request;
+    // six concurrent slow requests → the excess overflows as 503.
+    let mut slow = Vec::new();
+    for _ in 0..6 {
+        let client = client.clone();
+        slow.push(tokio::spawn(async move {
+            request(&client, vip, "GET", "/delay/400", &[("end-user", "jason")])
+                .await
+                .status
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in slow {
+        statuses.push(t.await.expect("task"));
+    }
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let overflow = statuses.iter().filter(|s| **s == 503).count();
+    assert!(
+        ok >= 1 && overflow >= 1 && ok + overflow == 6,
+        "{statuses:?}"
+    );
+
     // Local rate limit: 3 tokens for the route, the 4th is 429 with the header.
     let mut codes = Vec::new();
     for _ in 0..4 {
@@ -479,5 +581,9 @@ async fn istio_l7_rules_apply_through_the_waypoint() {
     );
     assert!(text.contains("response_code=\"429\"") && text.contains("response_flags=\"RL\""));
     assert!(text.contains("istio_request_duration_milliseconds_bucket"));
+    assert!(
+        text.contains("response_flags=\"UO\""),
+        "overflow is counted"
+    );
     eprintln!("v3 share: {v3}/1000");
 }

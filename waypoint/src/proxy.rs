@@ -549,6 +549,15 @@ impl Waypoint {
         );
         // HTTP/2 upstream iff the client spoke it (gRPC stays gRPC).
         let http2 = req_parts.version == http::Version::HTTP_2;
+        let upgrade = !http2 && is_upgrade(&req_parts.headers);
+        // Hop-by-hop headers are this connection's, not the upstream's.
+        for h in ["keep-alive", "proxy-connection", "transfer-encoding"] {
+            req_parts.headers.remove(h);
+        }
+        if !upgrade {
+            req_parts.headers.remove(header::CONNECTION);
+            req_parts.headers.remove(header::UPGRADE);
+        }
         if !http2 {
             // hyper's HTTP/1 client wants origin-form.
             if let Some(pq) = req_parts.uri.path_and_query().cloned()
@@ -596,7 +605,6 @@ impl Waypoint {
             .hash_header()
             .and_then(|h| facts.headers.get(h))
             .cloned();
-        let upgrade = !http2 && is_upgrade(&req_parts.headers);
         // Small bodies are buffered so retries and mirrors can resend them.
         let size_hint = http_body::Body::size_hint(&body);
         let replayable = !upgrade && size_hint.upper().is_some_and(|u| u <= REPLAY_LIMIT);
