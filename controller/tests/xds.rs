@@ -24,6 +24,11 @@ apiVersion: v1
 kind: Namespace
 metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: wp}}
 ---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: wp, namespace: demo}
+spec: {gatewayClassName: istio-waypoint}
+---
 apiVersion: v1
 kind: Service
 metadata: {name: echo, namespace: demo}
