@@ -235,14 +235,20 @@ async fn delta_ads_sends_what_changed_and_only_that() {
         "{m}"
     );
 
-    // One pod changes: one resource on the wire.
+    // One pod changes: one Address on the wire, plus the one L7Service whose
+    // backend endpoints it is in.
     s.publish
         .send_replace(res(&WORLD.replace("10.244.2.2", "10.244.2.3")));
-    let r = c.next().await;
-    assert_eq!(r.type_url, ADDRESS_TYPE);
+    let mut got: HashMap<String, DeltaDiscoveryResponse> = HashMap::new();
+    for _ in 0..2 {
+        let r = c.next().await;
+        got.insert(r.type_url.clone(), r);
+    }
+    let r = &got[ADDRESS_TYPE];
     assert_eq!(r.resources.len(), 1);
     assert_eq!(r.resources[0].name, "Kubernetes//Pod/demo/echo-1");
     assert!(r.removed_resources.is_empty());
+    assert_eq!(got[L7_SERVICE_TYPE].resources.len(), 1);
     assert!(c.quiet().await);
 
     // A pod goes away: removed by name.
@@ -252,12 +258,22 @@ async fn delta_ads_sends_what_changed_and_only_that() {
     );
     assert_ne!(without, WORLD);
     s.publish.send_replace(res(&without));
-    let r = c.next().await;
+    let mut got: HashMap<String, DeltaDiscoveryResponse> = HashMap::new();
+    for _ in 0..2 {
+        let r = c.next().await;
+        got.insert(r.type_url.clone(), r);
+    }
+    let r = &got[ADDRESS_TYPE];
     assert_eq!(
         r.removed_resources,
         vec!["Kubernetes//Pod/demo/echo-1".to_string()]
     );
     assert!(r.resources.is_empty());
+    assert_eq!(
+        got[L7_SERVICE_TYPE].resources.len(),
+        1,
+        "its endpoint left the L7 backend"
+    );
 
     // A bad VirtualService edit: reported, the last good one stays (no L7 push).
     s.publish
