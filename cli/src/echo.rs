@@ -21,6 +21,9 @@ pub struct EchoArgs {
     /// Name to report (default: $POD_NAME, else the hostname).
     #[arg(long)]
     pub name: Option<String>,
+    /// Answer every HTTP request with this status (a broken backend).
+    #[arg(long)]
+    pub status: Option<u16>,
 }
 
 fn pod_name(args: &EchoArgs) -> String {
@@ -42,11 +45,12 @@ pub async fn run(args: EchoArgs) -> anyhow::Result<()> {
     for port in &args.ports {
         let listener = TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], *port))).await?;
         let name = name.clone();
+        let forced = args.status;
         tasks.push(tokio::spawn(async move {
             while let Ok((sock, peer)) = listener.accept().await {
                 let name = name.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve(sock, peer, &name).await {
+                    if let Err(e) = serve(sock, peer, &name, forced).await {
                         tracing::debug!(error = %e, "echo connection ended");
                     }
                 });
@@ -66,6 +70,7 @@ pub async fn run(args: EchoArgs) -> anyhow::Result<()> {
 /// answers N, `/delay/MS` waits first; a request asking for an upgrade gets 101 and a byte echo.
 async fn echo_http(
     name: Arc<str>,
+    forced: Option<u16>,
     peer: SocketAddr,
     mut req: http::Request<hyper::body::Incoming>,
 ) -> Result<http::Response<Full<Bytes>>, std::convert::Infallible> {
@@ -74,6 +79,7 @@ async fn echo_http(
         .path()
         .strip_prefix("/status/")
         .and_then(|s| s.parse::<u16>().ok())
+        .or(forced)
         .and_then(|s| http::StatusCode::from_u16(s).ok())
         .unwrap_or(http::StatusCode::OK);
     if let Some(ms) = req
@@ -129,7 +135,12 @@ async fn echo_http(
         .unwrap_or_default())
 }
 
-async fn serve(mut sock: TcpStream, peer: SocketAddr, name: &str) -> std::io::Result<()> {
+async fn serve(
+    mut sock: TcpStream,
+    peer: SocketAddr,
+    name: &str,
+    forced: Option<u16>,
+) -> std::io::Result<()> {
     let mut buf = vec![0u8; 16 * 1024];
     let mut seen = Vec::new();
     let is_http = loop {
@@ -145,7 +156,7 @@ async fn serve(mut sock: TcpStream, peer: SocketAddr, name: &str) -> std::io::Re
     if is_http {
         let name: Arc<str> = name.into();
         let io = Rewind::new(Bytes::from(seen), sock);
-        let svc = hyper::service::service_fn(move |req| echo_http(name.clone(), peer, req));
+        let svc = hyper::service::service_fn(move |req| echo_http(name.clone(), forced, peer, req));
         let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
             .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), svc)
             .await;

@@ -4,3 +4,4 @@
 pub mod cluster;
 pub mod demo;
 pub mod echo;
+pub mod waypoint_cmd;

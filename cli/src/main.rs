@@ -37,10 +37,29 @@ enum Command {
         #[arg(short = 'f', long = "file")]
         dir: PathBuf,
     },
+    /// Declare waypoints (Gateway `istio-waypoint`), as `istioctl waypoint`.
+    Waypoint {
+        #[command(subcommand)]
+        action: WaypointAction,
+    },
     /// The built-in test app (HTTP/1.1 and TCP echo; reports who served).
     Echo(ambit::echo::EchoArgs),
     /// Open an HBONE tunnel between two local endpoints and report what was verified.
     HboneDemo(hbone_demo::DemoArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum WaypointAction {
+    /// Print the Gateway YAML.
+    Generate(ambit::waypoint_cmd::WaypointArgs),
+    /// Write the Gateway into the directory `ambit up -f DIR` watches.
+    Apply {
+        /// The directory.
+        #[arg(short = 'f', long = "file")]
+        dir: PathBuf,
+        #[command(flatten)]
+        args: ambit::waypoint_cmd::WaypointArgs,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,6 +82,18 @@ fn main() -> anyhow::Result<()> {
             let code = analyze::run(&dir)?;
             std::process::exit(code)
         }
+        Command::Waypoint { action } => match action {
+            WaypointAction::Generate(args) => {
+                print!("{}", ambit::waypoint_cmd::generate(&args));
+                Ok(())
+            }
+            WaypointAction::Apply { dir, args } => {
+                for f in ambit::waypoint_cmd::apply(&dir, &args)? {
+                    println!("wrote {}", f.display());
+                }
+                Ok(())
+            }
+        },
         Command::Echo(args) => rt.block_on(ambit::echo::run(args)),
         Command::HboneDemo(args) => rt.block_on(hbone_demo::run(args)),
     }

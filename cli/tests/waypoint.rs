@@ -18,6 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 mod common;
 use common::{require_root, set_ambit_bin};
 
+/// One local cluster per process at a time (namespace names carry the pid).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const SECRET: &[u8] = b"a test secret that is long enough";
 const VIP: &str = "10.96.0.20:9080";
 
@@ -256,6 +259,7 @@ async fn request(
 async fn istio_l7_rules_apply_through_the_waypoint() {
     require_root();
     set_ambit_bin();
+    let _serial = SERIAL.lock().await;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -586,4 +590,219 @@ async fn istio_l7_rules_apply_through_the_waypoint() {
         "overflow is counted"
     );
     eprintln!("v3 share: {v3}/1000");
+}
+
+/// A waypoint per service account (`ambit waypoint generate
+/// --service-account ratings`): it takes traffic to the pods running as
+/// `ratings` whether sent to the Service VIP or to a pod IP; a pod outside
+/// the mesh cannot reach them around it. Also: outlier detection ejecting a
+/// broken endpoint, an upgraded connection, a streamed 8 MiB body, gRPC
+/// over HTTP/2 and raw TCP through the waypoint.
+fn ratings(gateway: &str) -> String {
+    let mut y = String::from(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: legacy}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: shop}
+spec: {nodeName: node1, serviceAccountName: client, containers: [{name: c, image: ambit}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: outsider, namespace: legacy}
+spec: {nodeName: node1, containers: [{name: c, image: ambit}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ratings, namespace: shop, labels: {istio.io/use-waypoint: ratings-waypoint}}
+spec:
+  clusterIP: 10.96.0.30
+  selector: {app: ratings}
+  ports: [{name: http, port: 9080}, {name: tcp, port: 9000}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ratings-0, namespace: shop, labels: {app: ratings}}
+spec:
+  nodeName: node2
+  serviceAccountName: ratings
+  containers: [{name: r, image: ambit, command: [ambit, echo, --port, "9080", --port, "9000"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ratings-broken, namespace: shop, labels: {app: ratings}}
+spec:
+  nodeName: node1
+  serviceAccountName: ratings
+  containers: [{name: r, image: ambit, command: [ambit, echo, --port, "9080", --port, "9000", --status, "503"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings, namespace: shop}
+spec:
+  host: ratings
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-private, namespace: shop}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: ratings-waypoint}]
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/private*"]}}]}]
+---
+"#,
+    );
+    y.push_str(gateway);
+    y
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_service_account_waypoint_cannot_be_skipped() {
+    require_root();
+    set_ambit_bin();
+    let _serial = SERIAL.lock().await;
+    let gateway = ambit::waypoint_cmd::generate(&ambit::waypoint_cmd::WaypointArgs {
+        namespace: "shop".into(),
+        name: None,
+        traffic: None,
+        enroll_namespace: false,
+        service_account: Some("ratings".into()),
+    });
+    let mut res = Resources::default();
+    res.add_yaml(&ratings(&gateway), "ratings.yaml")
+        .expect("yaml");
+    let cluster = LocalCluster::up(res, 2).await.expect("cluster up");
+    assert_eq!(cluster.waypoints.len(), 1);
+    for p in ["shop/ratings-0", "shop/ratings-broken"] {
+        let p = cluster.pod(p).expect("pod");
+        assert!(wait_listening(&p.netns, 9080, Duration::from_secs(10)).await);
+    }
+    let client = cluster.pod("shop/client").expect("client").netns.clone();
+    let outsider = cluster
+        .pod("legacy/outsider")
+        .expect("outsider")
+        .netns
+        .clone();
+    let vip: SocketAddr = "10.96.0.30:9080".parse().expect("vip");
+    let pod_ip = SocketAddr::new(cluster.pod("shop/ratings-0").expect("pod").ip.into(), 9080);
+
+    // Policy bound to the service-account waypoint applies to pod-IP and VIP traffic.
+    let r = request(&client, pod_ip, "GET", "/private/x", &[]).await;
+    assert_eq!(
+        r.status, 403,
+        "pod IP traffic goes through the waypoint: {r:?}"
+    );
+    let r = request(&client, pod_ip, "GET", "/public", &[]).await;
+    assert_eq!(
+        (r.status, r.pod()),
+        (200, "ratings-0"),
+        "pod IP goes to that pod"
+    );
+    let r = request(&client, vip, "GET", "/private/x", &[]).await;
+    assert_eq!(r.status, 403, "VIP traffic too: {r:?}");
+    // A pod outside the mesh cannot go around the waypoint.
+    let around = ambit::cluster::client::http_get(&outsider, pod_ip, "/private/x").await;
+    assert!(
+        matches!(around, Ok(None) | Err(_)),
+        "plaintext to a pod behind a waypoint is refused: {around:?}"
+    );
+
+    // Outlier detection: the broken endpoint is ejected after two 5xx.
+    let mut last = Vec::new();
+    for i in 0..20 {
+        let r = request(&client, vip, "GET", "/ok", &[]).await;
+        if i >= 10 {
+            last.push((r.status, r.pod().to_string()));
+        }
+    }
+    assert!(
+        last.iter().all(|(s, p)| *s == 200 && p == "ratings-0"),
+        "after ejection only the healthy endpoint serves: {last:?}"
+    );
+
+    // An upgraded connection is spliced through.
+    {
+        let mut s = connect_from(&client, vip).await.expect("connect");
+        s.write_all(
+            b"GET /ws HTTP/1.1\r\nhost: ratings\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+        )
+        .await
+        .expect("write");
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.expect("read");
+        let head = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        s.write_all(b"ping through the waypoint")
+            .await
+            .expect("write");
+        let mut got = vec![0u8; 25];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+            .await
+            .expect("echo in time")
+            .expect("read");
+        assert_eq!(&got, b"ping through the waypoint");
+    }
+
+    // A large body streams through (8 MiB each way) on HTTP/2, as gRPC.
+    {
+        let s = connect_from(&client, vip).await.expect("connect");
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(s),
+        )
+        .await
+        .expect("h2 handshake");
+        tokio::spawn(conn);
+        let body = bytes::Bytes::from(vec![b'x'; 8 << 20]);
+        let req = http::Request::post("http://ratings:9080/pkg.Ratings/Get")
+            .header("content-type", "application/grpc")
+            .body(http_body_util::Full::new(body))
+            .expect("request");
+        let resp = send.send_request(req).await.expect("h2 response");
+        assert_eq!(resp.status(), 200);
+        let got = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .expect("body")
+            .to_bytes();
+        assert!(got.len() > 8 << 20, "echoed {} bytes", got.len());
+    }
+
+    // Raw TCP (not HTTP) on the Service's tcp port goes through the waypoint too.
+    {
+        let mut s = connect_from(&client, "10.96.0.30:9000".parse().expect("addr"))
+            .await
+            .expect("connect");
+        s.write_all(b"hello tcp\n").await.expect("write");
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("reply in time")
+            .expect("read");
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(
+            text.contains("ratings-0 saw") || text.contains("ratings-broken saw"),
+            "{text}"
+        );
+    }
+
+    let text = cluster
+        .waypoints
+        .values()
+        .next()
+        .expect("waypoint")
+        .waypoint
+        .metrics()
+        .render();
+    assert!(text.contains("request_protocol=\"grpc\""), "{text}");
+    assert!(text.contains("destination_service=\"ratings.shop.svc.cluster.local\""));
 }

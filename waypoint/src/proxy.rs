@@ -605,6 +605,12 @@ impl Waypoint {
             .hash_header()
             .and_then(|h| facts.headers.get(h))
             .cloned();
+        // The client side of an upgrade (websocket): spliced after the 101.
+        let downstream_upgrade = if upgrade {
+            req_parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+        } else {
+            None
+        };
         // Small bodies are buffered so retries and mirrors can resend them.
         let size_hint = http_body::Body::size_hint(&body);
         let replayable = !upgrade && size_hint.upper().is_some_and(|u| u <= REPLAY_LIMIT);
@@ -688,8 +694,6 @@ impl Waypoint {
                     }
                     None => prepared.build(),
                 };
-                let mut request = request;
-                let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
                 let sent = self.upstreams().send(&subset, &target, request);
                 let result = match retry.per_try {
                     Some(t) => tokio::time::timeout(t, sent).await.ok(),
@@ -712,7 +716,7 @@ impl Waypoint {
                             attempts_left -= 1;
                             continue;
                         }
-                        return Ok((resp, in_flight, downstream_upgrade));
+                        return Ok((resp, in_flight));
                     }
                     Some(Err(e)) => {
                         if !matches!(e, UpstreamError::Overflow) {
@@ -758,7 +762,7 @@ impl Waypoint {
             },
             None => attempt_all.await,
         };
-        let (mut resp, in_flight, downstream_upgrade) = match result {
+        let (mut resp, in_flight) = match result {
             Ok(ok) => ok,
             Err((flags, resp)) => {
                 out.flags = flags;

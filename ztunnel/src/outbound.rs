@@ -80,6 +80,11 @@ fn route(state: &ProxyState, dst: SocketAddr) -> Route {
     } else {
         return Route::Passthrough(dst);
     };
+    // The chosen endpoint has its own (workload) waypoint: it must see the
+    // traffic too, addressed to the endpoint.
+    if let (Some(gw), Some(svc)) = (&workload.waypoint, &service) {
+        return via_waypoint(state, gw, endpoint, Some(svc.hostname.clone()));
+    }
     if workload.protocol != Protocol::Hbone {
         return Route::Passthrough(endpoint);
     }

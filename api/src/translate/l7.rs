@@ -408,12 +408,21 @@ fn targets(refs: &[TargetRef], single: &Option<TargetRef>) -> Vec<TargetRef> {
     refs.iter().chain(single.iter()).cloned().collect()
 }
 
-/// Does a `targetRefs` list bind to this Service or this waypoint?
-fn binds(refs: &[TargetRef], ns: &str, obj_ns: &str, service: &str, waypoint: &str) -> bool {
+/// Does a `targetRefs` list bind to this Service or one of its waypoints?
+fn binds(
+    refs: &[TargetRef],
+    ns: &str,
+    obj_ns: &str,
+    service: &str,
+    waypoints: &[(String, String)],
+) -> bool {
     refs.iter().any(|r| {
-        r.namespace.as_deref().unwrap_or(obj_ns) == ns
-            && ((r.kind == "Service" && r.name == service)
-                || (r.kind == "Gateway" && r.name == waypoint))
+        let target_ns = r.namespace.as_deref().unwrap_or(obj_ns);
+        (r.kind == "Service" && r.name == service && target_ns == ns)
+            || (r.kind == "Gateway"
+                && waypoints
+                    .iter()
+                    .any(|(wns, w)| *w == r.name && target_ns == wns))
     })
 }
 
@@ -645,10 +654,28 @@ pub(super) fn translate_l7(res: &Resources, waypoints: &Waypoints, out: &mut Tra
         let ns = ns_of(&svc.metadata);
         let name = svc.metadata.name.clone().unwrap_or_default();
         let labels = svc.metadata.labels.clone().unwrap_or_default();
-        let Ok(Some((waypoint_ns, waypoint))) = waypoints.for_service(&labels, &ns) else {
-            continue;
-        };
         let hostname = resolve_host(&name, &ns);
+        // The Service's own waypoint, then the workload waypoints of the
+        // pods behind it (their policies apply to traffic sent to them).
+        let mut waypoint: Vec<(String, String)> = Vec::new();
+        if let Ok(Some(w)) = waypoints.for_service(&labels, &ns) {
+            waypoint.push(w);
+        }
+        let key = format!("{ns}/{hostname}");
+        for w in &out.config.workloads {
+            if let (true, Some(g)) = (w.services.contains_key(&key), &w.waypoint)
+                && let Some((wns, host)) = g.destination.split_once('/')
+            {
+                let wname = host.split('.').next().unwrap_or(host).to_string();
+                let pair = (wns.to_string(), wname);
+                if !waypoint.contains(&pair) {
+                    waypoint.push(pair);
+                }
+            }
+        }
+        if waypoint.is_empty() {
+            continue;
+        }
         let mut sources = Vec::new();
         let HostRoutes {
             http,
@@ -716,7 +743,7 @@ pub(super) fn translate_l7(res: &Resources, waypoints: &Waypoints, out: &mut Tra
                     name: p.name.clone().unwrap_or_default(),
                 })
                 .collect(),
-            waypoints: vec![format!("{waypoint_ns}/{waypoint}")],
+            waypoints: waypoint.iter().map(|(n, w)| format!("{n}/{w}")).collect(),
             http,
             tcp,
             traffic_policy,

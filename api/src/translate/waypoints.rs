@@ -20,6 +20,9 @@ use super::l7::{USE_WAYPOINT, WAYPOINT_CLASS};
 pub const WAYPOINT_FOR: &str = "istio.io/waypoint-for";
 /// The label naming the namespace of the waypoint in `istio.io/use-waypoint`.
 pub const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
+/// Gateway annotation binding a waypoint to every pod in its namespace that
+/// runs as this service account (one waypoint per service account).
+pub const FOR_SERVICE_ACCOUNT: &str = "istio.io/for-service-account";
 /// The label Gateway API puts on a Gateway's pods and Service.
 pub const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
 
@@ -59,6 +62,8 @@ impl TrafficType {
 #[derive(Clone, Debug, Default)]
 pub struct Waypoints {
     gateways: BTreeMap<(String, String), TrafficType>,
+    /// (namespace, service account) → waypoint name.
+    by_service_account: BTreeMap<(String, String), String>,
     namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
 }
 
@@ -92,6 +97,24 @@ impl Waypoints {
                 )
             })
             .collect();
+        let by_service_account = res
+            .gateways
+            .iter()
+            .filter(|(_, g)| g.spec.gateway_class_name == WAYPOINT_CLASS)
+            .filter_map(|(_, g)| {
+                let sa = g.metadata.annotations.as_ref()?.get(FOR_SERVICE_ACCOUNT)?;
+                Some((
+                    (
+                        g.metadata
+                            .namespace
+                            .clone()
+                            .unwrap_or_else(|| "default".into()),
+                        sa.clone(),
+                    ),
+                    g.metadata.name.clone()?,
+                ))
+            })
+            .collect();
         let namespace_labels = res
             .namespaces
             .iter()
@@ -104,6 +127,7 @@ impl Waypoints {
             .collect();
         Waypoints {
             gateways,
+            by_service_account,
             namespace_labels,
         }
     }
@@ -163,13 +187,26 @@ impl Waypoints {
         self.resolve(labels, ns, TrafficType::takes_services)
     }
 
-    /// The waypoint (namespace, name) for a pod in `ns` with `labels`.
+    /// The waypoint (namespace, name) for a pod in `ns` with `labels`
+    /// running as `service_account`: its `use-waypoint` label (or its
+    /// namespace's), else a waypoint for its service account.
     pub fn for_workload(
         &self,
         labels: &BTreeMap<String, String>,
         ns: &str,
+        service_account: &str,
     ) -> Result<Option<(String, String)>, Unbound> {
-        self.resolve(labels, ns, TrafficType::takes_workloads)
+        let by_label = self.resolve(labels, ns, TrafficType::takes_workloads);
+        if labels.contains_key(GATEWAY_NAME) || matches!(by_label, Ok(Some(_))) {
+            return by_label;
+        }
+        match self
+            .by_service_account
+            .get(&(ns.to_string(), service_account.to_string()))
+        {
+            Some(name) => Ok(Some((ns.to_string(), name.clone()))),
+            None => by_label,
+        }
     }
 
     /// Is a pod with `labels` in `ns` one of a waypoint's own pods?

@@ -216,7 +216,12 @@ pub(super) fn translate_pods(res: &Resources, waypoints: &Waypoints, out: &mut T
             .is_none_or(|c| c.status == "True");
         let name = pod.metadata.name.clone().unwrap_or_default();
         let waypoint_pod = waypoints.is_waypoint_pod(&lbl, &ns);
-        let waypoint = match waypoints.for_workload(&lbl, &ns) {
+        let service_account = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".into());
+        let waypoint = match waypoints.for_workload(&lbl, &ns, &service_account) {
             Ok(w) => w.map(|(wns, wname)| gateway_ref(&wns, &wname)),
             Err(why) => {
                 // Only the pod's own label is worth a finding: a namespace
@@ -250,11 +255,7 @@ pub(super) fn translate_pods(res: &Resources, waypoints: &Waypoints, out: &mut T
                 Protocol::Tcp
             },
             trust_domain: "cluster.local".into(),
-            service_account: pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.service_account_name.clone())
-                .unwrap_or_else(|| "default".into()),
+            service_account,
             node: pod
                 .spec
                 .as_ref()

@@ -271,9 +271,9 @@ impl LocalCluster {
     /// holds the resulting state (bounded by [`CONVERGE_TIMEOUT`]).
     fn publish_and_wait(&self, cfg: &LocalConfig) -> anyhow::Result<Duration> {
         self.control.publish(self.resources.clone());
-        let took = self.wait_for(cfg, CONVERGE_TIMEOUT).map_err(|_| {
+        let took = self.wait_for(cfg, CONVERGE_TIMEOUT).map_err(|e| {
             anyhow::anyhow!(
-                "ztunnels did not receive the new config from the controller within {CONVERGE_TIMEOUT:?}"
+                "ztunnels did not receive the new config from the controller within {CONVERGE_TIMEOUT:?}: {e}"
             )
         })?;
         self.wait_waypoints(CONVERGE_TIMEOUT)?;
@@ -349,7 +349,20 @@ impl LocalCluster {
                 return Ok(started.elapsed());
             }
             if started.elapsed() > within {
-                bail!("ztunnels did not converge within {within:?}");
+                let state = self.ztunnels[0].shared().state();
+                let differing: Vec<String> = cfg
+                    .workloads
+                    .iter()
+                    .filter(|w| state.workload(&w.uid).is_none_or(|s| **s != **w))
+                    .map(|w| w.uid.clone())
+                    .collect();
+                bail!(
+                    "ztunnels did not converge within {within:?} (node1 differs on workloads {differing:?}; {} vs {} services, {} vs {} policies)",
+                    state.services().count(),
+                    cfg.services.len(),
+                    state.policies().count(),
+                    cfg.policies.len()
+                );
             }
             std::thread::sleep(Duration::from_millis(5));
         }
