@@ -806,3 +806,273 @@ async fn a_service_account_waypoint_cannot_be_skipped() {
     assert!(text.contains("request_protocol=\"grpc\""), "{text}");
     assert!(text.contains("destination_service=\"ratings.shop.svc.cluster.local\""));
 }
+
+const STORE: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: store, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: legacy}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: store}
+spec: {gatewayClassName: istio-waypoint}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: store, labels: {app: web}}
+spec: {nodeName: node1, serviceAccountName: web, containers: [{name: c, image: ambit}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: products, namespace: store}
+spec:
+  clusterIP: 10.96.0.40
+  selector: {app: products}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: products-a, namespace: store, labels: {app: products, version: a}}
+spec:
+  nodeName: node2
+  serviceAccountName: products
+  containers: [{name: p, image: ambit, command: [ambit, echo, --port, "8080"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: products-b, namespace: store, labels: {app: products, version: b}}
+spec:
+  nodeName: node1
+  serviceAccountName: products
+  containers: [{name: p, image: ambit, command: [ambit, echo, --port, "8080"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: shadow, namespace: legacy, labels: {app: shadow}}
+spec: {nodeName: node2, containers: [{name: c, image: ambit}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: shadow, namespace: legacy}
+spec: {clusterIP: 10.96.0.41, selector: {app: shadow}, ports: [{port: 8080}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: jwks, namespace: legacy, labels: {app: jwks}}
+spec: {nodeName: node1, containers: [{name: c, image: ambit}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: jwks, namespace: legacy}
+spec: {clusterIP: 10.96.0.42, selector: {app: jwks}, ports: [{port: 8000}]}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: products, namespace: store}
+spec:
+  host: products
+  trafficPolicy:
+    loadBalancer: {consistentHash: {httpHeaderName: x-user}}
+  subsets:
+  - {name: a, labels: {version: a}}
+  - {name: b, labels: {version: b}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: products, namespace: store}
+spec:
+  hosts: [products.store.svc.cluster.local]
+  http:
+  - name: by-source
+    match: [{sourceLabels: {app: web}, uri: {prefix: /src}}]
+    route: [{destination: {host: products, subset: b}}]
+  - name: by-port
+    match: [{port: 8080, uri: {prefix: /port}}]
+    route: [{destination: {host: products, subset: b}}]
+  - name: retry
+    match: [{uri: {prefix: /status/}}]
+    retries: {attempts: 3, retryOn: 5xx}
+    route: [{destination: {host: products, subset: a}}]
+  - name: per-try
+    match: [{uri: {regex: "/delay/[0-9]+"}}]
+    timeout: 2s
+    retries: {attempts: 2, perTryTimeout: 100ms, retryOn: "5xx,reset"}
+    route: [{destination: {host: products, subset: a}}]
+  - name: mirror
+    match: [{uri: {prefix: /mirror}}]
+    mirror: {host: shadow.legacy.svc.cluster.local}
+    mirrorPercentage: {value: 100}
+    route: [{destination: {host: products, subset: a}}]
+  - name: hash
+    match: [{uri: {prefix: /hash}}]
+    route: [{destination: {host: products}}]
+  - name: default
+    route: [{destination: {host: products, subset: a}}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: store}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  jwtRules:
+  - issuer: https://issuer.test
+    jwksUri: http://jwks.legacy.svc.cluster.local:8000/keys
+    forwardOriginalToken: true
+    outputPayloadToHeader: x-jwt-payload
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: secure, namespace: store}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  action: ALLOW
+  rules:
+  - to: [{operation: {paths: ["/secure*"]}}]
+    from: [{source: {requestPrincipals: ["https://issuer.test/alice"]}}]
+  - to: [{operation: {notPaths: ["/secure*"]}}]
+"#;
+
+/// A listener inside pod `netns` (the test plays that pod's app).
+fn listen_in_pod(netns: &str, port: u16) -> tokio::net::TcpListener {
+    let ns = ztunnel::netns::Netns::open(format!("/run/netns/{netns}")).expect("netns");
+    let std = ns
+        .run(|| std::net::TcpListener::bind(("0.0.0.0", port)))
+        .expect("enter netns")
+        .expect("bind");
+    std.set_nonblocking(true).expect("nonblocking");
+    tokio::net::TcpListener::from_std(std).expect("listener")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retries_mirror_jwks_uri_hashing_and_source_matches() {
+    require_root();
+    set_ambit_bin();
+    let _serial = SERIAL.lock().await;
+    let mut res = Resources::default();
+    res.add_yaml(STORE, "store.yaml").expect("yaml");
+    // The JWKS server (a pod outside the mesh), up before the waypoint asks.
+    let jwks_doc = jwks();
+    let cluster = LocalCluster::up(res, 2).await.expect("cluster up");
+    let jwks_listener = listen_in_pod(&cluster.pod("legacy/jwks").expect("jwks").netns, 8000);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = jwks_listener.accept().await {
+            let body = jwks_doc.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    let shadow = listen_in_pod(&cluster.pod("legacy/shadow").expect("shadow").netns, 8080);
+    for p in ["store/products-a", "store/products-b"] {
+        let p = cluster.pod(p).expect("pod");
+        assert!(wait_listening(&p.netns, 8080, Duration::from_secs(10)).await);
+    }
+    let web = cluster.pod("store/web").expect("web").netns.clone();
+    let vip: SocketAddr = "10.96.0.40:8080".parse().expect("vip");
+    let w = cluster
+        .waypoints
+        .values()
+        .next()
+        .expect("waypoint")
+        .waypoint
+        .clone();
+
+    // sourceLabels and port matches.
+    let r = request(&web, vip, "GET", "/src/1", &[]).await;
+    assert_eq!(
+        (r.status, r.pod()),
+        (200, "products-b"),
+        "sourceLabels app=web"
+    );
+    let r = request(&web, vip, "GET", "/port/1", &[]).await;
+    assert_eq!((r.status, r.pod()), (200, "products-b"), "port 8080");
+
+    // Retries: three more attempts on 5xx, then the last answer.
+    let before = w
+        .metrics()
+        .retries
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let r = request(&web, vip, "GET", "/status/503", &[]).await;
+    assert_eq!(r.status, 503);
+    let after = w
+        .metrics()
+        .retries
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(after - before, 3, "attempts: 3 means three retries");
+    // perTryTimeout: each try gives up after 100 ms; 3 tries, then 504.
+    let t = std::time::Instant::now();
+    let r = request(&web, vip, "GET", "/delay/1000", &[]).await;
+    assert_eq!(r.status, 504, "{r:?}");
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+
+    // Mirror: the shadow gets a copy with the -shadow authority; the client
+    // gets the primary's answer.
+    let r = request(&web, vip, "GET", "/mirror/1", &[]).await;
+    assert_eq!((r.status, r.pod()), (200, "products-a"));
+    let (mut copy, _) = tokio::time::timeout(Duration::from_secs(5), shadow.accept())
+        .await
+        .expect("mirror connection")
+        .expect("accept");
+    let mut buf = vec![0u8; 4096];
+    let n = copy.read(&mut buf).await.expect("read mirror");
+    let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+    assert!(head.starts_with("get /mirror/1 "), "{head}");
+    assert!(head.contains("host: reviews-shadow"), "{head}");
+
+    // Consistent hash on x-user: one user always lands on one pod.
+    for user in ["ann", "bob", "cyd"] {
+        let pods: std::collections::BTreeSet<String> = {
+            let mut s = std::collections::BTreeSet::new();
+            for _ in 0..8 {
+                s.insert(
+                    request(&web, vip, "GET", "/hash", &[("x-user", user)])
+                        .await
+                        .pod()
+                        .to_string(),
+                );
+            }
+            s
+        };
+        assert_eq!(pods.len(), 1, "{user} went to {pods:?}");
+    }
+
+    // JWKS from jwksUri: valid token admitted to /secure, payload forwarded,
+    // token kept (forwardOriginalToken); none → 403; forged → 401.
+    let bearer = format!("Bearer {}", token(SECRET));
+    let mut r = request(&web, vip, "GET", "/secure/1", &[("authorization", &bearer)]).await;
+    for _ in 0..50 {
+        if r.status != 401 {
+            break;
+        }
+        // The keys may still be on their way.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        r = request(&web, vip, "GET", "/secure/1", &[("authorization", &bearer)]).await;
+    }
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("h:x-jwt-payload="), "{}", r.body);
+    assert!(r.body.contains("h:authorization=Bearer "), "{}", r.body);
+    let r = request(&web, vip, "GET", "/secure/1", &[]).await;
+    assert_eq!(r.status, 403, "no token: requestPrincipals does not match");
+    let forged = format!("Bearer {}", token(b"some other secret, also long enough"));
+    let r = request(&web, vip, "GET", "/secure/1", &[("authorization", &forged)]).await;
+    assert_eq!(r.status, 401);
+    let text = w.metrics().render();
+    assert!(
+        text.contains("ambit_waypoint_mirrored_requests_total 1"),
+        "{text}"
+    );
+}

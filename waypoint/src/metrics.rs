@@ -90,6 +90,10 @@ struct Series {
 #[derive(Debug, Default)]
 pub struct Metrics {
     series: Mutex<HashMap<RequestLabels, Series>>,
+    /// Upstream attempts made again (Envoy's `upstream_rq_retry`).
+    pub retries: std::sync::atomic::AtomicU64,
+    /// Copies sent to mirror destinations.
+    pub mirrored: std::sync::atomic::AtomicU64,
 }
 
 impl Metrics {
@@ -142,6 +146,13 @@ impl Metrics {
                 .collect(),
         };
         let mut out = String::new();
+        use std::sync::atomic::Ordering::Relaxed;
+        let _ = writeln!(
+            out,
+            "# TYPE ambit_waypoint_upstream_retries_total counter\nambit_waypoint_upstream_retries_total {}\n# TYPE ambit_waypoint_mirrored_requests_total counter\nambit_waypoint_mirrored_requests_total {}",
+            self.retries.load(Relaxed),
+            self.mirrored.load(Relaxed)
+        );
         out.push_str("# TYPE istio_requests_total counter\n");
         for (l, s) in &series {
             let _ = writeln!(

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ambit_api::xds::proto::l7 as pb;
@@ -714,6 +715,7 @@ impl Waypoint {
                         subset.record(ep_index, Some(status));
                         if attempts_left > 0 && retry.retry_status(status) {
                             attempts_left -= 1;
+                            self.metrics().retries.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
                         return Ok((resp, in_flight));
@@ -750,6 +752,7 @@ impl Waypoint {
                     }
                 }
                 attempts_left = attempts_left.saturating_sub(1);
+                self.metrics().retries.fetch_add(1, Ordering::Relaxed);
             }
         };
         let result = match timeout {
@@ -842,6 +845,7 @@ impl Waypoint {
             let Ok(guard) = this.upstreams().admit(&subset, ep) else {
                 return;
             };
+            this.metrics().mirrored.fetch_add(1, Ordering::Relaxed);
             if let Ok(resp) = this.upstreams().send(&subset, &target, req).await {
                 let _ = resp.into_body().collect().await;
             }
