@@ -157,6 +157,33 @@ spec:
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
+metadata: {{name: deny-edges, namespace: bookinfo}}
+spec:
+  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}]
+  action: DENY
+  rules:
+  - from: [{{source: {{namespaces: [bookinfo]}}}}]
+    to: [{{operation: {{paths: [/ns-deny]}}}}]
+  - from: [{{source: {{notNamespaces: [bookinfo]}}}}]
+  - from: [{{source: {{ipBlocks: [10.244.0.0/16]}}}}]
+    to: [{{operation: {{paths: [/ip-deny]}}}}]
+  - to: [{{operation: {{hosts: [REVIEWS], paths: [/host-deny]}}}}]
+  - to: [{{operation: {{ports: ["9080"], paths: [/port-deny]}}}}]
+  - to: [{{operation: {{ports: ["1234"], paths: [/port-ok]}}}}]
+  - to: [{{operation: {{paths: ["*.php"]}}}}]
+  - to: [{{operation: {{paths: [/hdr]}}}}]
+    when: [{{key: "request.headers[x-block]", values: ["yes"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: audit-all, namespace: bookinfo}}
+spec:
+  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}]
+  action: AUDIT
+  rules: [{{to: [{{operation: {{paths: [/audited]}}}}]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
 metadata: {{name: allow-reads, namespace: bookinfo}}
 spec:
   targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}]
