@@ -293,7 +293,7 @@ async fn istio_l7_rules_apply_through_the_waypoint() {
         .try_init();
     let mut res = Resources::default();
     res.add_yaml(&bookinfo(), "bookinfo.yaml").expect("yaml");
-    let cluster = LocalCluster::up(res, 2).await.expect("cluster up");
+    let mut cluster = LocalCluster::up(res, 2).await.expect("cluster up");
     assert_eq!(cluster.waypoints.len(), 1, "one waypoint pod runs");
     for v in ["v1", "v2", "v3"] {
         let p = cluster.pod(&format!("bookinfo/reviews-{v}")).expect("pod");
@@ -617,6 +617,26 @@ async fn istio_l7_rules_apply_through_the_waypoint() {
         "overflow is counted"
     );
     eprintln!("v3 share: {v3}/1000");
+
+    // A VirtualService edit reaches the waypoint over xDS within a second
+    // and applies to the next request.
+    let mut edited = Resources::default();
+    edited
+        .add_yaml(
+            &bookinfo().replacen("subset: v2}}]", "subset: v3}}]", 1),
+            "bookinfo.yaml",
+        )
+        .expect("yaml");
+    let t = std::time::Instant::now();
+    cluster.reload(edited).expect("reload");
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "VirtualService edit took {took:?}"
+    );
+    let r = request(&client, vip, "GET", "/reviews/1", &[("end-user", "jason")]).await;
+    assert_eq!(r.pod(), "reviews-v3");
+    eprintln!("VirtualService edit applied in {took:?}");
 }
 
 /// A waypoint per service account (`ambit waypoint generate
