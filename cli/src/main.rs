@@ -109,7 +109,13 @@ async fn up(dir: PathBuf, nodes: u8) -> anyhow::Result<()> {
             p.key,
             p.node,
             p.ip,
-            if mesh { "ambient" } else { "-" }
+            if cluster.waypoints.contains_key(&p.key) {
+                "waypoint (HBONE :15008, readiness :15021, metrics :15020)"
+            } else if mesh {
+                "ambient"
+            } else {
+                "-"
+            }
         );
     }
     for f in &cluster.findings {
