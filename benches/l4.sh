@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# L4 benchmark: direct TCP between two pod namespaces on different nodes vs
+# the same through both ztunnels (HBONE), in one local cluster; everything
+# pinned to one vCPU; medians of 3 rounds with min–max. Needs root, iperf3,
+# sockperf and wrk (apt-get install iperf3 sockperf wrk).
+#   bash benches/l4.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CPU=${CPU:-1}
+ROUNDS=${ROUNDS:-3}
+for t in iperf3 sockperf wrk; do
+  command -v "$t" >/dev/null || { echo "needs $t (apt-get install iperf3 sockperf wrk)"; exit 1; }
+done
+cargo build --release -q -p ambit --bin ambit --example l4_bench
+out=$(mktemp)
+for _ in $(seq "$ROUNDS"); do
+  taskset -c "$CPU" target/release/examples/l4_bench >> "$out"
+done
+python3 benches/l4_table.py "$CPU" < "$out"
+rm -f "$out"

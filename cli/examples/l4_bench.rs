@@ -1,0 +1,317 @@
+//! The L4 benchmark (issue: zero copy, lifecycle, L4 benchmark): direct TCP
+//! between two pod namespaces on different nodes vs the same traffic through
+//! both nodes' ztunnels (HBONE, mTLS), in one local cluster. Tools run inside
+//! the pod namespaces: iperf3 (1 and 4 streams), sockperf (64 B TCP
+//! ping-pong), wrk against `ambit echo` (keep-alive 1 and 64 connections, a
+//! new connection per request, 1,000 connections at ≈2,000 req/s).
+//!
+//! The ztunnels run in this process (with the controller, idle after
+//! start-up), so CPU and memory are this process's: CPU per request / per
+//! new connection / ns per byte from `/proc/self/stat` deltas, VmRSS idle and
+//! with 1,000 idle tunnelled connections, VmHWM at the end. Prints one
+//! `key=value` line per round; `benches/l4.sh` pins everything to one vCPU,
+//! runs 3 rounds and prints the table. Needs root.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use ambit::cluster::LocalCluster;
+use ambit::cluster::client::{connect_from, wait_listening};
+use ambit_api::k8s::Resources;
+use anyhow::{Context, bail};
+
+const YAML: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: direct}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: mesh}
+spec: {nodeName: node1, serviceAccountName: client, containers: [{name: c, image: ambit}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: mesh}
+spec: {nodeName: node2, serviceAccountName: server, containers: [{name: c, image: ambit}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: direct}
+spec: {nodeName: node1, containers: [{name: c, image: ambit}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: direct}
+spec: {nodeName: node2, containers: [{name: c, image: ambit}]}
+"#;
+
+const SECONDS: u32 = 4;
+
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let tick = 100.0; // USER_HZ on Linux
+    let get = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (get(11) + get(12)) / tick
+}
+
+fn status_kib(key: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Runs `argv` inside `/run/netns/<netns>`; returns stdout.
+fn run_in(netns: &str, argv: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .args(argv)
+        .output()
+        .with_context(|| format!("running {argv:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{argv:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Starts a server inside `netns` (killed with the returned child).
+fn serve_in(netns: &str, argv: &[&str]) -> anyhow::Result<std::process::Child> {
+    Command::new("ip")
+        .args(["netns", "exec", netns])
+        .args(argv)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {argv:?}"))
+}
+
+fn iperf_gbps(netns: &str, server: &str, streams: u32) -> anyhow::Result<(f64, f64)> {
+    let cpu0 = cpu_seconds();
+    let out = run_in(
+        netns,
+        &[
+            "iperf3",
+            "-c",
+            server,
+            "-t",
+            &SECONDS.to_string(),
+            "-P",
+            &streams.to_string(),
+            "-J",
+        ],
+    )?;
+    let cpu = cpu_seconds() - cpu0;
+    let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
+    let end = &v["end"]["sum_received"];
+    let bps = end["bits_per_second"].as_f64().context("bits_per_second")?;
+    let bytes = end["bytes"].as_f64().unwrap_or(0.0);
+    Ok((bps / 1e9, if bytes > 0.0 { cpu * 1e9 / bytes } else { 0.0 }))
+}
+
+fn sockperf_us(netns: &str, server: &str) -> anyhow::Result<(f64, f64)> {
+    let out = run_in(
+        netns,
+        &[
+            "sockperf",
+            "ping-pong",
+            "--tcp",
+            "-i",
+            server,
+            "-p",
+            "11111",
+            "-m",
+            "64",
+            "-t",
+            &SECONDS.to_string(),
+        ],
+    )?;
+    let pct = |p: &str| -> f64 {
+        out.lines()
+            .find(|l| l.contains(&format!("percentile {p}")))
+            .and_then(|l| l.rsplit('=').next())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    Ok((pct("50.000"), pct("99.000")))
+}
+
+struct Wrk {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    requests: f64,
+    cpu_s: f64,
+}
+
+fn wrk(netns: &str, url: &str, conns: u32, extra: &[&str]) -> anyhow::Result<Wrk> {
+    let c = format!("-c{conns}");
+    let d = format!("-d{SECONDS}s");
+    let mut argv = vec!["wrk", "-t1", &c, &d, "--latency"];
+    argv.extend_from_slice(extra);
+    argv.push(url);
+    let cpu0 = cpu_seconds();
+    let out = run_in(netns, &argv)?;
+    let cpu_s = cpu_seconds() - cpu0;
+    let num = |re: &str| -> f64 {
+        regex::Regex::new(re)
+            .ok()
+            .and_then(|r| r.captures(&out))
+            .and_then(|c| c.get(1))
+            .and_then(|m| m.as_str().parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let lat = |p: &str| -> f64 {
+        let Some(c) = regex::Regex::new(&format!(r"\s{p}%\s+([\d.]+)(us|ms|s)\b"))
+            .ok()
+            .and_then(|r| r.captures(&out))
+        else {
+            return f64::NAN;
+        };
+        let v: f64 = c[1].parse().unwrap_or(f64::NAN);
+        v * match &c[2] {
+            "us" => 0.001,
+            "s" => 1000.0,
+            _ => 1.0,
+        }
+    };
+    if out.contains("Non-2xx") || out.contains("Socket errors") {
+        eprintln!("wrk reported errors:\n{out}");
+    }
+    Ok(Wrk {
+        rps: num(r"Requests/sec:\s+([\d.]+)"),
+        p50_ms: lat("50"),
+        p99_ms: lat("99"),
+        requests: num(r"(\d+) requests in"),
+        cpu_s,
+    })
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let mut res = Resources::default();
+    res.add_yaml(YAML, "l4-bench.yaml")?;
+    // SAFETY: set before any pod process starts; nothing else reads it concurrently.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var(
+            "AMBIT_BIN",
+            std::env::current_exe()?
+                .parent()
+                .and_then(|p| p.parent())
+                .map(|p| p.join("ambit"))
+                .context("target dir")?,
+        )
+    };
+    let cluster = LocalCluster::up(res, 2).await?;
+    let ambit = std::env::var("AMBIT_BIN")?;
+    let mut children = Vec::new();
+    let mut out: Vec<(String, f64)> = Vec::new();
+    let delay = std::env::temp_dir().join("ambit-l4-delay.lua");
+    // 1,000 connections each waiting 500 ms between requests: ≈2,000 req/s.
+    std::fs::write(&delay, "function delay() return 500 end\n")?;
+    for mode in ["direct", "mesh"] {
+        let client = cluster.pod(&format!("{mode}/client"))?.netns.clone();
+        let server_pod = cluster.pod(&format!("{mode}/server"))?.clone();
+        let server = server_pod.ip.to_string();
+        children.push(serve_in(
+            &server_pod.netns,
+            &["iperf3", "-s", "-B", "0.0.0.0", "-p", "5201"],
+        )?);
+        children.push(serve_in(
+            &server_pod.netns,
+            &[
+                "sockperf", "server", "--tcp", "-i", "0.0.0.0", "-p", "11111",
+            ],
+        )?);
+        children.push(serve_in(
+            &server_pod.netns,
+            &[&ambit, "echo", "--port", "8080", "--name", "server"],
+        )?);
+        for port in [5201, 11111, 8080] {
+            if !wait_listening(&server_pod.netns, port, Duration::from_secs(10)).await {
+                bail!("{mode} server port {port} did not come up");
+            }
+        }
+        let (g1, nspb) = iperf_gbps(&client, &server, 1)?;
+        let (g4, _) = iperf_gbps(&client, &server, 4)?;
+        let (rtt50, rtt99) = sockperf_us(&client, &server)?;
+        let url = format!("http://{server}:8080/");
+        let k1 = wrk(&client, &url, 1, &[])?;
+        let k64 = wrk(&client, &url, 64, &[])?;
+        let new = wrk(&client, &url, 1, &["-H", "Connection: close"])?;
+        let fixed = wrk(
+            &client,
+            &url,
+            1000,
+            &["-s", delay.to_str().unwrap_or_default()],
+        )?;
+        let m = |k: &str| format!("{mode}_{k}");
+        out.extend([
+            (m("iperf1_gbps"), g1),
+            (m("iperf4_gbps"), g4),
+            (m("ns_per_byte"), nspb),
+            (m("rtt_p50_us"), rtt50),
+            (m("rtt_p99_us"), rtt99),
+            (m("ka1_rps"), k1.rps),
+            (m("ka1_p50_ms"), k1.p50_ms),
+            (m("ka1_p99_ms"), k1.p99_ms),
+            (m("ka64_rps"), k64.rps),
+            (m("ka64_p50_ms"), k64.p50_ms),
+            (m("ka64_p99_ms"), k64.p99_ms),
+            (m("cpu_us_per_req"), k64.cpu_s * 1e6 / k64.requests.max(1.0)),
+            (m("newconn_rps"), new.rps),
+            (m("newconn_p50_ms"), new.p50_ms),
+            (m("newconn_p99_ms"), new.p99_ms),
+            (
+                m("cpu_us_per_conn"),
+                new.cpu_s * 1e6 / new.requests.max(1.0),
+            ),
+            (m("fixed_rps"), fixed.rps),
+            (m("fixed_p50_ms"), fixed.p50_ms),
+            (m("fixed_p99_ms"), fixed.p99_ms),
+        ]);
+        if mode == "mesh" {
+            // Memory: idle, then with 1,000 idle tunnelled connections.
+            out.push(("rss_idle_mib".into(), status_kib("VmRSS:") / 1024.0));
+            let target: SocketAddr = format!("{server}:8080").parse()?;
+            let mut held = Vec::new();
+            for _ in 0..1000 {
+                held.push(connect_from(&client, target).await?);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            out.push(("rss_1000_conns_mib".into(), status_kib("VmRSS:") / 1024.0));
+            drop(held);
+            out.push(("hwm_mib".into(), status_kib("VmHWM:") / 1024.0));
+        }
+    }
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    drop(cluster);
+    let line: Vec<String> = out.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
+    println!("{}", line.join(" "));
+    Ok(())
+}
