@@ -19,6 +19,7 @@ pub mod fuzzing;
 pub mod identity;
 pub mod keepalive;
 pub mod pem;
+pub mod relay;
 pub mod request;
 pub mod server;
 pub mod stream;

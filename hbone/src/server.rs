@@ -83,6 +83,17 @@ pub trait InboundHandler: Send + Sync + 'static {
     ) -> impl Future<Output = std::io::Result<(u64, u64)>> + Send;
 }
 
+/// Relays between the tunnel and a TCP upstream with the one-copy path
+/// ([`crate::relay`]).
+pub async fn tcp_relay(
+    mut tunnel: H2Stream,
+    mut upstream: TcpStream,
+) -> std::io::Result<(u64, u64)> {
+    crate::relay::relay_tcp(&mut tunnel, &mut upstream)
+        .await
+        .map(|(up, down)| (down, up))
+}
+
 /// Copies bytes both ways between the tunnel and `upstream`; an I/O error
 /// resets the stream (CANCEL) so the peer learns it did not end cleanly.
 pub async fn copy_relay<U>(mut tunnel: H2Stream, mut upstream: U) -> std::io::Result<(u64, u64)>
@@ -141,7 +152,7 @@ impl InboundHandler for DirectHandler {
     type Upstream = TcpStream;
 
     async fn relay(&self, tunnel: H2Stream, up: TcpStream) -> std::io::Result<(u64, u64)> {
-        copy_relay(tunnel, up).await
+        tcp_relay(tunnel, up).await
     }
 
     async fn open(&self, req: InboundRequest) -> Result<TcpStream, Refusal> {

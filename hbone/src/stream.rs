@@ -40,6 +40,12 @@ impl H2Stream {
         }
     }
 
+    /// The send half, the receive half and bytes received but not yet read,
+    /// for [`crate::relay`].
+    pub(crate) fn parts(&mut self) -> (&mut SendStream<Bytes>, &mut RecvStream, &mut Bytes) {
+        (&mut self.send, &mut self.recv, &mut self.pending)
+    }
+
     /// Aborts the stream with RST_STREAM(`reason`).
     pub fn reset(&mut self, reason: Reason) {
         self.send.send_reset(reason);

@@ -92,7 +92,7 @@ impl InboundHandler for PodInbound {
         tunnel: ambit_hbone::stream::H2Stream,
         up: TcpStream,
     ) -> std::io::Result<(u64, u64)> {
-        ambit_hbone::server::copy_relay(tunnel, up).await
+        ambit_hbone::server::tcp_relay(tunnel, up).await
     }
 
     async fn open(&self, req: InboundRequest) -> Result<TcpStream, Refusal> {

@@ -188,9 +188,7 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, mut app: TcpStream, peer: So
                 Ok(mut t) => {
                     shared.metrics.opened(&l);
                     info!(target: "access", reporter = "source", src.addr = %client, src.identity = %pod.identity, dst.addr = %endpoint, dst.identity = %t.peer_identity(), dst.service = service_host.as_deref().unwrap_or("-"), "connection opened");
-                    let (sent, received) = tokio::io::copy_bidirectional(&mut app, &mut t)
-                        .await
-                        .unwrap_or((0, 0));
+                    let (sent, received) = t.relay_tcp(&mut app).await.unwrap_or((0, 0));
                     shared.metrics.closed(&l, received, sent);
                 }
                 Err(e) => {

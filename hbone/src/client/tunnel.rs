@@ -42,6 +42,12 @@ impl Tunnel {
         }
     }
 
+    /// Relays between this tunnel and `tcp` with the one-copy path
+    /// ([`crate::relay`]); returns (bytes sent, bytes received).
+    pub async fn relay_tcp(&mut self, tcp: &mut tokio::net::TcpStream) -> io::Result<(u64, u64)> {
+        crate::relay::relay_tcp(&mut self.stream, tcp).await
+    }
+
     /// The server's verified SPIFFE identity.
     pub fn peer_identity(&self) -> &SpiffeId {
         &self.peer_identity
