@@ -92,6 +92,7 @@ impl InboundHandler for PodInbound {
         tunnel: ambit_hbone::stream::H2Stream,
         up: TcpStream,
     ) -> std::io::Result<(u64, u64)> {
+        let _active = self.shared.track();
         ambit_hbone::server::tcp_relay(tunnel, up).await
     }
 
@@ -177,6 +178,7 @@ pub async fn serve_plaintext(shared: Arc<Shared>, pod: Arc<Pod>, listener: TcpLi
         let shared = shared.clone();
         let pod = pod.clone();
         tokio::spawn(async move {
+            let _active = shared.track();
             let Ok(dst) = client.local_addr() else { return };
             let state = shared.state();
             let mut labels = inbound_labels(&state, peer.ip(), None, dst, None);

@@ -7,7 +7,8 @@
 //!   for an in-process CA;
 //! * `XDS_ROOT_CA` / `CA_ROOT_CA` (file path or PEM), `ALT_XDS_HOSTNAME`,
 //!   `AUTH_TOKEN` (file path or literal), `CLUSTER_ID`, `SECRET_TTL` (seconds
-//!   or `24h`), `NODE_NAME`, `INPOD_UDS`.
+//!   or `24h`), `NODE_NAME`, `INPOD_UDS`;
+//! * SIGTERM drains for `TERMINATION_GRACE_PERIOD_SECONDS` (default 5).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -170,6 +171,12 @@ async fn run() -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
     }
+    // Drain: listeners close, open connections get the grace period.
+    let grace = env("TERMINATION_GRACE_PERIOD_SECONDS")
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(5), Duration::from_secs);
+    let left = z.drain(grace).await;
+    tracing::info!(left, "exiting");
     z.shutdown();
     if let Some(t) = xds_task {
         t.abort();

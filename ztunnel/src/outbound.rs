@@ -114,6 +114,7 @@ pub async fn serve(shared: Arc<Shared>, pod: Arc<Pod>, listener: TcpListener) {
 }
 
 async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, mut app: TcpStream, peer: SocketAddr) {
+    let _active = shared.track();
     let _ = app.set_nodelay(true);
     let SocketAddr::V4(peer4) = peer else { return };
     let orig = {

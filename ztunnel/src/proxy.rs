@@ -117,9 +117,34 @@ pub struct Shared {
     pub(crate) pool: Arc<Pool>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) hbone: HboneConfig,
+    /// Proxied connections in flight (both directions), for draining.
+    active: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts one proxied connection while it lives.
+pub(crate) struct ActiveConn(Arc<Shared>);
+
+impl Drop for ActiveConn {
+    fn drop(&mut self) {
+        self.0
+            .active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Shared {
+    /// Counts a connection until the returned guard is dropped.
+    pub(crate) fn track(self: &Arc<Self>) -> ActiveConn {
+        self.active
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ActiveConn(self.clone())
+    }
+
+    /// Proxied connections in flight.
+    pub fn active_connections(&self) -> usize {
+        self.active.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The current state snapshot.
     pub fn state(&self) -> Arc<ProxyState> {
         match self.state.read() {
@@ -174,6 +199,7 @@ fn sync_services(
 struct PodRuntime {
     pod: Arc<Pod>,
     tasks: Vec<JoinHandle<()>>,
+    server: Arc<HboneServer<PodInbound>>,
 }
 
 /// A running ztunnel.
@@ -214,6 +240,7 @@ impl Ztunnel {
                 pool: Pool::new(config.hbone.clone()),
                 metrics: Arc::new(Metrics::default()),
                 hbone: config.hbone,
+                active: std::sync::atomic::AtomicUsize::new(0),
             }),
             pods: Mutex::default(),
         })
@@ -357,7 +384,7 @@ impl Ztunnel {
             PodInbound::new(self.shared.clone(), pod.clone()),
         );
         let tasks = vec![
-            tokio::spawn(server.serve(hbone_l)),
+            tokio::spawn(server.clone().serve(hbone_l)),
             tokio::spawn(inbound::serve_plaintext(
                 self.shared.clone(),
                 pod.clone(),
@@ -371,7 +398,7 @@ impl Ztunnel {
         ];
         info!(uid, %ip, identity = %pod.identity, "pod enrolled");
         if let Ok(mut pods) = self.pods.lock() {
-            pods.insert(uid.to_string(), PodRuntime { pod, tasks });
+            pods.insert(uid.to_string(), PodRuntime { pod, tasks, server });
         }
         Ok(())
     }
@@ -395,6 +422,38 @@ impl Ztunnel {
     pub fn shutdown(&self) {
         self.shutting_down
             .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Drains, as on SIGTERM: every pod's listeners close (HBONE connections
+    /// get a GOAWAY), capture stays on (so enrolled apps' new connections
+    /// fail rather than leave in clear), and established connections keep
+    /// flowing until they end or `within` passes. Returns how many were
+    /// still open at the end.
+    pub async fn drain(&self, within: std::time::Duration) -> usize {
+        self.shutdown();
+        let runtimes: Vec<(Vec<JoinHandle<()>>, Arc<HboneServer<PodInbound>>)> =
+            match self.pods.lock() {
+                Ok(mut p) => p
+                    .values_mut()
+                    .map(|rt| (std::mem::take(&mut rt.tasks), rt.server.clone()))
+                    .collect(),
+                Err(_) => vec![],
+            };
+        for (tasks, server) in &runtimes {
+            server.drain();
+            // The accept loops end; connections they spawned go on.
+            for t in tasks.iter().skip(1) {
+                t.abort();
+            }
+        }
+        info!(open = self.shared.active_connections(), ?within, "draining");
+        let deadline = tokio::time::Instant::now() + within;
+        while self.shared.active_connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let left = self.shared.active_connections();
+        info!(left, "drain finished");
+        left
     }
 
     /// Has [`shutdown`](Self::shutdown) been called?
