@@ -196,10 +196,13 @@ fn sync_services(
     now
 }
 
+/// A pod's HBONE server.
+type PodServer = Arc<HboneServer<PodInbound>>;
+
 struct PodRuntime {
     pod: Arc<Pod>,
     tasks: Vec<JoinHandle<()>>,
-    server: Arc<HboneServer<PodInbound>>,
+    server: PodServer,
 }
 
 /// A running ztunnel.
@@ -431,14 +434,13 @@ impl Ztunnel {
     /// still open at the end.
     pub async fn drain(&self, within: std::time::Duration) -> usize {
         self.shutdown();
-        let runtimes: Vec<(Vec<JoinHandle<()>>, Arc<HboneServer<PodInbound>>)> =
-            match self.pods.lock() {
-                Ok(mut p) => p
-                    .values_mut()
-                    .map(|rt| (std::mem::take(&mut rt.tasks), rt.server.clone()))
-                    .collect(),
-                Err(_) => vec![],
-            };
+        let runtimes: Vec<(Vec<JoinHandle<()>>, PodServer)> = match self.pods.lock() {
+            Ok(mut p) => p
+                .values_mut()
+                .map(|rt| (std::mem::take(&mut rt.tasks), rt.server.clone()))
+                .collect(),
+            Err(_) => vec![],
+        };
         for (tasks, server) in &runtimes {
             server.drain();
             // The accept loops end; connections they spawned go on.
