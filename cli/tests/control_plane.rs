@@ -290,7 +290,8 @@ async fn certificates_rotate_under_a_live_connection() {
     require_root();
     let _one = SERIAL.lock().await;
     common::set_ambit_bin();
-    let cluster = LocalCluster::up_with(resources(&ambient(SHOP)), 2, Duration::from_secs(3))
+    // 6 s lifetime: renewed at 3 s and 6 s while one stream keeps carrying data.
+    let cluster = LocalCluster::up_with(resources(&ambient(SHOP)), 2, Duration::from_secs(6))
         .await
         .expect("up");
     let client = cluster.pod("shop/client").expect("client").netns.clone();
@@ -308,7 +309,7 @@ async fn certificates_rotate_under_a_live_connection() {
     let mut serials = std::collections::BTreeSet::new();
     let started = Instant::now();
     let mut i = 0;
-    while started.elapsed() < Duration::from_millis(3800) {
+    while started.elapsed() < Duration::from_millis(7000) {
         let msg = format!("ping-{i:04}\n");
         conn.write_all(msg.as_bytes())
             .await
