@@ -18,3 +18,7 @@ for _ in $(seq "$ROUNDS"); do
 done
 python3 benches/l4_table.py "$CPU" < "$out"
 rm -f "$out"
+# Churn (issue target: RSS growth < 5 %): CHURN=300 bash benches/l4.sh
+if [ -n "${CHURN:-}" ]; then
+  taskset -c "$CPU" target/release/examples/l4_bench --churn "$CHURN" | grep churn_ | tr ' ' '\n'
+fi

@@ -208,8 +208,70 @@ fn wrk(netns: &str, url: &str, conns: u32, extra: &[&str]) -> anyhow::Result<Wrk
     })
 }
 
+/// Churn: `rate` new connections per second through node1's ztunnel for
+/// `secs`, each one HTTP request and close; prints RSS at start, middle and
+/// end, and CPU per connection.
+async fn churn(cluster: &LocalCluster, rate: u64, secs: u64) -> anyhow::Result<()> {
+    let client = cluster.pod("mesh/client")?.netns.clone();
+    let target: SocketAddr = format!("{}:8080", cluster.pod("mesh/server")?.ip).parse()?;
+    let rss = || status_kib("VmRSS:") / 1024.0;
+    // Warm up (pool, certificates, allocator) before the start sample.
+    for _ in 0..200 {
+        one_request(&client, target).await?;
+    }
+    let start_rss = rss();
+    let cpu0 = cpu_seconds();
+    let mut mid_rss = start_rss;
+    let total = rate * secs;
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let failures = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        tick.tick().await;
+        let (client, failures) = (client.clone(), failures.clone());
+        tasks.spawn(async move {
+            if one_request(&client, target).await.is_err() {
+                failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        while tasks.try_join_next().is_some() {}
+        if i == total / 2 {
+            mid_rss = rss();
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    let cpu = cpu_seconds() - cpu0;
+    let end_rss = rss();
+    println!(
+        "churn_conns={total} churn_secs={secs} churn_failures={} churn_rss_start_mib={start_rss:.2} churn_rss_mid_mib={mid_rss:.2} churn_rss_end_mib={end_rss:.2} churn_rss_growth_pct={:.2} churn_cpu_us_per_conn={:.1}",
+        failures.load(std::sync::atomic::Ordering::Relaxed),
+        (end_rss - start_rss) * 100.0 / start_rss,
+        cpu * 1e6 / total as f64
+    );
+    Ok(())
+}
+
+async fn one_request(netns: &str, to: SocketAddr) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = connect_from(netns, to).await?;
+    s.write_all(b"GET / HTTP/1.1\r\nhost: s\r\nconnection: close\r\n\r\n")
+        .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    if !buf.starts_with(b"HTTP/1.1 200") {
+        bail!("bad response");
+    }
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    // `--churn SECS`: only the churn run (72,000 connections a minute).
+    let churn_secs: Option<u64> = std::env::args()
+        .skip_while(|a| a != "--churn")
+        .nth(1)
+        .and_then(|v| v.parse().ok());
     let mut res = Resources::default();
     res.add_yaml(YAML, "l4-bench.yaml")?;
     // SAFETY: set before any pod process starts; nothing else reads it concurrently.
@@ -231,6 +293,20 @@ async fn main() -> anyhow::Result<()> {
     let delay = std::env::temp_dir().join("ambit-l4-delay.lua");
     // 1,000 connections each waiting 500 ms between requests: ≈2,000 req/s.
     std::fs::write(&delay, "function delay() return 500 end\n")?;
+    if let Some(secs) = churn_secs {
+        let server = cluster.pod("mesh/server")?.netns.clone();
+        let mut echo = serve_in(
+            &server,
+            &[&ambit, "echo", "--port", "8080", "--name", "server"],
+        )?;
+        if !wait_listening(&server, 8080, Duration::from_secs(10)).await {
+            bail!("echo did not come up");
+        }
+        let r = churn(&cluster, 1200, secs).await;
+        let _ = echo.kill();
+        let _ = echo.wait();
+        return r;
+    }
     for mode in ["direct", "mesh"] {
         let client = cluster.pod(&format!("{mode}/client"))?.netns.clone();
         let server_pod = cluster.pod(&format!("{mode}/server"))?.clone();
