@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use ambit::cluster::LocalCluster;
 use ambit::cluster::capture::{ALPN_H2_EXT, LinkCapture, contains};
-use ambit::cluster::client::{connect_from, http_get, wait_listening};
+use ambit::cluster::client::{http_get, wait_listening};
 use ambit_api::k8s::Resources;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const WITHIN: Duration = Duration::from_secs(1);
 
 mod common;
-use common::require_root;
+use common::{open_echo, require_root};
 
 /// One local cluster per process at a time (namespace names carry the pid).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -79,29 +79,6 @@ fn ambient(yaml: &str) -> String {
 
 async fn served(netns: &str, to: SocketAddr, path: &str) -> bool {
     matches!(http_get(netns, to, path).await, Ok(Some(b)) if b.contains("pod="))
-}
-
-/// Opens a TCP echo connection: the app speaks first, then reads the
-/// greeting line and its own bytes back.
-async fn open_echo(netns: &str, to: SocketAddr) -> tokio::net::TcpStream {
-    let mut conn = connect_from(netns, to).await.expect("connect");
-    conn.write_all(b"hello\n").await.expect("hello");
-    let mut got = Vec::new();
-    let mut buf = [0u8; 256];
-    while got.iter().filter(|b| **b == b'\n').count() < 2 {
-        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
-            .await
-            .expect("greeting in time")
-            .expect("greeting");
-        assert!(n > 0, "echo closed the connection");
-        got.extend_from_slice(&buf[..n]);
-    }
-    assert!(
-        got.ends_with(b"hello\n"),
-        "{:?}",
-        String::from_utf8_lossy(&got)
-    );
-    conn
 }
 
 fn mesh_opened(cluster: &LocalCluster, node: u8) -> u64 {

@@ -14,7 +14,7 @@ use ambit_api::k8s::Resources;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
-use common::{require_root, set_ambit_bin};
+use common::{open_echo, require_root, set_ambit_bin};
 
 const YAML: &str = r#"
 apiVersion: v1
@@ -57,24 +57,8 @@ async fn drain_keeps_open_connections_and_refuses_new_ones() {
     let client = cluster.pod("shop/client").expect("client").netns.clone();
     let to = SocketAddr::new(echo.ip.into(), 9000);
 
-    // An established connection through node1's ztunnel (greeting first).
-    let mut conn = connect_from(&client, to).await.expect("connect");
-    conn.write_all(b"hi\n").await.expect("hi");
-    let mut greet = vec![0u8; 256];
-    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut greet))
-        .await
-        .expect("greeting in time")
-        .expect("greeting");
-    assert!(n > 0);
-    let mut rest = Vec::new();
-    while !String::from_utf8_lossy(&greet[..n]).ends_with("hi\n")
-        && !String::from_utf8_lossy(&rest).ends_with("hi\n")
-    {
-        let mut b = [0u8; 64];
-        let k = conn.read(&mut b).await.expect("read");
-        assert!(k > 0);
-        rest.extend_from_slice(&b[..k]);
-    }
+    // An established connection through node1's ztunnel.
+    let mut conn = open_echo(&client, to).await;
     let z = cluster.ztunnels[0].clone();
     assert_eq!(z.shared().active_connections(), 1);
 

@@ -1,5 +1,7 @@
 //! Helpers shared by the local-cluster test binaries.
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 /// Fails with a clear message unless running as root.
 pub fn require_root() {
     if !nix::unistd::Uid::effective().is_root() {
@@ -19,4 +21,30 @@ pub fn set_ambit_bin() {
             std::env::set_var("AMBIT_BIN", env!("CARGO_BIN_EXE_ambit"))
         };
     });
+}
+
+/// Opens a TCP echo connection: the app speaks first, then reads the
+/// greeting line and its own bytes back.
+#[allow(dead_code)] // not every test binary uses it
+pub async fn open_echo(netns: &str, to: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let mut conn = ambit::cluster::client::connect_from(netns, to)
+        .await
+        .expect("connect");
+    conn.write_all(b"hello\n").await.expect("hello");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while got.iter().filter(|b| **b == b'\n').count() < 2 {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .expect("greeting in time")
+            .expect("greeting");
+        assert!(n > 0, "echo closed the connection");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.ends_with(b"hello\n"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    conn
 }
