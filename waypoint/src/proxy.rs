@@ -959,3 +959,76 @@ fn redirect_response(
     }
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn istio_default_retry_policy_and_explicit_conditions() {
+        let d = RetryPolicy::of(None);
+        assert_eq!(d.attempts, 2);
+        assert!(d.retry_status(503) && !d.retry_status(500) && !d.retry_status(404));
+        assert!(d.retry_error(&UpstreamError::Connect("refused".into())));
+        assert!(
+            !d.retry_error(&UpstreamError::Overflow),
+            "overflow is never retried"
+        );
+        let five = RetryPolicy::of(Some(&pb::Retry {
+            attempts: 3,
+            per_try_timeout_ms: 100,
+            retry_on: "5xx".into(),
+        }));
+        assert!(five.retry_status(500) && five.retry_status(503));
+        assert_eq!(five.per_try, Some(Duration::from_millis(100)));
+        let gw = RetryPolicy::of(Some(&pb::Retry {
+            attempts: 1,
+            per_try_timeout_ms: 0,
+            retry_on: "gateway-error,retriable-4xx".into(),
+        }));
+        assert!(gw.retry_status(502) && gw.retry_status(504) && gw.retry_status(409));
+        assert!(!gw.retry_status(500));
+    }
+
+    #[test]
+    fn rewrite_replaces_the_matched_prefix_or_the_whole_path() {
+        let route = pb::HttpRoute {
+            matches: vec![pb::HttpMatch {
+                uri: Some(pb::StringMatch {
+                    kind: Some(pb::string_match::Kind::Prefix("/api/".into())),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(rewrite_path(&route, "/api/items", "/v2/"), "/v2/items");
+        assert_eq!(rewrite_path(&route, "/other", "/v2/"), "/v2/");
+        let exact = pb::HttpRoute::default();
+        assert_eq!(rewrite_path(&exact, "/old", "/new"), "/new");
+    }
+
+    #[test]
+    fn query_and_header_maps_for_matching() {
+        let q = query_map(Some("a=1&b=&c"));
+        assert_eq!(q["a"], "1");
+        assert_eq!(q["b"], "");
+        assert_eq!(q["c"], "");
+        let mut h = http::HeaderMap::new();
+        h.append("x-a", HeaderValue::from_static("1"));
+        h.append("x-a", HeaderValue::from_static("2"));
+        assert_eq!(header_map(&h)["x-a"], "1,2");
+        let mut ops = http::HeaderMap::new();
+        ops.insert("x-drop", HeaderValue::from_static("v"));
+        apply_ops(
+            &mut ops,
+            Some(&pb::HeaderOps {
+                set: [("x-set".to_string(), "s".to_string())].into(),
+                add: [("x-add".to_string(), "a".to_string())].into(),
+                remove: vec!["x-drop".into()],
+            }),
+        );
+        assert_eq!(ops["x-set"], "s");
+        assert_eq!(ops["x-add"], "a");
+        assert!(!ops.contains_key("x-drop"));
+    }
+}
