@@ -14,25 +14,12 @@ use bytes::{Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::stream::H2Stream;
+use crate::stream::{H2Stream, h2_to_io, is_graceful};
 
 /// First read buffer size per direction.
 const START: usize = 16 * 1024;
 /// Largest read buffer.
 const MAX: usize = 256 * 1024;
-
-fn to_io(e: h2::Error) -> io::Error {
-    if e.is_io() {
-        return e
-            .into_io()
-            .unwrap_or_else(|| io::Error::other("h2 I/O error"));
-    }
-    match e.reason() {
-        Some(Reason::NO_ERROR) | Some(Reason::CANCEL) => io::ErrorKind::BrokenPipe.into(),
-        Some(r) => io::Error::new(io::ErrorKind::ConnectionReset, format!("stream reset: {r}")),
-        None => io::Error::other(e),
-    }
-}
 
 /// Socket → stream until the socket's EOF, then END_STREAM.
 async fn upload<R: AsyncRead + Unpin>(
@@ -63,9 +50,9 @@ async fn upload<R: AsyncRead + Unpin>(
                 Some(Ok(0)) => continue,
                 Some(Ok(k)) => {
                     let part = chunk.split_to(k.min(chunk.len()));
-                    send.send_data(part, false).map_err(to_io)?;
+                    send.send_data(part, false).map_err(h2_to_io)?;
                 }
-                Some(Err(e)) => return Err(to_io(e)),
+                Some(Err(e)) => return Err(h2_to_io(e)),
                 None => return Err(io::ErrorKind::BrokenPipe.into()),
             }
         }
@@ -90,10 +77,8 @@ async fn download<W: AsyncWrite + Unpin>(
                 total += data.len() as u64;
                 to.write_all(&data).await?;
             }
-            Some(Err(e)) if matches!(e.reason(), Some(Reason::NO_ERROR) | Some(Reason::CANCEL)) => {
-                break;
-            }
-            Some(Err(e)) => return Err(to_io(e)),
+            Some(Err(e)) if is_graceful(e.reason()) => break,
+            Some(Err(e)) => return Err(h2_to_io(e)),
         }
     }
     to.shutdown().await?;

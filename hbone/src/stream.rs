@@ -64,7 +64,7 @@ fn reset_to_io(reason: Reason) -> io::Error {
     }
 }
 
-fn h2_to_io(err: h2::Error) -> io::Error {
+pub(crate) fn h2_to_io(err: h2::Error) -> io::Error {
     if err.is_io() {
         match err.into_io() {
             Some(e) => e,
@@ -77,7 +77,7 @@ fn h2_to_io(err: h2::Error) -> io::Error {
     }
 }
 
-fn is_graceful(reason: Option<Reason>) -> bool {
+pub(crate) fn is_graceful(reason: Option<Reason>) -> bool {
     matches!(reason, Some(Reason::NO_ERROR) | Some(Reason::CANCEL))
 }
 
