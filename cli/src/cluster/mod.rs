@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use ambit_api::k8s::{Resources, Source};
 use ambit_api::model::{LocalConfig, ProxyState};
-use ambit_api::translate::{Finding, expand_deployments, translate};
+use ambit_api::translate::{Finding, Translation, expand_deployments, translate};
 use ambit_hbone::HboneConfig;
 use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
@@ -269,14 +269,14 @@ impl LocalCluster {
 
     /// Hands the resources to the controller and waits until every ztunnel
     /// holds the resulting state (bounded by [`CONVERGE_TIMEOUT`]).
-    fn publish_and_wait(&self, cfg: &LocalConfig) -> anyhow::Result<Duration> {
+    fn publish_and_wait(&self, translation: &Translation) -> anyhow::Result<Duration> {
         self.control.publish(self.resources.clone());
-        let took = self.wait_for(cfg, CONVERGE_TIMEOUT).map_err(|e| {
+        let took = self.wait_for(&translation.config, CONVERGE_TIMEOUT).map_err(|e| {
             anyhow::anyhow!(
                 "ztunnels did not receive the new config from the controller within {CONVERGE_TIMEOUT:?}: {e}"
             )
         })?;
-        self.wait_waypoints(CONVERGE_TIMEOUT)?;
+        self.wait_waypoints(&translation.l7, CONVERGE_TIMEOUT)?;
         Ok(took)
     }
 
@@ -306,11 +306,14 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// Waits until every waypoint holds the L7 config the current resources
-    /// translate to for it.
-    pub fn wait_waypoints(&self, within: Duration) -> anyhow::Result<Duration> {
+    /// Waits until every waypoint holds its part of `l7` (what the current
+    /// resources translate to).
+    fn wait_waypoints(
+        &self,
+        l7: &[ambit_api::xds::proto::l7::L7Service],
+        within: Duration,
+    ) -> anyhow::Result<Duration> {
         let started = std::time::Instant::now();
-        let l7 = translate(&self.resources).l7;
         loop {
             let done = self.waypoints.values().all(|r| {
                 let w = &r.waypoint;
@@ -373,7 +376,7 @@ impl LocalCluster {
     /// restarted). Returns how long the push took to reach every ztunnel.
     pub fn apply_enrolment(&mut self) -> anyhow::Result<Duration> {
         let translation = translate(&self.resources);
-        let took = self.publish_and_wait(&translation.config)?;
+        let took = self.publish_and_wait(&translation)?;
         for w in &translation.config.workloads {
             let Some(pod) = self.pods.values().find(|p| p.uid == w.uid) else {
                 continue;
