@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use waypoint::rewind::{Rewind, looks_like_http};
+use waypoint::rewind::{Rewind, sniff_http};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -142,20 +142,13 @@ async fn serve(
     forced: Option<u16>,
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 16 * 1024];
-    let mut seen = Vec::new();
-    let is_http = loop {
-        let n = sock.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        seen.extend_from_slice(&buf[..n]);
-        if let Some(h) = looks_like_http(&seen) {
-            break h;
-        }
+    let mut seen = bytes::BytesMut::new();
+    let Some(is_http) = sniff_http(&mut sock, &mut seen).await? else {
+        return Ok(());
     };
     if is_http {
         let name: Arc<str> = name.into();
-        let io = Rewind::new(Bytes::from(seen), sock);
+        let io = Rewind::new(seen.freeze(), sock);
         let svc = hyper::service::service_fn(move |req| echo_http(name.clone(), forced, peer, req));
         let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
             .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), svc)

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use serde::Deserialize as _;
 
 /// What a waypoint is for (`istio.io/waypoint-for`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -159,8 +160,6 @@ fn label_namespace(dir: &Path, namespace: &str, waypoint: &str) -> anyhow::Resul
     )?;
     Ok(path)
 }
-
-use serde::Deserialize as _;
 
 #[cfg(test)]
 mod tests {

@@ -32,6 +32,7 @@ pub mod ratelimit;
 pub mod rewind;
 pub mod route;
 pub mod state;
+pub mod sync;
 pub mod upstream;
 pub mod waypoint;
 

@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
+use crate::sync::lock;
+
 /// Istio's duration buckets (milliseconds).
 const DURATION_BUCKETS: [f64; 19] = [
     0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
@@ -105,10 +107,7 @@ impl Metrics {
         request_bytes: u64,
         response_bytes: u64,
     ) {
-        let mut series = match self.series.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
+        let mut series = lock(&self.series);
         let s = series.entry(labels).or_insert_with(|| Series {
             requests: 0,
             duration: Histogram::new(DURATION_BUCKETS.len()),
@@ -124,11 +123,7 @@ impl Metrics {
 
     /// Sum of `istio_requests_total` over series matching `filter`.
     pub fn requests(&self, filter: impl Fn(&RequestLabels) -> bool) -> u64 {
-        let series = match self.series.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
-        series
+        lock(&self.series)
             .iter()
             .filter(|(l, _)| filter(l))
             .map(|(_, s)| s.requests)
@@ -137,14 +132,10 @@ impl Metrics {
 
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
-        let series: Vec<(RequestLabels, Series)> = match self.series.lock() {
-            Ok(s) => s.iter().map(|(l, s)| (l.clone(), s.clone())).collect(),
-            Err(p) => p
-                .into_inner()
-                .iter()
-                .map(|(l, s)| (l.clone(), s.clone()))
-                .collect(),
-        };
+        let series: Vec<(RequestLabels, Series)> = lock(&self.series)
+            .iter()
+            .map(|(l, s)| (l.clone(), s.clone()))
+            .collect();
         let mut out = String::new();
         use std::sync::atomic::Ordering::Relaxed;
         let _ = writeln!(

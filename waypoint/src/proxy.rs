@@ -168,9 +168,8 @@ impl RetryPolicy {
             .split(',')
             .filter_map(|x| x.trim().parse().ok())
             .collect();
-        if has("retriable-status-codes") && r.is_none() {
-            statuses.push(503);
-        }
+        // Istio's default lists `retriable-status-codes` with 503 and
+        // `unavailable`, which is 503 too.
         if has("unavailable") {
             statuses.push(503);
         }
@@ -370,10 +369,7 @@ impl Waypoint {
         };
         // RequestAuthentication: a bad token is 401; no token passes on.
         let authn = {
-            let rules = match svc.jwt.read() {
-                Ok(r) => r,
-                Err(p) => p.into_inner(),
-            };
+            let rules = crate::sync::read(&svc.jwt);
             rules
                 .authenticate(&facts.headers, &facts.query)
                 .map(|a| a.map(|a| (a.clone(), rules.rule(a.rule).cloned())))
@@ -465,10 +461,7 @@ impl Waypoint {
             {
                 continue;
             }
-            let ok = match limit.bucket.lock() {
-                Ok(mut b) => b.try_take(Instant::now()),
-                Err(p) => p.into_inner().try_take(Instant::now()),
-            };
+            let ok = crate::sync::lock(&limit.bucket).try_take(Instant::now());
             if !ok {
                 out.flags = "RL";
                 let mut r = local(StatusCode::TOO_MANY_REQUESTS, "local_rate_limited\n");
@@ -576,31 +569,17 @@ impl Waypoint {
         {
             req_parts.uri = u;
         }
-        let (host, subset_name, port) = match destination.and_then(|d| d.destination.as_ref()) {
-            Some(d) => (
-                d.host.clone(),
-                d.subset.clone(),
-                u16::try_from(d.port)
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .unwrap_or(conn.dst.port()),
-            ),
-            None => (l7.hostname.clone(), String::new(), conn.dst.port()),
-        };
-        let Some(backend) = svc.backends.get(&host) else {
+        let Some((backend, subset, port)) = svc.resolve(
+            destination.and_then(|d| d.destination.as_ref()),
+            conn.dst.port(),
+        ) else {
             out.flags = "NR";
             return (
                 local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
                 out,
             );
         };
-        let Some(subset) = backend.subsets.get(&subset_name).cloned() else {
-            out.flags = "NR";
-            return (
-                local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
-                out,
-            );
-        };
+        let subset = subset.clone();
         let hash_value = subset
             .balancer
             .hash_header()
@@ -675,17 +654,8 @@ impl Waypoint {
                     app: ep.canonical_name.clone(),
                     version: ep.canonical_revision.clone(),
                 };
-                let in_flight = match self.upstreams().admit(&subset, ep_index) {
-                    Ok(g) => g,
-                    Err(_) => {
-                        return Err((
-                            "UO",
-                            local(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "upstream connect error or disconnect/reset before headers. reset reason: overflow",
-                            ),
-                        ));
-                    }
+                let Ok(in_flight) = self.upstreams().admit(&subset, ep_index) else {
+                    return Err(overflowed());
                 };
                 let request = match streamed.take() {
                     Some(b) => {
@@ -720,29 +690,20 @@ impl Waypoint {
                         }
                         return Ok((resp, in_flight));
                     }
+                    Some(Err(UpstreamError::Overflow)) => return Err(overflowed()),
                     Some(Err(e)) => {
-                        if !matches!(e, UpstreamError::Overflow) {
-                            subset.record(ep_index, None);
-                        }
-                        if matches!(e, UpstreamError::Overflow) {
-                            return Err((
-                                "UO",
-                                local(
-                                    StatusCode::SERVICE_UNAVAILABLE,
-                                    "upstream connect error or disconnect/reset before headers. reset reason: overflow",
-                                ),
-                            ));
-                        }
+                        subset.record(ep_index, None);
                         if attempts_left == 0 || !retry.retry_error(&e) {
                             debug!(error = %e, "upstream failed");
-                            let flags = if e.is_connect() { "UF" } else { "UR" };
+                            let flags = if retry.attempts > 0 && retry.retry_error(&e) {
+                                "URX" // retryable, and the retries ran out
+                            } else if e.is_connect() {
+                                "UF"
+                            } else {
+                                "UR"
+                            };
                             return Err((
-                                if retry.attempts > 0 && attempts_left == 0 && retry.retry_error(&e)
-                                {
-                                    "URX"
-                                } else {
-                                    flags
-                                },
+                                flags,
                                 local(
                                     StatusCode::SERVICE_UNAVAILABLE,
                                     "upstream connect error or disconnect/reset before headers",
@@ -821,16 +782,10 @@ impl Waypoint {
         authority: &str,
     ) {
         let Some(d) = &m.destination else { return };
-        let Some(backend) = svc.backends.get(&d.host) else {
+        let Some((backend, subset, port)) = svc.resolve(Some(d), port) else {
             return;
         };
-        let Some(subset) = backend.subsets.get(&d.subset).cloned() else {
-            return;
-        };
-        let port = u16::try_from(d.port)
-            .ok()
-            .filter(|p| *p != 0)
-            .unwrap_or(port);
+        let subset = subset.clone();
         let http2 = prepared.parts.version == http::Version::HTTP_2;
         let Some((ep, target)) = pick_target(&subset, backend, port, None, http2, None) else {
             return;
@@ -854,7 +809,20 @@ impl Waypoint {
     }
 }
 
-fn pick_target(
+/// Envoy's answer when a connection-pool limit is hit (flag `UO`).
+fn overflowed() -> (&'static str, Response<Body>) {
+    (
+        "UO",
+        local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+        ),
+    )
+}
+
+/// Picks the endpoint (or, for workload-addressed traffic, `exact`) and
+/// its address.
+pub(crate) fn pick_target(
     subset: &Arc<Subset>,
     backend: &crate::state::Backend,
     port: u16,

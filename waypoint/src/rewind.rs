@@ -5,8 +5,8 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 /// `prefix` then `inner`.
 #[derive(Debug)]
@@ -93,6 +93,23 @@ pub fn looks_like_http(b: &[u8]) -> Option<bool> {
         }
     }
     if undecided { None } else { Some(false) }
+}
+
+/// Reads from `io` into `seen` until [`looks_like_http`] can tell;
+/// `Ok(None)` when the stream ends first. Replay `seen` with [`Rewind`].
+pub async fn sniff_http<R: AsyncRead + Unpin>(
+    io: &mut R,
+    seen: &mut BytesMut,
+) -> io::Result<Option<bool>> {
+    loop {
+        if let Some(http) = looks_like_http(seen) {
+            return Ok(Some(http));
+        }
+        seen.reserve(1024);
+        if io.read_buf(seen).await? == 0 {
+            return Ok(None);
+        }
+    }
 }
 
 #[cfg(test)]

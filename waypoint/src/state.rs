@@ -19,6 +19,7 @@ use crate::matcher::MatcherError;
 use crate::outlier::OutlierDetector;
 use crate::ratelimit::TokenBucket;
 use crate::route::Router;
+use crate::sync::lock;
 
 /// A connection-pool limit of 0 means "unlimited" (Envoy's default is 2^32-1).
 fn limit(v: u32) -> usize {
@@ -89,10 +90,7 @@ impl Subset {
     /// Picks an endpoint: healthy ones (outlier detection), then the
     /// balancer. `None` when the subset has no endpoint.
     pub fn pick(&self, hash_value: Option<&str>, random: u64) -> Option<usize> {
-        let available = match self.outlier.lock() {
-            Ok(o) => o.available(Instant::now()),
-            Err(p) => p.into_inner().available(Instant::now()),
-        };
+        let available = lock(&self.outlier).available(Instant::now());
         let candidates: Vec<usize> = available
             .into_iter()
             .filter(|i| self.endpoints[*i].healthy)
@@ -107,11 +105,7 @@ impl Subset {
 
     /// Records a request's outcome for outlier detection.
     pub fn record(&self, endpoint: usize, status: Option<u16>) {
-        let mut o = match self.outlier.lock() {
-            Ok(o) => o,
-            Err(p) => p.into_inner(),
-        };
-        o.record(endpoint, status, Instant::now());
+        lock(&self.outlier).record(endpoint, status, Instant::now());
     }
 }
 
@@ -272,6 +266,29 @@ impl ServiceState {
     pub fn service(&self) -> &pb::L7Service {
         self.router.service()
     }
+
+    /// The backend and subset a route destination names (`None`: the
+    /// Service itself, every endpoint), and the service port to send to:
+    /// the destination's, else `port`.
+    pub fn resolve(
+        &self,
+        destination: Option<&pb::Destination>,
+        port: u16,
+    ) -> Option<(&Backend, &Arc<Subset>, u16)> {
+        let (host, subset, port) = match destination {
+            Some(d) => (
+                d.host.as_str(),
+                d.subset.as_str(),
+                u16::try_from(d.port)
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .unwrap_or(port),
+            ),
+            None => (self.service().hostname.as_str(), "", port),
+        };
+        let backend = self.backends.get(host)?;
+        Some((backend, backend.subsets.get(subset)?, port))
+    }
 }
 
 /// Every Service this waypoint serves.
@@ -292,13 +309,9 @@ impl WaypointState {
         name: &str,
         svc: Option<pb::L7Service>,
     ) -> Result<bool, MatcherError> {
-        match svc {
+        match svc.filter(|s| s.waypoints.iter().any(|w| w == waypoint)) {
+            // Removed, or no longer bound to this waypoint.
             None => {
-                let removed = self.by_name.remove(name).is_some();
-                self.reindex();
-                Ok(removed)
-            }
-            Some(s) if !s.waypoints.iter().any(|w| w == waypoint) => {
                 let removed = self.by_name.remove(name).is_some();
                 self.reindex();
                 Ok(removed)
@@ -326,16 +339,13 @@ impl WaypointState {
                 }
             }
             self.by_host.insert(svc.hostname.clone(), s.clone());
-            if let Some(b) = s.backends.get(&svc.hostname) {
-                for ep in &b
-                    .subsets
-                    .get("")
-                    .map(|s| s.endpoints.clone())
-                    .unwrap_or_default()
-                {
-                    if let Ok(ip) = ep.address.parse() {
-                        self.by_endpoint.insert(ip, s.clone());
-                    }
+            let own = s
+                .backends
+                .get(&svc.hostname)
+                .and_then(|b| b.subsets.get(""));
+            for ep in own.iter().flat_map(|all| &all.endpoints) {
+                if let Ok(ip) = ep.address.parse() {
+                    self.by_endpoint.insert(ip, s.clone());
                 }
             }
         }

@@ -28,6 +28,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tracing::debug;
 
 use crate::state::Subset;
+use crate::sync::lock;
 
 /// Errors a body can carry across the proxy.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -119,13 +120,6 @@ pub struct Upstreams {
 impl std::fmt::Debug for Upstreams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstreams").finish_non_exhaustive()
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }
 
@@ -333,24 +327,20 @@ impl Upstreams {
         conn.used += 1;
         let max = subset.max_requests_per_connection;
         let upgraded = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-        if !upgraded && (max == 0 || conn.used < max) {
-            // Back to the pool once the response body has been read.
-            let this = self.clone();
-            let addr = t.addr;
-            tokio::spawn(async move {
-                if conn.sender.ready().await.is_ok() {
-                    lock(&this.idle_h1).entry(addr).or_default().push(conn);
-                }
-                this.returned.notify_one();
-            });
-        } else {
-            let this = self.clone();
-            tokio::spawn(async move {
-                let _ = conn.sender.ready().await;
+        let reusable = !upgraded && (max == 0 || conn.used < max);
+        // Once the response body has been read the connection goes back to
+        // the pool, or is closed (freeing its `maxConnections` permit); either
+        // way a pending request may now proceed.
+        let this = self.clone();
+        let addr = t.addr;
+        tokio::spawn(async move {
+            if conn.sender.ready().await.is_ok() && reusable {
+                lock(&this.idle_h1).entry(addr).or_default().push(conn);
+            } else {
                 drop(conn);
-                this.returned.notify_one();
-            });
-        }
+            }
+            this.returned.notify_one();
+        });
         Ok(resp)
     }
 }

@@ -24,15 +24,16 @@ use http::StatusCode;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 use ztunnel::certs::{CertManager, PodServerTls};
 use ztunnel::xds::{XdsCache, XdsConsumer};
 
 use crate::metrics::{Metrics, Peer};
-use crate::proxy::ConnInfo;
-use crate::rewind::{Rewind, looks_like_http};
+use crate::proxy::{ConnInfo, pick_target};
+use crate::rewind::{Rewind, sniff_http};
 use crate::state::{ServiceState, WaypointState};
+use crate::sync;
 use crate::upstream::{Target, Upstreams};
 
 /// How a waypoint is set up.
@@ -73,13 +74,6 @@ impl std::fmt::Debug for Waypoint {
     }
 }
 
-fn read<T: Clone>(l: &RwLock<T>) -> T {
-    match l.read() {
-        Ok(g) => g.clone(),
-        Err(p) => p.into_inner().clone(),
-    }
-}
-
 impl Waypoint {
     /// A waypoint with no config yet (not ready until xDS has answered).
     pub fn new(cfg: WaypointConfig) -> Arc<Self> {
@@ -104,12 +98,12 @@ impl Waypoint {
 
     /// The current L7 config.
     pub fn state(&self) -> Arc<WaypointState> {
-        read(&self.state)
+        sync::read(&self.state).clone()
     }
 
     /// The mesh's workloads and services (source telemetry, JWKS hosts).
     pub fn addresses(&self) -> Arc<ProxyState> {
-        read(&self.addresses)
+        sync::read(&self.addresses).clone()
     }
 
     /// Request metrics.
@@ -158,10 +152,7 @@ impl Waypoint {
 
     /// Applies one `L7Service` (or its removal).
     pub fn apply_l7(&self, name: &str, svc: Option<pb::L7Service>) -> Result<(), String> {
-        let mut guard = match self.state.write() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut guard = sync::write(&self.state);
         let mut next = (**guard).clone();
         let changed = next
             .apply(&self.name, name, svc)
@@ -178,20 +169,13 @@ impl Waypoint {
 
     /// Replaces the address state.
     pub fn set_addresses(&self, state: ProxyState) {
-        let mut g = match self.addresses.write() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        *g = Arc::new(state);
+        *sync::write(&self.addresses) = Arc::new(state);
     }
 
     /// Fetches keys for `svc`'s `jwksUri` rules, retrying until they arrive
     /// and refreshing every 5 minutes while the config is current.
     fn fetch_jwks(&self, svc: &Arc<ServiceState>) {
-        let remote = match svc.jwt.read() {
-            Ok(r) => r.remote_keys(),
-            Err(p) => p.into_inner().remote_keys(),
-        };
+        let remote = sync::read(&svc.jwt).remote_keys();
         for (index, uri) in remote {
             let weak_svc = Arc::downgrade(svc);
             let me = self.self_ref.clone();
@@ -202,10 +186,7 @@ impl Waypoint {
                     };
                     let wait = match me.get_jwks(&uri).await {
                         Ok(keys) => {
-                            match svc.jwt.write() {
-                                Ok(mut j) => j.set_keys(index, keys),
-                                Err(p) => p.into_inner().set_keys(index, keys),
-                            }
+                            sync::write(&svc.jwt).set_keys(index, keys);
                             info!(%uri, "JWKS fetched");
                             Duration::from_secs(300)
                         }
@@ -358,20 +339,10 @@ impl Waypoint {
             _ => {
                 // Sniff: HTTP/1 method or the HTTP/2 preface. Server-first
                 // protocols send nothing, so give up after a second.
-                let sniff = async {
-                    while prefix.len() < 16 {
-                        let mut buf = [0u8; 1024];
-                        match io.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => prefix.extend_from_slice(&buf[..n]),
-                        }
-                        if looks_like_http(&prefix).is_some() {
-                            break;
-                        }
-                    }
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(1), sniff).await;
-                looks_like_http(&prefix).unwrap_or(false)
+                let sniffed =
+                    tokio::time::timeout(Duration::from_secs(1), sniff_http(&mut io, &mut prefix))
+                        .await;
+                matches!(sniffed, Ok(Ok(Some(true))))
             }
         };
         let io = Rewind::new(prefix.freeze(), io);
@@ -424,42 +395,12 @@ impl Waypoint {
                 crate::route::pick_weighted(&r.route, total, rand::random())
             })
             .and_then(|d| d.destination.clone());
-        let (host, subset, port) = match dest {
-            Some(d) => (
-                d.host,
-                d.subset,
-                u16::try_from(d.port)
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .unwrap_or(port),
-            ),
-            None => (l7.hostname.clone(), String::new(), port),
-        };
-        let backend = svc
-            .backends
-            .get(&host)
-            .ok_or_else(|| std::io::Error::other(format!("no backend {host}")))?;
-        let subset = backend
-            .subsets
-            .get(&subset)
-            .ok_or_else(|| std::io::Error::other("no subset"))?;
-        let i = subset
-            .pick(None, rand::random())
+        let (_, target) = svc
+            .resolve(dest.as_ref(), port)
+            .and_then(|(backend, subset, port)| {
+                pick_target(subset, backend, port, None, false, None)
+            })
             .ok_or_else(|| std::io::Error::other("no healthy upstream"))?;
-        let ep = &subset.endpoints[i];
-        let ip = ep
-            .address
-            .parse()
-            .map_err(|_| std::io::Error::other("bad endpoint address"))?;
-        let target_port = backend
-            .target_port(ep, port)
-            .ok_or_else(|| std::io::Error::other("no target port"))?;
-        let target = Target {
-            addr: SocketAddr::new(ip, target_port),
-            identity: ep.identity.clone(),
-            hbone: ep.hbone,
-            http2: false,
-        };
         let mut up = self
             .upstreams
             .dial(&target)
