@@ -14,7 +14,10 @@
 // Inbound: sk_lookup on each enrolled pod's namespace steers TCP connections to
 // the pod's own IP into ztunnel's in-pod 15006 socket (plaintext inbound), except
 // local ones (ztunnel's own upstream connects, from the pod's own address) and
-// ztunnel's ports.
+// ztunnel's ports. While ztunnel is away, that plaintext is dropped.
+//
+// Every map and link is pinned under bpffs by the loader (ebpf/src/lib.rs), so
+// capture, and failing closed, outlive the ztunnel process.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -88,6 +91,17 @@ struct {
 	__type(key, struct svc_key);
 	__type(value, struct svc_backends);
 } services SEC(".maps");
+
+// pod IP (network order) -> 1 for every pod whose inbound plaintext ztunnel
+// steers. It outlives ztunnel's socket: when ztunnel is gone (killed, being
+// replaced) the kernel drops the socket from inbound_plain, and connections to
+// the pod are dropped instead of reaching the app in clear.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u32);
+} inbound_pods SEC(".maps");
 
 // pod IP (network order) -> ztunnel's 15006 socket in that pod's namespace.
 struct {
@@ -223,8 +237,12 @@ int ambit_sk_lookup(struct bpf_sk_lookup *ctx)
 		return SK_PASS;
 	__u32 ip = ctx->local_ip4;
 	struct bpf_sock *sk = bpf_map_lookup_elem(&inbound_plain, &ip);
-	if (!sk)
+	if (!sk) {
+		// An enrolled pod whose ztunnel socket is gone: fail closed.
+		if (bpf_map_lookup_elem(&inbound_pods, &ip))
+			return SK_DROP;
 		return SK_PASS;
+	}
 	bpf_sk_assign(ctx, sk, 0);
 	bpf_sk_release(sk);
 	return SK_PASS;

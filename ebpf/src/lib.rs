@@ -21,20 +21,22 @@
 
 mod cgroup;
 mod keys;
+pub mod pins;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap as BpfHashMap, MapData, SockHash};
-use aya::programs::links::CgroupAttachMode;
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, SockHash};
+use aya::programs::links::{CgroupAttachMode, FdLink, PinnedLink};
 use aya::programs::sk_lookup::SkLookupLinkId;
 use aya::programs::{CgroupSockAddr, SkLookup, SockOps};
 use aya::{Ebpf, EbpfLoader};
 
 pub use cgroup::{CgroupError, cgroup2_root};
 use keys::{Dst4, OrigKey, SvcBackends, SvcKey, dst4_addr, orig_key, svc_backends, svc_key};
+use pins::PinDir;
 
 /// SO_MARK on ztunnel's own sockets; the capture programs never touch them.
 pub const ZTUNNEL_MARK: u32 = 0x539;
@@ -89,6 +91,17 @@ pub enum CaptureError {
         /// How many were given.
         count: usize,
     },
+    /// bpffs or the pin directory could not be prepared.
+    #[error(transparent)]
+    PinDir(#[from] pins::PinError),
+    /// Pinning, or picking up a pinned, object failed.
+    #[error("pinned BPF object {path}: {reason}")]
+    Pinning {
+        /// The pin path.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// An I/O error on a file the capture needs.
     #[error("{what}: {source}")]
     Io {
@@ -131,55 +144,164 @@ fn absent_is_ok(res: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::M
     }
 }
 
+/// How an enrolled namespace's sk_lookup program is attached.
+#[derive(Debug)]
+enum InboundLink {
+    /// Owned by the program: detached when the capture is dropped.
+    Owned(SkLookupLinkId),
+    /// Pinned in bpffs: outlives this process.
+    Pinned(PinnedLink),
+}
+
+/// One namespace whose inbound plaintext is steered.
+#[derive(Debug)]
+struct Inbound {
+    link: InboundLink,
+    pod_ip: Ipv4Addr,
+}
+
+/// Every map in `capture.c`, pinned by these names.
+const MAPS: [&str; 6] = [
+    "enrolled",
+    "pending",
+    "orig_dst",
+    "services",
+    "inbound_pods",
+    "inbound_plain",
+];
+
+/// The cgroup-root programs, pinned by these link names.
+const CGROUP_PROGRAMS: [(&str, &str); 3] = [
+    ("ambit_connect4", "connect4"),
+    ("ambit_connect6", "connect6"),
+    ("ambit_sockops", "sockops"),
+];
+
 /// The loaded capture programs and their maps.
 pub struct Capture {
     bpf: Ebpf,
     cgroup_root: PathBuf,
-    inbound_links: HashMap<u64, SkLookupLinkId>,
+    pins: Option<PinDir>,
+    /// Held open for the capture's life; with pins they stay attached anyway.
+    cgroup_links: Vec<PinnedLink>,
+    inbound: HashMap<u64, Inbound>,
+    reused: bool,
 }
 
 impl std::fmt::Debug for Capture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Capture")
             .field("cgroup_root", &self.cgroup_root)
-            .field("inbound_netns", &self.inbound_links.len())
+            .field("pins", &self.pins.as_ref().map(PinDir::root))
+            .field("inbound_netns", &self.inbound.len())
             .finish()
     }
 }
 
+fn pin_err(path: &Path) -> impl FnOnce(String) -> CaptureError + '_ {
+    move |reason| CaptureError::Pinning {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// Pins `link` at `path`.
+fn pin_link(link: FdLink, path: &Path) -> Result<PinnedLink, CaptureError> {
+    link.pin(path).map_err(|e| pin_err(path)(e.to_string()))
+}
+
+/// The link pinned at `path`, if there is one.
+fn pinned_link(path: &Path) -> Result<Option<PinnedLink>, CaptureError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    PinnedLink::from_pin(path)
+        .map(Some)
+        .map_err(|e| pin_err(path)(e.to_string()))
+}
+
 impl Capture {
-    /// Loads the programs and attaches connect4 + sockops at the cgroup-v2 root
-    /// (`cgroup_root`, or the detected/mounted one when `None`). Needs root.
+    /// Loads the programs and attaches connect4, connect6 and sockops at the
+    /// cgroup-v2 root (`cgroup_root`, or the detected/mounted one when `None`).
+    /// Nothing is pinned: dropping the capture detaches everything (tests, and
+    /// tools that must leave nothing behind). Needs root.
     pub fn load(cgroup_root: Option<&Path>) -> Result<Self, CaptureError> {
+        Self::load_with(cgroup_root, None)
+    }
+
+    /// As [`load`](Self::load), but every map and link is pinned under
+    /// `pin_dir` (on bpffs, mounted at `/sys/fs/bpf` if needed), and what is
+    /// already pinned there is picked up instead of attached again: a
+    /// restarted ztunnel finds its capture still in force (enrolled pods'
+    /// connections failed closed meanwhile) and the same maps.
+    pub fn load_pinned(cgroup_root: Option<&Path>, pin_dir: &Path) -> Result<Self, CaptureError> {
+        Self::load_with(cgroup_root, Some(PinDir::prepare(pin_dir)?))
+    }
+
+    fn load_with(cgroup_root: Option<&Path>, pins: Option<PinDir>) -> Result<Self, CaptureError> {
         let cgroup_root = match cgroup_root {
             Some(p) => p.to_path_buf(),
             None => cgroup2_root()?,
         };
+        let mut loader = EbpfLoader::new();
         // Our programs need no CO-RE relocations: skip parsing the kernel's BTF
         // (megabytes of memory in a long-lived process).
-        let mut bpf = EbpfLoader::new().btf(None).load(CAPTURE_OBJ)?;
+        loader.btf(None);
+        if let Some(p) = &pins {
+            for name in MAPS {
+                loader.map_pin_path(name, p.map(name));
+            }
+        }
+        let mut bpf = loader.load(CAPTURE_OBJ)?;
         let cgroup = std::fs::File::open(&cgroup_root).map_err(|source| CaptureError::Io {
             what: format!("opening cgroup {}", cgroup_root.display()),
             source,
         })?;
 
-        let connect4: &mut CgroupSockAddr = program(&mut bpf, "ambit_connect4")?;
-        connect4.load().map_err(prog_err("ambit_connect4"))?;
-        connect4
-            .attach(cgroup.as_fd(), LINK_MODE)
-            .map_err(prog_err("ambit_connect4"))?;
-
-        let connect6: &mut CgroupSockAddr = program(&mut bpf, "ambit_connect6")?;
-        connect6.load().map_err(prog_err("ambit_connect6"))?;
-        connect6
-            .attach(cgroup.as_fd(), LINK_MODE)
-            .map_err(prog_err("ambit_connect6"))?;
-
-        let sockops: &mut SockOps = program(&mut bpf, "ambit_sockops")?;
-        sockops.load().map_err(prog_err("ambit_sockops"))?;
-        sockops
-            .attach(cgroup.as_fd(), LINK_MODE)
-            .map_err(prog_err("ambit_sockops"))?;
+        let mut cgroup_links = Vec::new();
+        let mut reused = false;
+        for (prog, link_name) in CGROUP_PROGRAMS {
+            let pinned_at = pins.as_ref().map(|p| p.link(link_name));
+            if let Some(path) = &pinned_at
+                && let Some(link) = pinned_link(path)?
+            {
+                cgroup_links.push(link);
+                reused = true;
+                continue;
+            }
+            let link: FdLink = if prog == "ambit_sockops" {
+                let p: &mut SockOps = program(&mut bpf, prog)?;
+                p.load().map_err(prog_err(prog))?;
+                let id = p
+                    .attach(cgroup.as_fd(), LINK_MODE)
+                    .map_err(prog_err(prog))?;
+                if pinned_at.is_none() {
+                    continue;
+                }
+                let owned = p.take_link(id).map_err(prog_err(prog))?;
+                FdLink::try_from(owned).map_err(|e| CaptureError::Pinning {
+                    path: pinned_at.clone().unwrap_or_default(),
+                    reason: e.to_string(),
+                })?
+            } else {
+                let p: &mut CgroupSockAddr = program(&mut bpf, prog)?;
+                p.load().map_err(prog_err(prog))?;
+                let id = p
+                    .attach(cgroup.as_fd(), LINK_MODE)
+                    .map_err(prog_err(prog))?;
+                if pinned_at.is_none() {
+                    continue;
+                }
+                let owned = p.take_link(id).map_err(prog_err(prog))?;
+                FdLink::try_from(owned).map_err(|e| CaptureError::Pinning {
+                    path: pinned_at.clone().unwrap_or_default(),
+                    reason: e.to_string(),
+                })?
+            };
+            if let Some(path) = &pinned_at {
+                cgroup_links.push(pin_link(link, path)?);
+            }
+        }
 
         let lookup: &mut SkLookup = program(&mut bpf, "ambit_sk_lookup")?;
         lookup.load().map_err(prog_err("ambit_sk_lookup"))?;
@@ -187,8 +309,27 @@ impl Capture {
         Ok(Capture {
             bpf,
             cgroup_root,
-            inbound_links: HashMap::new(),
+            pins,
+            cgroup_links,
+            inbound: HashMap::new(),
+            reused,
         })
+    }
+
+    /// Did [`load_pinned`](Self::load_pinned) find the programs already
+    /// attached (a ztunnel restart) rather than attach them?
+    pub fn reused_pins(&self) -> bool {
+        self.reused
+    }
+
+    /// Where the capture is pinned (`None`: not pinned).
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pins.as_ref().map(PinDir::root)
+    }
+
+    /// Number of cgroup links this capture holds pinned.
+    pub fn pinned_cgroup_links(&self) -> usize {
+        self.cgroup_links.len()
     }
 
     /// The cgroup the outbound programs are attached to.
@@ -226,11 +367,65 @@ impl Capture {
     pub fn release(&mut self, netns_cookie: u64) -> Result<(), CaptureError> {
         let removed = self.hash_map::<u64, u32>("enrolled")?.remove(&netns_cookie);
         absent_is_ok(removed).map_err(map_err("enrolled"))?;
-        if let Some(link) = self.inbound_links.remove(&netns_cookie) {
-            let lookup: &mut SkLookup = program(&mut self.bpf, "ambit_sk_lookup")?;
-            lookup.detach(link).map_err(prog_err("ambit_sk_lookup"))?;
+        if let Some(inbound) = self.inbound.remove(&netns_cookie) {
+            let removed = self
+                .hash_map::<[u8; 4], u32>("inbound_pods")?
+                .remove(&inbound.pod_ip.octets());
+            absent_is_ok(removed).map_err(map_err("inbound_pods"))?;
+            match inbound.link {
+                InboundLink::Owned(id) => {
+                    let lookup: &mut SkLookup = program(&mut self.bpf, "ambit_sk_lookup")?;
+                    lookup.detach(id).map_err(prog_err("ambit_sk_lookup"))?;
+                }
+                InboundLink::Pinned(link) => unpin(link)?,
+            }
+        } else if let Some(p) = &self.pins {
+            // Pinned by an earlier ztunnel and not picked up again.
+            remove_pin(&p.inbound_link(netns_cookie))?;
         }
         Ok(())
+    }
+
+    /// After a restart, once the node agent has re-sent every enrolled pod:
+    /// forgets what an earlier ztunnel pinned for namespaces not in `keep`
+    /// (pods deleted while ztunnel was away). Namespaces registered for load
+    /// balancing only are kept. Returns how many entries went.
+    pub fn prune(&mut self, keep: &std::collections::HashSet<u64>) -> Result<usize, CaptureError> {
+        let mut gone = 0;
+        let stale: Vec<u64> = {
+            let enrolled = self.hash_map::<u64, u32>("enrolled")?;
+            enrolled
+                .iter()
+                .flatten()
+                .filter(|(cookie, mode)| *mode == MODE_CAPTURE && !keep.contains(cookie))
+                .map(|(cookie, _)| cookie)
+                .collect()
+        };
+        for cookie in stale {
+            self.release(cookie)?;
+            gone += 1;
+        }
+        if let Some(p) = self.pins.clone() {
+            for cookie in p.inbound_links() {
+                if !keep.contains(&cookie) && !self.inbound.contains_key(&cookie) {
+                    remove_pin(&p.inbound_link(cookie))?;
+                    gone += 1;
+                }
+            }
+        }
+        let steered: std::collections::HashSet<[u8; 4]> =
+            self.inbound.values().map(|i| i.pod_ip.octets()).collect();
+        let mut pods = self.hash_map::<[u8; 4], u32>("inbound_pods")?;
+        let stale: Vec<[u8; 4]> = pods
+            .keys()
+            .flatten()
+            .filter(|ip| !steered.contains(ip))
+            .collect();
+        for ip in stale {
+            absent_is_ok(pods.remove(&ip)).map_err(map_err("inbound_pods"))?;
+            gone += 1;
+        }
+        Ok(gone)
     }
 
     /// Is this namespace enrolled (captured)?
@@ -278,12 +473,32 @@ impl Capture {
                 .insert(pod_ip.octets(), listener.as_raw_fd(), 0)
                 .map_err(map_err("inbound_plain"))?;
         }
-        if self.inbound_links.contains_key(&netns_cookie) {
+        self.hash_map::<[u8; 4], u32>("inbound_pods")?
+            .insert(pod_ip.octets(), 1, 0)
+            .map_err(map_err("inbound_pods"))?;
+        if let Some(existing) = self.inbound.get_mut(&netns_cookie) {
+            existing.pod_ip = pod_ip;
             return Ok(());
         }
-        let lookup: &mut SkLookup = program(&mut self.bpf, "ambit_sk_lookup")?;
-        let link = lookup.attach(netns).map_err(prog_err("ambit_sk_lookup"))?;
-        self.inbound_links.insert(netns_cookie, link);
+        let link = match self.pins.clone() {
+            None => {
+                let lookup: &mut SkLookup = program(&mut self.bpf, "ambit_sk_lookup")?;
+                InboundLink::Owned(lookup.attach(netns).map_err(prog_err("ambit_sk_lookup"))?)
+            }
+            Some(p) => {
+                let path = p.inbound_link(netns_cookie);
+                match pinned_link(&path)? {
+                    Some(link) => InboundLink::Pinned(link),
+                    None => {
+                        let lookup: &mut SkLookup = program(&mut self.bpf, "ambit_sk_lookup")?;
+                        let id = lookup.attach(netns).map_err(prog_err("ambit_sk_lookup"))?;
+                        let owned = lookup.take_link(id).map_err(prog_err("ambit_sk_lookup"))?;
+                        InboundLink::Pinned(pin_link(FdLink::from(owned), &path)?)
+                    }
+                }
+            }
+        };
+        self.inbound.insert(netns_cookie, Inbound { link, pod_ip });
         Ok(())
     }
 
@@ -310,4 +525,36 @@ impl Capture {
             .remove(&svc_key(vip));
         absent_is_ok(removed).map_err(map_err("services"))
     }
+}
+
+/// Unpins a link and drops it: the kernel detaches it.
+fn unpin(link: PinnedLink) -> Result<(), CaptureError> {
+    link.unpin().map(drop).map_err(|source| CaptureError::Io {
+        what: "unpinning an sk_lookup link".into(),
+        source,
+    })
+}
+
+/// Removes a pin file (a link nobody holds then detaches); absent is fine.
+fn remove_pin(path: &Path) -> Result<(), CaptureError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CaptureError::Io {
+            what: format!("removing {}", path.display()),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Registers a namespace for Service load balancing only in the capture
+/// pinned at `pin_dir`, from outside the ztunnel that owns it (the local
+/// cluster's node agent does this for pods outside the mesh, as kube-proxy
+/// would serve them).
+pub fn balance_only_pinned(pin_dir: &Path, netns_cookie: u64) -> Result<(), CaptureError> {
+    let path = PinDir::existing(pin_dir).map("enrolled");
+    let data = MapData::from_pin(&path).map_err(map_err("enrolled"))?;
+    let mut map: BpfHashMap<MapData, u64, u32> =
+        BpfHashMap::try_from(Map::HashMap(data)).map_err(map_err("enrolled"))?;
+    map.insert(netns_cookie, MODE_BALANCE, 0)
+        .map_err(map_err("enrolled"))
 }

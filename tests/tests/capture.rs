@@ -238,3 +238,119 @@ fn socket_load_balancer_spreads_a_vip_for_unenrolled_pods() {
         "VIP gone"
     );
 }
+
+/// Removes a pin directory when the test ends, passed or not.
+struct PinsGuard(std::path::PathBuf);
+
+impl Drop for PinsGuard {
+    fn drop(&mut self) {
+        let _ = ambit_ebpf::pins::remove(&self.0);
+    }
+}
+
+#[test]
+fn pinned_capture_outlives_its_process_and_fails_closed() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let client = TestNetns::new("pcl");
+    let pod = TestNetns::new("ppd");
+    let id = std::process::id() % 100000;
+    let (veth_c, veth_p) = (format!("qc{id}"), format!("qp{id}"));
+    ambit_e2e::netns::ip(&[
+        "link",
+        "add",
+        &veth_c,
+        "netns",
+        client.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &veth_p,
+        "netns",
+        pod.name(),
+    ]);
+    ip_in(
+        client.name(),
+        &["addr", "add", "10.81.0.1/24", "dev", &veth_c],
+    );
+    ip_in(client.name(), &["link", "set", &veth_c, "up"]);
+    ip_in(pod.name(), &["addr", "add", "10.81.0.2/24", "dev", &veth_p]);
+    ip_in(pod.name(), &["link", "set", &veth_p, "up"]);
+    let (cns, pns) = (client.open(), pod.open());
+    let cookie = pns.cookie().expect("cookie");
+    let dir = std::path::PathBuf::from(format!(
+        "{}/test-{}",
+        ambit_ebpf::pins::PIN_ROOT,
+        std::process::id()
+    ));
+    let _pins = PinsGuard(dir.clone());
+    let pod_app: SocketAddr = "10.81.0.2:8080".parse().expect("addr");
+    let outside: SocketAddr = "10.81.0.1:9090".parse().expect("addr");
+    let app = listen_in(&pns, "0.0.0.0:8080");
+    let outside_server = listen_in(&cns, "10.81.0.1:9090");
+
+    // A ztunnel: capture pinned, pod enrolled, inbound steered.
+    let mut capture = Capture::load_pinned(None, &dir).expect("load pinned capture");
+    assert!(!capture.reused_pins(), "fresh pin directory");
+    assert_eq!(capture.pinned_cgroup_links(), 3);
+    let plain = listen_in(&pns, "127.0.0.1:15006");
+    capture
+        .attach_inbound(pns.as_fd(), cookie, [10, 81, 0, 2].into(), &plain)
+        .expect("attach sk_lookup");
+    capture.enroll(cookie).expect("enroll");
+
+    // The process dies: every fd it held closes, its listeners are gone.
+    drop(plain);
+    drop(capture);
+
+    // Outbound still redirected to the absent 15001: refused, never sent direct.
+    assert!(
+        connect_in(&pns, outside, None).is_err(),
+        "an enrolled pod's connect fails while ztunnel is gone"
+    );
+    assert!(
+        accept_within(&outside_server).is_none(),
+        "nothing reached the destination in clear"
+    );
+    // Inbound plaintext is dropped rather than delivered to the app.
+    let _ = connect_in(&cns, pod_app, None);
+    assert!(
+        accept_within(&app).is_none(),
+        "the app got no plaintext connection while ztunnel was gone"
+    );
+
+    // The next ztunnel picks the pins up and serves again.
+    let mut capture = Capture::load_pinned(None, &dir).expect("reload pinned capture");
+    assert!(capture.reused_pins(), "programs found attached");
+    assert!(
+        capture.is_enrolled(cookie).expect("lookup"),
+        "enrolment kept"
+    );
+    let out = listen_in(&pns, "127.0.0.1:15001");
+    let plain = listen_in(&pns, "127.0.0.1:15006");
+    capture
+        .attach_inbound(pns.as_fd(), cookie, [10, 81, 0, 2].into(), &plain)
+        .expect("re-attach sk_lookup");
+    let _c = connect_in(&pns, outside, None).expect("redirected again");
+    assert!(
+        accept_within(&out).is_some(),
+        "15001 gets the app's connect"
+    );
+    let _i = connect_in(&cns, pod_app, None).expect("inbound connect");
+    assert!(
+        accept_within(&plain).is_some(),
+        "15006 gets inbound plaintext"
+    );
+    // Nothing stale to prune: the pod is still enrolled.
+    let keep = std::collections::HashSet::from([cookie]);
+    assert_eq!(capture.prune(&keep).expect("prune"), 0);
+    // A pod that went away while ztunnel was down is pruned.
+    assert_eq!(capture.prune(&Default::default()).expect("prune"), 1);
+    assert!(!capture.is_enrolled(cookie).expect("lookup"));
+    drop(capture);
+
+    // Uninstall: pins removed, everything detaches.
+    ambit_ebpf::pins::remove(&dir).expect("remove pins");
+    let _d = connect_in(&pns, outside, None).expect("un-captured connect goes direct");
+    assert!(accept_within(&outside_server).is_some());
+}
