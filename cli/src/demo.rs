@@ -41,7 +41,7 @@ fn served_by(body: &str) -> Option<&str> {
 
 async fn exercise(cluster: &LocalCluster) -> anyhow::Result<()> {
     for p in cluster.pods.values() {
-        let in_mesh = cluster.ztunnel(p.node).enrolled().contains(&p.uid);
+        let in_mesh = cluster.is_enrolled(p.node, &p.uid);
         println!(
             "   pod {:<14} node{}  {:<12} {}",
             p.key,

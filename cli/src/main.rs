@@ -29,6 +29,10 @@ enum Command {
         /// Number of nodes.
         #[arg(long, default_value_t = 2)]
         nodes: u8,
+        /// Run each node's ztunnel as its own process (`ambit ztunnel`, capture
+        /// pinned in bpffs): kill -9 it and start it again, measure its memory.
+        #[arg(long)]
+        ztunnel_processes: bool,
     },
     /// Validate a directory of Kubernetes/Istio YAML the way the controller
     /// will (exit 79 on errors, as `istioctl analyze`).
@@ -46,6 +50,9 @@ enum Command {
     Echo(ambit::echo::EchoArgs),
     /// Open an HBONE tunnel between two local endpoints and report what was verified.
     HboneDemo(hbone_demo::DemoArgs),
+    /// Run one node's ztunnel, configured by Istio ztunnel's environment
+    /// variables (what `ambit up --ztunnel-processes` starts per node).
+    Ztunnel,
 }
 
 #[derive(Subcommand, Debug)]
@@ -77,7 +84,11 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Demo => rt.block_on(ambit::demo::run()),
-        Command::Up { dir, nodes } => rt.block_on(up(dir, nodes)),
+        Command::Up {
+            dir,
+            nodes,
+            ztunnel_processes,
+        } => rt.block_on(up(dir, nodes, ztunnel_processes)),
         Command::Analyze { dir } => {
             let code = analyze::run(&dir)?;
             std::process::exit(code)
@@ -96,14 +107,23 @@ fn main() -> anyhow::Result<()> {
         },
         Command::Echo(args) => rt.block_on(ambit::echo::run(args)),
         Command::HboneDemo(args) => rt.block_on(hbone_demo::run(args)),
+        Command::Ztunnel => rt.block_on(ztunnel::standalone::run()),
     }
 }
 
-async fn up(dir: PathBuf, nodes: u8) -> anyhow::Result<()> {
+async fn up(dir: PathBuf, nodes: u8, ztunnel_processes: bool) -> anyhow::Result<()> {
     let res = Resources::from_dir(&dir)?;
-    let cluster = LocalCluster::up(res, nodes).await?;
+    let opts = ambit::cluster::UpOptions {
+        ztunnel_exe: if ztunnel_processes {
+            Some(std::env::current_exe()?)
+        } else {
+            None
+        },
+        ..Default::default()
+    };
+    let mut cluster = LocalCluster::up_opts(res, nodes, opts).await?;
     for p in cluster.pods.values() {
-        let mesh = cluster.ztunnel(p.node).enrolled().contains(&p.uid);
+        let mesh = cluster.is_enrolled(p.node, &p.uid);
         println!(
             "pod {:<24} node{} {:<12} {}",
             p.key,
@@ -122,6 +142,14 @@ async fn up(dir: PathBuf, nodes: u8) -> anyhow::Result<()> {
         println!("note: {f}");
     }
     for n in 1..=nodes {
+        if let Some(z) = cluster.ztunnel_process(n) {
+            println!(
+                "ztunnel node{n}: pid {}, log {}, capture pinned at {}",
+                z.pid().unwrap_or_default(),
+                z.log().display(),
+                z.pin_dir().display()
+            );
+        }
         println!(
             "ztunnel node{n}: metrics 172.30.0.{n}:15020/metrics, readiness :15021/healthz/ready, \
              admin 127.0.0.1:15000/config_dump (inside netns ambit-{}-node{n})",
@@ -132,7 +160,6 @@ async fn up(dir: PathBuf, nodes: u8) -> anyhow::Result<()> {
         "local cluster up; watching {} for changes; Ctrl-C to tear down",
         dir.display()
     );
-    let mut cluster = cluster;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // The controller's directory source watches the files: a file that stops
     // parsing is reported and keeps its last good contents.

@@ -54,6 +54,7 @@ async fn agent_enrols_over_zds_and_snapshot_reconciles_after_reconnect() {
                 cert_ttl: Duration::from_secs(3600),
                 hbone: HboneConfig::default(),
                 cgroup_root: None,
+                pin_dir: None,
             },
             state,
         )

@@ -71,6 +71,7 @@ fn ztunnel(node: u8, signer: Arc<dyn CertificateSigner>, st: ProxyState) -> Ztun
             cert_ttl: Duration::from_secs(3600),
             hbone: HboneConfig::default(),
             cgroup_root: None,
+            pin_dir: None,
         },
         st,
     )

@@ -13,6 +13,7 @@ pub mod netns;
 pub mod outbound;
 pub mod proxy;
 pub mod socket;
+pub mod standalone;
 pub mod xds;
 pub mod zds;
 

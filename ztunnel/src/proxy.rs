@@ -44,6 +44,10 @@ pub struct ZtunnelConfig {
     pub hbone: HboneConfig,
     /// cgroup-v2 root for the capture programs (`None`: detect).
     pub cgroup_root: Option<PathBuf>,
+    /// Where capture is pinned in bpffs (`None`: not pinned, capture ends with
+    /// the process). Pinned capture outlives ztunnel: enrolled pods fail
+    /// closed while it is away and the next ztunnel picks it up.
+    pub pin_dir: Option<PathBuf>,
 }
 
 /// Why a pod could not be enrolled or released.
@@ -228,7 +232,14 @@ impl std::fmt::Debug for Ztunnel {
 impl Ztunnel {
     /// Loads capture and starts with `state`. Needs root.
     pub fn new(config: ZtunnelConfig, state: ProxyState) -> Result<Self, ZtunnelError> {
-        let mut capture = Capture::load(config.cgroup_root.as_deref())?;
+        let mut capture = match &config.pin_dir {
+            Some(dir) => Capture::load_pinned(config.cgroup_root.as_deref(), dir)?,
+            None => Capture::load(config.cgroup_root.as_deref())?,
+        };
+        if capture.reused_pins() {
+            info!(pins = %capture.pin_dir().map(|p| p.display().to_string()).unwrap_or_default(),
+                "picked up pinned capture: enrolled pods stayed captured while ztunnel was away");
+        }
         let lb_vips = sync_services(&mut capture, &state, &Default::default());
         Ok(Ztunnel {
             node: config.node,
@@ -548,6 +559,28 @@ impl Ztunnel {
         })
     }
 
+    /// After the node agent's snapshot: forgets capture an earlier ztunnel
+    /// pinned for pods that are no longer enrolled (deleted while it was away).
+    pub fn prune_capture(&self) {
+        let keep: std::collections::HashSet<u64> = match self.pods.lock() {
+            Ok(p) => p.values().map(|rt| rt.pod.netns_cookie).collect(),
+            Err(_) => return,
+        };
+        let mut capture = self
+            .shared
+            .capture
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match capture.prune(&keep) {
+            Ok(0) => {}
+            Ok(n) => info!(
+                entries = n,
+                "pruned capture of pods gone while ztunnel was away"
+            ),
+            Err(e) => warn!(error = %e, "pruning stale capture failed"),
+        }
+    }
+
     /// Releases a pod: capture off, listeners closed. Established connections
     /// run to their end.
     pub fn remove_pod(&self, uid: &str) -> Result<(), ZtunnelError> {
@@ -572,10 +605,17 @@ impl Ztunnel {
 }
 
 impl Drop for Ztunnel {
+    /// Stops serving without releasing capture: a ztunnel going away is not a
+    /// pod leaving the mesh. Unpinned capture detaches with the process;
+    /// pinned capture stays and fails closed until the next ztunnel.
     fn drop(&mut self) {
-        let uids = self.enrolled();
-        for uid in uids {
-            let _ = self.remove_pod(&uid);
+        if let Ok(mut pods) = self.pods.lock() {
+            for rt in pods.values() {
+                for t in &rt.tasks {
+                    t.abort();
+                }
+            }
+            pods.clear();
         }
     }
 }

@@ -125,6 +125,22 @@ impl ZdsSocket {
             .map_err(nix_io)
     }
 
+    /// Has the peer closed its end (or the connection failed)? Does not block
+    /// or consume anything: the node agent asks between requests, to go back
+    /// to waiting for a restarted ztunnel.
+    pub fn peer_closed(&self) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(0) => false,
+            Ok(_) => fds[0]
+                .revents()
+                .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)),
+            Err(_) => true,
+        }
+    }
+
     /// Sends one message, with `fd` attached when given.
     pub fn send<M: Message>(&self, msg: &M, fd: Option<RawFd>) -> io::Result<()> {
         let bytes = msg.encode_to_vec();
@@ -215,6 +231,7 @@ fn handle(
                     warn!(uid, error = %e, "releasing a pod missing from the snapshot");
                 }
             }
+            z.prune_capture();
             z.set_zds_connected(true);
             None
         }

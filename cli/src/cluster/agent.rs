@@ -36,6 +36,8 @@ enum Cmd {
 #[derive(Debug)]
 pub struct NodeAgent {
     tx: mpsc::Sender<Cmd>,
+    /// Pods ztunnel acked as enrolled (re-sent in every snapshot).
+    enrolled: std::sync::Mutex<std::collections::BTreeSet<String>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -161,13 +163,21 @@ impl NodeAgent {
                             }
                         }
                         Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            // ztunnel gone (killed, restarting): wait for the
+                            // next one and send it the snapshot.
+                            if sock.peer_closed() {
+                                debug!("ztunnel disconnected from ZDS");
+                                break;
+                            }
+                        }
                     }
                 }
             }
         });
         Ok(NodeAgent {
             tx,
+            enrolled: Default::default(),
             thread: Some(thread),
         })
     }
@@ -191,7 +201,11 @@ impl NodeAgent {
             info,
             netns,
             reply,
-        })
+        })?;
+        if let Ok(mut e) = self.enrolled.lock() {
+            e.insert(uid.to_string());
+        }
+        Ok(())
     }
 
     /// Releases pod `uid`; returns ztunnel's ack.
@@ -199,7 +213,16 @@ impl NodeAgent {
         self.call(|reply| Cmd::Del {
             uid: uid.to_string(),
             reply,
-        })
+        })?;
+        if let Ok(mut e) = self.enrolled.lock() {
+            e.remove(uid);
+        }
+        Ok(())
+    }
+
+    /// Is `uid` enrolled (acked by ztunnel, and in every later snapshot)?
+    pub fn is_enrolled(&self, uid: &str) -> bool {
+        self.enrolled.lock().is_ok_and(|e| e.contains(uid))
     }
 }
 

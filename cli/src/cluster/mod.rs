@@ -15,6 +15,7 @@ pub mod net;
 pub mod process;
 pub mod topology;
 pub mod waypoints;
+pub mod ztunnel_process;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -54,8 +55,11 @@ pub struct PlacedPod {
 /// deletes every namespace and cgroup it made.
 pub struct LocalCluster {
     processes: Vec<PodProcess>,
-    /// One ztunnel per node, by node index - 1.
+    /// One ztunnel per node, by node index - 1 (in-process mode; empty when
+    /// ztunnels run as processes).
     pub ztunnels: Vec<Arc<Ztunnel>>,
+    /// One ztunnel process per node, by node index - 1 (process mode).
+    pub ztunnel_processes: Vec<ztunnel_process::ZtunnelProcess>,
     admin_tasks: Vec<tokio::task::JoinHandle<()>>,
     xds_tasks: Vec<tokio::task::JoinHandle<()>>,
     agents: Vec<agent::NodeAgent>,
@@ -116,6 +120,47 @@ fn node_of(pod: &k8s_openapi::api::core::v1::Pod, fallback: u8, nodes: u8) -> u8
         .unwrap_or(fallback)
 }
 
+/// How a local cluster is started.
+#[derive(Clone, Debug)]
+pub struct UpOptions {
+    /// Workload certificate lifetime (renewed at half of it).
+    pub cert_ttl: Duration,
+    /// `Some(ambit executable)`: run each node's ztunnel as its own process
+    /// (`ambit ztunnel`, capture pinned in bpffs) instead of in this one.
+    pub ztunnel_exe: Option<std::path::PathBuf>,
+}
+
+impl Default for UpOptions {
+    fn default() -> Self {
+        UpOptions {
+            cert_ttl: Duration::from_secs(24 * 3600),
+            ztunnel_exe: None,
+        }
+    }
+}
+
+/// Where a local cluster pins the capture of its process ztunnels.
+fn pin_root(run: &str) -> std::path::PathBuf {
+    std::path::Path::new(ambit_ebpf::pins::PIN_ROOT).join(run)
+}
+
+/// Removes pin directories of local clusters whose process is gone.
+fn sweep_stale_pins() {
+    let Ok(entries) = std::fs::read_dir(ambit_ebpf::pins::PIN_ROOT) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let dead = name
+            .strip_prefix(PREFIX)
+            .and_then(|p| p.parse::<u32>().ok())
+            .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if dead {
+            let _ = ambit_ebpf::pins::remove(&e.path());
+        }
+    }
+}
+
 /// How long the cluster waits for every ztunnel to hold a new model.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -143,12 +188,27 @@ impl LocalCluster {
     /// As [`up`](Self::up), with workload certificates of lifetime `cert_ttl`
     /// (renewed at half of it).
     pub async fn up_with(
-        mut resources: Resources,
+        resources: Resources,
         nodes: u8,
         cert_ttl: Duration,
     ) -> anyhow::Result<Self> {
+        let opts = UpOptions {
+            cert_ttl,
+            ..UpOptions::default()
+        };
+        Self::up_opts(resources, nodes, opts).await
+    }
+
+    /// As [`up`](Self::up), with options.
+    pub async fn up_opts(
+        mut resources: Resources,
+        nodes: u8,
+        opts: UpOptions,
+    ) -> anyhow::Result<Self> {
+        let cert_ttl = opts.cert_ttl;
         require_root()?;
         net::sweep_stale(PREFIX);
+        sweep_stale_pins();
         let run = format!("{PREFIX}{}", std::process::id());
         let topology = Topology::new(&run, nodes).context("building the node network")?;
         ambit_api::translate::waypoints::deploy(&mut resources);
@@ -160,6 +220,7 @@ impl LocalCluster {
         let mut cluster = LocalCluster {
             processes: vec![],
             ztunnels: vec![],
+            ztunnel_processes: vec![],
             admin_tasks: vec![],
             xds_tasks: vec![],
             agents: vec![],
@@ -179,7 +240,38 @@ impl LocalCluster {
             cluster.place(source, pod)?;
         }
         for n in 1..=nodes {
+            // Enrolment reaches ztunnel the way it does on a real node: over ZDS
+            // from the node agent, with each pod's netns fd.
+            let node_dir = std::path::PathBuf::from(format!("/run/ambit/{}/node{n}", cluster.run));
+            let sock = node_dir.join("ztunnel.sock");
+            cluster
+                .agents
+                .push(agent::NodeAgent::start(&sock).context("starting the node agent")?);
             let cp = cluster.control.for_node(n);
+            if let Some(exe) = &opts.ztunnel_exe {
+                let node_ns = cluster
+                    .topology
+                    .node(n)
+                    .context("node")?
+                    .ns
+                    .name()
+                    .to_string();
+                cluster
+                    .ztunnel_processes
+                    .push(ztunnel_process::ZtunnelProcess::start(
+                        ztunnel_process::ZtunnelLaunch {
+                            exe: exe.clone(),
+                            node: n,
+                            control: cp,
+                            cert_ttl,
+                            zds: sock,
+                            pin_dir: pin_root(&cluster.run).join(format!("node{n}")),
+                            node_netns: std::path::PathBuf::from(format!("/run/netns/{node_ns}")),
+                            log: node_dir.join("ztunnel.log"),
+                        },
+                    )?);
+                continue;
+            }
             let certs = CaClient::new(&cp).with_context(|| format!("CA client for node{n}"))?;
             let z = Ztunnel::new(
                 ZtunnelConfig {
@@ -188,6 +280,7 @@ impl LocalCluster {
                     cert_ttl,
                     hbone: HboneConfig::default(),
                     cgroup_root: None,
+                    pin_dir: None,
                 },
                 ProxyState::default(),
             )
@@ -209,15 +302,6 @@ impl LocalCluster {
                 ztunnel::admin::start(&z, &node_ns)
                     .with_context(|| format!("ztunnel endpoints on node{n}"))?,
             );
-            // Enrolment reaches ztunnel the way it does on a real node: over ZDS
-            // from the node agent, with each pod's netns fd.
-            let sock = std::path::PathBuf::from(format!(
-                "/run/ambit/{}/node{n}/ztunnel.sock",
-                cluster.run
-            ));
-            cluster
-                .agents
-                .push(agent::NodeAgent::start(&sock).context("starting the node agent")?);
             cluster.zds_threads.push(ztunnel::zds::run_client(
                 z.clone(),
                 sock,
@@ -340,19 +424,39 @@ impl LocalCluster {
         }
     }
 
+    /// What each node's ztunnel holds now: the in-process state, or a
+    /// process's `/config_dump` (`None` while it does not answer).
+    fn node_states(&self) -> Vec<Option<Arc<ProxyState>>> {
+        if self.ztunnel_processes.is_empty() {
+            return self
+                .ztunnels
+                .iter()
+                .map(|z| Some(z.shared().state()))
+                .collect();
+        }
+        (1..=self.nodes)
+            .map(|n| {
+                let ns = self.topology.node(n)?.ns.name().to_string();
+                ztunnel_process::config_dump(&ns).map(|c| Arc::new(ProxyState::from_config(&c)))
+            })
+            .collect()
+    }
+
     /// Polls until every ztunnel holds `cfg`; returns how long that took.
     fn wait_for(&self, cfg: &LocalConfig, within: Duration) -> anyhow::Result<Duration> {
         let started = std::time::Instant::now();
         loop {
-            if self
-                .ztunnels
+            let states = self.node_states();
+            if states
                 .iter()
-                .all(|z| converged(&z.shared().state(), cfg))
+                .all(|s| s.as_ref().is_some_and(|s| converged(s, cfg)))
             {
                 return Ok(started.elapsed());
             }
             if started.elapsed() > within {
-                let state = self.ztunnels[0].shared().state();
+                let Some(Some(state)) = states.into_iter().next() else {
+                    bail!("node1's ztunnel did not answer within {within:?}");
+                };
                 let differing: Vec<String> = cfg
                     .workloads
                     .iter()
@@ -382,7 +486,7 @@ impl LocalCluster {
                 continue;
             };
             let node = usize::from(pod.node - 1);
-            let enrolled = self.ztunnels[node].enrolled().contains(&w.uid);
+            let enrolled = self.agents[node].is_enrolled(&w.uid);
             // A waypoint speaks HBONE itself and is never captured.
             if self.waypoints.contains_key(&pod.key) {
                 continue;
@@ -410,8 +514,7 @@ impl LocalCluster {
                 }
                 // Outside the mesh, but still a client of the Service load balancer.
                 let netns = ztunnel::netns::Netns::open(format!("/run/netns/{}", pod.netns))?;
-                self.ztunnels[node]
-                    .balance_only(&netns)
+                self.balance_only(node, &netns)
                     .with_context(|| format!("load balancing for {}", pod.key))?;
             }
         }
@@ -499,7 +602,7 @@ impl LocalCluster {
     pub fn delete_pod(&mut self, key: &str) -> anyhow::Result<()> {
         let placed = self.pod(key)?.clone();
         let node = usize::from(placed.node - 1);
-        if self.ztunnels[node].enrolled().contains(&placed.uid) {
+        if self.agents[node].is_enrolled(&placed.uid) {
             self.agents[node]
                 .del(&placed.uid)
                 .map_err(|e| anyhow::anyhow!("releasing {key}: {e}"))?;
@@ -588,9 +691,49 @@ impl LocalCluster {
         self.pods.get(key).with_context(|| format!("no pod {key}"))
     }
 
-    /// The ztunnel of node `n`.
+    /// The in-process ztunnel of node `n` (panics in process mode: use
+    /// [`ztunnel_process`](Self::ztunnel_process)).
     pub fn ztunnel(&self, n: u8) -> &Ztunnel {
-        &self.ztunnels[usize::from(n - 1)]
+        self.ztunnels
+            .get(usize::from(n - 1))
+            .expect("in-process ztunnel (the cluster runs ztunnels as processes)")
+    }
+
+    /// The ztunnel process of node `n` (process mode).
+    pub fn ztunnel_process(&mut self, n: u8) -> Option<&mut ztunnel_process::ZtunnelProcess> {
+        self.ztunnel_processes
+            .get_mut(usize::from(n.checked_sub(1)?))
+    }
+
+    /// Is the pod `uid` on node `n` enrolled in the mesh?
+    pub fn is_enrolled(&self, n: u8, uid: &str) -> bool {
+        usize::from(n)
+            .checked_sub(1)
+            .and_then(|i| self.agents.get(i))
+            .is_some_and(|a| a.is_enrolled(uid))
+    }
+
+    /// Registers a pod outside the mesh with node `node`'s (0-based) Service
+    /// load balancer: through the ztunnel in-process, or in the pinned maps a
+    /// ztunnel process shares.
+    fn balance_only(&self, node: usize, netns: &ztunnel::netns::Netns) -> anyhow::Result<()> {
+        if let Some(z) = self.ztunnels.get(node) {
+            return Ok(z.balance_only(netns)?);
+        }
+        let p = self
+            .ztunnel_processes
+            .get(node)
+            .context("no ztunnel on that node")?;
+        let cookie = netns.cookie()?;
+        // The process loads (and pins) capture at start; wait for the map.
+        let deadline = std::time::Instant::now() + CONVERGE_TIMEOUT;
+        loop {
+            match ambit_ebpf::balance_only_pinned(p.pin_dir(), cookie) {
+                Ok(()) => return Ok(()),
+                Err(e) if std::time::Instant::now() > deadline => return Err(e.into()),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
     }
 }
 
@@ -614,6 +757,8 @@ impl Drop for LocalCluster {
             }
         }
         self.ztunnels.clear();
+        self.ztunnel_processes.clear();
+        let _ = ambit_ebpf::pins::remove(&pin_root(&self.run));
         let _ = std::fs::remove_dir_all(format!("/run/ambit/{}", self.run));
     }
 }

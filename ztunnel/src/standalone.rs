@@ -1,0 +1,188 @@
+//! ztunnel as a process (the `ztunnel` binary, and `ambit ztunnel` in the
+//! local cluster): one node's proxy, configured with Istio ztunnel's
+//! environment variables (istio-wire §3.4, §5.3):
+//!
+//! * state: `XDS_ADDRESS` (workload xDS from the controller), or
+//!   `LOCAL_XDS_PATH` (a local config file; `XDS_ADDRESS` set and empty);
+//! * certificates: `CA_ADDRESS` (default: the xDS address), or `FAKE_CA=true`
+//!   for an in-process CA;
+//! * `XDS_ROOT_CA` / `CA_ROOT_CA` (file path or PEM), `ALT_XDS_HOSTNAME`,
+//!   `AUTH_TOKEN` (file path or literal), `CLUSTER_ID`, `SECRET_TTL` (seconds
+//!   or `24h`), `NODE_NAME`, `INPOD_UDS`;
+//! * SIGTERM drains for `TERMINATION_GRACE_PERIOD_SECONDS` (default 5);
+//! * Ambit's own: `AMBIT_BPF_PIN_DIR` (where capture is pinned, default
+//!   [`DEFAULT_PIN_DIR`]; a restarted ztunnel picks it up) and
+//!   `AMBIT_ADMIN_NETNS` (a netns path to bind 15000/15020/15021 in; default
+//!   the process's own).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambit_hbone::HboneConfig;
+use ambit_hbone::ca::{Authority, Validity};
+use anyhow::{Context, bail};
+
+use crate::ca_client::CaClient;
+use crate::certs::{CertificateProvider, LocalSigner};
+use crate::control::ControlPlane;
+use crate::netns::Netns;
+use crate::state::{LocalConfig, ProxyState};
+use crate::{Ztunnel, ZtunnelConfig};
+
+/// Where the `ztunnel` process pins capture unless `AMBIT_BPF_PIN_DIR` says.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ambit/ztunnel";
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// A value that is a file path when such a file exists, else the value itself.
+fn file_or_literal(v: String) -> anyhow::Result<String> {
+    if Path::new(&v).is_file() {
+        std::fs::read_to_string(&v).with_context(|| format!("reading {v}"))
+    } else {
+        Ok(v)
+    }
+}
+
+/// `SECRET_TTL`: seconds, or an Istio duration (`24h`, `90m`).
+fn secret_ttl() -> anyhow::Result<Duration> {
+    let Some(v) = env("SECRET_TTL") else {
+        return Ok(Duration::from_secs(24 * 3600));
+    };
+    v.parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+        .or_else(|| ambit_api::duration::parse(&v))
+        .with_context(|| format!("SECRET_TTL={v:?}: want seconds, or a duration like 24h"))
+}
+
+fn with_scheme(a: String) -> String {
+    if a.contains("://") {
+        a
+    } else {
+        format!("https://{a}")
+    }
+}
+
+/// Istio's default locations, relative to the working directory (istio-wire §3.4).
+const DEFAULT_ROOT: &str = "./var/run/secrets/istio/root-cert.pem";
+const DEFAULT_TOKEN: &str = "./var/run/secrets/tokens/istio-token";
+
+fn existing(path: &str) -> Option<String> {
+    Path::new(path).is_file().then(|| path.to_string())
+}
+
+fn control_plane(address: String, root_var: &str) -> anyhow::Result<ControlPlane> {
+    let root_pem = env(root_var)
+        .or_else(|| env("XDS_ROOT_CA"))
+        .or_else(|| existing(DEFAULT_ROOT))
+        .map(file_or_literal)
+        .transpose()?;
+    Ok(ControlPlane {
+        address: with_scheme(address),
+        root_pem,
+        tls_name: env("ALT_XDS_HOSTNAME"),
+        token: env("AUTH_TOKEN").filter(|t| !Path::new(t).is_file()),
+        token_file: env("AUTH_TOKEN")
+            .or_else(|| existing(DEFAULT_TOKEN))
+            .filter(|t| Path::new(t).is_file())
+            .map(PathBuf::from),
+        cluster_id: env("CLUSTER_ID").unwrap_or_else(|| "Kubernetes".into()),
+    })
+}
+
+/// Runs ztunnel from its environment until SIGTERM/Ctrl-C, then drains.
+pub async fn run() -> anyhow::Result<()> {
+    let node = env("NODE_NAME").unwrap_or_default();
+    let ttl = secret_ttl()?;
+    let local_path = env("LOCAL_XDS_PATH");
+    // Unset means the default istiod address; set and empty means no xDS.
+    let xds_address = match std::env::var("XDS_ADDRESS") {
+        Ok(v) => Some(v).filter(|v| !v.is_empty()),
+        Err(_) if local_path.is_some() => None,
+        Err(_) if env("KUBERNETES_SERVICE_HOST").is_some() => {
+            Some("https://istiod.istio-system.svc:15012".to_string())
+        }
+        Err(_) => Some("https://localhost:15012".to_string()),
+    };
+    let (initial, xds) = match (&xds_address, &local_path) {
+        (Some(_), Some(_)) => bail!("set either XDS_ADDRESS or LOCAL_XDS_PATH, not both"),
+        (Some(a), None) => (
+            ProxyState::default(),
+            Some(control_plane(a.clone(), "XDS_ROOT_CA")?),
+        ),
+        (None, Some(p)) => (
+            ProxyState::from_config(&LocalConfig::load(&PathBuf::from(p))?),
+            None,
+        ),
+        (None, None) => bail!(
+            "set XDS_ADDRESS (the controller, e.g. https://127.0.0.1:15012) or LOCAL_XDS_PATH (a local config file)"
+        ),
+    };
+    let certs: Arc<dyn CertificateProvider> = if env("FAKE_CA").as_deref() == Some("true") {
+        Arc::new(LocalSigner(Arc::new(
+            Authority::new_root(
+                "cluster.local",
+                "ztunnel fake CA",
+                Validity::starting_now(ttl * 30),
+            )
+            .context("creating the fake CA")?,
+        )))
+    } else {
+        let Some(addr) = env("CA_ADDRESS").or(xds_address.clone()) else {
+            bail!("set CA_ADDRESS (or XDS_ADDRESS), or FAKE_CA=true");
+        };
+        Arc::new(CaClient::new(&control_plane(addr, "CA_ROOT_CA")?)?)
+    };
+    let z = Arc::new(Ztunnel::new(
+        ZtunnelConfig {
+            node: node.clone(),
+            certs,
+            cert_ttl: ttl,
+            hbone: HboneConfig::default(),
+            cgroup_root: None,
+            pin_dir: Some(PathBuf::from(
+                env("AMBIT_BPF_PIN_DIR").unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
+            )),
+        },
+        initial,
+    )?);
+    let admin_ns = match env("AMBIT_ADMIN_NETNS") {
+        Some(p) => Netns::open(p)?,
+        None => Netns::current()?,
+    };
+    let _admin = crate::admin::start(&z, &admin_ns).context("binding 15000/15020/15021")?;
+    let xds_task = xds.map(|cp| {
+        z.set_xds_synced(false);
+        let info = crate::xds::NodeInfo {
+            node_name: node.clone(),
+            pod_name: env("POD_NAME").unwrap_or_else(|| "ztunnel".into()),
+            pod_namespace: env("POD_NAMESPACE").unwrap_or_else(|| "istio-system".into()),
+            instance_ip: env("INSTANCE_IP").unwrap_or_else(|| "1.1.1.1".into()),
+        };
+        tokio::spawn(crate::xds::run(z.clone(), cp, info))
+    });
+    let uds =
+        PathBuf::from(env("INPOD_UDS").unwrap_or_else(|| "/var/run/ztunnel/ztunnel.sock".into()));
+    let zds = crate::zds::run_client(z.clone(), uds.clone(), tokio::runtime::Handle::current());
+    tracing::info!(node, xds = xds_address.as_deref().unwrap_or("-"), config = local_path.as_deref().unwrap_or("-"), zds = %uds.display(), "ztunnel running");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    // Drain: listeners close, open connections get the grace period.
+    let grace = env("TERMINATION_GRACE_PERIOD_SECONDS")
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(5), Duration::from_secs);
+    let left = z.drain(grace).await;
+    tracing::info!(left, "exiting");
+    z.shutdown();
+    if let Some(t) = xds_task {
+        t.abort();
+    }
+    let _ = tokio::task::spawn_blocking(move || zds.join()).await;
+    Ok(())
+}
