@@ -12,6 +12,11 @@ for t in iperf3 sockperf wrk; do
   command -v "$t" >/dev/null || { echo "needs $t (apt-get install iperf3 sockperf wrk)"; exit 1; }
 done
 cargo build --release -q -p ambit --bin ambit --example l4_bench
+cargo build --release -q -p ztunnel --bin ztunnel
+# One vCPU for everything: one worker thread per ztunnel, as a DaemonSet
+# limited to one CPU would run; access logs off (they are per connection).
+export ZTUNNEL_WORKER_THREADS=${ZTUNNEL_WORKER_THREADS:-1}
+export AMBIT_ZTUNNEL_LOG=${AMBIT_ZTUNNEL_LOG:-warn}
 out=$(mktemp)
 for _ in $(seq "$ROUNDS"); do
   taskset -c "$CPU" target/release/examples/l4_bench >> "$out"

@@ -42,9 +42,10 @@ for label, key, fmt in rows:
     cpu_row = key.startswith("cpu") or key == "ns_per_byte"
     ratio = f"{statistics.median(m) / statistics.median(d):.2f}" if d and m and statistics.median(d) and not cpu_row else ""
     print(f"| {label:46} | {cell('direct_' + key, fmt):24} | {cell('mesh_' + key, fmt):24} | {ratio:11} |")
-for label, key in [("VmRSS idle, MiB (process: 2 ztunnels + controller)", "rss_idle_mib"),
-                   ("VmRSS with 1,000 idle tunnelled conns, MiB", "rss_1000_conns_mib"),
-                   ("VmHWM over the run, MiB", "hwm_mib")]:
-    print(f"| {label:46} | {'':24} | {cell(key, '{:.1f}'):24} |             |")
+for label, key in [("VmRSS idle, MiB (ztunnel process)", "rss{}_idle_mib"),
+                   ("VmRSS, 1,000 idle tunnelled conns, MiB", "rss{}_1000_conns_mib"),
+                   ("VmHWM over the run, MiB", "hwm{}_mib")]:
+    for n in (1, 2):
+        print(f"| {label + f' node{n}':46} | {'':24} | {cell(key.format(n), '{:.1f}'):24} |             |")
 rtt = statistics.median(vals("mesh_rtt_p50_us")) - statistics.median(vals("direct_rtt_p50_us"))
 print(f"\nadded round-trip p50: {rtt:.1f} µs; 1-stream throughput: {100*statistics.median(vals('mesh_iperf1_gbps'))/statistics.median(vals('direct_iperf1_gbps')):.0f} % of direct")

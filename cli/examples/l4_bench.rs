@@ -5,10 +5,11 @@
 //! ping-pong), wrk against `ambit echo` (keep-alive 1 and 64 connections, a
 //! new connection per request, 1,000 connections at ≈2,000 req/s).
 //!
-//! The ztunnels run in this process (with the controller, idle after
-//! start-up), so CPU and memory are this process's: CPU per request / per
-//! new connection / ns per byte from `/proc/self/stat` deltas, VmRSS idle and
-//! with 1,000 idle tunnelled connections, VmHWM at the end. Prints one
+//! Each node's ztunnel is its own process (`ambit ztunnel`, as the DaemonSet
+//! runs it), so CPU and memory are the ztunnels' own: CPU per request / per
+//! new connection / ns per byte from both ztunnels' `/proc/PID/stat` deltas,
+//! each ztunnel's VmRSS idle and with 1,000 idle tunnelled connections, and
+//! VmHWM at the end. Prints one
 //! `key=value` line per round; `benches/l4.sh` pins everything to one vCPU,
 //! runs 3 rounds and prints the table. Needs root.
 
@@ -16,8 +17,8 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use ambit::cluster::LocalCluster;
 use ambit::cluster::client::{connect_from, wait_listening};
+use ambit::cluster::{LocalCluster, UpOptions};
 use ambit_api::k8s::Resources;
 use anyhow::{Context, bail};
 
@@ -53,8 +54,12 @@ spec: {nodeName: node2, containers: [{name: c, image: ambit}]}
 
 const SECONDS: u32 = 4;
 
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+/// The ztunnel processes, node1 first.
+static ZTUNNELS: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+
+/// CPU seconds (user + system) process `pid` has used.
+fn pid_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map(|(_, r)| r.split_whitespace().collect())
@@ -69,14 +74,28 @@ fn cpu_seconds() -> f64 {
     (get(11) + get(12)) / tick
 }
 
-fn status_kib(key: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+/// CPU seconds both ztunnels have used.
+fn cpu_seconds() -> f64 {
+    ZTUNNELS
+        .get()
+        .into_iter()
+        .flatten()
+        .map(|p| pid_cpu_seconds(*p))
+        .sum()
+}
+
+/// A `/proc/PID/status` value in KiB (VmRSS, VmHWM) of node `n`'s ztunnel.
+fn status_kib(n: usize, key: &str) -> f64 {
+    let Some(pid) = ZTUNNELS.get().and_then(|z| z.get(n - 1)) else {
+        return f64::NAN;
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
         .find(|l| l.starts_with(key))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+        .unwrap_or(f64::NAN)
 }
 
 /// Runs `argv` inside `/run/netns/<netns>`; returns stdout.
@@ -214,13 +233,14 @@ fn wrk(netns: &str, url: &str, conns: u32, extra: &[&str]) -> anyhow::Result<Wrk
 async fn churn(cluster: &LocalCluster, rate: u64, secs: u64) -> anyhow::Result<()> {
     let client = cluster.pod("mesh/client")?.netns.clone();
     let target: SocketAddr = format!("{}:8080", cluster.pod("mesh/server")?.ip).parse()?;
-    let rss = || status_kib("VmRSS:") / 1024.0;
+    let rss = || status_kib(1, "VmRSS:") / 1024.0;
+    let node1 = ZTUNNELS.get().and_then(|z| z.first().copied()).unwrap_or(0);
     // Warm up (pool, certificates, allocator) before the start sample.
     for _ in 0..200 {
         one_request(&client, target).await?;
     }
     let start_rss = rss();
-    let cpu0 = cpu_seconds();
+    let cpu0 = pid_cpu_seconds(node1);
     let mut mid_rss = start_rss;
     let total = rate * secs;
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
@@ -241,7 +261,7 @@ async fn churn(cluster: &LocalCluster, rate: u64, secs: u64) -> anyhow::Result<(
         }
     }
     while tasks.join_next().await.is_some() {}
-    let cpu = cpu_seconds() - cpu0;
+    let cpu = pid_cpu_seconds(node1) - cpu0;
     let end_rss = rss();
     println!(
         "churn_conns={total} churn_secs={secs} churn_failures={} churn_rss_start_mib={start_rss:.2} churn_rss_mid_mib={mid_rss:.2} churn_rss_end_mib={end_rss:.2} churn_rss_growth_pct={:.2} churn_cpu_us_per_conn={:.1}",
@@ -286,8 +306,18 @@ async fn main() -> anyhow::Result<()> {
                 .context("target dir")?,
         )
     };
-    let cluster = LocalCluster::up(res, 2).await?;
     let ambit = std::env::var("AMBIT_BIN")?;
+    // The DaemonSet's binary: `ztunnel` next to `ambit` (built by l4.sh).
+    let ztunnel_exe = std::path::Path::new(&ambit).with_file_name("ztunnel");
+    let opts = UpOptions {
+        ztunnel_exe: Some(ztunnel_exe),
+        ..UpOptions::default()
+    };
+    let mut cluster = LocalCluster::up_opts(res, 2, opts).await?;
+    let pids: Vec<u32> = (1..=2)
+        .filter_map(|n| cluster.ztunnel_process(n).and_then(|z| z.pid()))
+        .collect();
+    ZTUNNELS.set(pids).ok();
     let mut children = Vec::new();
     let mut out: Vec<(String, f64)> = Vec::new();
     let delay = std::env::temp_dir().join("ambit-l4-delay.lua");
@@ -369,17 +399,28 @@ async fn main() -> anyhow::Result<()> {
             (m("fixed_p99_ms"), fixed.p99_ms),
         ]);
         if mode == "mesh" {
-            // Memory: idle, then with 1,000 idle tunnelled connections.
-            out.push(("rss_idle_mib".into(), status_kib("VmRSS:") / 1024.0));
+            // Memory: idle (3 s after the last load: ztunnel hands freed
+            // heap back every 2 s), then with 1,000 idle tunnelled connections.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            for n in 1..=2 {
+                out.push((format!("rss{n}_idle_mib"), status_kib(n, "VmRSS:") / 1024.0));
+            }
             let target: SocketAddr = format!("{server}:8080").parse()?;
             let mut held = Vec::new();
             for _ in 0..1000 {
                 held.push(connect_from(&client, target).await?);
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
-            out.push(("rss_1000_conns_mib".into(), status_kib("VmRSS:") / 1024.0));
+            for n in 1..=2 {
+                out.push((
+                    format!("rss{n}_1000_conns_mib"),
+                    status_kib(n, "VmRSS:") / 1024.0,
+                ));
+            }
             drop(held);
-            out.push(("hwm_mib".into(), status_kib("VmHWM:") / 1024.0));
+            for n in 1..=2 {
+                out.push((format!("hwm{n}_mib"), status_kib(n, "VmHWM:") / 1024.0));
+            }
         }
     }
     for mut c in children {

@@ -78,8 +78,16 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Ztunnel) {
+        ztunnel::standalone::tune_allocator();
+    }
+    let workers = if matches!(cli.command, Command::Ztunnel) {
+        ztunnel::standalone::worker_threads()
+    } else {
+        2
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()?;
     match cli.command {
@@ -172,10 +180,25 @@ async fn up(dir: PathBuf, nodes: u8, ztunnel_processes: bool) -> anyhow::Result<
         tx,
     ));
     let _first = changes.recv().await; // the state we started from
+    // Like the DaemonSet controller: a ztunnel process that died is started
+    // again (its pinned capture kept the node's pods failing closed meanwhile).
+    let mut supervise = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
+            _ = supervise.tick() => {
+                for n in 1..=nodes {
+                    let Some(z) = cluster.ztunnel_process(n) else { continue };
+                    if z.is_running() {
+                        continue;
+                    }
+                    match z.restart() {
+                        Ok(()) => println!("ztunnel node{n} exited; started again (pid {})", z.pid().unwrap_or_default()),
+                        Err(e) => eprintln!("ztunnel node{n} exited and could not be started again: {e:#}"),
+                    }
+                }
+            }
             change = changes.recv() => {
                 let Some(controller::source::SourceEvent::Snapshot { resources, errors }) = change else {
                     break;

@@ -2,6 +2,7 @@
 //! environment variables; see [`ztunnel::standalone`].
 
 fn main() -> anyhow::Result<()> {
+    ztunnel::standalone::tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -9,7 +10,7 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(ztunnel::standalone::worker_threads())
         .enable_all()
         .build()?;
     rt.block_on(ztunnel::standalone::run())

@@ -125,8 +125,9 @@ fn node_of(pod: &k8s_openapi::api::core::v1::Pod, fallback: u8, nodes: u8) -> u8
 pub struct UpOptions {
     /// Workload certificate lifetime (renewed at half of it).
     pub cert_ttl: Duration,
-    /// `Some(ambit executable)`: run each node's ztunnel as its own process
-    /// (`ambit ztunnel`, capture pinned in bpffs) instead of in this one.
+    /// `Some(executable)`: run each node's ztunnel as its own process
+    /// (`ambit ztunnel`, or the `ztunnel` binary when the file is named so;
+    /// capture pinned in bpffs) instead of in this one.
     pub ztunnel_exe: Option<std::path::PathBuf>,
 }
 

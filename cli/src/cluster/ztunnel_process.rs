@@ -18,7 +18,7 @@ use ztunnel::control::ControlPlane;
 /// How to start one node's ztunnel process.
 #[derive(Clone, Debug)]
 pub struct ZtunnelLaunch {
-    /// The `ambit` executable.
+    /// The `ambit` executable (run as `ambit ztunnel`), or a `ztunnel` one.
     pub exe: PathBuf,
     /// Node number.
     pub node: u8,
@@ -95,8 +95,9 @@ impl ZtunnelProcess {
             .open(&l.log)
             .with_context(|| format!("opening {}", l.log.display()))?;
         let err = log.try_clone()?;
+        let standalone = l.exe.file_name().is_some_and(|n| n == "ztunnel");
         let child = Command::new(&l.exe)
-            .arg("ztunnel")
+            .args((!standalone).then_some("ztunnel"))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env(
@@ -104,6 +105,7 @@ impl ZtunnelProcess {
                 std::env::var("AMBIT_ZTUNNEL_LOG").unwrap_or_else(|_| "info".into()),
             )
             .envs(l.env())
+            .envs(std::env::var("ZTUNNEL_WORKER_THREADS").map(|v| ("ZTUNNEL_WORKER_THREADS", v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
