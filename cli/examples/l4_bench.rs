@@ -126,7 +126,18 @@ fn serve_in(netns: &str, argv: &[&str]) -> anyhow::Result<std::process::Child> {
         .with_context(|| format!("starting {argv:?}"))
 }
 
+/// iperf3 throughput (Gbit/s) and both ztunnels' CPU ns per byte; one retry,
+/// since iperf3 now and then reports an error instead of a result (server
+/// still busy with the previous test).
 fn iperf_gbps(netns: &str, server: &str, streams: u32) -> anyhow::Result<(f64, f64)> {
+    iperf_once(netns, server, streams).or_else(|e| {
+        eprintln!("iperf3 failed ({e:#}); retrying once");
+        std::thread::sleep(Duration::from_secs(1));
+        iperf_once(netns, server, streams)
+    })
+}
+
+fn iperf_once(netns: &str, server: &str, streams: u32) -> anyhow::Result<(f64, f64)> {
     let cpu0 = cpu_seconds();
     let out = run_in(
         netns,
@@ -144,7 +155,9 @@ fn iperf_gbps(netns: &str, server: &str, streams: u32) -> anyhow::Result<(f64, f
     let cpu = cpu_seconds() - cpu0;
     let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
     let end = &v["end"]["sum_received"];
-    let bps = end["bits_per_second"].as_f64().context("bits_per_second")?;
+    let bps = end["bits_per_second"]
+        .as_f64()
+        .with_context(|| format!("iperf3 gave no bits_per_second: {}", v["error"]))?;
     let bytes = end["bytes"].as_f64().unwrap_or(0.0);
     Ok((bps / 1e9, if bytes > 0.0 { cpu * 1e9 / bytes } else { 0.0 }))
 }

@@ -111,6 +111,47 @@ struct {
 	__type(value, __u32); // aya's SockHash wants a 4-byte value (the fd on insert)
 } inbound_plain SEC(".maps");
 
+// Splicing an enrolled pod's socket to its own ztunnel's socket (zero copy
+// step 2): both ends of an app <-> ztunnel connection inside one pod's
+// namespace go into `splice`, and sk_msg moves each sendmsg straight into
+// the peer's receive queue, skipping the loopback TCP stack. Never pod to
+// pod: the pair is always the pod's app and ztunnel's own socket, so
+// identity and policy still apply. Ports in host order.
+struct pair_key {
+	__u64 netns;
+	__u32 local_ip;  // network order
+	__u32 remote_ip; // network order
+	__u32 local_port;
+	__u32 remote_port;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 65536);
+	__type(key, struct pair_key);
+	__type(value, __u32);
+} splice SEC(".maps");
+
+// Per sending socket: whether its peer was in `splice` at its first send
+// (SPLICE_ON: every send is redirected) or not (SPLICE_OFF: every send takes
+// the TCP path). Deciding once keeps bytes in order: a socket never mixes
+// redirected data with data still queued on the TCP path.
+#define SPLICE_ON 1
+#define SPLICE_OFF 2
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct pair_key);
+	__type(value, __u32);
+} splice_mode SEC(".maps");
+
+// A remote port as sock_ops / sk_msg report it (network order, in the upper
+// half of the field on little-endian kernels) in host order.
+static __always_inline __u32 remote_port_host(__u32 field)
+{
+	return field > 0xffff ? bpf_ntohl(field) : bpf_ntohs((__u16)field);
+}
+
 static __always_inline int is_ztunnel_port(__u16 port)
 {
 	return port == PORT_OUTBOUND || port == PORT_INBOUND_PLAIN || port == PORT_HBONE ||
@@ -187,12 +228,45 @@ int ambit_connect6(struct bpf_sock_addr *ctx)
 	return 0; // EPERM to the app
 }
 
+// An app <-> ztunnel connection inside an enrolled pod: the app's redirected
+// connect to 127.0.0.1:15001 (either end), or ztunnel's connect from the pod
+// IP to the app on the same IP (either end).
+static __always_inline void maybe_splice(struct bpf_sock_ops *ops)
+{
+	__u64 netns = bpf_get_netns_cookie(ops);
+	__u32 *mode = bpf_map_lookup_elem(&enrolled, &netns);
+	if (!mode || *mode != MODE_CAPTURE)
+		return;
+	struct pair_key k = {
+		.netns = netns,
+		.local_ip = ops->local_ip4,
+		.remote_ip = ops->remote_ip4,
+		.local_port = ops->local_port,
+		.remote_port = remote_port_host(ops->remote_port),
+	};
+	__u32 lo = bpf_htonl(0x7f000001);
+	int outbound = (k.remote_ip == lo && k.remote_port == PORT_OUTBOUND) ||
+		       (k.local_ip == lo && k.local_port == PORT_OUTBOUND);
+	int inbound = k.local_ip == k.remote_ip && k.local_ip != lo &&
+		      !is_ztunnel_port((__u16)k.local_port) &&
+		      !is_ztunnel_port((__u16)k.remote_port);
+	if (!outbound && !inbound)
+		return;
+	bpf_sock_hash_update(ops, &splice, &k, BPF_ANY);
+	bpf_map_delete_elem(&splice_mode, &k);
+	bpf_sock_ops_cb_flags_set(ops, BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
 SEC("sockops")
 int ambit_sockops(struct bpf_sock_ops *ops)
 {
 	if (ops->family != 2 /* AF_INET */)
 		return 1;
 	switch (ops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		maybe_splice(ops);
+		break;
 	case BPF_SOCK_OPS_TCP_CONNECT_CB: {
 		__u64 cookie = bpf_get_socket_cookie(ops);
 		struct dst4 *orig = bpf_map_lookup_elem(&pending, &cookie);
@@ -217,6 +291,14 @@ int ambit_sockops(struct bpf_sock_ops *ops)
 				.src_port = ops->local_port,
 			};
 			bpf_map_delete_elem(&orig_dst, &k);
+			struct pair_key p = {
+				.netns = k.netns,
+				.local_ip = ops->local_ip4,
+				.remote_ip = ops->remote_ip4,
+				.local_port = ops->local_port,
+				.remote_port = remote_port_host(ops->remote_port),
+			};
+			bpf_map_delete_elem(&splice_mode, &p);
 		}
 		break;
 	}
@@ -245,5 +327,37 @@ int ambit_sk_lookup(struct bpf_sk_lookup *ctx)
 	}
 	bpf_sk_assign(ctx, sk, 0);
 	bpf_sk_release(sk);
+	return SK_PASS;
+}
+
+// Every sendmsg on a spliced socket: into the peer's receive queue when the
+// peer was spliced at this socket's first send, else the ordinary TCP path.
+SEC("sk_msg")
+int ambit_sk_msg(struct sk_msg_md *msg)
+{
+	struct pair_key self = {
+		.netns = bpf_get_netns_cookie(msg),
+		.local_ip = msg->local_ip4,
+		.remote_ip = msg->remote_ip4,
+		.local_port = msg->local_port,
+		.remote_port = remote_port_host(msg->remote_port),
+	};
+	struct pair_key peer = {
+		.netns = self.netns,
+		.local_ip = self.remote_ip,
+		.remote_ip = self.local_ip,
+		.local_port = self.remote_port,
+		.remote_port = self.local_port,
+	};
+	__u32 *mode = bpf_map_lookup_elem(&splice_mode, &self);
+	if (mode) {
+		if (*mode == SPLICE_ON)
+			bpf_msg_redirect_hash(msg, &splice, &peer, BPF_F_INGRESS);
+		return SK_PASS;
+	}
+	__u32 decided = SPLICE_OFF;
+	if (bpf_msg_redirect_hash(msg, &splice, &peer, BPF_F_INGRESS) == SK_PASS)
+		decided = SPLICE_ON;
+	bpf_map_update_elem(&splice_mode, &self, &decided, BPF_ANY);
 	return SK_PASS;
 }

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, SockHash};
 use aya::programs::links::{CgroupAttachMode, FdLink, PinnedLink};
 use aya::programs::sk_lookup::SkLookupLinkId;
-use aya::programs::{CgroupSockAddr, SkLookup, SockOps};
+use aya::programs::{CgroupSockAddr, SkLookup, SkMsg, SockOps};
 use aya::{Ebpf, EbpfLoader};
 
 pub use cgroup::{CgroupError, cgroup2_root};
@@ -161,7 +161,9 @@ struct Inbound {
 }
 
 /// Every map in `capture.c`, pinned by these names.
-const MAPS: [&str; 6] = [
+const MAPS: [&str; 8] = [
+    "splice",
+    "splice_mode",
     "enrolled",
     "pending",
     "orig_dst",
@@ -269,42 +271,41 @@ impl Capture {
                 reused = true;
                 continue;
             }
-            let link: FdLink = if prog == "ambit_sockops" {
-                let p: &mut SockOps = program(&mut bpf, prog)?;
-                p.load().map_err(prog_err(prog))?;
-                let id = p
-                    .attach(cgroup.as_fd(), LINK_MODE)
-                    .map_err(prog_err(prog))?;
-                if pinned_at.is_none() {
-                    continue;
-                }
-                let owned = p.take_link(id).map_err(prog_err(prog))?;
-                FdLink::try_from(owned).map_err(|e| CaptureError::Pinning {
-                    path: pinned_at.clone().unwrap_or_default(),
-                    reason: e.to_string(),
-                })?
+            // The two program types share no trait for load/attach/take_link.
+            macro_rules! attach_at_root {
+                ($ty:ty) => {{
+                    let p: &mut $ty = program(&mut bpf, prog)?;
+                    p.load().map_err(prog_err(prog))?;
+                    let id = p
+                        .attach(cgroup.as_fd(), LINK_MODE)
+                        .map_err(prog_err(prog))?;
+                    match &pinned_at {
+                        None => None,
+                        Some(path) => {
+                            let owned = p.take_link(id).map_err(prog_err(prog))?;
+                            let fd = FdLink::try_from(owned)
+                                .map_err(|e| pin_err(path)(e.to_string()))?;
+                            Some((fd, path))
+                        }
+                    }
+                }};
+            }
+            let pinnable = if prog == "ambit_sockops" {
+                attach_at_root!(SockOps)
             } else {
-                let p: &mut CgroupSockAddr = program(&mut bpf, prog)?;
-                p.load().map_err(prog_err(prog))?;
-                let id = p
-                    .attach(cgroup.as_fd(), LINK_MODE)
-                    .map_err(prog_err(prog))?;
-                if pinned_at.is_none() {
-                    continue;
-                }
-                let owned = p.take_link(id).map_err(prog_err(prog))?;
-                FdLink::try_from(owned).map_err(|e| CaptureError::Pinning {
-                    path: pinned_at.clone().unwrap_or_default(),
-                    reason: e.to_string(),
-                })?
+                attach_at_root!(CgroupSockAddr)
             };
-            if let Some(path) = &pinned_at {
+            if let Some((link, path)) = pinnable {
                 cgroup_links.push(pin_link(link, path)?);
             }
         }
 
         let lookup: &mut SkLookup = program(&mut bpf, "ambit_sk_lookup")?;
         lookup.load().map_err(prog_err("ambit_sk_lookup"))?;
+
+        if splice_enabled() {
+            attach_splice(&mut bpf, pins.is_some())?;
+        }
 
         Ok(Capture {
             bpf,
@@ -525,6 +526,39 @@ impl Capture {
             .remove(&svc_key(vip));
         absent_is_ok(removed).map_err(map_err("services"))
     }
+}
+
+/// `AMBIT_SOCKMAP=1` turns splicing on. Off by default: with an ingress
+/// redirect the kernel (6.18 here) fails the *sender's* `write` with ENOMEM
+/// when the receiver's queue is full instead of blocking it, so an app that
+/// writes faster than ztunnel forwards sees errors. Experimental until the
+/// app side no longer redirects (see docs/capture.md).
+fn splice_enabled() -> bool {
+    std::env::var("AMBIT_SOCKMAP").is_ok_and(|v| v == "1")
+}
+
+/// Attaches the sk_msg program to the `splice` SOCKHASH. Pinned captures
+/// leave the attachment to the (pinned) map when they go: the map holds the
+/// program, so splicing outlives the process like the rest of capture.
+fn attach_splice(bpf: &mut Ebpf, pinned: bool) -> Result<(), CaptureError> {
+    let map_fd = {
+        let map = bpf.map("splice").ok_or(CaptureError::Missing("splice"))?;
+        let hash: SockHash<&MapData, [u8; 24]> =
+            SockHash::try_from(map).map_err(map_err("splice"))?;
+        hash.fd().try_clone().map_err(|source| CaptureError::Io {
+            what: "cloning the splice map fd".into(),
+            source,
+        })?
+    };
+    let msg: &mut SkMsg = program(bpf, "ambit_sk_msg")?;
+    msg.load().map_err(prog_err("ambit_sk_msg"))?;
+    let id = msg.attach(&map_fd).map_err(prog_err("ambit_sk_msg"))?;
+    if pinned {
+        let link = msg.take_link(id).map_err(prog_err("ambit_sk_msg"))?;
+        // Dropping the link would detach the program from the map.
+        std::mem::forget(link);
+    }
+    Ok(())
 }
 
 /// Unpins a link and drops it: the kernel detaches it.

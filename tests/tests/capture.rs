@@ -58,6 +58,34 @@ fn accept_within(l: &TcpListener) -> Option<TcpStream> {
     None
 }
 
+/// Two namespaces joined by a veth: client 10.N.0.1, pod 10.N.0.2 (`tag`
+/// makes the interface names unique per test).
+fn joined_pair(client: &str, pod: &str, tag: &str, n: u8) -> (TestNetns, TestNetns) {
+    let (c, p) = (TestNetns::new(client), TestNetns::new(pod));
+    let id = std::process::id() % 100000;
+    let (veth_c, veth_p) = (format!("{tag}c{id}"), format!("{tag}p{id}"));
+    ambit_e2e::netns::ip(&[
+        "link",
+        "add",
+        &veth_c,
+        "netns",
+        c.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &veth_p,
+        "netns",
+        p.name(),
+    ]);
+    for (ns, dev, host) in [(&c, &veth_c, 1), (&p, &veth_p, 2)] {
+        let addr = format!("10.{n}.0.{host}/24");
+        ip_in(ns.name(), &["addr", "add", &addr, "dev", dev]);
+        ip_in(ns.name(), &["link", "set", dev, "up"]);
+    }
+    (c, p)
+}
+
 #[test]
 fn outbound_redirect_and_original_destination() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -131,33 +159,7 @@ fn outbound_redirect_and_original_destination() {
 fn inbound_plaintext_is_steered_into_15006_except_on_loopback() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // Two namespaces joined by a veth: client 10.78.0.1, pod 10.78.0.2.
-    let client = TestNetns::new("cli");
-    let pod = TestNetns::new("pod");
-    let (veth_c, veth_p) = (
-        format!("vc{}", std::process::id() % 100000),
-        format!("vp{}", std::process::id() % 100000),
-    );
-    ambit_e2e::netns::ip(&[
-        "link",
-        "add",
-        &veth_c,
-        "netns",
-        client.name(),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &veth_p,
-        "netns",
-        pod.name(),
-    ]);
-    ip_in(
-        client.name(),
-        &["addr", "add", "10.78.0.1/24", "dev", &veth_c],
-    );
-    ip_in(client.name(), &["link", "set", &veth_c, "up"]);
-    ip_in(pod.name(), &["addr", "add", "10.78.0.2/24", "dev", &veth_p]);
-    ip_in(pod.name(), &["link", "set", &veth_p, "up"]);
+    let (client, pod) = joined_pair("cli", "pod", "v", 78);
     let (cns, pns) = (client.open(), pod.open());
     let cookie = pns.cookie().expect("cookie");
     let mut capture = Capture::load(None).expect("load capture");
@@ -251,31 +253,7 @@ impl Drop for PinsGuard {
 #[test]
 fn pinned_capture_outlives_its_process_and_fails_closed() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let client = TestNetns::new("pcl");
-    let pod = TestNetns::new("ppd");
-    let id = std::process::id() % 100000;
-    let (veth_c, veth_p) = (format!("qc{id}"), format!("qp{id}"));
-    ambit_e2e::netns::ip(&[
-        "link",
-        "add",
-        &veth_c,
-        "netns",
-        client.name(),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &veth_p,
-        "netns",
-        pod.name(),
-    ]);
-    ip_in(
-        client.name(),
-        &["addr", "add", "10.81.0.1/24", "dev", &veth_c],
-    );
-    ip_in(client.name(), &["link", "set", &veth_c, "up"]);
-    ip_in(pod.name(), &["addr", "add", "10.81.0.2/24", "dev", &veth_p]);
-    ip_in(pod.name(), &["link", "set", &veth_p, "up"]);
+    let (client, pod) = joined_pair("pcl", "ppd", "q", 81);
     let (cns, pns) = (client.open(), pod.open());
     let cookie = pns.cookie().expect("cookie");
     let dir = std::path::PathBuf::from(format!(

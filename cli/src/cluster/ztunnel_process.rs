@@ -106,6 +106,7 @@ impl ZtunnelProcess {
             )
             .envs(l.env())
             .envs(std::env::var("ZTUNNEL_WORKER_THREADS").map(|v| ("ZTUNNEL_WORKER_THREADS", v)))
+            .envs(std::env::var("AMBIT_SOCKMAP").map(|v| ("AMBIT_SOCKMAP", v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
