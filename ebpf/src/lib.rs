@@ -481,18 +481,21 @@ impl Capture {
             existing.pod_ip = pod_ip;
             return Ok(());
         }
-        let link = match self.pins.clone() {
+        // As at load: a link an earlier ztunnel pinned is picked up, else
+        // attach, and pin when pinning.
+        let pin_path = self.pins.as_ref().map(|p| p.inbound_link(netns_cookie));
+        let reused = match &pin_path {
+            Some(path) => pinned_link(path)?,
+            None => None,
+        };
+        let link = match reused {
+            Some(link) => InboundLink::Pinned(link),
             None => {
                 let lookup: &mut SkLookup = program(&mut self.bpf, "ambit_sk_lookup")?;
-                InboundLink::Owned(lookup.attach(netns).map_err(prog_err("ambit_sk_lookup"))?)
-            }
-            Some(p) => {
-                let path = p.inbound_link(netns_cookie);
-                match pinned_link(&path)? {
-                    Some(link) => InboundLink::Pinned(link),
-                    None => {
-                        let lookup: &mut SkLookup = program(&mut self.bpf, "ambit_sk_lookup")?;
-                        let id = lookup.attach(netns).map_err(prog_err("ambit_sk_lookup"))?;
+                let id = lookup.attach(netns).map_err(prog_err("ambit_sk_lookup"))?;
+                match pin_path {
+                    None => InboundLink::Owned(id),
+                    Some(path) => {
                         let owned = lookup.take_link(id).map_err(prog_err("ambit_sk_lookup"))?;
                         InboundLink::Pinned(pin_link(FdLink::from(owned), &path)?)
                     }

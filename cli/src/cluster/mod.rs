@@ -151,12 +151,7 @@ fn sweep_stale_pins() {
         return;
     };
     for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let dead = name
-            .strip_prefix(PREFIX)
-            .and_then(|p| p.parse::<u32>().ok())
-            .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
-        if dead {
+        if net::of_dead_run(PREFIX, &e.file_name().to_string_lossy()) {
             let _ = ambit_ebpf::pins::remove(&e.path());
         }
     }

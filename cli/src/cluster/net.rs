@@ -100,13 +100,17 @@ pub fn stale_namespaces(prefix: &str) -> Vec<String> {
     entries
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| {
-            name.strip_prefix(prefix)
-                .and_then(|r| r.split('-').next())
-                .and_then(|p| p.parse::<u32>().ok())
-                .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
-        })
+        .filter(|name| of_dead_run(prefix, name))
         .collect()
+}
+
+/// Is `name` (`<prefix><pid>` or `<prefix><pid>-...`) left by a run whose
+/// process is gone?
+pub fn of_dead_run(prefix: &str, name: &str) -> bool {
+    name.strip_prefix(prefix)
+        .and_then(|r| r.split('-').next())
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// Deletes the [`stale_namespaces`] of `prefix`.
