@@ -178,7 +178,7 @@ fn converged(state: &ProxyState, cfg: &LocalConfig) -> bool {
 impl LocalCluster {
     /// Builds the cluster for `resources` on `nodes` nodes and starts everything.
     pub async fn up(resources: Resources, nodes: u8) -> anyhow::Result<Self> {
-        Self::up_with(resources, nodes, Duration::from_secs(24 * 3600)).await
+        Self::up_opts(resources, nodes, UpOptions::default()).await
     }
 
     /// As [`up`](Self::up), with workload certificates of lifetime `cert_ttl`
