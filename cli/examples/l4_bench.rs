@@ -330,7 +330,19 @@ async fn main() -> anyhow::Result<()> {
     let pids: Vec<u32> = (1..=2)
         .filter_map(|n| cluster.ztunnel_process(n).and_then(|z| z.pid()))
         .collect();
-    ZTUNNELS.set(pids).ok();
+    ZTUNNELS.set(pids.clone()).ok();
+    // `--hold`: bring the cluster up, print where things are and wait for
+    // Ctrl-C (to profile a ztunnel by hand: `perf record -p PID`).
+    if std::env::args().any(|a| a == "--hold") {
+        for (n, pid) in pids.iter().enumerate() {
+            println!("node{} ztunnel pid {pid}", n + 1);
+        }
+        for (name, p) in &cluster.pods {
+            println!("pod {name} ip {} netns {}", p.ip, p.netns);
+        }
+        tokio::signal::ctrl_c().await?;
+        return Ok(());
+    }
     let mut children = Vec::new();
     let mut out: Vec<(String, f64)> = Vec::new();
     let delay = std::env::temp_dir().join("ambit-l4-delay.lua");

@@ -472,7 +472,9 @@ impl<H: InboundHandler> StreamTask<H> {
                 local_addr: self.local_addr,
                 connect,
             };
-            let upstream = match self.handler.open(inbound).await {
+            // Boxed: the dial's state is freed once it is done instead of
+            // staying in every stream task for the stream's whole life.
+            let upstream = match Box::pin(self.handler.open(inbound)).await {
                 Ok(u) => u,
                 Err(refusal) => {
                     info!(status = %refusal.status, reason = %refusal.reason, "CONNECT refused");

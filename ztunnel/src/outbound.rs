@@ -175,7 +175,9 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, mut app: TcpStream, peer: So
             );
             // Same node or even same pod: still through HBONE, so identity and
             // policy always apply.
-            let tunnel = open_tunnel(
+            // Boxed: the pool checkout and handshake state is freed once
+            // the tunnel is open instead of living as long as the connection.
+            let tunnel = Box::pin(open_tunnel(
                 &shared,
                 &pod,
                 endpoint,
@@ -183,7 +185,7 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, mut app: TcpStream, peer: So
                 client,
                 expected,
                 service_host.clone(),
-            )
+            ))
             .await;
             match tunnel {
                 Ok(mut t) => {
