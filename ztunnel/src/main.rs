@@ -1,13 +1,12 @@
 //! The `ztunnel` binary: one node's proxy. Configuration is Istio ztunnel's
 //! environment variables; see [`ztunnel::standalone`].
 
+use tracing_subscriber::prelude::*;
+
 fn main() -> anyhow::Result<()> {
     ztunnel::standalone::tune_allocator();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_filter(ztunnel::standalone::log_filter()))
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(ztunnel::standalone::worker_threads())
