@@ -184,7 +184,11 @@ pub struct Metrics {
 impl Metrics {
     fn with(&self, l: &TrafficLabels, f: impl FnOnce(&mut Counters)) {
         let mut t = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
-        f(t.entry(l.clone()).or_default());
+        // Cloning the labels (a dozen strings) only for a new series.
+        match t.get_mut(l) {
+            Some(c) => f(c),
+            None => f(t.entry(l.clone()).or_default()),
+        }
     }
 
     /// A connection opened.

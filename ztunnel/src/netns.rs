@@ -12,6 +12,15 @@ use std::path::{Path, PathBuf};
 
 use nix::sched::{CloneFlags, setns};
 
+thread_local! {
+    /// The namespace this thread lives in, opened at its first [`Netns::run`]
+    /// (a thread always returns there, so it is the same every time): saves
+    /// an open and a close per upstream connection.
+    static HOME: std::cell::OnceCell<Netns> = const { std::cell::OnceCell::new() };
+    /// Whether this thread is inside a [`Netns::run`] now.
+    static INSIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// An open network namespace.
 #[derive(Debug)]
 pub struct Netns {
@@ -50,12 +59,31 @@ impl Netns {
     /// Runs `f` with the calling thread inside this namespace, then moves the
     /// thread back, even if `f` panics.
     pub fn run<T>(&self, f: impl FnOnce() -> T) -> io::Result<T> {
-        let home = Netns::current()?;
+        if INSIDE.get() {
+            // Nested: come back to the namespace the outer `run` entered.
+            return self.run_from(&Netns::current()?, f);
+        }
+        HOME.with(|home| {
+            let home = match home.get() {
+                Some(h) => h,
+                None => {
+                    let h = Netns::current()?;
+                    home.get_or_init(|| h)
+                }
+            };
+            INSIDE.set(true);
+            let r = self.run_from(home, f);
+            INSIDE.set(false);
+            r
+        })
+    }
+
+    fn run_from<T>(&self, home: &Netns, f: impl FnOnce() -> T) -> io::Result<T> {
         setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
             io::Error::other(format!("entering netns {}: {e}", self.path.display()))
         })?;
-        struct Return(Netns);
-        impl Drop for Return {
+        struct Return<'a>(&'a Netns);
+        impl Drop for Return<'_> {
             fn drop(&mut self) {
                 if let Err(e) = setns(self.0.file.as_fd(), CloneFlags::CLONE_NEWNET) {
                     // A thread stuck in a pod's namespace would create every later

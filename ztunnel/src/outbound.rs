@@ -115,7 +115,6 @@ pub async fn serve(shared: Arc<Shared>, pod: Arc<Pod>, listener: TcpListener) {
 
 async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, mut app: TcpStream, peer: SocketAddr) {
     let _active = shared.track();
-    let _ = app.set_nodelay(true);
     let SocketAddr::V4(peer4) = peer else { return };
     let orig = {
         let mut capture = shared.capture.lock().unwrap_or_else(|p| p.into_inner());

@@ -11,11 +11,13 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::netns::Netns;
 
-/// Binds a listener at `addr` inside `ns`.
+/// Binds a listener at `addr` inside `ns`. Its TCP_NODELAY is inherited by
+/// every accepted connection (one setsockopt per listener, not per connection).
 pub fn listen_in(ns: &Netns, addr: SocketAddr) -> io::Result<TcpListener> {
     let std_listener = ns.run(|| -> io::Result<std::net::TcpListener> {
         let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
         s.set_reuse_address(true)?;
+        s.set_nodelay(true)?;
         s.set_nonblocking(true)?;
         s.bind(&addr.into())?;
         s.listen(1024)?;
@@ -27,10 +29,10 @@ pub fn listen_in(ns: &Netns, addr: SocketAddr) -> io::Result<TcpListener> {
 /// An unconnected TCP socket inside `ns`, marked as ztunnel's, ready to dial `dst`.
 pub fn marked_socket_in(ns: &Netns, dst: SocketAddr) -> io::Result<TcpSocket> {
     let std_stream = ns.run(|| -> io::Result<std::net::TcpStream> {
-        let s = Socket::new(Domain::for_address(dst), Type::STREAM, None)?;
+        // Non-blocking from socket(2) on: no fcntl round trips per connection.
+        let s = Socket::new(Domain::for_address(dst), Type::STREAM.nonblocking(), None)?;
         s.set_mark(ZTUNNEL_MARK)?;
         s.set_nodelay(true)?;
-        s.set_nonblocking(true)?;
         Ok(s.into())
     })??;
     Ok(TcpSocket::from_std_stream(std_stream))
