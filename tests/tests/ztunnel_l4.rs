@@ -239,6 +239,37 @@ async fn pods_talk_through_hbone_with_policy_and_metrics() {
         "{}",
         m2.render()
     );
+    // Both reporters close their series (node2 saw a → b twice: pod IP and
+    // VIP; node1 reports all three as the source) with the bytes each way (received:
+    // client to server, as Istio counts it). A relay ends just after the
+    // client sees EOF: give the counters a moment.
+    let from_a = |l: &ztunnel::metrics::TrafficLabels| l.source.principal == a_id;
+    let mut closed = ((0, 0, 0), (0, 0, 0));
+    for _ in 0..50 {
+        closed = (
+            m2.closed_where(|l| l.reporter == "destination" && from_a(l)),
+            z1.metrics()
+                .closed_where(|l| l.reporter == "source" && from_a(l)),
+        );
+        if closed.0.0 >= 2 && closed.1.0 >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (dst, src) = closed;
+    assert!(
+        dst.0 >= 2 && src.0 >= 3,
+        "closed: destination {dst:?}, source {src:?}"
+    );
+    let n = secret.len() as u64;
+    assert!(
+        dst.1 >= 2 * n && src.1 >= 3 * n,
+        "request bytes: {dst:?} {src:?}"
+    );
+    assert!(
+        dst.2 >= 2 * n && src.2 >= 3 * n,
+        "response bytes: {dst:?} {src:?}"
+    );
     let text = m2.render();
     assert!(
         text.contains(&format!("source_principal=\"{a_id}\"")),

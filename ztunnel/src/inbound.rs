@@ -12,7 +12,7 @@ use http::StatusCode;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info};
 
-use crate::metrics::{PeerLabels, TrafficLabels};
+use crate::metrics::{PeerLabels, Series, TrafficLabels};
 use crate::proxy::{Pod, Shared};
 use crate::rbac::{self, Connection};
 use crate::socket::marked_socket_in;
@@ -84,19 +84,29 @@ pub async fn connect_app(pod: &Pod, dst: SocketAddr) -> std::io::Result<TcpStrea
     Ok(stream)
 }
 
+/// An accepted CONNECT's upstream: the connection to the app and the
+/// destination reporter's series it closes into.
+pub struct AppUpstream {
+    tcp: TcpStream,
+    series: Arc<Series>,
+}
+
 impl InboundHandler for PodInbound {
-    type Upstream = TcpStream;
+    type Upstream = AppUpstream;
 
     async fn relay(
         &self,
         tunnel: ambit_hbone::stream::H2Stream,
-        up: TcpStream,
+        up: AppUpstream,
     ) -> std::io::Result<(u64, u64)> {
         let _active = self.shared.track();
-        ambit_hbone::server::tcp_relay(tunnel, up).await
+        let r = ambit_hbone::server::tcp_relay(tunnel, up.tcp).await;
+        let (to_app, from_app) = *r.as_ref().unwrap_or(&(0, 0));
+        up.series.closed(to_app, from_app);
+        r
     }
 
-    async fn open(&self, req: InboundRequest) -> Result<TcpStream, Refusal> {
+    async fn open(&self, req: InboundRequest) -> Result<AppUpstream, Refusal> {
         let dst = match req.connect.target {
             ConnectTarget::Addr(a) => a,
             ConnectTarget::Host { ref host, .. } => {
@@ -141,10 +151,11 @@ impl InboundHandler for PodInbound {
             return Err(Refusal::new(StatusCode::UNAUTHORIZED, decision.to_string()));
         }
         match connect_app(&self.pod, dst).await {
-            Ok(s) => {
-                self.shared.metrics.opened(&labels);
+            Ok(tcp) => {
+                let series = self.shared.metrics.series(&labels);
+                series.opened();
                 info!(target: "access", reporter = "destination", src.addr = %req.peer_addr, src.identity = %req.peer_identity, dst.addr = %dst, dst.identity = %self.pod.identity, "connection opened");
-                Ok(s)
+                Ok(AppUpstream { tcp, series })
             }
             Err(e) => {
                 labels.response_flags = "CONNECT";

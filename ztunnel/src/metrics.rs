@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::state::Workload;
 
@@ -162,47 +163,72 @@ impl TrafficLabels {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default)]
-struct Counters {
-    opened: u64,
-    closed: u64,
-    failed: u64,
-    received: u64,
-    sent: u64,
+/// One series' counters. A connection looks its series up once when it
+/// opens and holds it: closing touches atomics, not the labels map, and the
+/// connection need not keep its labels (a dozen strings) for its whole life.
+#[derive(Debug, Default)]
+pub struct Series {
+    opened: AtomicU64,
+    closed: AtomicU64,
+    failed: AtomicU64,
+    received: AtomicU64,
+    sent: AtomicU64,
+}
+
+impl Series {
+    /// A connection opened.
+    pub fn opened(&self) {
+        self.opened.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection closed after `received` bytes from client to server (the
+    /// request direction, Istio's `istio_tcp_received_bytes`) and `sent`
+    /// bytes back.
+    pub fn closed(&self, received: u64, sent: u64) {
+        self.closed.fetch_add(1, Ordering::Relaxed);
+        self.received.fetch_add(received, Ordering::Relaxed);
+        self.sent.fetch_add(sent, Ordering::Relaxed);
+    }
+
+    /// A connection failed or was refused.
+    pub fn failed(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn read(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
 }
 
 /// A counter family: name, help text, and which counter it reads.
-type Family = (&'static str, &'static str, fn(&Counters) -> u64);
+type Family = (&'static str, &'static str, fn(&Series) -> u64);
 
 /// The metric families ztunnel exports.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    traffic: Mutex<BTreeMap<TrafficLabels, Counters>>,
+    traffic: Mutex<BTreeMap<TrafficLabels, Arc<Series>>>,
     xds_messages: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Metrics {
-    fn with(&self, l: &TrafficLabels, f: impl FnOnce(&mut Counters)) {
+    /// The series for `l`, created on first use (the labels are cloned only then).
+    pub fn series(&self, l: &TrafficLabels) -> Arc<Series> {
         let mut t = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
-        // Cloning the labels (a dozen strings) only for a new series.
-        match t.get_mut(l) {
-            Some(c) => f(c),
-            None => f(t.entry(l.clone()).or_default()),
+        match t.get(l) {
+            Some(s) => s.clone(),
+            None => t.entry(l.clone()).or_default().clone(),
         }
     }
 
     /// A connection opened.
     pub fn opened(&self, l: &TrafficLabels) {
-        self.with(l, |c| c.opened += 1);
+        self.series(l).opened();
     }
 
-    /// A connection closed after moving `received`/`sent` bytes.
+    /// A connection closed after moving `received` (client to server) and
+    /// `sent` (server to client) bytes.
     pub fn closed(&self, l: &TrafficLabels, received: u64, sent: u64) {
-        self.with(l, |c| {
-            c.closed += 1;
-            c.received += received;
-            c.sent += sent;
-        });
+        self.series(l).closed(received, sent);
     }
 
     /// An xDS response of `type_url` was received.
@@ -213,7 +239,7 @@ impl Metrics {
 
     /// A connection failed or was refused (`response_flags` says why).
     pub fn failed(&self, l: &TrafficLabels) {
-        self.with(l, |c| c.failed += 1);
+        self.series(l).failed();
     }
 
     /// The sum of `istio_tcp_connections_failed_total` over series whose labels
@@ -222,7 +248,7 @@ impl Metrics {
         let t = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
         t.iter()
             .filter(|(l, _)| pred(l))
-            .map(|(_, c)| c.failed)
+            .map(|(_, c)| read(&c.failed))
             .sum()
     }
 
@@ -231,15 +257,29 @@ impl Metrics {
         let t = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
         t.iter()
             .filter(|(l, _)| pred(l))
-            .map(|(_, c)| c.opened)
+            .map(|(_, c)| read(&c.opened))
             .sum()
+    }
+
+    /// Summed (closed connections, bytes received, bytes sent) over matching series.
+    pub fn closed_where(&self, pred: impl Fn(&TrafficLabels) -> bool) -> (u64, u64, u64) {
+        let t = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
+        t.iter()
+            .filter(|(l, _)| pred(l))
+            .fold((0, 0, 0), |acc, (_, c)| {
+                (
+                    acc.0 + read(&c.closed),
+                    acc.1 + read(&c.received),
+                    acc.2 + read(&c.sent),
+                )
+            })
     }
 
     /// Every series with its opened and failed counts (for diagnostics and demos).
     pub fn snapshot(&self) -> Vec<(TrafficLabels, u64, u64)> {
         let t = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
         t.iter()
-            .map(|(l, c)| (l.clone(), c.opened, c.failed))
+            .map(|(l, c)| (l.clone(), read(&c.opened), read(&c.failed)))
             .collect()
     }
 
@@ -251,27 +291,27 @@ impl Metrics {
             (
                 "istio_tcp_connections_opened",
                 "The total number of TCP connections opened.",
-                |c| c.opened,
+                |c| read(&c.opened),
             ),
             (
                 "istio_tcp_connections_closed",
                 "The total number of TCP connections closed.",
-                |c| c.closed,
+                |c| read(&c.closed),
             ),
             (
                 "istio_tcp_connections_failed",
                 "The total number of TCP connections that failed.",
-                |c| c.failed,
+                |c| read(&c.failed),
             ),
             (
                 "istio_tcp_received_bytes",
                 "The size of total bytes received during request in case of a TCP connection.",
-                |c| c.received,
+                |c| read(&c.received),
             ),
             (
                 "istio_tcp_sent_bytes",
                 "The size of total bytes sent during response in case of a TCP connection.",
-                |c| c.sent,
+                |c| read(&c.sent),
             ),
         ];
         for (name, help, get) in families {

@@ -188,10 +188,13 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, mut app: TcpStream, peer: So
             .await;
             match tunnel {
                 Ok(mut t) => {
-                    shared.metrics.opened(&l);
+                    let series = shared.metrics.series(&l);
+                    drop(l);
+                    series.opened();
                     info!(target: "access", reporter = "source", src.addr = %client, src.identity = %pod.identity, dst.addr = %endpoint, dst.identity = %t.peer_identity(), dst.service = service_host.as_deref().unwrap_or("-"), "connection opened");
-                    let (sent, received) = t.relay_tcp(&mut app).await.unwrap_or((0, 0));
-                    shared.metrics.closed(&l, received, sent);
+                    // (app → tunnel: the request direction, tunnel → app).
+                    let (request, response) = t.relay_tcp(&mut app).await.unwrap_or((0, 0));
+                    series.closed(request, response);
                 }
                 Err(e) => {
                     l.response_flags = match &e {
