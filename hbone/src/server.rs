@@ -455,38 +455,15 @@ impl<H: InboundHandler> StreamTask<H> {
     async fn run(
         self,
         req: http::Request<h2::RecvStream>,
-        mut respond: h2::server::SendResponse<Bytes>,
+        respond: h2::server::SendResponse<Bytes>,
     ) {
-        let connect = match request::parse_inbound(&req) {
-            Ok(c) => c,
-            Err(e) => {
-                debug!(error = %e, "bad CONNECT");
-                return self.refuse(&mut respond, e.status());
-            }
+        // Boxed: parsing, authorization and the upstream dial are freed once
+        // the stream is open; the task itself only holds what the relay needs
+        // for the stream's whole life.
+        let Some((tunnel, upstream, span)) = Box::pin(self.open(req, respond)).await else {
+            return;
         };
-        let span = info_span!("stream", target = %connect.target, trace = connect.traceparent.as_deref().unwrap_or("-"));
         async move {
-            let inbound = InboundRequest {
-                peer_identity: self.peer_identity.clone(),
-                peer_addr: self.peer_addr,
-                local_addr: self.local_addr,
-                connect,
-            };
-            // Boxed: the dial's state is freed once it is done instead of
-            // staying in every stream task for the stream's whole life.
-            let upstream = match Box::pin(self.handler.open(inbound)).await {
-                Ok(u) => u,
-                Err(refusal) => {
-                    info!(status = %refusal.status, reason = %refusal.reason, "CONNECT refused");
-                    return self.refuse(&mut respond, refusal.status);
-                }
-            };
-            let send = match respond.send_response(ok_response(), false) {
-                Ok(s) => s,
-                Err(e) => return debug!(error = %e, "stream gone before 200"),
-            };
-            ServerStats::inc(&self.stats.streams_established);
-            let tunnel = H2Stream::new(send, req.into_body());
             match self.handler.relay(tunnel, upstream).await {
                 Ok((up, down)) => debug!(
                     bytes_to_upstream = up,
@@ -501,6 +478,52 @@ impl<H: InboundHandler> StreamTask<H> {
         }
         .instrument(span)
         .await
+    }
+
+    /// Validates the CONNECT, lets the handler authorize and dial, and answers
+    /// 200 (or the refusal); `None` when the stream was refused.
+    async fn open(
+        &self,
+        req: http::Request<h2::RecvStream>,
+        mut respond: h2::server::SendResponse<Bytes>,
+    ) -> Option<(H2Stream, H::Upstream, tracing::Span)> {
+        let connect = match request::parse_inbound(&req) {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(error = %e, "bad CONNECT");
+                self.refuse(&mut respond, e.status());
+                return None;
+            }
+        };
+        let span = info_span!("stream", target = %connect.target, trace = connect.traceparent.as_deref().unwrap_or("-"));
+        let opened = async {
+            let inbound = InboundRequest {
+                peer_identity: self.peer_identity.clone(),
+                peer_addr: self.peer_addr,
+                local_addr: self.local_addr,
+                connect,
+            };
+            let upstream = match self.handler.open(inbound).await {
+                Ok(u) => u,
+                Err(refusal) => {
+                    info!(status = %refusal.status, reason = %refusal.reason, "CONNECT refused");
+                    self.refuse(&mut respond, refusal.status);
+                    return None;
+                }
+            };
+            let send = match respond.send_response(ok_response(), false) {
+                Ok(s) => s,
+                Err(e) => {
+                    debug!(error = %e, "stream gone before 200");
+                    return None;
+                }
+            };
+            ServerStats::inc(&self.stats.streams_established);
+            Some((H2Stream::new(send, req.into_body()), upstream))
+        }
+        .instrument(span.clone())
+        .await?;
+        Some((opened.0, opened.1, span))
     }
 
     fn refuse(&self, respond: &mut h2::server::SendResponse<Bytes>, status: StatusCode) {

@@ -13,7 +13,7 @@ use rand::seq::SliceRandom;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
-use crate::metrics::{PeerLabels, TrafficLabels};
+use crate::metrics::{PeerLabels, Series, TrafficLabels};
 use crate::proxy::{Pod, Shared, ports};
 use crate::socket::marked_socket_in;
 use crate::state::{Protocol, ProxyState, Workload};
@@ -113,22 +113,60 @@ pub async fn serve(shared: Arc<Shared>, pod: Arc<Pod>, listener: TcpListener) {
     }
 }
 
+/// What a connection carries once set up.
+enum Carry {
+    /// Plain TCP to a destination outside the mesh.
+    Passthrough(TcpStream),
+    /// An HBONE tunnel, and the source reporter's series it closes into.
+    Tunnel(Box<Tunnel>, Arc<Series>),
+}
+
 async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, mut app: TcpStream, peer: SocketAddr) {
     let _active = shared.track();
-    let SocketAddr::V4(peer4) = peer else { return };
+    // Boxed: lookups, the pool checkout and the handshake are freed once the
+    // connection is set up; the task itself only holds what the relay needs
+    // for the connection's whole life.
+    let Some(carry) = Box::pin(set_up(&shared, &pod, peer)).await else {
+        return;
+    };
+    match carry {
+        Carry::Passthrough(mut up) => {
+            let _ = tokio::io::copy_bidirectional(&mut app, &mut up).await;
+        }
+        Carry::Tunnel(mut t, series) => {
+            // (app → tunnel: the request direction, tunnel → app).
+            let (request, response) = t.relay_tcp(&mut app).await.unwrap_or((0, 0));
+            series.closed(request, response);
+        }
+    }
+}
+
+/// Finds where the app's connection goes and opens the way there; `None`
+/// when it goes nowhere (failures are counted and logged here).
+async fn set_up(shared: &Shared, pod: &Arc<Pod>, peer: SocketAddr) -> Option<Carry> {
+    let SocketAddr::V4(peer4) = peer else {
+        return None;
+    };
     let orig = {
         let mut capture = shared.capture.lock().unwrap_or_else(|p| p.into_inner());
         capture.original_dst(pod.netns_cookie, peer4)
     };
     let dst = match orig {
         Ok(Some(d)) => SocketAddr::V4(d),
-        Ok(None) => return warn!(%peer, "no original destination recorded; closing"),
-        Err(e) => return warn!(%peer, error = %e, "original destination lookup failed"),
+        Ok(None) => {
+            warn!(%peer, "no original destination recorded; closing");
+            return None;
+        }
+        Err(e) => {
+            warn!(%peer, error = %e, "original destination lookup failed");
+            return None;
+        }
     };
     if dst.ip().is_loopback()
         && [ports::OUTBOUND, ports::INBOUND_PLAIN, ports::HBONE].contains(&dst.port())
     {
-        return warn!(%dst, "refusing a self-call");
+        warn!(%dst, "refusing a self-call");
+        return None;
     }
     let state = shared.state();
     // The app's own address as its peers see it: the pod IP and its source port.
@@ -145,6 +183,7 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, mut app: TcpStream, peer: So
                 ..labels
             });
             warn!(target: "access", reporter = "source", src.addr = %client, dst.service = %host, "no healthy endpoint");
+            None
         }
         Route::Passthrough(to) => {
             let upstream = async {
@@ -152,11 +191,14 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, mut app: TcpStream, peer: So
                 s.connect(to).await
             };
             match upstream.await {
-                Ok(mut up) => {
+                Ok(up) => {
                     debug!(%client, %to, "passthrough");
-                    let _ = tokio::io::copy_bidirectional(&mut app, &mut up).await;
+                    Some(Carry::Passthrough(up))
                 }
-                Err(e) => debug!(%to, error = %e, "passthrough connect failed"),
+                Err(e) => {
+                    debug!(%to, error = %e, "passthrough connect failed");
+                    None
+                }
             }
         }
         Route::Hbone {
@@ -174,27 +216,22 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, mut app: TcpStream, peer: So
             );
             // Same node or even same pod: still through HBONE, so identity and
             // policy always apply.
-            // Boxed: the pool checkout and handshake state is freed once
-            // the tunnel is open instead of living as long as the connection.
-            let tunnel = Box::pin(open_tunnel(
-                &shared,
-                &pod,
+            let tunnel = open_tunnel(
+                shared,
+                pod,
                 endpoint,
                 authority,
                 client,
                 expected,
                 service_host.clone(),
-            ))
+            )
             .await;
             match tunnel {
-                Ok(mut t) => {
+                Ok(t) => {
                     let series = shared.metrics.series(&l);
-                    drop(l);
                     series.opened();
                     info!(target: "access", reporter = "source", src.addr = %client, src.identity = %pod.identity, dst.addr = %endpoint, dst.identity = %t.peer_identity(), dst.service = service_host.as_deref().unwrap_or("-"), "connection opened");
-                    // (app → tunnel: the request direction, tunnel → app).
-                    let (request, response) = t.relay_tcp(&mut app).await.unwrap_or((0, 0));
-                    series.closed(request, response);
+                    Some(Carry::Tunnel(Box::new(t), series))
                 }
                 Err(e) => {
                     l.response_flags = match &e {
@@ -209,6 +246,7 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, mut app: TcpStream, peer: So
                     };
                     shared.metrics.failed(&l);
                     info!(target: "access", reporter = "source", src.addr = %client, dst.addr = %endpoint, error = %e, "connection failed");
+                    None
                 }
             }
         }

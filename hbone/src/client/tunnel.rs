@@ -2,6 +2,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::HeaderMap;
@@ -19,7 +20,7 @@ pub struct Tunnel {
     peer_identity: SpiffeId,
     response_headers: HeaderMap,
     connection_id: u64,
-    tls_info: TlsInfo,
+    tls_info: Arc<TlsInfo>,
     _slot: StreamSlot,
 }
 
@@ -29,7 +30,7 @@ impl Tunnel {
         peer_identity: SpiffeId,
         response_headers: HeaderMap,
         connection_id: u64,
-        tls_info: TlsInfo,
+        tls_info: Arc<TlsInfo>,
         slot: StreamSlot,
     ) -> Self {
         Tunnel {
