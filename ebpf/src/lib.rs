@@ -222,13 +222,33 @@ fn pinned_link(path: &Path) -> Result<Option<PinnedLink>, CaptureError> {
         .map_err(|e| pin_err(path)(e.to_string()))
 }
 
+/// How [`Capture::load_with_options`] loads capture.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CaptureOptions<'a> {
+    /// The cgroup-v2 root to attach at (`None`: detect, or mount one).
+    pub cgroup_root: Option<&'a Path>,
+    /// Where to pin maps and links in bpffs (`None`: nothing pinned).
+    pub pin_dir: Option<&'a Path>,
+    /// Splice each enrolled pod's app socket to its own ztunnel socket with
+    /// sk_msg (zero copy step 2). Experimental, off by default: with an
+    /// ingress redirect the kernel (6.18 here) fails the *sender's* `write`
+    /// with ENOMEM when the receiver's queue is full instead of blocking it,
+    /// so an app that writes faster than ztunnel forwards sees errors, and
+    /// bulk throughput measured lower than the loopback TCP path (see
+    /// docs/capture.md).
+    pub splice: bool,
+}
+
 impl Capture {
     /// Loads the programs and attaches connect4, connect6 and sockops at the
     /// cgroup-v2 root (`cgroup_root`, or the detected/mounted one when `None`).
     /// Nothing is pinned: dropping the capture detaches everything (tests, and
     /// tools that must leave nothing behind). Needs root.
     pub fn load(cgroup_root: Option<&Path>) -> Result<Self, CaptureError> {
-        Self::load_with(cgroup_root, None)
+        Self::load_with_options(CaptureOptions {
+            cgroup_root,
+            ..CaptureOptions::default()
+        })
     }
 
     /// As [`load`](Self::load), but every map and link is pinned under
@@ -237,11 +257,18 @@ impl Capture {
     /// restarted ztunnel finds its capture still in force (enrolled pods'
     /// connections failed closed meanwhile) and the same maps.
     pub fn load_pinned(cgroup_root: Option<&Path>, pin_dir: &Path) -> Result<Self, CaptureError> {
-        Self::load_with(cgroup_root, Some(PinDir::prepare(pin_dir)?))
+        Self::load_with_options(CaptureOptions {
+            cgroup_root,
+            pin_dir: Some(pin_dir),
+            ..CaptureOptions::default()
+        })
     }
 
-    fn load_with(cgroup_root: Option<&Path>, pins: Option<PinDir>) -> Result<Self, CaptureError> {
-        let cgroup_root = match cgroup_root {
+    /// [`load`](Self::load) or [`load_pinned`](Self::load_pinned) (with
+    /// `pin_dir`), with the experimental options.
+    pub fn load_with_options(options: CaptureOptions<'_>) -> Result<Self, CaptureError> {
+        let pins = options.pin_dir.map(PinDir::prepare).transpose()?;
+        let cgroup_root = match options.cgroup_root {
             Some(p) => p.to_path_buf(),
             None => cgroup2_root()?,
         };
@@ -303,7 +330,7 @@ impl Capture {
         let lookup: &mut SkLookup = program(&mut bpf, "ambit_sk_lookup")?;
         lookup.load().map_err(prog_err("ambit_sk_lookup"))?;
 
-        if splice_enabled() {
+        if options.splice {
             attach_splice(&mut bpf, pins.is_some())?;
         }
 
@@ -529,15 +556,6 @@ impl Capture {
             .remove(&svc_key(vip));
         absent_is_ok(removed).map_err(map_err("services"))
     }
-}
-
-/// `AMBIT_SOCKMAP=1` turns splicing on. Off by default: with an ingress
-/// redirect the kernel (6.18 here) fails the *sender's* `write` with ENOMEM
-/// when the receiver's queue is full instead of blocking it, so an app that
-/// writes faster than ztunnel forwards sees errors. Experimental until the
-/// app side no longer redirects (see docs/capture.md).
-fn splice_enabled() -> bool {
-    std::env::var("AMBIT_SOCKMAP").is_ok_and(|v| v == "1")
 }
 
 /// Attaches the sk_msg program to the `splice` SOCKHASH. Pinned captures

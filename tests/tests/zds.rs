@@ -55,6 +55,7 @@ async fn agent_enrols_over_zds_and_snapshot_reconciles_after_reconnect() {
                 hbone: HboneConfig::default(),
                 cgroup_root: None,
                 pin_dir: None,
+                sockmap_splice: false,
             },
             state,
         )

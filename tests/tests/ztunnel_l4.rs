@@ -72,6 +72,7 @@ fn ztunnel(node: u8, signer: Arc<dyn CertificateSigner>, st: ProxyState) -> Ztun
             hbone: HboneConfig::default(),
             cgroup_root: None,
             pin_dir: None,
+            sockmap_splice: false,
         },
         st,
     )

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use ambit_ebpf::{Capture, CaptureError};
+use ambit_ebpf::{Capture, CaptureError, CaptureOptions};
 use ambit_hbone::{HboneConfig, HboneServer, Pool, SpiffeId};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -48,6 +48,9 @@ pub struct ZtunnelConfig {
     /// the process). Pinned capture outlives ztunnel: enrolled pods fail
     /// closed while it is away and the next ztunnel picks it up.
     pub pin_dir: Option<PathBuf>,
+    /// Experimental sockmap splice of app sockets to ztunnel's
+    /// ([`ambit_ebpf::CaptureOptions::splice`]); off by default.
+    pub sockmap_splice: bool,
 }
 
 /// Why a pod could not be enrolled or released.
@@ -232,10 +235,11 @@ impl std::fmt::Debug for Ztunnel {
 impl Ztunnel {
     /// Loads capture and starts with `state`. Needs root.
     pub fn new(config: ZtunnelConfig, state: ProxyState) -> Result<Self, ZtunnelError> {
-        let mut capture = match &config.pin_dir {
-            Some(dir) => Capture::load_pinned(config.cgroup_root.as_deref(), dir)?,
-            None => Capture::load(config.cgroup_root.as_deref())?,
-        };
+        let mut capture = Capture::load_with_options(CaptureOptions {
+            cgroup_root: config.cgroup_root.as_deref(),
+            pin_dir: config.pin_dir.as_deref(),
+            splice: config.sockmap_splice,
+        })?;
         if capture.reused_pins() {
             info!(pins = %capture.pin_dir().map(|p| p.display().to_string()).unwrap_or_default(),
                 "picked up pinned capture: enrolled pods stayed captured while ztunnel was away");

@@ -209,6 +209,8 @@ pub async fn run() -> anyhow::Result<()> {
             pin_dir: Some(PathBuf::from(
                 env("AMBIT_BPF_PIN_DIR").unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
             )),
+            // Experimental (docs/capture.md): AMBIT_SOCKMAP=1.
+            sockmap_splice: env("AMBIT_SOCKMAP").is_some_and(|v| v == "1"),
         },
         initial,
     )?);

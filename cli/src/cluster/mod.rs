@@ -277,6 +277,7 @@ impl LocalCluster {
                     hbone: HboneConfig::default(),
                     cgroup_root: None,
                     pin_dir: None,
+                    sockmap_splice: false,
                 },
                 ProxyState::default(),
             )
