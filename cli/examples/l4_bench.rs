@@ -243,26 +243,18 @@ fn wrk(netns: &str, url: &str, conns: u32, extra: &[&str]) -> anyhow::Result<Wrk
 /// Churn: `rate` new connections per second through node1's ztunnel for
 /// `secs`, each one HTTP request and close; prints RSS at start, middle and
 /// end, and CPU per connection.
-async fn churn(cluster: &LocalCluster, rate: u64, secs: u64) -> anyhow::Result<()> {
-    let client = cluster.pod("mesh/client")?.netns.clone();
-    let target: SocketAddr = format!("{}:8080", cluster.pod("mesh/server")?.ip).parse()?;
-    let rss = || status_kib(1, "VmRSS:") / 1024.0;
-    let node1 = ZTUNNELS.get().and_then(|z| z.first().copied()).unwrap_or(0);
-    // Warm up (pool, certificates, allocator) before the start sample.
-    for _ in 0..200 {
-        one_request(&client, target).await?;
-    }
-    let start_rss = rss();
-    let cpu0 = pid_cpu_seconds(node1);
-    let mut mid_rss = start_rss;
-    let total = rate * secs;
+/// Opens `total` connections (one HTTP request each) at `rate` per second,
+/// each on its own task; returns the failures and VmRSS of node1's ztunnel
+/// half way through.
+async fn at_rate(client: &str, target: SocketAddr, rate: u64, total: u64) -> (u64, f64) {
+    let mut mid_rss = 0.0;
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let failures = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..total {
         tick.tick().await;
-        let (client, failures) = (client.clone(), failures.clone());
+        let (client, failures) = (client.to_string(), failures.clone());
         tasks.spawn(async move {
             if one_request(&client, target).await.is_err() {
                 failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -270,15 +262,37 @@ async fn churn(cluster: &LocalCluster, rate: u64, secs: u64) -> anyhow::Result<(
         });
         while tasks.try_join_next().is_some() {}
         if i == total / 2 {
-            mid_rss = rss();
+            mid_rss = status_kib(1, "VmRSS:") / 1024.0;
         }
     }
     while tasks.join_next().await.is_some() {}
+    (failures.load(std::sync::atomic::Ordering::Relaxed), mid_rss)
+}
+
+/// The churn run: 10 s at `rate` to reach steady state (the connections in
+/// flight at that rate, the allocator's working set), then `secs` more at
+/// `rate`, sampling node1's ztunnel VmRSS at the start, middle and end of
+/// those; also reports VmRSS before the warm-up ("cold").
+async fn churn(cluster: &LocalCluster, rate: u64, secs: u64) -> anyhow::Result<()> {
+    let client = cluster.pod("mesh/client")?.netns.clone();
+    let target: SocketAddr = format!("{}:8080", cluster.pod("mesh/server")?.ip).parse()?;
+    let rss = || status_kib(1, "VmRSS:") / 1024.0;
+    let node1 = ZTUNNELS.get().and_then(|z| z.first().copied()).unwrap_or(0);
+    // Pool, certificates, first code paths.
+    for _ in 0..200 {
+        one_request(&client, target).await?;
+    }
+    let cold_rss = rss();
+    let (warm_failures, _) = at_rate(&client, target, rate, rate * 10).await;
+    let start_rss = rss();
+    let cpu0 = pid_cpu_seconds(node1);
+    let total = rate * secs;
+    let (failures, mid_rss) = at_rate(&client, target, rate, total).await;
     let cpu = pid_cpu_seconds(node1) - cpu0;
     let end_rss = rss();
     println!(
-        "churn_conns={total} churn_secs={secs} churn_failures={} churn_rss_start_mib={start_rss:.2} churn_rss_mid_mib={mid_rss:.2} churn_rss_end_mib={end_rss:.2} churn_rss_growth_pct={:.2} churn_cpu_us_per_conn={:.1}",
-        failures.load(std::sync::atomic::Ordering::Relaxed),
+        "churn_conns={total} churn_secs={secs} churn_failures={} churn_rss_cold_mib={cold_rss:.2} churn_rss_start_mib={start_rss:.2} churn_rss_mid_mib={mid_rss:.2} churn_rss_end_mib={end_rss:.2} churn_rss_growth_pct={:.2} churn_cpu_us_per_conn={:.1}",
+        failures + warm_failures,
         (end_rss - start_rss) * 100.0 / start_rss,
         cpu * 1e6 / total as f64
     );
