@@ -126,7 +126,7 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, mut app: TcpStream, peer: So
     // Boxed: lookups, the pool checkout and the handshake are freed once the
     // connection is set up; the task itself only holds what the relay needs
     // for the connection's whole life.
-    let Some(carry) = Box::pin(set_up(&shared, &pod, peer)).await else {
+    let Some(carry) = Box::pin(set_up(&shared, &pod, &app, peer)).await else {
         return;
     };
     match carry {
@@ -141,9 +141,25 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, mut app: TcpStream, peer: So
     }
 }
 
+/// Whether the app already closed or reset `app` (a non-blocking peek sees
+/// EOF or an error; data or nothing yet means it is still there).
+fn app_gone(app: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    match socket2::SockRef::from(app).peek(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
 /// Finds where the app's connection goes and opens the way there; `None`
 /// when it goes nowhere (failures are counted and logged here).
-async fn set_up(shared: &Shared, pod: &Arc<Pod>, peer: SocketAddr) -> Option<Carry> {
+async fn set_up(
+    shared: &Shared,
+    pod: &Arc<Pod>,
+    app: &TcpStream,
+    peer: SocketAddr,
+) -> Option<Carry> {
     let SocketAddr::V4(peer4) = peer else {
         return None;
     };
@@ -153,6 +169,13 @@ async fn set_up(shared: &Shared, pod: &Arc<Pod>, peer: SocketAddr) -> Option<Car
     };
     let dst = match orig {
         Ok(Some(d)) => SocketAddr::V4(d),
+        Ok(None) if app_gone(app) => {
+            // The app closed the connection before it was accepted (e.g. a
+            // client exiting with a connect in flight): its CLOSE removed the
+            // record. Nothing is lost.
+            debug!(%peer, "app closed before its original destination was looked up");
+            return None;
+        }
         Ok(None) => {
             warn!(%peer, "no original destination recorded; closing");
             return None;
