@@ -208,8 +208,20 @@ type PodServer = Arc<HboneServer<PodInbound>>;
 
 struct PodRuntime {
     pod: Arc<Pod>,
-    tasks: Vec<JoinHandle<()>>,
+    /// The HBONE accept loop: on drain it stops by itself, after sending its
+    /// connections GOAWAY ([`HboneServer::drain`]).
+    hbone_task: JoinHandle<()>,
+    /// The 15001 and 15006 accept loops (connections they spawned are their
+    /// own tasks and outlive them).
+    accept_tasks: [JoinHandle<()>; 2],
     server: PodServer,
+}
+
+impl PodRuntime {
+    /// Every task that serves the pod's listeners.
+    fn tasks(&self) -> impl Iterator<Item = &JoinHandle<()>> {
+        std::iter::once(&self.hbone_task).chain(&self.accept_tasks)
+    }
 }
 
 /// A running ztunnel.
@@ -401,8 +413,8 @@ impl Ztunnel {
             )),
             PodInbound::new(self.shared.clone(), pod.clone()),
         );
-        let tasks = vec![
-            tokio::spawn(server.clone().serve(hbone_l)),
+        let hbone_task = tokio::spawn(server.clone().serve(hbone_l));
+        let accept_tasks = [
             tokio::spawn(inbound::serve_plaintext(
                 self.shared.clone(),
                 pod.clone(),
@@ -416,7 +428,15 @@ impl Ztunnel {
         ];
         info!(uid, %ip, identity = %pod.identity, "pod enrolled");
         if let Ok(mut pods) = self.pods.lock() {
-            pods.insert(uid.to_string(), PodRuntime { pod, tasks, server });
+            pods.insert(
+                uid.to_string(),
+                PodRuntime {
+                    pod,
+                    hbone_task,
+                    accept_tasks,
+                    server,
+                },
+            );
         }
         Ok(())
     }
@@ -449,18 +469,14 @@ impl Ztunnel {
     /// still open at the end.
     pub async fn drain(&self, within: std::time::Duration) -> usize {
         self.shutdown();
-        let runtimes: Vec<(Vec<JoinHandle<()>>, PodServer)> = match self.pods.lock() {
-            Ok(mut p) => p
-                .values_mut()
-                .map(|rt| (std::mem::take(&mut rt.tasks), rt.server.clone()))
-                .collect(),
-            Err(_) => vec![],
-        };
-        for (tasks, server) in &runtimes {
-            server.drain();
-            // The accept loops end; connections they spawned go on.
-            for t in tasks.iter().skip(1) {
-                t.abort();
+        if let Ok(pods) = self.pods.lock() {
+            for rt in pods.values() {
+                // HBONE: GOAWAY to peers, its accept loop ends by itself.
+                rt.server.drain();
+                // The plaintext accept loops end; connections they spawned go on.
+                for t in &rt.accept_tasks {
+                    t.abort();
+                }
             }
         }
         info!(open = self.shared.active_connections(), ?within, "draining");
@@ -591,7 +607,7 @@ impl Ztunnel {
         let Some(rt) = self.pods.lock().ok().and_then(|mut p| p.remove(uid)) else {
             return Ok(());
         };
-        for t in &rt.tasks {
+        for t in rt.tasks() {
             t.abort();
         }
         let mut capture = self
@@ -615,7 +631,7 @@ impl Drop for Ztunnel {
     fn drop(&mut self) {
         if let Ok(mut pods) = self.pods.lock() {
             for rt in pods.values() {
-                for t in &rt.tasks {
+                for t in rt.tasks() {
                     t.abort();
                 }
             }
