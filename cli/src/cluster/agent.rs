@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use ambit_api::zds::{
@@ -36,8 +36,9 @@ enum Cmd {
 #[derive(Debug)]
 pub struct NodeAgent {
     tx: mpsc::Sender<Cmd>,
-    /// Pods ztunnel acked as enrolled (re-sent in every snapshot).
-    enrolled: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// The pods the agent wants enrolled (what every snapshot carries), shared
+    /// with the agent's thread.
+    desired: Arc<Mutex<Desired>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -74,10 +75,14 @@ fn exchange(sock: &ZdsSocket, req: &WorkloadRequest, netns: Option<&Path>) -> Re
 /// Pods the agent wants enrolled: what the next snapshot is built from.
 type Desired = BTreeMap<String, (WorkloadInfo, PathBuf)>;
 
+fn lock(desired: &Mutex<Desired>) -> std::sync::MutexGuard<'_, Desired> {
+    desired.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Applies one command: to ztunnel when connected (`sock`), and to the desired
 /// set. While disconnected it only updates the desired set (the snapshot will
 /// carry it). Returns false for `Stop`.
-fn apply(cmd: Cmd, desired: &mut Desired, sock: Option<&ZdsSocket>) -> bool {
+fn apply(cmd: Cmd, desired: &Mutex<Desired>, sock: Option<&ZdsSocket>) -> bool {
     let send = |req: &WorkloadRequest, netns: Option<&Path>| match sock {
         Some(s) => exchange(s, req, netns),
         None => Ok(()),
@@ -92,7 +97,7 @@ fn apply(cmd: Cmd, desired: &mut Desired, sock: Option<&ZdsSocket>) -> bool {
         } => {
             let res = send(&add_request(&uid, &info), Some(&netns));
             if res.is_ok() {
-                desired.insert(uid, (info, netns));
+                lock(desired).insert(uid, (info, netns));
             }
             let _ = reply.send(res);
             true
@@ -102,7 +107,7 @@ fn apply(cmd: Cmd, desired: &mut Desired, sock: Option<&ZdsSocket>) -> bool {
                 payload: Some(Payload::Del(DelWorkload { uid: uid.clone() })),
             };
             let res = send(&req, None);
-            desired.remove(&uid);
+            lock(desired).remove(&uid);
             let _ = reply.send(res);
             true
         }
@@ -114,14 +119,16 @@ impl NodeAgent {
     pub fn start(path: &Path) -> std::io::Result<Self> {
         let listener = ZdsListener::bind(path)?;
         let (tx, rx) = mpsc::channel::<Cmd>();
+        let desired = Arc::new(Mutex::new(Desired::new()));
+        let shared = desired.clone();
         let thread = std::thread::spawn(move || {
-            let mut desired = Desired::new();
+            let desired = shared;
             loop {
                 // Wait for ztunnel, applying commands to the desired set meanwhile.
                 let sock = loop {
                     match rx.try_recv() {
                         Ok(cmd) => {
-                            if !apply(cmd, &mut desired, None) {
+                            if !apply(cmd, &desired, None) {
                                 return;
                             }
                         }
@@ -142,7 +149,8 @@ impl NodeAgent {
                     _ => continue,
                 }
                 let mut ok = true;
-                for (uid, (info, netns)) in &desired {
+                let snapshot = lock(&desired).clone();
+                for (uid, (info, netns)) in &snapshot {
                     if let Err(e) = exchange(&sock, &add_request(uid, info), Some(netns)) {
                         warn!(uid, error = %e, "snapshot add failed");
                         ok &= !e.contains("closed");
@@ -158,7 +166,7 @@ impl NodeAgent {
                 loop {
                     match rx.recv_timeout(Duration::from_millis(100)) {
                         Ok(cmd) => {
-                            if !apply(cmd, &mut desired, Some(&sock)) {
+                            if !apply(cmd, &desired, Some(&sock)) {
                                 return;
                             }
                         }
@@ -177,7 +185,7 @@ impl NodeAgent {
         });
         Ok(NodeAgent {
             tx,
-            enrolled: Default::default(),
+            desired,
             thread: Some(thread),
         })
     }
@@ -201,28 +209,23 @@ impl NodeAgent {
             info,
             netns,
             reply,
-        })?;
-        if let Ok(mut e) = self.enrolled.lock() {
-            e.insert(uid.to_string());
-        }
-        Ok(())
+        })
     }
 
-    /// Releases pod `uid`; returns ztunnel's ack.
+    /// Releases pod `uid`; returns ztunnel's ack. The pod leaves the desired
+    /// set even when ztunnel fails the `del`: the next snapshot then omits it
+    /// and ztunnel prunes it.
     pub fn del(&self, uid: &str) -> Result<(), String> {
         self.call(|reply| Cmd::Del {
             uid: uid.to_string(),
             reply,
-        })?;
-        if let Ok(mut e) = self.enrolled.lock() {
-            e.remove(uid);
-        }
-        Ok(())
+        })
     }
 
-    /// Is `uid` enrolled (acked by ztunnel, and in every later snapshot)?
+    /// Is `uid` enrolled: acked by ztunnel (or added while ztunnel was away),
+    /// and so in every later snapshot?
     pub fn is_enrolled(&self, uid: &str) -> bool {
-        self.enrolled.lock().is_ok_and(|e| e.contains(uid))
+        lock(&self.desired).contains_key(uid)
     }
 }
 
