@@ -496,7 +496,7 @@ impl<H: InboundHandler> StreamTask<H> {
             }
         };
         let span = info_span!("stream", target = %connect.target, trace = connect.traceparent.as_deref().unwrap_or("-"));
-        let opened = async {
+        let (tunnel, upstream) = async {
             let inbound = InboundRequest {
                 peer_identity: self.peer_identity.clone(),
                 peer_addr: self.peer_addr,
@@ -523,7 +523,7 @@ impl<H: InboundHandler> StreamTask<H> {
         }
         .instrument(span.clone())
         .await?;
-        Some((opened.0, opened.1, span))
+        Some((tunnel, upstream, span))
     }
 
     fn refuse(&self, respond: &mut h2::server::SendResponse<Bytes>, status: StatusCode) {

@@ -71,10 +71,16 @@ impl Netns {
                     home.get_or_init(|| h)
                 }
             };
+            // Cleared on the way out, even if `f` panics.
+            struct Inside;
+            impl Drop for Inside {
+                fn drop(&mut self) {
+                    INSIDE.set(false);
+                }
+            }
             INSIDE.set(true);
-            let r = self.run_from(home, f);
-            INSIDE.set(false);
-            r
+            let _inside = Inside;
+            self.run_from(home, f)
         })
     }
 
