@@ -132,6 +132,24 @@ struct {
 	__type(value, __u32);
 } splice SEC(".maps");
 
+// Loader settings, written on every load (fresh or pinned): entry 0 holds
+// SETTING_* bits. Read at run time rather than baked in at load, so a
+// restarted ztunnel with other options changes what pinned programs do.
+#define SETTING_SPLICE 1
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} settings SEC(".maps");
+
+static __always_inline int setting(__u32 bit)
+{
+	__u32 zero = 0;
+	__u32 *s = bpf_map_lookup_elem(&settings, &zero);
+	return s && (*s & bit);
+}
+
 // Per sending socket: whether its peer was in `splice` at its first send
 // (SPLICE_ON: every send is redirected) or not (SPLICE_OFF: every send takes
 // the TCP path). Deciding once keeps bytes in order: a socket never mixes
@@ -230,9 +248,13 @@ int ambit_connect6(struct bpf_sock_addr *ctx)
 
 // An app <-> ztunnel connection inside an enrolled pod: the app's redirected
 // connect to 127.0.0.1:15001 (either end), or ztunnel's connect from the pod
-// IP to the app on the same IP (either end).
+// IP to the app on the same IP (either end). Only with SETTING_SPLICE: a
+// socket in a SOCKHASH runs the kernel's sockmap hooks on every send, receive
+// and state change, which costs when nothing is redirected.
 static __always_inline void maybe_splice(struct bpf_sock_ops *ops)
 {
+	if (!setting(SETTING_SPLICE))
+		return;
 	__u64 netns = bpf_get_netns_cookie(ops);
 	__u32 *mode = bpf_map_lookup_elem(&enrolled, &netns);
 	if (!mode || *mode != MODE_CAPTURE)
@@ -291,6 +313,8 @@ int ambit_sockops(struct bpf_sock_ops *ops)
 				.src_port = ops->local_port,
 			};
 			bpf_map_delete_elem(&orig_dst, &k);
+			if (!setting(SETTING_SPLICE))
+				break;
 			struct pair_key p = {
 				.netns = k.netns,
 				.local_ip = ops->local_ip4,

@@ -28,7 +28,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap as BpfHashMap, Map, MapData, SockHash};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, SockHash};
 use aya::programs::links::{CgroupAttachMode, FdLink, PinnedLink};
 use aya::programs::sk_lookup::SkLookupLinkId;
 use aya::programs::{CgroupSockAddr, SkLookup, SkMsg, SockOps};
@@ -161,7 +161,8 @@ struct Inbound {
 }
 
 /// Every map in `capture.c`, pinned by these names.
-const MAPS: [&str; 8] = [
+const MAPS: [&str; 9] = [
+    "settings",
     "splice",
     "splice_mode",
     "enrolled",
@@ -333,6 +334,7 @@ impl Capture {
         if options.splice {
             attach_splice(&mut bpf, pins.is_some())?;
         }
+        write_settings(&mut bpf, &options)?;
 
         Ok(Capture {
             bpf,
@@ -556,6 +558,22 @@ impl Capture {
             .remove(&svc_key(vip));
         absent_is_ok(removed).map_err(map_err("services"))
     }
+}
+
+/// `SETTING_*` bits of `capture.c`.
+const SETTING_SPLICE: u32 = 1;
+
+/// Writes this load's options into the `settings` map, which the programs
+/// read at run time: with pins, the programs already attached follow the
+/// options of the ztunnel that started last.
+fn write_settings(bpf: &mut Ebpf, options: &CaptureOptions<'_>) -> Result<(), CaptureError> {
+    let map = bpf
+        .map_mut("settings")
+        .ok_or(CaptureError::Missing("settings"))?;
+    let mut settings: Array<&mut MapData, u32> =
+        Array::try_from(map).map_err(map_err("settings"))?;
+    let bits = if options.splice { SETTING_SPLICE } else { 0 };
+    settings.set(0, bits, 0).map_err(map_err("settings"))
 }
 
 /// Attaches the sk_msg program to the `splice` SOCKHASH. Pinned captures
