@@ -53,6 +53,14 @@ fn read_chunk(from: &TcpStream, cap: usize, buf: &mut BytesMut) -> io::Result<By
     Ok(buf.split().freeze())
 }
 
+/// What `from` already holds, read without waiting: the first bytes of a
+/// client-first protocol, to send together with the CONNECT request
+/// ([`crate::client::Pool::connect_with_data`]). Empty at EOF; `WouldBlock`
+/// when the app has sent nothing yet.
+pub fn read_now(from: &TcpStream) -> io::Result<Bytes> {
+    read_chunk(from, START, &mut BytesMut::new())
+}
+
 /// Socket → stream until the socket's EOF, then END_STREAM.
 ///
 /// A buffer is held only while the socket has something to read, so an idle

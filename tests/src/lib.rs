@@ -93,6 +93,30 @@ pub async fn start_hbone<H: InboundHandler>(
     (server, addr)
 }
 
+/// For a tunnel opened with `early` bytes to an echo peer: writes `data` and
+/// reads back what the peer echoed (`early` then `data`, if nothing was lost).
+pub async fn round_trip_after_early<IO>(
+    io: &mut IO,
+    early: &[u8],
+    data: &[u8],
+) -> std::io::Result<Vec<u8>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut back = vec![0u8; early.len() + data.len()];
+    let (mut r, mut w) = tokio::io::split(&mut *io);
+    // Lost early bytes would leave the read waiting: bounded, so it fails.
+    let both = async { tokio::join!(w.write_all(data), r.read_exact(&mut back)) };
+    let (write, read) = tokio::time::timeout(std::time::Duration::from_secs(10), both)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "echo incomplete after 10 s")
+        })?;
+    write?;
+    read?;
+    Ok(back)
+}
+
 /// Writes `data` through `io` while reading the same number of bytes back.
 pub async fn round_trip<IO>(io: &mut IO, data: &[u8]) -> std::io::Result<Vec<u8>>
 where

@@ -238,7 +238,18 @@ static_resources:
         assert!(back == data, "bytes came back intact through Ambit → Envoy");
         tunnels.push(t);
     }
-    // Three streams, one pooled connection.
+    // Early data (sent behind the CONNECT, before Envoy's 200) is held by
+    // Envoy until its upstream is connected, then forwarded in order.
+    let mut early = pool
+        .connect_with_data(&cert_a, &target, bytes::Bytes::from_static(b"early "))
+        .await
+        .unwrap_or_else(|e| panic!("tunnel with early data: {e}\nenvoy log:\n{}", envoy.log()));
+    let back = ambit_e2e::round_trip_after_early(&mut early, b"early ", b"late")
+        .await
+        .expect("echo via envoy");
+    assert_eq!(back, b"early late");
+    tunnels.push(early);
+    // Four streams, one pooled connection.
     let downstream_cx = format!("listener.127.0.0.1_{hbone_port}.downstream_cx_total");
     assert_eq!(envoy.stat(&downstream_cx).await, Some(1));
 

@@ -115,6 +115,18 @@ async fn pool_opens_connections_per_stream_limit_and_never_shares_identities() {
     assert!(!per_conn.contains_key(&t_alt.connection_id()));
     assert_eq!(ServerStats::get(&server.stats().connections_accepted), 4);
 
+    // Bytes the app sent before the tunnel existed go out with the CONNECT
+    // and reach the upstream ahead of everything written later.
+    let mut early = pool
+        .connect_with_data(&cert_a, &target, bytes::Bytes::from_static(b"early "))
+        .await
+        .expect("tunnel with early data");
+    let back = ambit_e2e::round_trip_after_early(&mut early, b"early ", b"late")
+        .await
+        .expect("echo");
+    assert_eq!(back, b"early late");
+    drop(early);
+
     // Closing streams frees slots: 120 more tunnels fit on the two existing
     // connections once the first 150 are gone.
     drop(tunnels);

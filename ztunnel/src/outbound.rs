@@ -117,8 +117,9 @@ pub async fn serve(shared: Arc<Shared>, pod: Arc<Pod>, listener: TcpListener) {
 enum Carry {
     /// Plain TCP to a destination outside the mesh.
     Passthrough(TcpStream),
-    /// An HBONE tunnel, and the source reporter's series it closes into.
-    Tunnel(Box<Tunnel>, Arc<Series>),
+    /// An HBONE tunnel, the source reporter's series it closes into, and how
+    /// many request bytes went out with the CONNECT.
+    Tunnel(Box<Tunnel>, Arc<Series>, u64),
 }
 
 async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, mut app: TcpStream, peer: SocketAddr) {
@@ -133,10 +134,10 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, mut app: TcpStream, peer: So
         Carry::Passthrough(mut up) => {
             let _ = tokio::io::copy_bidirectional(&mut app, &mut up).await;
         }
-        Carry::Tunnel(mut t, series) => {
+        Carry::Tunnel(mut t, series, early) => {
             // (app → tunnel: the request direction, tunnel → app).
             let (request, response) = t.relay_tcp(&mut app).await.unwrap_or((0, 0));
-            series.closed(request, response);
+            series.closed(early + request, response);
         }
     }
 }
@@ -237,24 +238,32 @@ async fn set_up(
                 service_host.as_deref(),
                 "mutual_tls",
             );
+            // What the app has already sent goes with the CONNECT (nothing
+            // yet for server-first protocols).
+            let early = match ambit_hbone::relay::read_now(app) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => bytes::Bytes::new(),
+                Err(e) => {
+                    debug!(%client, error = %e, "app connection failed before its tunnel opened");
+                    return None;
+                }
+            };
+            let early_len = early.len() as u64;
             // Same node or even same pod: still through HBONE, so identity and
             // policy always apply.
-            let tunnel = open_tunnel(
-                shared,
-                pod,
-                endpoint,
-                authority,
-                client,
-                expected,
-                service_host.clone(),
-            )
-            .await;
+            let head = ConnectHead {
+                authority: authority.to_string(),
+                forwarded_for: Some(client),
+                forwarded_host: service_host.clone(),
+                baggage: vec![("k8s.namespace.name".into(), pod.identity.namespace().into())],
+            };
+            let tunnel = open_tunnel(shared, pod, endpoint, expected, head, early).await;
             match tunnel {
                 Ok(t) => {
                     let series = shared.metrics.series(&l);
                     series.opened();
                     info!(target: "access", reporter = "source", src.addr = %client, src.identity = %pod.identity, dst.addr = %endpoint, dst.identity = %t.peer_identity(), dst.service = service_host.as_deref().unwrap_or("-"), "connection opened");
-                    Some(Carry::Tunnel(Box::new(t), series))
+                    Some(Carry::Tunnel(Box::new(t), series, early_len))
                 }
                 Err(e) => {
                     l.response_flags = match &e {
@@ -298,10 +307,9 @@ async fn open_tunnel(
     shared: &Shared,
     pod: &Arc<Pod>,
     endpoint: SocketAddr,
-    authority: SocketAddr,
-    client: SocketAddr,
     expected: Vec<SpiffeId>,
-    service_host: Option<String>,
+    head: ConnectHead,
+    early: bytes::Bytes,
 ) -> Result<Tunnel, ambit_hbone::client::ClientError> {
     let cert =
         shared
@@ -316,13 +324,8 @@ async fn open_tunnel(
         dial: SocketAddr::new(endpoint.ip(), ports::HBONE),
         expected,
         src_ip: Some(pod.ip),
-        head: ConnectHead {
-            authority: authority.to_string(),
-            forwarded_for: Some(client),
-            forwarded_host: service_host,
-            baggage: vec![("k8s.namespace.name".into(), pod.identity.namespace().into())],
-        },
+        head,
         socket: Some(Arc::new(move |dst| marked_socket_in(&netns_pod.netns, dst))),
     };
-    shared.pool.connect(&cert, &target).await
+    shared.pool.connect_with_data(&cert, &target, early).await
 }

@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use bytes::Bytes;
 use http::StatusCode;
 use tracing::debug;
 
@@ -127,6 +128,21 @@ impl Pool {
         source: &WorkloadCertificate,
         target: &TunnelTarget,
     ) -> Result<Tunnel, ClientError> {
+        self.connect_with_data(source, target, Bytes::new()).await
+    }
+
+    /// As [`connect`](Self::connect), and `early` (bytes the app already sent)
+    /// goes out as a DATA frame right behind the CONNECT, in the same write,
+    /// instead of after the peer's 200: one write and one round trip less
+    /// for client-first protocols. The peer holds it in the stream's receive
+    /// window until it has connected upstream; if it refuses the stream, the
+    /// bytes go nowhere, like the connection.
+    pub async fn connect_with_data(
+        &self,
+        source: &WorkloadCertificate,
+        target: &TunnelTarget,
+        early: Bytes,
+    ) -> Result<Tunnel, ClientError> {
         let key = PoolKey {
             source: source.identity().clone(),
             expected: target.expected.clone(),
@@ -136,7 +152,12 @@ impl Pool {
         let (conn, slot) = self.checkout(&key, source, target).await?;
         let request = target.head.to_request()?;
         let mut sender = conn.sender.clone().ready().await?;
-        let (response, send) = sender.send_request(request, false)?;
+        let (response, mut send) = sender.send_request(request, false)?;
+        if !early.is_empty() {
+            // At most 16 KiB, within any usual stream window (h2 queues it
+            // until the peer grants capacity otherwise).
+            send.send_data(early, false)?;
+        }
         let response = response.await?;
         if response.status() != StatusCode::OK {
             return Err(ClientError::Refused(response.status()));
