@@ -21,6 +21,7 @@
 
 mod cgroup;
 mod keys;
+mod link_update;
 pub mod pins;
 
 use std::collections::HashMap;
@@ -223,6 +224,15 @@ fn pinned_link(path: &Path) -> Result<Option<PinnedLink>, CaptureError> {
         .map_err(|e| pin_err(path)(e.to_string()))
 }
 
+/// Points the link pinned at `pin` to `program` (this build's). On failure
+/// the link keeps the program it had, which still captures: logged, not
+/// fatal.
+fn keep_program_current(pin: &Path, program: std::os::fd::BorrowedFd<'_>) {
+    if let Err(e) = link_update::replace_program(pin, program) {
+        tracing::warn!(pin = %pin.display(), error = %e, "pinned link keeps the program an earlier ztunnel attached");
+    }
+}
+
 /// How [`Capture::load_with_options`] loads capture.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CaptureOptions<'a> {
@@ -292,40 +302,47 @@ impl Capture {
         let mut reused = false;
         for (prog, link_name) in CGROUP_PROGRAMS {
             let pinned_at = pins.as_ref().map(|p| p.link(link_name));
-            if let Some(path) = &pinned_at
-                && let Some(link) = pinned_link(path)?
-            {
-                cgroup_links.push(link);
-                reused = true;
-                continue;
-            }
+            let earlier = match &pinned_at {
+                Some(path) => pinned_link(path)?,
+                None => None,
+            };
+            reused |= earlier.is_some();
             // The two program types share no trait for load/attach/take_link.
             macro_rules! attach_at_root {
                 ($ty:ty) => {{
                     let p: &mut $ty = program(&mut bpf, prog)?;
                     p.load().map_err(prog_err(prog))?;
-                    let id = p
-                        .attach(cgroup.as_fd(), LINK_MODE)
-                        .map_err(prog_err(prog))?;
-                    match &pinned_at {
-                        None => None,
-                        Some(path) => {
-                            let owned = p.take_link(id).map_err(prog_err(prog))?;
-                            let fd = FdLink::try_from(owned)
-                                .map_err(|e| pin_err(path)(e.to_string()))?;
-                            Some((fd, path))
+                    match (earlier, &pinned_at) {
+                        // An earlier ztunnel's link stays attached (capture
+                        // never lapses) and now runs this build's program.
+                        (Some(link), Some(path)) => {
+                            let fd = p.fd().map_err(prog_err(prog))?;
+                            keep_program_current(path, fd.as_fd());
+                            Some(link)
+                        }
+                        _ => {
+                            let id = p
+                                .attach(cgroup.as_fd(), LINK_MODE)
+                                .map_err(prog_err(prog))?;
+                            match &pinned_at {
+                                None => None,
+                                Some(path) => {
+                                    let owned = p.take_link(id).map_err(prog_err(prog))?;
+                                    let fd = FdLink::try_from(owned)
+                                        .map_err(|e| pin_err(path)(e.to_string()))?;
+                                    Some(pin_link(fd, path)?)
+                                }
+                            }
                         }
                     }
                 }};
             }
-            let pinnable = if prog == "ambit_sockops" {
+            let pinned = if prog == "ambit_sockops" {
                 attach_at_root!(SockOps)
             } else {
                 attach_at_root!(CgroupSockAddr)
             };
-            if let Some((link, path)) = pinnable {
-                cgroup_links.push(pin_link(link, path)?);
-            }
+            cgroup_links.extend(pinned);
         }
 
         let lookup: &mut SkLookup = program(&mut bpf, "ambit_sk_lookup")?;
@@ -355,6 +372,44 @@ impl Capture {
     /// Where the capture is pinned (`None`: not pinned).
     pub fn pin_dir(&self) -> Option<&Path> {
         self.pins.as_ref().map(PinDir::root)
+    }
+
+    /// Whether every pinned link (the cgroup programs and each steered
+    /// namespace's sk_lookup) runs a program this capture loaded: after a
+    /// restart or upgrade, that the earlier ztunnel's programs were
+    /// replaced. `true` when nothing is pinned.
+    pub fn pinned_links_run_own_programs(&self) -> Result<bool, CaptureError> {
+        let Some(pins) = &self.pins else {
+            return Ok(true);
+        };
+        let mut links: Vec<(PathBuf, &'static str)> = CGROUP_PROGRAMS
+            .iter()
+            .map(|(prog, name)| (pins.link(name), *prog))
+            .collect();
+        links.extend(
+            self.inbound
+                .iter()
+                .filter(|(_, i)| matches!(i.link, InboundLink::Pinned(_)))
+                .map(|(cookie, _)| (pins.inbound_link(*cookie), "ambit_sk_lookup")),
+        );
+        for (path, prog) in links {
+            let link = PinnedLink::from_pin(&path).map_err(|e| pin_err(&path)(e.to_string()))?;
+            let attached = FdLink::from(link)
+                .info()
+                .map_err(|e| pin_err(&path)(e.to_string()))?
+                .program_id();
+            let ours = self
+                .bpf
+                .program(prog)
+                .ok_or(CaptureError::Missing(prog))?
+                .info()
+                .map_err(prog_err(prog))?
+                .id();
+            if attached != ours {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Number of cgroup links this capture holds pinned.
@@ -517,9 +572,14 @@ impl Capture {
             Some(path) => pinned_link(path)?,
             None => None,
         };
-        let link = match reused {
-            Some(link) => InboundLink::Pinned(link),
-            None => {
+        let link = match (reused, &pin_path) {
+            (Some(link), Some(path)) => {
+                let lookup: &mut SkLookup = program(&mut self.bpf, "ambit_sk_lookup")?;
+                let fd = lookup.fd().map_err(prog_err("ambit_sk_lookup"))?;
+                keep_program_current(path, fd.as_fd());
+                InboundLink::Pinned(link)
+            }
+            _ => {
                 let lookup: &mut SkLookup = program(&mut self.bpf, "ambit_sk_lookup")?;
                 let id = lookup.attach(netns).map_err(prog_err("ambit_sk_lookup"))?;
                 match pin_path {

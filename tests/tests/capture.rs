@@ -276,6 +276,7 @@ fn pinned_capture_outlives_its_process_and_fails_closed() {
         .attach_inbound(pns.as_fd(), cookie, [10, 81, 0, 2].into(), &plain)
         .expect("attach sk_lookup");
     capture.enroll(cookie).expect("enroll");
+    assert!(capture.pinned_links_run_own_programs().expect("link info"));
 
     // The process dies: every fd it held closes, its listeners are gone.
     drop(plain);
@@ -309,6 +310,12 @@ fn pinned_capture_outlives_its_process_and_fails_closed() {
     capture
         .attach_inbound(pns.as_fd(), cookie, [10, 81, 0, 2].into(), &plain)
         .expect("re-attach sk_lookup");
+    // An upgrade brings its programs: the links the first ztunnel pinned
+    // stayed attached and now run the programs this one loaded.
+    assert!(
+        capture.pinned_links_run_own_programs().expect("link info"),
+        "pinned links run the reloaded programs"
+    );
     let _c = connect_in(&pns, outside, None).expect("redirected again");
     assert!(
         accept_within(&out).is_some(),
