@@ -402,6 +402,10 @@ impl<H: InboundHandler> HboneServer<H> {
         if draining {
             conn.graceful_shutdown();
         }
+        // One wait for the drain flag for the connection's life, not a new
+        // one (and a watch registration) per accepted stream.
+        let drain = drained(&mut drain_rx);
+        tokio::pin!(drain);
         loop {
             tokio::select! {
                 next = conn.accept() => match next {
@@ -432,7 +436,7 @@ impl<H: InboundHandler> HboneServer<H> {
                     warn!(error = %err, "keepalive failed; dropping connection");
                     break;
                 }
-                _ = drained(&mut drain_rx), if !draining => {
+                _ = &mut drain, if !draining => {
                     draining = true;
                     debug!("sending GOAWAY");
                     conn.graceful_shutdown();

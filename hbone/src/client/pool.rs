@@ -118,6 +118,10 @@ impl Pool {
             Ok(k) => k,
             Err(poisoned) => poisoned.into_inner(),
         };
+        // Looked up before inserting: the key is cloned only for a new entry.
+        if let Some(kp) = keys.get(key) {
+            return kp.clone();
+        }
         keys.entry(key.clone()).or_default().clone()
     }
 
