@@ -1,6 +1,7 @@
 //! ztunnel's HTTP endpoints in the node's namespace (istio-wire §6):
 //! `:15020/metrics` (and `/stats/prometheus`), `:15021/healthz/ready`, and on
-//! localhost `:15000/config_dump`.
+//! localhost `:15000/config_dump` and `:15000/memory` (resident size and heap,
+//! [`crate::memory`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::debug;
 
+use crate::memory::MemoryReport;
 use crate::netns::Netns;
 use crate::proxy::Ztunnel;
 use crate::socket::listen_in;
@@ -37,6 +39,17 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp
         r.headers_mut().insert(header::CONTENT_TYPE, v);
     }
     r
+}
+
+fn json(value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => reply(StatusCode::OK, "application/json", body),
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            e.to_string(),
+        ),
+    }
 }
 
 fn route(z: &Ztunnel, req: &Request<Incoming>, port: u16) -> Response<Full<Bytes>> {
@@ -62,14 +75,8 @@ fn route(z: &Ztunnel, req: &Request<Incoming>, port: u16) -> Response<Full<Bytes
                 format!("not ready, pending: {}\n", p.join(", ")),
             ),
         },
-        (ports::ADMIN, "/config_dump") => match serde_json::to_vec_pretty(&z.config_dump()) {
-            Ok(body) => reply(StatusCode::OK, "application/json", body),
-            Err(e) => reply(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "text/plain",
-                e.to_string(),
-            ),
-        },
+        (ports::ADMIN, "/config_dump") => json(&z.config_dump()),
+        (ports::ADMIN, "/memory") => json(&MemoryReport::sample()),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
 }

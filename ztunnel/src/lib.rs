@@ -8,6 +8,7 @@ pub mod ca_client;
 pub mod certs;
 pub mod control;
 pub mod inbound;
+pub mod memory;
 pub mod metrics;
 pub mod netns;
 pub mod outbound;
