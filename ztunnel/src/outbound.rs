@@ -195,13 +195,17 @@ async fn set_up(
     let state = shared.state();
     // The app's own address as its peers see it: the pod IP and its source port.
     let client = SocketAddr::new(pod.ip, peer.port());
-    let source = state
-        .workload(&pod.uid)
-        .map(|w| PeerLabels::of(w, Some(pod.identity.to_string())))
-        .unwrap_or_default();
+    // Built only once the outcome is known: a burst of connections waiting
+    // for a pooled connection then holds no label strings meanwhile.
+    let source = || {
+        state
+            .workload(&pod.uid)
+            .map(|w| PeerLabels::of(w, Some(pod.identity.to_string())))
+            .unwrap_or_default()
+    };
     match route(&state, dst) {
         Route::NoEndpoint(host) => {
-            let labels = labels(source, None, Some(&host), "mutual_tls");
+            let labels = labels(source(), None, Some(&host), "mutual_tls");
             shared.metrics.failed(&TrafficLabels {
                 response_flags: "UF",
                 ..labels
@@ -232,12 +236,6 @@ async fn set_up(
             expected,
             service_host,
         } => {
-            let mut l = labels(
-                source,
-                Some(&workload),
-                service_host.as_deref(),
-                "mutual_tls",
-            );
             // What the app has already sent goes with the CONNECT (nothing
             // yet for server-first protocols).
             let early = match ambit_hbone::relay::read_now(app) {
@@ -258,6 +256,12 @@ async fn set_up(
                 baggage: vec![("k8s.namespace.name".into(), pod.identity.namespace().into())],
             };
             let tunnel = open_tunnel(shared, pod, endpoint, expected, head, early).await;
+            let mut l = labels(
+                source(),
+                Some(&workload),
+                service_host.as_deref(),
+                "mutual_tls",
+            );
             match tunnel {
                 Ok(t) => {
                     let series = shared.metrics.series(&l);
