@@ -218,12 +218,16 @@ pub async fn serve_plaintext(shared: Arc<Shared>, pod: Arc<Pod>, listener: TcpLi
                     return debug!(error = %e, "app connect failed");
                 }
             };
-            shared.metrics.opened(&labels);
+            let series = shared.metrics.series(&labels);
+            series.opened();
             info!(target: "access", reporter = "destination", src.addr = %peer, dst.addr = %dst, "plaintext connection opened");
+            // As on the HBONE path: the connection keeps its series'
+            // counters, not its labels or a state snapshot, while it lasts.
+            drop((labels, state));
             let (up, down) = tokio::io::copy_bidirectional(&mut client, &mut app)
                 .await
                 .unwrap_or((0, 0));
-            shared.metrics.closed(&labels, up, down);
+            series.closed(up, down);
         });
     }
 }

@@ -220,17 +220,6 @@ impl Metrics {
         }
     }
 
-    /// A connection opened.
-    pub fn opened(&self, l: &TrafficLabels) {
-        self.series(l).opened();
-    }
-
-    /// A connection closed after moving `received` (client to server) and
-    /// `sent` (server to client) bytes.
-    pub fn closed(&self, l: &TrafficLabels, received: u64, sent: u64) {
-        self.series(l).closed(received, sent);
-    }
-
     /// An xDS response of `type_url` was received.
     pub fn xds_message(&self, type_url: &str) {
         let mut m = self.xds_messages.lock().unwrap_or_else(|p| p.into_inner());
