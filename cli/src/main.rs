@@ -70,16 +70,27 @@ enum WaypointAction {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     if matches!(cli.command, Command::Ztunnel) {
         ztunnel::standalone::tune_allocator();
+        // Exactly the `ztunnel` binary's logging: `RUST_LOG` as per-target
+        // levels, default `info`, so both read the same values the same way.
+        use tracing_subscriber::prelude::*;
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_filter(ztunnel::standalone::log_filter()),
+            )
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_writer(std::io::stderr)
+            .init();
     }
     let workers = if matches!(cli.command, Command::Ztunnel) {
         ztunnel::standalone::worker_threads()
