@@ -195,7 +195,13 @@ impl Pool {
             return Ok(found);
         }
         let id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
-        let conn = PooledConn::open(id, &self.config, source, target).await?;
+        // Boxed: the TCP + TLS + HTTP/2 handshake state (a 4 KiB future) is
+        // then allocated by the one task that opens a connection instead of
+        // being part of every tunnel's set-up future (ztunnel's outbound one
+        // measured 9.8 KiB with it inline, 1.7 KiB without; a burst of 1,000
+        // connections waits here).
+        let open = Box::pin(PooledConn::open(id, &self.config, source, target));
+        let conn = open.await?;
         self.stats
             .connections_opened
             .fetch_add(1, Ordering::Relaxed);
