@@ -247,14 +247,14 @@ async fn set_up(
                 }
             };
             let early_len = early.len() as u64;
-            // Same node or even same pod: still through HBONE, so identity and
-            // policy always apply.
             let head = ConnectHead {
                 authority: authority.to_string(),
                 forwarded_for: Some(client),
                 forwarded_host: service_host.clone(),
                 baggage: vec![("k8s.namespace.name".into(), pod.identity.namespace().into())],
             };
+            // Same node or even same pod: still through HBONE, so identity and
+            // policy always apply.
             let tunnel = open_tunnel(shared, pod, endpoint, expected, head, early).await;
             let mut l = labels(
                 source(),
