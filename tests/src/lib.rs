@@ -103,18 +103,13 @@ pub async fn round_trip_after_early<IO>(
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let mut back = vec![0u8; early.len() + data.len()];
-    let (mut r, mut w) = tokio::io::split(&mut *io);
     // Lost early bytes would leave the read waiting: bounded, so it fails.
-    let both = async { tokio::join!(w.write_all(data), r.read_exact(&mut back)) };
-    let (write, read) = tokio::time::timeout(std::time::Duration::from_secs(10), both)
-        .await
-        .map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::TimedOut, "echo incomplete after 10 s")
-        })?;
-    write?;
-    read?;
-    Ok(back)
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        write_and_read_back(io, data, early.len() + data.len()),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "echo incomplete after 10 s"))?
 }
 
 /// Writes `data` through `io` while reading the same number of bytes back.
@@ -122,7 +117,15 @@ pub async fn round_trip<IO>(io: &mut IO, data: &[u8]) -> std::io::Result<Vec<u8>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let mut back = vec![0u8; data.len()];
+    write_and_read_back(io, data, data.len()).await
+}
+
+/// Writes `data` while reading `len` bytes back, both at once.
+async fn write_and_read_back<IO>(io: &mut IO, data: &[u8], len: usize) -> std::io::Result<Vec<u8>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut back = vec![0u8; len];
     let (mut r, mut w) = tokio::io::split(&mut *io);
     let (write, read) = tokio::join!(w.write_all(data), r.read_exact(&mut back));
     write?;
