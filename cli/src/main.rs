@@ -70,6 +70,9 @@ enum WaypointAction {
 }
 
 fn main() -> anyhow::Result<()> {
+    // `ambit ztunnel` runs itself as the eBPF loader child (see
+    // `ZtunnelConfig::ebpf_loader`): that child does its work and exits here.
+    ambit_ebpf::loader::serve_if_asked();
     let cli = Cli::parse();
     if matches!(cli.command, Command::Ztunnel) {
         ztunnel::standalone::tune_allocator();

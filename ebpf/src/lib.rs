@@ -22,6 +22,8 @@
 mod cgroup;
 mod keys;
 mod link_update;
+mod load;
+pub mod loader;
 pub mod pins;
 
 use std::collections::HashMap;
@@ -29,11 +31,11 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, SockHash};
+use aya::Ebpf;
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, SockHash};
 use aya::programs::links::{CgroupAttachMode, FdLink, PinnedLink};
 use aya::programs::sk_lookup::SkLookupLinkId;
-use aya::programs::{CgroupSockAddr, SkLookup, SkMsg, SockOps};
-use aya::{Ebpf, EbpfLoader};
+use aya::programs::{ProgramInfo, SkLookup};
 
 pub use cgroup::{CgroupError, cgroup2_root};
 use keys::{Dst4, OrigKey, SvcBackends, SvcKey, dst4_addr, orig_key, svc_backends, svc_key};
@@ -102,6 +104,14 @@ pub enum CaptureError {
         path: PathBuf,
         /// What went wrong.
         reason: String,
+    },
+    /// The short-lived loader process failed.
+    #[error("eBPF loader {exe}: {detail}")]
+    Loader {
+        /// The executable run as loader.
+        exe: PathBuf,
+        /// Its exit status and error output, or why it could not run.
+        detail: String,
     },
     /// An I/O error on a file the capture needs.
     #[error("{what}: {source}")]
@@ -174,6 +184,17 @@ const MAPS: [&str; 9] = [
     "inbound_plain",
 ];
 
+/// The inbound steering program, attached per enrolled pod namespace.
+const SK_LOOKUP: &str = "ambit_sk_lookup";
+
+/// Programs pinned under `progs/` by a pinned load.
+const PINNED_PROGRAMS: [&str; 4] = [
+    "ambit_connect4",
+    "ambit_connect6",
+    "ambit_sockops",
+    SK_LOOKUP,
+];
+
 /// The cgroup-root programs, pinned by these link names.
 const CGROUP_PROGRAMS: [(&str, &str); 3] = [
     ("ambit_connect4", "connect4"),
@@ -181,9 +202,19 @@ const CGROUP_PROGRAMS: [(&str, &str); 3] = [
     ("ambit_sockops", "sockops"),
 ];
 
+/// Where the capture's programs live.
+enum Programs {
+    /// Loaded by this process, nothing pinned: the object's programs own the
+    /// cgroup links, so dropping it detaches everything.
+    Owned(Ebpf),
+    /// Opened from pins; sk_lookup is attached to new namespaces from here.
+    Pinned(Box<SkLookup>),
+}
+
 /// The loaded capture programs and their maps.
 pub struct Capture {
-    bpf: Ebpf,
+    programs: Programs,
+    maps: HashMap<&'static str, Map>,
     cgroup_root: PathBuf,
     pins: Option<PinDir>,
     /// Held open for the capture's life; with pins they stay attached anyway.
@@ -209,11 +240,6 @@ fn pin_err(path: &Path) -> impl FnOnce(String) -> CaptureError + '_ {
     }
 }
 
-/// Pins `link` at `path`.
-fn pin_link(link: FdLink, path: &Path) -> Result<PinnedLink, CaptureError> {
-    link.pin(path).map_err(|e| pin_err(path)(e.to_string()))
-}
-
 /// The link pinned at `path`, if there is one.
 fn pinned_link(path: &Path) -> Result<Option<PinnedLink>, CaptureError> {
     if !path.exists() {
@@ -222,15 +248,6 @@ fn pinned_link(path: &Path) -> Result<Option<PinnedLink>, CaptureError> {
     PinnedLink::from_pin(path)
         .map(Some)
         .map_err(|e| pin_err(path)(e.to_string()))
-}
-
-/// Points the link pinned at `pin` to `program` (this build's). On failure
-/// the link keeps the program it had, which still captures: logged, not
-/// fatal.
-fn keep_program_current(pin: &Path, program: std::os::fd::BorrowedFd<'_>) {
-    if let Err(e) = link_update::replace_program(pin, program) {
-        tracing::warn!(pin = %pin.display(), error = %e, "pinned link keeps the program an earlier ztunnel attached");
-    }
 }
 
 /// How [`Capture::load_with_options`] loads capture.
@@ -248,6 +265,10 @@ pub struct CaptureOptions<'a> {
     /// bulk throughput measured lower than the loopback TCP path (see
     /// docs/capture.md).
     pub splice: bool,
+    /// With `pin_dir`: the executable to load in, as a short-lived child
+    /// ([`loader`]; it must call [`loader::serve_if_asked`] first in `main`),
+    /// so this process never parses the kernel's BTF. `None`: load here.
+    pub loader: Option<&'a Path>,
 }
 
 impl Capture {
@@ -278,89 +299,83 @@ impl Capture {
     /// [`load`](Self::load) or [`load_pinned`](Self::load_pinned) (with
     /// `pin_dir`), with the experimental options.
     pub fn load_with_options(options: CaptureOptions<'_>) -> Result<Self, CaptureError> {
-        let pins = options.pin_dir.map(PinDir::prepare).transpose()?;
         let cgroup_root = match options.cgroup_root {
             Some(p) => p.to_path_buf(),
             None => cgroup2_root()?,
         };
-        let mut loader = EbpfLoader::new();
-        // Our programs need no CO-RE relocations: skip parsing the kernel's BTF
-        // (megabytes of memory in a long-lived process).
-        loader.btf(None);
-        if let Some(p) = &pins {
-            for name in MAPS {
-                loader.map_pin_path(name, p.map(name));
+        let Some(pin_dir) = options.pin_dir else {
+            let mut loaded = load::load_object(&cgroup_root, None, options.splice)?;
+            let maps = MAPS
+                .iter()
+                .map(|name| {
+                    Ok((
+                        *name,
+                        loaded
+                            .bpf
+                            .take_map(name)
+                            .ok_or(CaptureError::Missing(name))?,
+                    ))
+                })
+                .collect::<Result<_, CaptureError>>()?;
+            return Ok(Capture {
+                programs: Programs::Owned(loaded.bpf),
+                maps,
+                cgroup_root,
+                pins: None,
+                cgroup_links: Vec::new(),
+                inbound: HashMap::new(),
+                reused: false,
+            });
+        };
+        let pins = PinDir::prepare(pin_dir)?;
+        let reused = match options.loader {
+            Some(exe) => loader::run(exe, pin_dir, &cgroup_root, options.splice)?,
+            None => {
+                let loaded = load::load_object(&cgroup_root, Some(&pins), options.splice)?;
+                for w in &loaded.warnings {
+                    tracing::warn!("{w}");
+                }
+                // Everything is pinned: open it the way a loader child leaves it.
+                loaded.reused
             }
-        }
-        let mut bpf = loader.load(CAPTURE_OBJ)?;
-        let cgroup = std::fs::File::open(&cgroup_root).map_err(|source| CaptureError::Io {
-            what: format!("opening cgroup {}", cgroup_root.display()),
-            source,
-        })?;
+        };
+        Self::open_pinned(pins, cgroup_root, reused)
+    }
 
+    /// The capture pinned under `pins`, opened without loading anything:
+    /// maps, the sk_lookup program and the cgroup links.
+    fn open_pinned(pins: PinDir, cgroup_root: PathBuf, reused: bool) -> Result<Self, CaptureError> {
+        let mut maps = HashMap::new();
+        for name in MAPS {
+            let path = pins.map(name);
+            let data = MapData::from_pin(&path).map_err(map_err(name))?;
+            maps.insert(name, Map::from_map_data(data).map_err(map_err(name))?);
+        }
+        let path = pins.program(SK_LOOKUP);
+        let sk_lookup = SkLookup::from_pin(&path).map_err(prog_err(SK_LOOKUP))?;
         let mut cgroup_links = Vec::new();
-        let mut reused = false;
-        for (prog, link_name) in CGROUP_PROGRAMS {
-            let pinned_at = pins.as_ref().map(|p| p.link(link_name));
-            let earlier = match &pinned_at {
-                Some(path) => pinned_link(path)?,
-                None => None,
-            };
-            reused |= earlier.is_some();
-            // The two program types share no trait for load/attach/take_link.
-            macro_rules! attach_at_root {
-                ($ty:ty) => {{
-                    let p: &mut $ty = program(&mut bpf, prog)?;
-                    p.load().map_err(prog_err(prog))?;
-                    match (earlier, &pinned_at) {
-                        // An earlier ztunnel's link stays attached (capture
-                        // never lapses) and now runs this build's program.
-                        (Some(link), Some(path)) => {
-                            let fd = p.fd().map_err(prog_err(prog))?;
-                            keep_program_current(path, fd.as_fd());
-                            Some(link)
-                        }
-                        _ => {
-                            let id = p
-                                .attach(cgroup.as_fd(), LINK_MODE)
-                                .map_err(prog_err(prog))?;
-                            match &pinned_at {
-                                None => None,
-                                Some(path) => {
-                                    let owned = p.take_link(id).map_err(prog_err(prog))?;
-                                    let fd = FdLink::try_from(owned)
-                                        .map_err(|e| pin_err(path)(e.to_string()))?;
-                                    Some(pin_link(fd, path)?)
-                                }
-                            }
-                        }
-                    }
-                }};
-            }
-            let pinned = if prog == "ambit_sockops" {
-                attach_at_root!(SockOps)
-            } else {
-                attach_at_root!(CgroupSockAddr)
-            };
-            cgroup_links.extend(pinned);
+        for (_, link) in CGROUP_PROGRAMS {
+            let path = pins.link(link);
+            cgroup_links
+                .push(pinned_link(&path)?.ok_or_else(|| pin_err(&path)("not pinned".into()))?);
         }
-
-        let lookup: &mut SkLookup = program(&mut bpf, "ambit_sk_lookup")?;
-        lookup.load().map_err(prog_err("ambit_sk_lookup"))?;
-
-        if options.splice {
-            attach_splice(&mut bpf, pins.is_some())?;
-        }
-        write_settings(&mut bpf, &options)?;
-
         Ok(Capture {
-            bpf,
+            programs: Programs::Pinned(Box::new(sk_lookup)),
+            maps,
             cgroup_root,
-            pins,
+            pins: Some(pins),
             cgroup_links,
             inbound: HashMap::new(),
             reused,
         })
+    }
+
+    /// The sk_lookup program, to attach to a pod namespace.
+    fn sk_lookup(&mut self) -> Result<&mut SkLookup, CaptureError> {
+        match &mut self.programs {
+            Programs::Owned(bpf) => program(bpf, SK_LOOKUP),
+            Programs::Pinned(p) => Ok(p),
+        }
     }
 
     /// Did [`load_pinned`](Self::load_pinned) find the programs already
@@ -398,11 +413,7 @@ impl Capture {
                 .info()
                 .map_err(|e| pin_err(&path)(e.to_string()))?
                 .program_id();
-            let ours = self
-                .bpf
-                .program(prog)
-                .ok_or(CaptureError::Missing(prog))?
-                .info()
+            let ours = ProgramInfo::from_pin(pins.program(prog))
                 .map_err(prog_err(prog))?
                 .id();
             if attached != ours {
@@ -426,7 +437,7 @@ impl Capture {
         &mut self,
         name: &'static str,
     ) -> Result<BpfHashMap<&mut MapData, K, V>, CaptureError> {
-        let map = self.bpf.map_mut(name).ok_or(CaptureError::Missing(name))?;
+        let map = self.maps.get_mut(name).ok_or(CaptureError::Missing(name))?;
         BpfHashMap::try_from(map).map_err(map_err(name))
     }
 
@@ -459,8 +470,7 @@ impl Capture {
             absent_is_ok(removed).map_err(map_err("inbound_pods"))?;
             match inbound.link {
                 InboundLink::Owned(id) => {
-                    let lookup: &mut SkLookup = program(&mut self.bpf, "ambit_sk_lookup")?;
-                    lookup.detach(id).map_err(prog_err("ambit_sk_lookup"))?;
+                    self.sk_lookup()?.detach(id).map_err(prog_err(SK_LOOKUP))?;
                 }
                 InboundLink::Pinned(link) => unpin(link)?,
             }
@@ -549,8 +559,8 @@ impl Capture {
     ) -> Result<(), CaptureError> {
         {
             let map = self
-                .bpf
-                .map_mut("inbound_plain")
+                .maps
+                .get_mut("inbound_plain")
                 .ok_or(CaptureError::Missing("inbound_plain"))?;
             let mut sockets: SockHash<&mut MapData, [u8; 4]> =
                 SockHash::try_from(map).map_err(map_err("inbound_plain"))?;
@@ -574,19 +584,23 @@ impl Capture {
         };
         let link = match (reused, &pin_path) {
             (Some(link), Some(path)) => {
-                let lookup: &mut SkLookup = program(&mut self.bpf, "ambit_sk_lookup")?;
-                let fd = lookup.fd().map_err(prog_err("ambit_sk_lookup"))?;
-                keep_program_current(path, fd.as_fd());
+                let fd = self.sk_lookup()?.fd().map_err(prog_err(SK_LOOKUP))?;
+                if let Some(w) = load::update_link(path, fd.as_fd()) {
+                    tracing::warn!("{w}");
+                }
                 InboundLink::Pinned(link)
             }
             _ => {
-                let lookup: &mut SkLookup = program(&mut self.bpf, "ambit_sk_lookup")?;
-                let id = lookup.attach(netns).map_err(prog_err("ambit_sk_lookup"))?;
+                let lookup = self.sk_lookup()?;
+                let id = lookup.attach(netns).map_err(prog_err(SK_LOOKUP))?;
                 match pin_path {
                     None => InboundLink::Owned(id),
                     Some(path) => {
-                        let owned = lookup.take_link(id).map_err(prog_err("ambit_sk_lookup"))?;
-                        InboundLink::Pinned(pin_link(FdLink::from(owned), &path)?)
+                        let owned = lookup.take_link(id).map_err(prog_err(SK_LOOKUP))?;
+                        let link = FdLink::from(owned)
+                            .pin(&path)
+                            .map_err(|e| pin_err(&path)(e.to_string()))?;
+                        InboundLink::Pinned(link)
                     }
                 }
             }
@@ -618,46 +632,6 @@ impl Capture {
             .remove(&svc_key(vip));
         absent_is_ok(removed).map_err(map_err("services"))
     }
-}
-
-/// `SETTING_*` bits of `capture.c`.
-const SETTING_SPLICE: u32 = 1;
-
-/// Writes this load's options into the `settings` map, which the programs
-/// read at run time: with pins, the programs already attached follow the
-/// options of the ztunnel that started last.
-fn write_settings(bpf: &mut Ebpf, options: &CaptureOptions<'_>) -> Result<(), CaptureError> {
-    let map = bpf
-        .map_mut("settings")
-        .ok_or(CaptureError::Missing("settings"))?;
-    let mut settings: Array<&mut MapData, u32> =
-        Array::try_from(map).map_err(map_err("settings"))?;
-    let bits = if options.splice { SETTING_SPLICE } else { 0 };
-    settings.set(0, bits, 0).map_err(map_err("settings"))
-}
-
-/// Attaches the sk_msg program to the `splice` SOCKHASH. Pinned captures
-/// leave the attachment to the (pinned) map when they go: the map holds the
-/// program, so splicing outlives the process like the rest of capture.
-fn attach_splice(bpf: &mut Ebpf, pinned: bool) -> Result<(), CaptureError> {
-    let map_fd = {
-        let map = bpf.map("splice").ok_or(CaptureError::Missing("splice"))?;
-        let hash: SockHash<&MapData, [u8; 24]> =
-            SockHash::try_from(map).map_err(map_err("splice"))?;
-        hash.fd().try_clone().map_err(|source| CaptureError::Io {
-            what: "cloning the splice map fd".into(),
-            source,
-        })?
-    };
-    let msg: &mut SkMsg = program(bpf, "ambit_sk_msg")?;
-    msg.load().map_err(prog_err("ambit_sk_msg"))?;
-    let id = msg.attach(&map_fd).map_err(prog_err("ambit_sk_msg"))?;
-    if pinned {
-        let link = msg.take_link(id).map_err(prog_err("ambit_sk_msg"))?;
-        // Dropping the link would detach the program from the map.
-        std::mem::forget(link);
-    }
-    Ok(())
 }
 
 /// Unpins a link and drops it: the kernel detaches it.

@@ -4,7 +4,7 @@
 //! closed, and the next ztunnel picks the same maps up again.
 //!
 //! Layout under a capture's pin directory:
-//! `maps/<map name>`, `links/connect4`, `links/connect6`, `links/sockops` and
+//! `maps/<map name>`, `progs/<program name>`, `links/connect4`, `links/connect6`, `links/sockops` and
 //! `links/sk_lookup-<netns cookie>` (one per enrolled pod namespace).
 
 use std::path::{Path, PathBuf};
@@ -64,7 +64,7 @@ impl PinDir {
         let dir = PinDir {
             root: root.to_path_buf(),
         };
-        for sub in [dir.root.join("maps"), dir.root.join("links")] {
+        for sub in ["maps", "links", "progs"].map(|d| dir.root.join(d)) {
             std::fs::create_dir_all(&sub)
                 .map_err(|source| PinError::Create { path: sub, source })?;
         }
@@ -86,6 +86,12 @@ impl PinDir {
     /// Where map `name` is pinned.
     pub fn map(&self, name: &str) -> PathBuf {
         self.root.join("maps").join(name)
+    }
+
+    /// Where program `name` (as named in `capture.c`) is pinned: the
+    /// long-lived ztunnel attaches sk_lookup to new pod namespaces from here.
+    pub fn program(&self, name: &str) -> PathBuf {
+        self.root.join("progs").join(name)
     }
 
     /// Where the link of the cgroup program `name` is pinned.

@@ -339,3 +339,32 @@ fn pinned_capture_outlives_its_process_and_fails_closed() {
     let _d = connect_in(&pns, outside, None).expect("un-captured connect goes direct");
     assert!(accept_within(&outside_server).is_some());
 }
+
+/// A loader child that fails, or exits without reporting, is an error naming
+/// the executable (ztunnel then refuses to start rather than run uncaptured);
+/// the success path is every ztunnel process in `cli/tests/lifecycle.rs`.
+#[test]
+fn a_loader_child_that_fails_or_reports_nothing_is_an_error() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::path::PathBuf::from(format!(
+        "{}/test-loader-{}",
+        ambit_ebpf::pins::PIN_ROOT,
+        std::process::id()
+    ));
+    let _pins = PinsGuard(dir.clone());
+    for (exe, says) in [
+        ("/bin/false", "exit status: 1"),
+        ("/bin/true", "without a verdict"),
+        ("/nonexistent/loader", "starting it"),
+    ] {
+        let err = Capture::load_with_options(ambit_ebpf::CaptureOptions {
+            pin_dir: Some(&dir),
+            loader: Some(std::path::Path::new(exe)),
+            ..Default::default()
+        })
+        .expect_err("a loader that did not load is an error");
+        let text = err.to_string();
+        assert!(text.contains(exe) && text.contains(says), "{exe}: {text}");
+    }
+    assert!(!dir.join("links/connect4").exists(), "nothing was attached");
+}

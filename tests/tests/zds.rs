@@ -56,6 +56,7 @@ async fn agent_enrols_over_zds_and_snapshot_reconciles_after_reconnect() {
                 cgroup_root: None,
                 pin_dir: None,
                 sockmap_splice: false,
+                ebpf_loader: None,
             },
             state,
         )

@@ -73,6 +73,7 @@ fn ztunnel(node: u8, signer: Arc<dyn CertificateSigner>, st: ProxyState) -> Ztun
             cgroup_root: None,
             pin_dir: None,
             sockmap_splice: false,
+            ebpf_loader: None,
         },
         st,
     )

@@ -4,6 +4,8 @@
 use tracing_subscriber::prelude::*;
 
 fn main() -> anyhow::Result<()> {
+    // Started as the eBPF loader child (see `ZtunnelConfig::ebpf_loader`)?
+    ambit_ebpf::loader::serve_if_asked();
     ztunnel::standalone::tune_allocator();
     tracing_subscriber::registry()
         .with(tracing_subscriber::fmt::layer().with_filter(ztunnel::standalone::log_filter()))

@@ -51,6 +51,10 @@ pub struct ZtunnelConfig {
     /// Experimental sockmap splice of app sockets to ztunnel's
     /// ([`ambit_ebpf::CaptureOptions::splice`]); off by default.
     pub sockmap_splice: bool,
+    /// With `pin_dir`: the executable that loads and pins capture as a
+    /// short-lived child ([`ambit_ebpf::loader`]), so this process never
+    /// parses the kernel's BTF. `None`: load in this process.
+    pub ebpf_loader: Option<PathBuf>,
 }
 
 /// Why a pod could not be enrolled or released.
@@ -251,6 +255,7 @@ impl Ztunnel {
             cgroup_root: config.cgroup_root.as_deref(),
             pin_dir: config.pin_dir.as_deref(),
             splice: config.sockmap_splice,
+            loader: config.ebpf_loader.as_deref(),
         })?;
         if capture.reused_pins() {
             info!(pins = %capture.pin_dir().map(|p| p.display().to_string()).unwrap_or_default(),

@@ -211,6 +211,9 @@ pub async fn run() -> anyhow::Result<()> {
             )),
             // Experimental (docs/capture.md): AMBIT_SOCKMAP=1.
             sockmap_splice: env("AMBIT_SOCKMAP").is_some_and(|v| v == "1"),
+            // This binary, as a short-lived child: it calls
+            // `ambit_ebpf::loader::serve_if_asked` first in `main`.
+            ebpf_loader: Some(std::env::current_exe().context("locating this executable")?),
         },
         initial,
     )?);

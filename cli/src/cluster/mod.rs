@@ -278,6 +278,7 @@ impl LocalCluster {
                     cgroup_root: None,
                     pin_dir: None,
                     sockmap_splice: false,
+                    ebpf_loader: None,
                 },
                 ProxyState::default(),
             )

@@ -1,0 +1,188 @@
+//! Loading `capture.o` into the kernel and attaching its cgroup programs, or,
+//! over an earlier ztunnel's pins, putting this build's programs behind the
+//! links that are still attached. This is the only place that builds an
+//! [`EbpfLoader`], which parses the kernel's BTF (megabytes) whatever it is
+//! told: pinned captures run it in a short-lived child ([`crate::loader`]) so
+//! the long-lived ztunnel never does.
+
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use aya::maps::{Array, MapData, SockHash};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{CgroupSockAddr, SkLookup, SkMsg, SockOps};
+use aya::{Ebpf, EbpfLoader};
+
+use crate::pins::PinDir;
+use crate::{
+    CAPTURE_OBJ, CGROUP_PROGRAMS, CaptureError, LINK_MODE, MAPS, PINNED_PROGRAMS, SK_LOOKUP,
+    link_update, map_err, pin_err, pinned_link, prog_err, program,
+};
+
+/// What a load left behind in this process.
+pub(crate) struct Loaded {
+    /// The object: its programs own the cgroup links when nothing is pinned.
+    pub bpf: Ebpf,
+    /// Whether an earlier ztunnel's links were found attached.
+    pub reused: bool,
+    /// Pinned links that kept an earlier program (not fatal: it still captures).
+    pub warnings: Vec<String>,
+}
+
+/// Loads the object, attaches connect4, connect6 and sockops at
+/// `cgroup_root` (or updates the links pinned under `pins`), loads sk_lookup,
+/// attaches sk_msg when splicing and writes the run-time settings. With
+/// `pins`, every map, link and program ends up pinned there, so the caller may
+/// drop the result and open the capture from the pins alone.
+pub(crate) fn load_object(
+    cgroup_root: &Path,
+    pins: Option<&PinDir>,
+    splice: bool,
+) -> Result<Loaded, CaptureError> {
+    let mut loader = EbpfLoader::new();
+    // Our programs need no CO-RE relocations. (aya 0.14 has parsed the
+    // kernel's BTF in `new` already; this only drops it early.)
+    loader.btf(None);
+    if let Some(p) = pins {
+        for name in MAPS {
+            loader.map_pin_path(name, p.map(name));
+        }
+    }
+    let mut bpf = loader.load(CAPTURE_OBJ)?;
+    let cgroup = std::fs::File::open(cgroup_root).map_err(|source| CaptureError::Io {
+        what: format!("opening cgroup {}", cgroup_root.display()),
+        source,
+    })?;
+
+    let mut reused = false;
+    let mut warnings = Vec::new();
+    for (prog, link_name) in CGROUP_PROGRAMS {
+        let pinned_at = pins.map(|p| p.link(link_name));
+        let earlier = match &pinned_at {
+            Some(path) => pinned_link(path)?,
+            None => None,
+        };
+        reused |= earlier.is_some();
+        // The two program types share no trait for load/attach/take_link.
+        macro_rules! attach_at_root {
+            ($ty:ty) => {{
+                let p: &mut $ty = program(&mut bpf, prog)?;
+                p.load().map_err(prog_err(prog))?;
+                match (earlier, &pinned_at) {
+                    // An earlier ztunnel's link stays attached (capture
+                    // never lapses) and now runs this build's program.
+                    (Some(link), Some(path)) => {
+                        let fd = p.fd().map_err(prog_err(prog))?;
+                        warnings.extend(update_link(path, fd.as_fd()));
+                        Some(link)
+                    }
+                    _ => {
+                        let id = p
+                            .attach(cgroup.as_fd(), LINK_MODE)
+                            .map_err(prog_err(prog))?;
+                        match &pinned_at {
+                            None => None,
+                            Some(path) => {
+                                let owned = p.take_link(id).map_err(prog_err(prog))?;
+                                let fd = FdLink::try_from(owned)
+                                    .map_err(|e| pin_err(path)(e.to_string()))?;
+                                Some(pin_link(fd, path)?)
+                            }
+                        }
+                    }
+                }
+            }};
+        }
+        // A pinned link stays attached when this process lets go of it.
+        let _pinned = if prog == "ambit_sockops" {
+            attach_at_root!(SockOps)
+        } else {
+            attach_at_root!(CgroupSockAddr)
+        };
+    }
+
+    let lookup: &mut SkLookup = program(&mut bpf, SK_LOOKUP)?;
+    lookup.load().map_err(prog_err(SK_LOOKUP))?;
+
+    if splice {
+        attach_splice(&mut bpf, pins.is_some())?;
+    }
+    write_settings(&mut bpf, splice)?;
+    if let Some(p) = pins {
+        for name in PINNED_PROGRAMS {
+            pin_program(&mut bpf, name, &p.program(name))?;
+        }
+    }
+    Ok(Loaded {
+        bpf,
+        reused,
+        warnings,
+    })
+}
+
+/// Pins `link` at `path`.
+fn pin_link(link: FdLink, path: &Path) -> Result<PinnedLink, CaptureError> {
+    link.pin(path).map_err(|e| pin_err(path)(e.to_string()))
+}
+
+/// Points the link pinned at `pin` to `program` (this build's); on failure
+/// the link keeps the program it had, which still captures, and the warning
+/// to log is returned.
+pub(crate) fn update_link(pin: &Path, program: std::os::fd::BorrowedFd<'_>) -> Option<String> {
+    link_update::replace_program(pin, program).err().map(|e| {
+        format!(
+            "pinned link {} keeps the program an earlier ztunnel attached: {e}",
+            pin.display()
+        )
+    })
+}
+
+/// Pins program `name` at `path`, replacing the program an earlier load
+/// pinned there (which the kernel frees once no link runs it).
+fn pin_program(bpf: &mut Ebpf, name: &'static str, path: &Path) -> Result<(), CaptureError> {
+    crate::remove_pin(path)?;
+    bpf.program_mut(name)
+        .ok_or(CaptureError::Missing(name))?
+        .pin(path)
+        .map_err(|e| pin_err(path)(e.to_string()))
+}
+
+/// `SETTING_*` bits of `capture.c`.
+const SETTING_SPLICE: u32 = 1;
+
+/// Writes this load's options into the `settings` map, which the programs
+/// read at run time: with pins, the programs already attached follow the
+/// options of the ztunnel that started last.
+fn write_settings(bpf: &mut Ebpf, splice: bool) -> Result<(), CaptureError> {
+    let map = bpf
+        .map_mut("settings")
+        .ok_or(CaptureError::Missing("settings"))?;
+    let mut settings: Array<&mut MapData, u32> =
+        Array::try_from(map).map_err(map_err("settings"))?;
+    let bits = if splice { SETTING_SPLICE } else { 0 };
+    settings.set(0, bits, 0).map_err(map_err("settings"))
+}
+
+/// Attaches the sk_msg program to the `splice` SOCKHASH. Pinned captures
+/// leave the attachment to the (pinned) map when they go: the map holds the
+/// program, so splicing outlives the process like the rest of capture.
+fn attach_splice(bpf: &mut Ebpf, pinned: bool) -> Result<(), CaptureError> {
+    let map_fd = {
+        let map = bpf.map("splice").ok_or(CaptureError::Missing("splice"))?;
+        let hash: SockHash<&MapData, [u8; 24]> =
+            SockHash::try_from(map).map_err(map_err("splice"))?;
+        hash.fd().try_clone().map_err(|source| CaptureError::Io {
+            what: "cloning the splice map fd".into(),
+            source,
+        })?
+    };
+    let msg: &mut SkMsg = program(bpf, "ambit_sk_msg")?;
+    msg.load().map_err(prog_err("ambit_sk_msg"))?;
+    let id = msg.attach(&map_fd).map_err(prog_err("ambit_sk_msg"))?;
+    if pinned {
+        let link = msg.take_link(id).map_err(prog_err("ambit_sk_msg"))?;
+        // Dropping the link would detach the program from the map.
+        std::mem::forget(link);
+    }
+    Ok(())
+}
