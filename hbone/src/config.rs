@@ -26,6 +26,12 @@ pub struct HboneConfig {
     pub keepalive_timeout: Duration,
     /// Pooled connections with no stream for this long are closed (5 min).
     pub pool_idle_timeout: Duration,
+    /// A key's connections beyond one warm one are closed after this long
+    /// with no stream (10 s): a burst's extra connections go soon, and with
+    /// them the buffers and stream tables h2 and TLS keep at the burst's
+    /// high-water size (≈160 KiB each after a 1,000-connection burst), while
+    /// one stays for `pool_idle_timeout` so the next tunnel needs no handshake.
+    pub pool_surplus_idle_timeout: Duration,
     /// TCP connect timeout for dialing peers and upstreams (10 s).
     pub connect_timeout: Duration,
 }
@@ -43,6 +49,7 @@ impl Default for HboneConfig {
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(20),
             pool_idle_timeout: Duration::from_secs(300),
+            pool_surplus_idle_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
         }
     }

@@ -146,3 +146,76 @@ async fn pool_opens_connections_per_stream_limit_and_never_shares_identities() {
         "{reused:?}"
     );
 }
+
+/// After a burst, the extra connections it needed close once idle for the
+/// surplus timeout; one stays warm for the next tunnel (no new handshake).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bursts_extra_connections_close_when_idle_and_one_stays_warm() {
+    ambit_e2e::init_tracing();
+    let root = pki::root("cluster.local", "root");
+    let (a, b) = (id("ns-a", "a"), id("ns-b", "b"));
+    let cert_a = pki::issue(&root, &a, pki::valid());
+    let cert_b = pki::issue(&root, &b, pki::valid());
+    let echo = ambit_e2e::echo_server().await;
+    let (server, addr) = ambit_e2e::start_hbone(
+        HboneConfig::default(),
+        Arc::new(StaticServerTls::new(&cert_b)),
+        DirectHandler::default(),
+    )
+    .await;
+    let surplus = std::time::Duration::from_millis(300);
+    let pool = Pool::new(HboneConfig {
+        pool_surplus_idle_timeout: surplus,
+        ..HboneConfig::default()
+    });
+    let target = TunnelTarget {
+        dial: addr,
+        expected: vec![b.clone()],
+        src_ip: None,
+        head: ConnectHead::to_addr(echo),
+        socket: None,
+    };
+    let key = PoolKey {
+        source: a.clone(),
+        expected: vec![b.clone()],
+        src_ip: None,
+        dst: addr,
+    };
+    let burst = 2 * STREAMS_PER_CONN + 1;
+    let mut tunnels = Vec::new();
+    for _ in 0..burst {
+        tunnels.push(pool.connect(&cert_a, &target).await.expect("tunnel"));
+    }
+    assert_eq!(pool.connections_for(&key), 3);
+
+    // One tunnel stays open: the connection carrying it is in use, so both
+    // idle ones go.
+    let kept = tunnels.pop().expect("one tunnel");
+    drop(tunnels);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while pool.connections_for(&key) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(surplus / 3).await;
+    }
+    assert_eq!(
+        pool.connections_for(&key),
+        1,
+        "only the busy connection stays"
+    );
+
+    // With nothing in use, the last connection is kept warm, not closed.
+    let busy = kept.connection_id();
+    drop(kept);
+    tokio::time::sleep(surplus * 4).await;
+    assert_eq!(pool.connections_for(&key), 1, "one connection kept warm");
+    let mut t = pool.connect(&cert_a, &target).await.expect("tunnel");
+    assert_eq!(t.connection_id(), busy, "the warm connection is reused");
+    assert_eq!(
+        ambit_e2e::round_trip(&mut t, b"warm").await.expect("echo"),
+        b"warm"
+    );
+    assert_eq!(
+        ServerStats::get(&server.stats().connections_accepted),
+        3,
+        "no handshake for the tunnel after the burst"
+    );
+}

@@ -52,10 +52,44 @@ struct KeyPool {
     opening: tokio::sync::Mutex<()>,
 }
 
+/// When pooled connections are let go.
+#[derive(Clone, Copy)]
+struct Retire {
+    /// Any connection idle this long.
+    idle: std::time::Duration,
+    /// Beyond one kept warm, a connection idle this long.
+    surplus_idle: std::time::Duration,
+}
+
+impl Retire {
+    fn from(config: &HboneConfig) -> Self {
+        Retire {
+            idle: config.pool_idle_timeout,
+            surplus_idle: config
+                .pool_surplus_idle_timeout
+                .min(config.pool_idle_timeout),
+        }
+    }
+
+    /// Drops closed connections, those idle for `idle`, and those idle for
+    /// `surplus_idle` except one, kept warm when no other is in use. Dropping
+    /// the last handle to an idle connection closes it.
+    fn apply(self, conns: &mut Vec<Arc<PooledConn>>) {
+        conns.retain(|c| !c.is_closed() && !c.idle_for(self.idle));
+        let mut keep_one_idle = conns.iter().all(|c| c.idle_for(self.surplus_idle));
+        conns.retain(|c| {
+            if !c.idle_for(self.surplus_idle) {
+                return true;
+            }
+            std::mem::take(&mut keep_one_idle)
+        });
+    }
+}
+
 impl KeyPool {
-    fn reserve_existing(&self, idle: std::time::Duration) -> Option<(Arc<PooledConn>, StreamSlot)> {
+    fn reserve_existing(&self, retire: Retire) -> Option<(Arc<PooledConn>, StreamSlot)> {
         let mut conns = self.conns.lock().ok()?;
-        conns.retain(|c| !c.is_closed() && !c.idle_for(idle));
+        retire.apply(&mut conns);
         conns
             .iter()
             .find_map(|c| c.try_reserve().map(|slot| (c.clone(), slot)))
@@ -78,7 +112,8 @@ impl std::fmt::Debug for Pool {
 
 impl Pool {
     /// A new pool. When called inside a tokio runtime it also starts a sweeper that
-    /// drops connections idle for `config.pool_idle_timeout`.
+    /// drops connections idle for `config.pool_idle_timeout` (and surplus ones
+    /// idle for `config.pool_surplus_idle_timeout`).
     pub fn new(config: HboneConfig) -> Arc<Self> {
         let pool = Arc::new(Pool {
             config,
@@ -87,7 +122,9 @@ impl Pool {
             next_conn_id: AtomicU64::new(1),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(sweep(Arc::downgrade(&pool), pool.config.pool_idle_timeout));
+            let retire = Retire::from(&pool.config);
+            let period = (retire.surplus_idle / 2).min(retire.idle / 4);
+            rt.spawn(sweep(Arc::downgrade(&pool), period));
         }
         pool
     }
@@ -184,14 +221,14 @@ impl Pool {
         source: &WorkloadCertificate,
         target: &TunnelTarget,
     ) -> Result<(Arc<PooledConn>, StreamSlot), ClientError> {
-        let idle = self.config.pool_idle_timeout;
+        let retire = Retire::from(&self.config);
         let kp = self.key_pool(key);
-        if let Some(found) = kp.reserve_existing(idle) {
+        if let Some(found) = kp.reserve_existing(retire) {
             return Ok(found);
         }
         let _opening = kp.opening.lock().await;
         // Someone may have opened one while we waited.
-        if let Some(found) = kp.reserve_existing(idle) {
+        if let Some(found) = kp.reserve_existing(retire) {
             return Ok(found);
         }
         let id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
@@ -216,11 +253,11 @@ impl Pool {
     }
 
     fn sweep_once(&self) {
-        let idle = self.config.pool_idle_timeout;
+        let retire = Retire::from(&self.config);
         if let Ok(mut keys) = self.keys.lock() {
             keys.retain(|_, kp| match kp.conns.lock() {
                 Ok(mut conns) => {
-                    conns.retain(|c| !c.is_closed() && !c.idle_for(idle));
+                    retire.apply(&mut conns);
                     !conns.is_empty() || kp.opening.try_lock().is_err()
                 }
                 Err(_) => false,
@@ -229,8 +266,8 @@ impl Pool {
     }
 }
 
-async fn sweep(pool: Weak<Pool>, idle: std::time::Duration) {
-    let period = (idle / 4).max(std::time::Duration::from_millis(100));
+async fn sweep(pool: Weak<Pool>, period: std::time::Duration) {
+    let period = period.max(std::time::Duration::from_millis(100));
     loop {
         tokio::time::sleep(period).await;
         match pool.upgrade() {
