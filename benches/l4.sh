@@ -12,7 +12,9 @@ for t in iperf3 sockperf wrk; do
   command -v "$t" >/dev/null || { echo "needs $t (apt-get install iperf3 sockperf wrk)"; exit 1; }
 done
 cargo build --release -q -p ambit --bin ambit --example l4_bench
-cargo build --release -q -p ztunnel --bin ztunnel
+# The ztunnel as the DaemonSet image ships it (static PIE).
+AMBIT_ZTUNNEL_BIN=$(deploy/build-ztunnel.sh)
+export AMBIT_ZTUNNEL_BIN
 # One vCPU for everything: one worker thread per ztunnel, as a DaemonSet
 # limited to one CPU would run; access logs off (they are per connection).
 export ZTUNNEL_WORKER_THREADS=${ZTUNNEL_WORKER_THREADS:-1}

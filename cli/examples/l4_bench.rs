@@ -334,8 +334,12 @@ async fn main() -> anyhow::Result<()> {
         )
     };
     let ambit = std::env::var("AMBIT_BIN")?;
-    // The DaemonSet's binary: `ztunnel` next to `ambit` (built by l4.sh).
-    let ztunnel_exe = std::path::Path::new(&ambit).with_file_name("ztunnel");
+    // The DaemonSet's binary: $AMBIT_ZTUNNEL_BIN (l4.sh builds it as the
+    // image ships it: deploy/build-ztunnel.sh), else `ztunnel` next to `ambit`.
+    let ztunnel_exe = match std::env::var_os("AMBIT_ZTUNNEL_BIN") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => std::path::Path::new(&ambit).with_file_name("ztunnel"),
+    };
     let opts = UpOptions {
         ztunnel_exe: Some(ztunnel_exe),
         ..UpOptions::default()
@@ -438,9 +442,11 @@ async fn main() -> anyhow::Result<()> {
             (m("fixed_p99_ms"), fixed.p99_ms),
         ]);
         if mode == "mesh" {
-            // Memory: idle (3 s after the last load: ztunnel hands freed
-            // heap back every 2 s), then with 1,000 idle tunnelled connections.
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            // Memory: idle (16 s after the last load: the pool has closed
+            // the burst's extra HBONE connections, idle 10 s, swept every
+            // 5 s; ztunnel hands freed heap back every 2 s), then with 1,000
+            // idle tunnelled connections.
+            tokio::time::sleep(Duration::from_secs(16)).await;
             for n in 1..=2 {
                 out.push((format!("rss{n}_idle_mib"), status_kib(n, "VmRSS:") / 1024.0));
             }
