@@ -80,6 +80,9 @@ pub enum CaptureError {
         /// What aya said.
         source: aya::maps::MapError,
     },
+    /// The embedded BPF object could not be parsed (build problem).
+    #[error("parsing the BPF object: {0}")]
+    Object(String),
     /// The object lacks an expected program or map (build mismatch).
     #[error("BPF object has no {0}")]
     Missing(&'static str),

@@ -8,7 +8,7 @@
 use std::os::fd::AsFd;
 use std::path::Path;
 
-use aya::maps::{Array, MapData, SockHash};
+use aya::maps::{Array, MapData, MapInfo, SockHash};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupSockAddr, SkLookup, SkMsg, SockOps};
 use aya::{Ebpf, EbpfLoader};
@@ -43,7 +43,9 @@ pub(crate) fn load_object(
     // Our programs need no CO-RE relocations. (aya 0.14 has parsed the
     // kernel's BTF in `new` already; this only drops it early.)
     loader.btf(None);
+    let mut warnings = Vec::new();
     if let Some(p) = pins {
+        warnings.extend(retire_incompatible_maps(p)?);
         for name in MAPS {
             loader.map_pin_path(name, p.map(name));
         }
@@ -55,7 +57,6 @@ pub(crate) fn load_object(
     })?;
 
     let mut reused = false;
-    let mut warnings = Vec::new();
     for (prog, link_name) in CGROUP_PROGRAMS {
         let pinned_at = pins.map(|p| p.link(link_name));
         let earlier = match &pinned_at {
@@ -118,6 +119,71 @@ pub(crate) fn load_object(
         reused,
         warnings,
     })
+}
+
+/// What must match for a pinned map to be reused: aya reuses a map pinned
+/// under the same name whatever its layout, and this build's programs would
+/// then run against an earlier build's map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct MapLayout {
+    /// `enum bpf_map_type`.
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    flags: u32,
+}
+
+impl std::fmt::Display for MapLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "type {} key {} value {} entries {} flags {:#x}",
+            self.map_type, self.key_size, self.value_size, self.max_entries, self.flags
+        )
+    }
+}
+
+/// Unpins every map an earlier ztunnel pinned whose layout is not this
+/// build's, so the load creates it afresh; returns a warning per map. The
+/// entries are lost: `enrolled` and `services` are filled again as the node
+/// agent and xDS re-send their state after a restart (until then those pods
+/// are not captured), in-flight `orig_dst` records go with their
+/// connections. Reusing the map instead would have the new programs read
+/// and write it with the wrong sizes.
+fn retire_incompatible_maps(pins: &PinDir) -> Result<Vec<String>, CaptureError> {
+    let object =
+        aya_obj::Object::parse(CAPTURE_OBJ).map_err(|e| CaptureError::Object(e.to_string()))?;
+    let mut warnings = Vec::new();
+    for name in MAPS {
+        let path = pins.map(name);
+        if !path.exists() {
+            continue;
+        }
+        let def = object.maps.get(name).ok_or(CaptureError::Missing(name))?;
+        let wanted = MapLayout {
+            map_type: def.map_type(),
+            key_size: def.key_size(),
+            value_size: def.value_size(),
+            max_entries: def.max_entries(),
+            flags: def.map_flags(),
+        };
+        let info = MapInfo::from_pin(&path).map_err(map_err(name))?;
+        let pinned = MapLayout {
+            map_type: info.map_type().map_or(u32::MAX, |t| t as u32),
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+            flags: info.map_flags(),
+        };
+        if pinned != wanted {
+            crate::remove_pin(&path)?;
+            warnings.push(format!(
+                "pinned map {name} ({pinned}) is not this build's ({wanted}): replaced by an empty one"
+            ));
+        }
+    }
+    Ok(warnings)
 }
 
 /// Pins `link` at `path`.

@@ -368,3 +368,37 @@ fn a_loader_child_that_fails_or_reports_nothing_is_an_error() {
     }
     assert!(!dir.join("links/connect4").exists(), "nothing was attached");
 }
+
+/// A map pinned by a build with another layout (here `enrolled` with 8-byte
+/// values instead of 4) is replaced on load, not reused: reused, this build's
+/// programs would read and write it with the wrong sizes.
+#[test]
+fn a_pinned_map_of_another_layout_is_replaced_not_reused() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::path::PathBuf::from(format!(
+        "{}/test-layout-{}",
+        ambit_ebpf::pins::PIN_ROOT,
+        std::process::id()
+    ));
+    let _pins = PinsGuard(dir.clone());
+    ambit_ebpf::pins::PinDir::prepare(&dir).expect("pin directory");
+    let enrolled = dir.join("maps/enrolled");
+    let created = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&enrolled)
+        .args([
+            "type", "hash", "key", "8", "value", "8", "entries", "16", "name", "enrolled",
+        ])
+        .status()
+        .expect("this test needs bpftool (apt-get install bpftool)");
+    assert!(created.success(), "bpftool map create");
+
+    let mut capture = Capture::load_pinned(None, &dir).expect("load over the stale map");
+    // No namespace has this cookie: enrolling it redirects nothing.
+    let cookie = u64::MAX - 7;
+    capture
+        .enroll(cookie)
+        .expect("the replaced map has this build's layout");
+    assert!(capture.is_enrolled(cookie).expect("lookup"));
+    capture.release(cookie).expect("release");
+}
