@@ -24,6 +24,7 @@ mod keys;
 mod link_update;
 mod load;
 pub mod loader;
+mod map_copy;
 pub mod pins;
 
 use std::collections::HashMap;

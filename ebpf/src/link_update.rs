@@ -36,7 +36,7 @@ struct LinkUpdateAttr {
 /// `bpf(cmd, attr, sizeof attr)`; the kernel reads only the leading part
 /// of `union bpf_attr` it is given and treats the rest as zero.
 #[allow(unsafe_code)]
-fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+pub(crate) fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a live, initialised #[repr(C)] value of the layout
     // the kernel expects for `cmd`, and its size is passed along.
     let ret =
@@ -50,7 +50,7 @@ fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
 
 /// Opens the BPF object pinned at `path`.
 #[allow(unsafe_code)]
-fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
+pub(crate) fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pin path contains NUL"))?;
     let mut attr = ObjGetAttr {

@@ -16,7 +16,7 @@ use aya::{Ebpf, EbpfLoader};
 use crate::pins::PinDir;
 use crate::{
     CAPTURE_OBJ, CGROUP_PROGRAMS, CaptureError, LINK_MODE, MAPS, PINNED_PROGRAMS, SK_LOOKUP,
-    link_update, map_err, pin_err, pinned_link, prog_err, program,
+    link_update, map_copy, map_err, pin_err, pinned_link, prog_err, program,
 };
 
 /// What a load left behind in this process.
@@ -44,13 +44,18 @@ pub(crate) fn load_object(
     // kernel's BTF in `new` already; this only drops it early.)
     loader.btf(None);
     let mut warnings = Vec::new();
+    let mut retired = Vec::new();
     if let Some(p) = pins {
-        warnings.extend(retire_incompatible_maps(p)?);
+        retired = retire_incompatible_maps(p)?;
         for name in MAPS {
             loader.map_pin_path(name, p.map(name));
         }
     }
     let mut bpf = loader.load(CAPTURE_OBJ)?;
+    // Before any link runs this build's programs: what the old maps held.
+    for old in retired {
+        warnings.push(carry_over(&bpf, old)?);
+    }
     let cgroup = std::fs::File::open(cgroup_root).map_err(|source| CaptureError::Io {
         what: format!("opening cgroup {}", cgroup_root.display()),
         source,
@@ -144,17 +149,22 @@ impl std::fmt::Display for MapLayout {
     }
 }
 
+/// A pinned map of another layout, unpinned; its entries may still be
+/// carried over into the new map.
+struct Retired {
+    name: &'static str,
+    map: MapData,
+    layout: MapLayout,
+    wanted: MapLayout,
+}
+
 /// Unpins every map an earlier ztunnel pinned whose layout is not this
-/// build's, so the load creates it afresh; returns a warning per map. The
-/// entries are lost: `enrolled` and `services` are filled again as the node
-/// agent and xDS re-send their state after a restart (until then those pods
-/// are not captured), in-flight `orig_dst` records go with their
-/// connections. Reusing the map instead would have the new programs read
-/// and write it with the wrong sizes.
-fn retire_incompatible_maps(pins: &PinDir) -> Result<Vec<String>, CaptureError> {
+/// build's, so the load creates it afresh, and returns them. Reusing such a
+/// map would have the new programs read and write it with the wrong sizes.
+fn retire_incompatible_maps(pins: &PinDir) -> Result<Vec<Retired>, CaptureError> {
     let object =
         aya_obj::Object::parse(CAPTURE_OBJ).map_err(|e| CaptureError::Object(e.to_string()))?;
-    let mut warnings = Vec::new();
+    let mut retired = Vec::new();
     for name in MAPS {
         let path = pins.map(name);
         if !path.exists() {
@@ -169,21 +179,60 @@ fn retire_incompatible_maps(pins: &PinDir) -> Result<Vec<String>, CaptureError> 
             flags: def.map_flags(),
         };
         let info = MapInfo::from_pin(&path).map_err(map_err(name))?;
-        let pinned = MapLayout {
+        let layout = MapLayout {
             map_type: info.map_type().map_or(u32::MAX, |t| t as u32),
             key_size: info.key_size(),
             value_size: info.value_size(),
             max_entries: info.max_entries(),
             flags: info.map_flags(),
         };
-        if pinned != wanted {
+        if layout != wanted {
+            let map = MapData::from_pin(&path).map_err(map_err(name))?;
             crate::remove_pin(&path)?;
-            warnings.push(format!(
-                "pinned map {name} ({pinned}) is not this build's ({wanted}): replaced by an empty one"
-            ));
+            retired.push(Retired {
+                name,
+                map,
+                layout,
+                wanted,
+            });
         }
     }
-    Ok(warnings)
+    Ok(retired)
+}
+
+/// Copies `old`'s entries into this load's map of the same name when keys
+/// and values kept their sizes (a changed capacity or flags), so enrolled
+/// pods stay captured across the change. Otherwise they are lost: `enrolled`
+/// and `services` are filled again as the node agent and xDS re-send their
+/// state after the restart (until then those pods are not captured),
+/// in-flight `orig_dst` records go with their connections. Returns the
+/// warning to log either way.
+fn carry_over(bpf: &Ebpf, old: Retired) -> Result<String, CaptureError> {
+    let Retired {
+        name,
+        map,
+        layout,
+        wanted,
+    } = old;
+    let changed = format!("pinned map {name} ({layout}) is not this build's ({wanted})");
+    let same_sizes = layout.key_size == wanted.key_size
+        && layout.value_size == wanted.value_size
+        && layout.map_type == wanted.map_type;
+    if !same_sizes {
+        return Ok(format!("{changed}: replaced by an empty one"));
+    }
+    // Socket maps hold sockets, which ztunnel inserts again itself.
+    let new = match bpf.map(name).ok_or(CaptureError::Missing(name))? {
+        aya::maps::Map::HashMap(m) | aya::maps::Map::LruHashMap(m) | aya::maps::Map::Array(m) => m,
+        _ => return Ok(format!("{changed}: replaced by an empty one")),
+    };
+    let copied = map_copy::copy_entries(&map, new).map_err(|source| CaptureError::Io {
+        what: format!("copying the entries of pinned map {name}"),
+        source,
+    })?;
+    Ok(format!(
+        "{changed}: replaced, {copied} entries carried over"
+    ))
 }
 
 /// Pins `link` at `path`.

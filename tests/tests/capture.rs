@@ -369,36 +369,65 @@ fn a_loader_child_that_fails_or_reports_nothing_is_an_error() {
     assert!(!dir.join("links/connect4").exists(), "nothing was attached");
 }
 
-/// A map pinned by a build with another layout (here `enrolled` with 8-byte
-/// values instead of 4) is replaced on load, not reused: reused, this build's
-/// programs would read and write it with the wrong sizes.
+/// Creates map `name` pinned at `path` with bpftool (key and value sizes,
+/// entries), as an earlier build with another layout would have left it.
+fn bpftool_map(path: &std::path::Path, name: &str, key: u32, value: u32, entries: u32) {
+    let (key, value, entries) = (key.to_string(), value.to_string(), entries.to_string());
+    let created = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(path)
+        .args(["type", "hash", "key", &key, "value", &value])
+        .args(["entries", &entries, "name", name])
+        .status()
+        .expect("this test needs bpftool (apt-get install bpftool)");
+    assert!(created.success(), "bpftool map create {name}");
+}
+
+/// A map pinned by a build with another layout is replaced on load, not
+/// reused (reused, this build's programs would read and write it with the
+/// wrong sizes); when only its capacity changed, its entries are carried
+/// over before the new programs run, so enrolled pods stay captured.
 #[test]
 fn a_pinned_map_of_another_layout_is_replaced_not_reused() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = std::path::PathBuf::from(format!(
-        "{}/test-layout-{}",
-        ambit_ebpf::pins::PIN_ROOT,
-        std::process::id()
-    ));
-    let _pins = PinsGuard(dir.clone());
-    ambit_ebpf::pins::PinDir::prepare(&dir).expect("pin directory");
-    let enrolled = dir.join("maps/enrolled");
-    let created = std::process::Command::new("bpftool")
-        .args(["map", "create"])
-        .arg(&enrolled)
-        .args([
-            "type", "hash", "key", "8", "value", "8", "entries", "16", "name", "enrolled",
-        ])
-        .status()
-        .expect("this test needs bpftool (apt-get install bpftool)");
-    assert!(created.success(), "bpftool map create");
+    // No namespace has these cookies: enrolling them redirects nothing.
+    let (kept, fresh) = (u64::MAX - 7, u64::MAX - 8);
+    for (case, value_size, entries) in [("values", 8, 4096), ("capacity", 4, 16)] {
+        let dir = std::path::PathBuf::from(format!(
+            "{}/test-layout-{case}-{}",
+            ambit_ebpf::pins::PIN_ROOT,
+            std::process::id()
+        ));
+        let _pins = PinsGuard(dir.clone());
+        ambit_ebpf::pins::PinDir::prepare(&dir).expect("pin directory");
+        let enrolled = dir.join("maps/enrolled");
+        bpftool_map(&enrolled, "enrolled", 8, value_size, entries);
+        if value_size == 4 {
+            // `kept` enrolled (MODE_CAPTURE = 1) by the earlier build.
+            let mut key: Vec<String> = kept.to_le_bytes().iter().map(|b| b.to_string()).collect();
+            key.insert(0, "key".into());
+            let status = std::process::Command::new("bpftool")
+                .args(["map", "update", "pinned"])
+                .arg(&enrolled)
+                .args(&key)
+                .args(["value", "1", "0", "0", "0"])
+                .status()
+                .expect("bpftool map update");
+            assert!(status.success(), "bpftool map update");
+        }
 
-    let mut capture = Capture::load_pinned(None, &dir).expect("load over the stale map");
-    // No namespace has this cookie: enrolling it redirects nothing.
-    let cookie = u64::MAX - 7;
-    capture
-        .enroll(cookie)
-        .expect("the replaced map has this build's layout");
-    assert!(capture.is_enrolled(cookie).expect("lookup"));
-    capture.release(cookie).expect("release");
+        let mut capture = Capture::load_pinned(None, &dir).expect("load over the stale map");
+        capture
+            .enroll(fresh)
+            .unwrap_or_else(|e| panic!("{case}: the new map has this build's layout: {e}"));
+        assert!(capture.is_enrolled(fresh).expect("lookup"));
+        assert_eq!(
+            capture.is_enrolled(kept).expect("lookup"),
+            value_size == 4,
+            "{case}: entries carried over exactly when keys and values kept their sizes"
+        );
+        for cookie in [kept, fresh] {
+            capture.release(cookie).expect("release");
+        }
+    }
 }
