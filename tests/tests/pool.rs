@@ -16,14 +16,24 @@ use ambit_hbone::{DirectHandler, HboneConfig, Pool, StaticServerTls, Tunnel};
 /// stream would reach the limit", and the limit is min(100, peer's 200).
 const STREAMS_PER_CONN: usize = 99;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pool_opens_connections_per_stream_limit_and_never_shares_identities() {
+/// Workload A's side of tunnels to an HBONE server presenting B's identity,
+/// in front of an echo server.
+struct AtoB {
+    root: ambit_hbone::ca::Authority,
+    a: ambit_hbone::SpiffeId,
+    b: ambit_hbone::SpiffeId,
+    cert_a: ambit_hbone::WorkloadCertificate,
+    server: Arc<ambit_hbone::server::HboneServer<DirectHandler>>,
+    addr: std::net::SocketAddr,
+    target: TunnelTarget,
+}
+
+async fn a_to_b() -> AtoB {
     ambit_e2e::init_tracing();
     let root = pki::root("cluster.local", "root");
-    let (a, b, c) = (id("ns-a", "a"), id("ns-b", "b"), id("ns-c", "c"));
+    let (a, b) = (id("ns-a", "a"), id("ns-b", "b"));
     let cert_a = pki::issue(&root, &a, pki::valid());
     let cert_b = pki::issue(&root, &b, pki::valid());
-    let cert_c = pki::issue(&root, &c, pki::valid());
     let echo = ambit_e2e::echo_server().await;
     let (server, addr) = ambit_e2e::start_hbone(
         HboneConfig::default(),
@@ -31,7 +41,6 @@ async fn pool_opens_connections_per_stream_limit_and_never_shares_identities() {
         DirectHandler::default(),
     )
     .await;
-    let pool = Pool::new(HboneConfig::default());
     let target = TunnelTarget {
         dial: addr,
         expected: vec![b.clone()],
@@ -39,6 +48,31 @@ async fn pool_opens_connections_per_stream_limit_and_never_shares_identities() {
         head: ConnectHead::to_addr(echo),
         socket: None,
     };
+    AtoB {
+        root,
+        a,
+        b,
+        cert_a,
+        server,
+        addr,
+        target,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_opens_connections_per_stream_limit_and_never_shares_identities() {
+    let AtoB {
+        root,
+        a,
+        b,
+        cert_a,
+        server,
+        addr,
+        target,
+    } = a_to_b().await;
+    let c = id("ns-c", "c");
+    let cert_c = pki::issue(&root, &c, pki::valid());
+    let pool = Pool::new(HboneConfig::default());
 
     // 150 tunnels opened at once, all held open together.
     let mut tasks = Vec::new();
@@ -151,30 +185,20 @@ async fn pool_opens_connections_per_stream_limit_and_never_shares_identities() {
 /// surplus timeout; one stays warm for the next tunnel (no new handshake).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bursts_extra_connections_close_when_idle_and_one_stays_warm() {
-    ambit_e2e::init_tracing();
-    let root = pki::root("cluster.local", "root");
-    let (a, b) = (id("ns-a", "a"), id("ns-b", "b"));
-    let cert_a = pki::issue(&root, &a, pki::valid());
-    let cert_b = pki::issue(&root, &b, pki::valid());
-    let echo = ambit_e2e::echo_server().await;
-    let (server, addr) = ambit_e2e::start_hbone(
-        HboneConfig::default(),
-        Arc::new(StaticServerTls::new(&cert_b)),
-        DirectHandler::default(),
-    )
-    .await;
+    let AtoB {
+        a,
+        b,
+        cert_a,
+        server,
+        addr,
+        target,
+        ..
+    } = a_to_b().await;
     let surplus = std::time::Duration::from_millis(300);
     let pool = Pool::new(HboneConfig {
         pool_surplus_idle_timeout: surplus,
         ..HboneConfig::default()
     });
-    let target = TunnelTarget {
-        dial: addr,
-        expected: vec![b.clone()],
-        src_ip: None,
-        head: ConnectHead::to_addr(echo),
-        socket: None,
-    };
     let key = PoolKey {
         source: a.clone(),
         expected: vec![b.clone()],
