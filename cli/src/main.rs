@@ -76,16 +76,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Ztunnel) {
         ztunnel::standalone::tune_allocator();
-        // Exactly the `ztunnel` binary's logging: `RUST_LOG` as per-target
-        // levels, default `info`, so both read the same values the same way.
-        use tracing_subscriber::prelude::*;
-        tracing_subscriber::registry()
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_filter(ztunnel::standalone::log_filter()),
-            )
-            .init();
+        // Exactly the `ztunnel` binary's logging (`RUST_LOG` as per-target
+        // levels, default `info`), on stderr like the rest of the CLI.
+        ztunnel::standalone::init_logging(std::io::stderr);
     } else {
         tracing_subscriber::fmt()
             .with_env_filter(

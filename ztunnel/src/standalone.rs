@@ -108,6 +108,23 @@ pub fn tune_allocator() {
     }
 }
 
+/// Installs the node proxy's logging: [`log_filter`] on a plain fmt layer
+/// writing to `writer`. The `ztunnel` binary logs to stdout (as Istio's
+/// does); `ambit ztunnel` to stderr, like the rest of the CLI.
+pub fn init_logging<W>(writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::prelude::*;
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(writer)
+                .with_filter(log_filter()),
+        )
+        .init();
+}
+
 /// The log filter from `RUST_LOG` (`info`, `warn,access=info`,
 /// `ztunnel::inbound=debug`: a default level and per-target levels), default
 /// `info`. Plain targets only, no span or field filters: that keeps the
