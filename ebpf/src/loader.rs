@@ -12,7 +12,9 @@
 
 use std::ffi::OsString;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use crate::CaptureError;
 use crate::pins::PinDir;
@@ -70,6 +72,33 @@ fn serve(rest: &[OsString]) -> Result<(), String> {
     Ok(())
 }
 
+/// How long the loader may take (it takes well under a second): a child stuck
+/// in the kernel or on bpffs is killed and start-up fails with an error,
+/// instead of ztunnel hanging before it ever reports not ready.
+const LOADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits for `child`'s exit and output, killing it after `limit`.
+fn wait_bounded(child: Child, limit: Duration) -> Result<Output, String> {
+    let pid = child.id();
+    let (done, finished) = mpsc::channel();
+    std::thread::spawn(move || {
+        // The receiver may be gone after a timeout; nothing to report then.
+        let _ = done.send(child.wait_with_output());
+    });
+    match finished.recv_timeout(limit) {
+        Ok(out) => out.map_err(|e| format!("waiting for it: {e}")),
+        Err(_) => {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            Err(format!("no result after {}s; killed", limit.as_secs()))
+        }
+    }
+}
+
 /// Runs `exe` as the loader for the capture pinned at `pin_dir` and waits for
 /// it. Returns whether an earlier ztunnel's links were found attached; the
 /// child's warnings are logged here.
@@ -83,14 +112,17 @@ pub(crate) fn run(
         exe: exe.to_path_buf(),
         detail,
     };
-    let out = Command::new(exe)
+    let child = Command::new(exe)
         .arg(LOADER_ARG)
         .arg(pin_dir)
         .arg(cgroup_root)
         .arg(if splice { "1" } else { "0" })
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| failed(format!("starting it: {e}")))?;
+    let out = wait_bounded(child, LOADER_TIMEOUT).map_err(failed)?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -123,5 +155,44 @@ mod tests {
         assert!(e.contains("usage") && e.contains("got 1"), "{e}");
         let e = serve(&args(&["/sys/fs/bpf/x", "/sys/fs/cgroup", "yes"])).expect_err("bad splice");
         assert!(e.contains("0 or 1"), "{e}");
+    }
+
+    #[test]
+    fn a_loader_that_hangs_is_killed_after_the_limit() {
+        let child = Command::new("sleep")
+            .arg("30")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sleep");
+        let pid = child.id();
+        let started = std::time::Instant::now();
+        let e = wait_bounded(child, Duration::from_millis(200)).expect_err("timed out");
+        assert!(e.contains("killed"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        // Killed, then reaped by the waiting thread.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "sleep is gone"
+        );
+    }
+
+    #[test]
+    fn a_loader_that_exits_reports_its_output() {
+        let child = Command::new("sh")
+            .args(["-c", "echo attached"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sh");
+        let out = wait_bounded(child, LOADER_TIMEOUT).expect("finished");
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), ATTACHED);
     }
 }
