@@ -1,12 +1,19 @@
 //! How ztunnel reaches the control plane (istio-wire §3.4): one gRPC channel
 //! for xDS and the CA, TLS checked against the mesh root and the dialled name,
 //! and on every call `authorization: Bearer <token>` plus `clusterid`.
+//!
+//! The TLS is ours rather than tonic's: as Istio's ztunnel, TLS 1.3 only with
+//! the AES-GCM suites and ALPN `h2` (tonic's would also offer TLS 1.2 and
+//! ChaCha20, and its TLS feature compiled rustls' TLS 1.2 into the node proxy).
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::Interceptor;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 
 /// Where and how to reach the controller.
 #[derive(Clone, Debug)]
@@ -29,13 +36,21 @@ pub struct ControlPlane {
 /// The control plane configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlPlaneError {
-    /// Bad address or TLS settings.
+    /// Bad address.
     #[error("control plane {address}: {source}")]
     Endpoint {
         /// The address.
         address: String,
         /// Why.
         source: tonic::transport::Error,
+    },
+    /// Bad TLS settings: the root or the server name.
+    #[error("control plane {address}: {why}")]
+    Tls {
+        /// The address.
+        address: String,
+        /// What is wrong.
+        why: String,
     },
     /// https without a root.
     #[error("control plane {0}: https needs a root certificate (CA_ROOT_CA / XDS_ROOT_CA)")]
@@ -52,24 +67,57 @@ impl ControlPlane {
             address: self.address.clone(),
             source,
         };
-        let mut ep = Endpoint::from_shared(self.address.clone())
-            .map_err(err)?
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true);
-        if self.address.starts_with("https://") {
-            let root = self
-                .root_pem
-                .as_ref()
-                .ok_or_else(|| ControlPlaneError::NoRoot(self.address.clone()))?;
-            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(root));
-            if let Some(name) = &self.tls_name {
-                tls = tls.domain_name(name.clone());
+        // §3.4: 5 s TCP connect timeout, pings every 30 s (10 s timeout).
+        let endpoint = |address: String| {
+            Endpoint::from_shared(address).map_err(err).map(|ep| {
+                ep.connect_timeout(Duration::from_secs(5))
+                    .http2_keep_alive_interval(Duration::from_secs(30))
+                    .keep_alive_timeout(Duration::from_secs(10))
+                    .keep_alive_while_idle(true)
+            })
+        };
+        let Some(host_port) = self.address.strip_prefix("https://") else {
+            return Ok(endpoint(self.address.clone())?.connect_lazy());
+        };
+        let tls_err = |why: String| ControlPlaneError::Tls {
+            address: self.address.clone(),
+            why,
+        };
+        let root = self
+            .root_pem
+            .as_ref()
+            .ok_or_else(|| ControlPlaneError::NoRoot(self.address.clone()))?;
+        let config = client_tls(root).map_err(tls_err)?;
+        let uri: http::Uri = self
+            .address
+            .parse()
+            .map_err(|e| tls_err(format!("address: {e}")))?;
+        let host = uri
+            .host()
+            .ok_or_else(|| tls_err("the address has no host".into()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(443);
+        let name = self.tls_name.clone().unwrap_or_else(|| host.clone());
+        let name = ServerName::try_from(name.clone())
+            .map_err(|e| tls_err(format!("server name {name:?}: {e}")))?;
+        let connector = tokio_rustls::TlsConnector::from(config);
+        // Dials (host, port) and runs the handshake; tonic calls it for
+        // every (re)connect and bounds it with the connect timeout.
+        let connect = tower::service_fn(move |_: http::Uri| {
+            let (connector, name, host) = (connector.clone(), name.clone(), host.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+                tcp.set_nodelay(true)?;
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
             }
-            ep = ep.tls_config(tls).map_err(err)?;
-        }
-        Ok(ep.connect_lazy())
+        });
+        // tonic refuses an `https` endpoint unless its own TLS does the
+        // connecting; the requests still name `https` (the origin).
+        let ep = endpoint(format!("http://{host_port}"))?.origin(uri);
+        Ok(ep.connect_with_connector_lazy(connect))
     }
 
     /// Adds the credential headers to every call.
@@ -83,6 +131,29 @@ impl ControlPlane {
             cluster_id: self.cluster_id.parse().ok(),
         }
     }
+}
+
+/// The control plane's TLS client settings (istio-wire §3.4: the versions and
+/// suites of §2.1, ALPN `h2`, server authentication only): the server's
+/// certificate must chain to a root in `root_pem`.
+fn client_tls(root_pem: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut root_pem.as_bytes()) {
+        let cert = cert.map_err(|e| format!("root certificate PEM: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("root certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("no root certificate in the PEM".into());
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(ambit_hbone::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ambit_hbone::tls::ALPN_H2.to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// Puts `authorization` and `clusterid` on each request.
@@ -119,6 +190,34 @@ impl Interceptor for CredentialInterceptor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_plane_tls_is_istios_tls13_with_h2() {
+        let root = ambit_hbone::ca::Authority::new_root(
+            "cluster.local",
+            "root",
+            ambit_hbone::ca::Validity::starting_now(Duration::from_secs(3600)),
+        )
+        .expect("root");
+        let config = client_tls(&root.certificate_pem()).expect("config");
+        assert_eq!(config.alpn_protocols, vec![b"h2".to_vec()]);
+        let suites: Vec<_> = config
+            .crypto_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| s.suite())
+            .collect();
+        // Only TLS 1.3 suites: TLS 1.2 cannot be negotiated.
+        assert_eq!(
+            suites,
+            [
+                rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+                rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+            ]
+        );
+        let e = client_tls("not a certificate").expect_err("no root");
+        assert!(e.contains("no root certificate"), "{e}");
+    }
 
     #[test]
     fn token_file_is_read_on_every_call() {
