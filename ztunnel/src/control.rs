@@ -76,9 +76,49 @@ impl ControlPlane {
                     .keep_alive_while_idle(true)
             })
         };
-        let Some(host_port) = self.address.strip_prefix("https://") else {
-            return Ok(endpoint(self.address.clone())?.connect_lazy());
+        let uri: http::Uri = self.address.parse().map_err(|e| ControlPlaneError::Tls {
+            address: self.address.clone(),
+            why: format!("address: {e}"),
+        })?;
+        let tls = match uri.scheme_str() {
+            Some("https") => Some(self.tls()?),
+            _ => None,
         };
+        let host = uri.host().unwrap_or_default();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if tls.is_some() { 443 } else { 80 });
+        // One connector for both schemes, returning one type, so tonic's
+        // and h2's client code is compiled once (not once per stream type).
+        // Dials (host, port), then the TLS handshake for https; tonic calls
+        // it for every (re)connect and bounds it with the connect timeout.
+        let connect = tower::service_fn(move |_: http::Uri| {
+            let (tls, host) = (tls.clone(), host.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+                tcp.set_nodelay(true)?;
+                let io: Box<dyn ControlIo> = match tls {
+                    Some((connector, name)) => Box::new(connector.connect(name, tcp).await?),
+                    None => Box::new(tcp),
+                };
+                Ok::<_, std::io::Error>(TokioIo::new(io))
+            }
+        });
+        // tonic refuses an `https` endpoint unless its own TLS does the
+        // connecting, so it is given `http`; the requests still name the
+        // real scheme (the origin).
+        let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+        let ep = endpoint(format!("http://{authority}"))?.origin(uri);
+        Ok(ep.connect_with_connector_lazy(connect))
+    }
+
+    /// The TLS connector and the name the server's certificate must carry
+    /// (`tls_name`, else the address host).
+    fn tls(&self) -> Result<(tokio_rustls::TlsConnector, ServerName<'static>), ControlPlaneError> {
         let tls_err = |why: String| ControlPlaneError::Tls {
             address: self.address.clone(),
             why,
@@ -96,28 +136,11 @@ impl ControlPlane {
             .host()
             .ok_or_else(|| tls_err("the address has no host".into()))?
             .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let port = uri.port_u16().unwrap_or(443);
-        let name = self.tls_name.clone().unwrap_or_else(|| host.clone());
+            .trim_end_matches(']');
+        let name = self.tls_name.clone().unwrap_or_else(|| host.to_string());
         let name = ServerName::try_from(name.clone())
             .map_err(|e| tls_err(format!("server name {name:?}: {e}")))?;
-        let connector = tokio_rustls::TlsConnector::from(config);
-        // Dials (host, port) and runs the handshake; tonic calls it for
-        // every (re)connect and bounds it with the connect timeout.
-        let connect = tower::service_fn(move |_: http::Uri| {
-            let (connector, name, host) = (connector.clone(), name.clone(), host.clone());
-            async move {
-                let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-                tcp.set_nodelay(true)?;
-                let tls = connector.connect(name, tcp).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(tls))
-            }
-        });
-        // tonic refuses an `https` endpoint unless its own TLS does the
-        // connecting; the requests still name `https` (the origin).
-        let ep = endpoint(format!("http://{host_port}"))?.origin(uri);
-        Ok(ep.connect_with_connector_lazy(connect))
+        Ok((tokio_rustls::TlsConnector::from(config), name))
     }
 
     /// Adds the credential headers to every call.
@@ -132,6 +155,11 @@ impl ControlPlane {
         }
     }
 }
+
+/// A connection to the control plane, plain or TLS.
+trait ControlIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> ControlIo for T {}
 
 /// The control plane's TLS client settings (istio-wire §3.4: the versions and
 /// suites of §2.1, ALPN `h2`, server authentication only): the server's
