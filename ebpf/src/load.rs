@@ -25,7 +25,8 @@ pub(crate) struct Loaded {
     pub bpf: Ebpf,
     /// Whether an earlier ztunnel's links were found attached.
     pub reused: bool,
-    /// Pinned links that kept an earlier program (not fatal: it still captures).
+    /// What to log: pinned links that kept an earlier program (not fatal: it
+    /// still captures) and pinned maps replaced because their layout changed.
     pub warnings: Vec<String>,
 }
 
