@@ -81,7 +81,7 @@ impl ControlPlane {
             why: format!("address: {e}"),
         })?;
         let tls = match uri.scheme_str() {
-            Some("https") => Some(self.tls()?),
+            Some("https") => Some(self.tls(&uri)?),
             _ => None,
         };
         let host = uri.host().unwrap_or_default();
@@ -117,8 +117,11 @@ impl ControlPlane {
     }
 
     /// The TLS connector and the name the server's certificate must carry
-    /// (`tls_name`, else the address host).
-    fn tls(&self) -> Result<(tokio_rustls::TlsConnector, ServerName<'static>), ControlPlaneError> {
+    /// (`tls_name`, else the host of `uri`, the parsed address).
+    fn tls(
+        &self,
+        uri: &http::Uri,
+    ) -> Result<(tokio_rustls::TlsConnector, ServerName<'static>), ControlPlaneError> {
         let tls_err = |why: String| ControlPlaneError::Tls {
             address: self.address.clone(),
             why,
@@ -128,10 +131,6 @@ impl ControlPlane {
             .as_ref()
             .ok_or_else(|| ControlPlaneError::NoRoot(self.address.clone()))?;
         let config = client_tls(root).map_err(tls_err)?;
-        let uri: http::Uri = self
-            .address
-            .parse()
-            .map_err(|e| tls_err(format!("address: {e}")))?;
         let host = uri
             .host()
             .ok_or_else(|| tls_err("the address has no host".into()))?
