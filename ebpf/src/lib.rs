@@ -191,20 +191,21 @@ const MAPS: [&str; 9] = [
 /// The inbound steering program, attached per enrolled pod namespace.
 const SK_LOOKUP: &str = "ambit_sk_lookup";
 
-/// Programs pinned under `progs/` by a pinned load.
-const PINNED_PROGRAMS: [&str; 4] = [
-    "ambit_connect4",
-    "ambit_connect6",
-    "ambit_sockops",
-    SK_LOOKUP,
-];
-
 /// The cgroup-root programs, pinned by these link names.
 const CGROUP_PROGRAMS: [(&str, &str); 3] = [
     ("ambit_connect4", "connect4"),
     ("ambit_connect6", "connect6"),
     ("ambit_sockops", "sockops"),
 ];
+
+/// Programs pinned under `progs/` by a pinned load: the cgroup programs and
+/// sk_lookup.
+fn pinned_programs() -> impl Iterator<Item = &'static str> {
+    CGROUP_PROGRAMS
+        .iter()
+        .map(|(prog, _)| *prog)
+        .chain([SK_LOOKUP])
+}
 
 /// Where the capture's programs live.
 enum Programs {
@@ -242,6 +243,11 @@ fn pin_err(path: &Path) -> impl FnOnce(String) -> CaptureError + '_ {
         path: path.to_path_buf(),
         reason,
     }
+}
+
+/// Pins `link` at `path`.
+fn pin_link(link: FdLink, path: &Path) -> Result<PinnedLink, CaptureError> {
+    link.pin(path).map_err(|e| pin_err(path)(e.to_string()))
 }
 
 /// The link pinned at `path`, if there is one.
@@ -409,7 +415,7 @@ impl Capture {
             self.inbound
                 .iter()
                 .filter(|(_, i)| matches!(i.link, InboundLink::Pinned(_)))
-                .map(|(cookie, _)| (pins.inbound_link(*cookie), "ambit_sk_lookup")),
+                .map(|(cookie, _)| (pins.inbound_link(*cookie), SK_LOOKUP)),
         );
         for (path, prog) in links {
             let link = PinnedLink::from_pin(&path).map_err(|e| pin_err(&path)(e.to_string()))?;
@@ -601,10 +607,7 @@ impl Capture {
                     None => InboundLink::Owned(id),
                     Some(path) => {
                         let owned = lookup.take_link(id).map_err(prog_err(SK_LOOKUP))?;
-                        let link = FdLink::from(owned)
-                            .pin(&path)
-                            .map_err(|e| pin_err(&path)(e.to_string()))?;
-                        InboundLink::Pinned(link)
+                        InboundLink::Pinned(pin_link(FdLink::from(owned), &path)?)
                     }
                 }
             }

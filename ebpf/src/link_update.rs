@@ -50,7 +50,7 @@ pub(crate) fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_
 
 /// Opens the BPF object pinned at `path`.
 #[allow(unsafe_code)]
-pub(crate) fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
+fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pin path contains NUL"))?;
     let mut attr = ObjGetAttr {

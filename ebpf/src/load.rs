@@ -9,14 +9,14 @@ use std::os::fd::AsFd;
 use std::path::Path;
 
 use aya::maps::{Array, MapData, MapInfo, SockHash};
-use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::links::FdLink;
 use aya::programs::{CgroupSockAddr, SkLookup, SkMsg, SockOps};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::pins::PinDir;
 use crate::{
-    CAPTURE_OBJ, CGROUP_PROGRAMS, CaptureError, LINK_MODE, MAPS, PINNED_PROGRAMS, SK_LOOKUP,
-    link_update, map_copy, map_err, pin_err, pinned_link, prog_err, program,
+    CAPTURE_OBJ, CGROUP_PROGRAMS, CaptureError, LINK_MODE, MAPS, SK_LOOKUP, link_update, map_copy,
+    map_err, pin_err, pin_link, pinned_link, pinned_programs, prog_err, program,
 };
 
 /// What a load left behind in this process.
@@ -116,7 +116,7 @@ pub(crate) fn load_object(
     }
     write_settings(&mut bpf, splice)?;
     if let Some(p) = pins {
-        for name in PINNED_PROGRAMS {
+        for name in pinned_programs() {
             pin_program(&mut bpf, name, &p.program(name))?;
         }
     }
@@ -234,11 +234,6 @@ fn carry_over(bpf: &Ebpf, old: Retired) -> Result<String, CaptureError> {
     Ok(format!(
         "{changed}: replaced, {copied} entries carried over"
     ))
-}
-
-/// Pins `link` at `path`.
-fn pin_link(link: FdLink, path: &Path) -> Result<PinnedLink, CaptureError> {
-    link.pin(path).map_err(|e| pin_err(path)(e.to_string()))
 }
 
 /// Points the link pinned at `pin` to `program` (this build's); on failure
