@@ -174,14 +174,13 @@ impl PooledConn {
         self.active.load(Ordering::Acquire)
     }
 
-    /// True when no stream is open and none was for `idle`.
-    pub(crate) fn idle_for(&self, idle: std::time::Duration) -> bool {
-        self.active_streams() == 0
-            && self
-                .last_used
-                .lock()
-                .map(|t| t.elapsed() >= idle)
-                .unwrap_or(false)
+    /// How long the connection has had no stream; `None` while one is open
+    /// (or when the last-use time cannot be read: treated as in use).
+    pub(crate) fn idle_time(&self) -> Option<std::time::Duration> {
+        if self.active_streams() != 0 {
+            return None;
+        }
+        self.last_used.lock().ok().map(|t| t.elapsed())
     }
 }
 

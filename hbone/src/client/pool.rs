@@ -73,16 +73,36 @@ impl Retire {
 
     /// Drops closed connections, those idle for `idle`, and those idle for
     /// `surplus_idle` except one, kept warm when no other is in use. Dropping
-    /// the last handle to an idle connection closes it.
+    /// the last handle to an idle connection closes it. Runs on every
+    /// checkout: one pass, each connection's idle time read once.
     fn apply(self, conns: &mut Vec<Arc<PooledConn>>) {
-        conns.retain(|c| !c.is_closed() && !c.idle_for(self.idle));
-        let mut keep_one_idle = conns.iter().all(|c| c.idle_for(self.surplus_idle));
+        // Some connection is in use or was recently.
+        let mut warm = false;
+        // Where the first surplus-idle connection kept ended up.
+        let mut kept_idle = None;
+        let mut kept = 0;
         conns.retain(|c| {
-            if !c.idle_for(self.surplus_idle) {
-                return true;
-            }
-            std::mem::take(&mut keep_one_idle)
+            let keep = !c.is_closed()
+                && match c.idle_time() {
+                    Some(t) if t >= self.idle => false,
+                    Some(t) if t >= self.surplus_idle => {
+                        let first = kept_idle.is_none();
+                        if first {
+                            kept_idle = Some(kept);
+                        }
+                        first
+                    }
+                    _ => {
+                        warm = true;
+                        true
+                    }
+                };
+            kept += usize::from(keep);
+            keep
         });
+        if let (true, Some(i)) = (warm, kept_idle) {
+            conns.remove(i);
+        }
     }
 }
 
