@@ -1,5 +1,7 @@
 //! Generates the xDS, CA and L7 protobuf types (prost) and their gRPC client
-//! and server stubs (tonic) from `proto/`.
+//! and server stubs (tonic) from `proto/`. The protos are parsed by `protox`
+//! (pure Rust, with the well-known `google/protobuf/*` types built in), so the
+//! build needs no system `protoc` and no include files.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
@@ -12,9 +14,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }
+    let descriptors = protox::compile(protos, ["proto"])?;
     tonic_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_protos(&protos, &["proto"])?;
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -33,8 +33,10 @@ pub enum JwtError {
 /// A validated token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Authenticated {
-    /// `iss/sub`, what `requestPrincipals` match.
+    /// `iss/sub`, for logs and `outputClaimToHeaders`.
     pub request_principal: String,
+    /// `iss` and `sub`, what `requestPrincipals` match (each on its own).
+    pub issuer_subject: (String, String),
     /// Claims flattened for `request.auth.claims[...]` (nested as `a.b`).
     pub claims: BTreeMap<String, Vec<String>>,
     /// The payload, base64url (for `outputPayloadToHeader`).
@@ -228,6 +230,7 @@ impl JwtRules {
                         .unwrap_or_default();
                     return Ok(Authenticated {
                         request_principal: format!("{iss}/{sub}"),
+                        issuer_subject: (iss.to_string(), sub.to_string()),
                         claims,
                         payload_b64,
                         rule: index,

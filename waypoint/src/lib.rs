@@ -26,6 +26,7 @@ pub mod cors;
 pub mod jwt;
 pub mod matcher;
 pub mod metrics;
+pub mod normalize;
 pub mod outlier;
 pub mod proxy;
 pub mod ratelimit;
@@ -36,4 +37,4 @@ pub mod sync;
 pub mod upstream;
 pub mod waypoint;
 
-pub use waypoint::{Waypoint, WaypointConfig, WaypointXds};
+pub use waypoint::{HttpOptions, Waypoint, WaypointConfig, WaypointXds};

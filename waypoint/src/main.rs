@@ -14,7 +14,7 @@ use ambit_api::translate::translate;
 use ambit_hbone::ca::{Authority, CertificateSigner, Validity};
 use ambit_hbone::{HboneConfig, SpiffeId};
 use anyhow::{Context, bail};
-use waypoint::{Waypoint, WaypointConfig};
+use waypoint::{HttpOptions, Waypoint, WaypointConfig};
 use ztunnel::certs::{CertManager, LocalSigner};
 
 struct Args {
@@ -22,6 +22,7 @@ struct Args {
     gateway: String,
     listen: SocketAddr,
     destination: SocketAddr,
+    options: HttpOptions,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -29,6 +30,7 @@ fn args() -> anyhow::Result<Args> {
     let mut gateway = None;
     let mut listen = None;
     let mut destination = None;
+    let mut options = HttpOptions::default();
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut val = || it.next().with_context(|| format!("{a} needs a value"));
@@ -37,9 +39,15 @@ fn args() -> anyhow::Result<Args> {
             "--gateway" => gateway = Some(val()?),
             "--listen" => listen = Some(val()?.parse().context("--listen")?),
             "--destination" => destination = Some(val()?.parse().context("--destination")?),
+            "--path-normalization" => {
+                options.path_normalization = val()?.parse().context("--path-normalization")?
+            }
+            "--num-trusted-proxies" => {
+                options.num_trusted_proxies = val()?.parse().context("--num-trusted-proxies")?
+            }
             "-h" | "--help" => {
                 println!(
-                    "usage: waypoint --config-dir DIR --gateway NS/NAME --listen IP:PORT --destination VIP:PORT"
+                    "usage: waypoint --config-dir DIR --gateway NS/NAME --listen IP:PORT --destination VIP:PORT \\\n                [--path-normalization NONE|BASE|MERGE_SLASHES|DECODE_AND_MERGE_SLASHES] [--num-trusted-proxies N]"
                 );
                 std::process::exit(0);
             }
@@ -51,6 +59,7 @@ fn args() -> anyhow::Result<Args> {
         gateway: gateway.context("--gateway is required")?,
         listen: listen.context("--listen is required")?,
         destination: destination.context("--destination is required")?,
+        options,
     })
 }
 
@@ -88,6 +97,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         certs: CertManager::new(Arc::new(LocalSigner(root)), Duration::from_secs(86400)),
         hbone: HboneConfig::default(),
         socket: None,
+        options: args.options,
     });
     let mut served = 0;
     for s in t.l7 {

@@ -96,6 +96,8 @@ pub struct Metrics {
     pub retries: std::sync::atomic::AtomicU64,
     /// Copies sent to mirror destinations.
     pub mirrored: std::sync::atomic::AtomicU64,
+    /// TCP (non-HTTP) connections refused by AuthorizationPolicy.
+    pub tcp_denied: std::sync::atomic::AtomicU64,
 }
 
 impl Metrics {
@@ -140,9 +142,10 @@ impl Metrics {
         use std::sync::atomic::Ordering::Relaxed;
         let _ = writeln!(
             out,
-            "# TYPE ambit_waypoint_upstream_retries_total counter\nambit_waypoint_upstream_retries_total {}\n# TYPE ambit_waypoint_mirrored_requests_total counter\nambit_waypoint_mirrored_requests_total {}",
+            "# TYPE ambit_waypoint_upstream_retries_total counter\nambit_waypoint_upstream_retries_total {}\n# TYPE ambit_waypoint_mirrored_requests_total counter\nambit_waypoint_mirrored_requests_total {}\n# TYPE ambit_waypoint_tcp_denied_total counter\nambit_waypoint_tcp_denied_total {}",
             self.retries.load(Relaxed),
-            self.mirrored.load(Relaxed)
+            self.mirrored.load(Relaxed),
+            self.tcp_denied.load(Relaxed)
         );
         out.push_str("# TYPE istio_requests_total counter\n");
         for (l, s) in &series {

@@ -20,7 +20,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tracing::{debug, info};
 
-use crate::authz::{RequestAttributes, authorize};
+use crate::authz::{Mode, RequestAttributes};
 use crate::body::{Finish, Metered};
 use crate::metrics::{Peer, RequestLabels};
 use crate::route::{Decision, RequestFacts};
@@ -347,17 +347,28 @@ impl Waypoint {
         via_vip: bool,
         req: Request<Incoming>,
     ) -> (Response<Body>, Outcome) {
-        let l7 = svc.service();
         let mut out = Outcome {
             flags: "-",
             destination: Peer::default(),
         };
-        let path_and_query = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
-        let path = req.uri().path().to_string();
+        // Path normalization first: every later stage, and the upstream,
+        // sees the normalized path.
+        let path = match self.options().path_normalization.apply(req.uri().path()) {
+            Ok(p) => p,
+            Err(e) => {
+                debug!(error = %e, "request refused");
+                out.flags = "-";
+                return (local(StatusCode::BAD_REQUEST, "Bad Request"), out);
+            }
+        };
+        let path_and_query = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.clone(),
+        };
+        let req = match with_path(req, &path_and_query) {
+            Some(r) => r,
+            None => return (local(StatusCode::BAD_REQUEST, "Bad Request"), out),
+        };
         let mut facts = RequestFacts {
             method: req.method().as_str().to_string(),
             path: path.clone(),
@@ -404,36 +415,30 @@ impl Waypoint {
             }
         }
         // AuthorizationPolicy.
-        let principal = conn
-            .peer_identity
-            .as_ref()
-            .map(|i| i.to_string().trim_start_matches("spiffe://").to_string());
         let attrs = RequestAttributes {
-            namespace: conn
-                .peer_identity
+            peer: conn.peer_identity.clone(),
+            request_auth: authenticated
                 .as_ref()
-                .map(|i| i.namespace().to_string()),
-            principal,
-            request_principal: authenticated
-                .as_ref()
-                .map(|(a, _)| a.request_principal.clone()),
+                .map(|(a, _)| a.issuer_subject.clone()),
             claims: authenticated
                 .as_ref()
                 .map(|(a, _)| a.claims.clone())
                 .unwrap_or_default(),
             source_ip: Some(conn.client.ip()),
-            remote_ip: forwarded_client(&facts.headers).or(Some(conn.client.ip())),
-            host: facts
-                .authority
-                .rsplit_once(':')
-                .map_or(facts.authority.as_str(), |(h, _)| h)
-                .to_string(),
+            remote_ip: Some(remote_client(
+                conn.client.ip(),
+                facts.headers.get("x-forwarded-for").map(String::as_str),
+                self.options().num_trusted_proxies,
+            )),
+            destination_ip: Some(conn.dst.ip()),
             port: conn.dst.port(),
+            sni: None,
+            authority: (!facts.authority.is_empty()).then(|| facts.authority.clone()),
             method: facts.method.clone(),
             path: path.clone(),
             headers: facts.headers.clone(),
         };
-        let decision = authorize(&l7.authorization, &attrs);
+        let decision = svc.authz.authorize(Mode::Http, &attrs);
         if !decision.is_allowed() {
             debug!(?decision, "request denied");
             out.flags = "-";
@@ -862,13 +867,33 @@ fn is_upgrade(h: &http::HeaderMap) -> bool {
         && h.contains_key(header::UPGRADE)
 }
 
-fn forwarded_client(h: &BTreeMap<String, String>) -> Option<IpAddr> {
-    h.get("x-forwarded-for")?
-        .split(',')
-        .next()?
-        .trim()
-        .parse()
+/// `remote.ip`: Envoy's rule with `use_remote_address` and Istio's
+/// `numTrustedProxies` as `xff_num_trusted_hops`. With no trusted proxy the
+/// client-supplied `X-Forwarded-For` is ignored; with N it is the N-th
+/// address from the right, and the peer when the header is shorter or bad.
+fn remote_client(peer: IpAddr, xff: Option<&str>, trusted: u32) -> IpAddr {
+    let Some(xff) = xff.filter(|_| trusted > 0) else {
+        return peer;
+    };
+    let hops: Vec<&str> = xff.split(',').map(str::trim).collect();
+    usize::try_from(trusted)
         .ok()
+        .and_then(|n| hops.len().checked_sub(n))
+        .and_then(|i| hops.get(i))
+        .and_then(|h| h.parse().ok())
+        .unwrap_or(peer)
+}
+
+/// The request with its path and query replaced (the normalized form).
+fn with_path<B>(req: Request<B>, path_and_query: &str) -> Option<Request<B>> {
+    if req.uri().path_and_query().map(|p| p.as_str()) == Some(path_and_query) {
+        return Some(req);
+    }
+    let (mut parts, body) = req.into_parts();
+    let mut uri = parts.uri.clone().into_parts();
+    uri.path_and_query = Some(path_and_query.parse().ok()?);
+    parts.uri = http::Uri::from_parts(uri).ok()?;
+    Some(Request::from_parts(parts, body))
 }
 
 /// Istio's `rewrite.uri`: replaces the matched prefix, or the whole path when

@@ -13,6 +13,7 @@ use std::time::Instant;
 use ambit_api::xds::proto::l7 as pb;
 use tokio::sync::Semaphore;
 
+use crate::authz::Authorizer;
 use crate::balance::Balancer;
 use crate::jwt::JwtRules;
 use crate::matcher::MatcherError;
@@ -148,6 +149,8 @@ pub struct ServiceState {
     pub router: Router,
     /// RequestAuthentication; JWKS from `jwksUri` are filled in later.
     pub jwt: RwLock<JwtRules>,
+    /// AuthorizationPolicies bound to the Service, compiled.
+    pub authz: Authorizer,
     /// Local rate limits.
     pub limits: Vec<Limit>,
     /// By hostname.
@@ -255,6 +258,7 @@ impl ServiceState {
             );
         }
         Ok(ServiceState {
+            authz: Authorizer::new(&svc.authorization),
             router: Router::new(svc)?,
             jwt,
             limits,

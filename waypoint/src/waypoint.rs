@@ -29,7 +29,9 @@ use tracing::{debug, info, warn};
 use ztunnel::certs::{CertManager, PodServerTls};
 use ztunnel::xds::{XdsCache, XdsConsumer};
 
+use crate::authz::{Mode, RequestAttributes};
 use crate::metrics::{Metrics, Peer};
+use crate::normalize::PathNormalization;
 use crate::proxy::{ConnInfo, pick_target};
 use crate::rewind::{Rewind, sniff_http};
 use crate::state::{ServiceState, WaypointState};
@@ -48,6 +50,19 @@ pub struct WaypointConfig {
     pub hbone: HboneConfig,
     /// Makes upstream sockets (e.g. inside the waypoint pod's namespace).
     pub socket: Option<Arc<SocketFactory>>,
+    /// Mesh-wide HTTP options (path normalization, trusted proxies).
+    pub options: HttpOptions,
+}
+
+/// The mesh options that change what policy sees of a request: Istio's
+/// `meshConfig.pathNormalization` and `gatewayTopology.numTrustedProxies`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HttpOptions {
+    /// How request paths are normalized before policy and routing.
+    pub path_normalization: PathNormalization,
+    /// Proxies in front of the mesh whose `X-Forwarded-For` entries are
+    /// trusted for `remote.ip` (0: the header is ignored).
+    pub num_trusted_proxies: u32,
 }
 
 /// A running waypoint.
@@ -56,6 +71,7 @@ pub struct Waypoint {
     identity: SpiffeId,
     certs: Arc<CertManager>,
     hbone: HboneConfig,
+    options: HttpOptions,
     state: RwLock<Arc<WaypointState>>,
     addresses: RwLock<Arc<ProxyState>>,
     upstreams: Arc<Upstreams>,
@@ -87,6 +103,7 @@ impl Waypoint {
             identity: cfg.identity,
             certs: cfg.certs,
             hbone: cfg.hbone,
+            options: cfg.options,
             state: RwLock::default(),
             addresses: RwLock::default(),
             metrics: Metrics::default(),
@@ -104,6 +121,11 @@ impl Waypoint {
     /// The mesh's workloads and services (source telemetry, JWKS hosts).
     pub fn addresses(&self) -> Arc<ProxyState> {
         sync::read(&self.addresses).clone()
+    }
+
+    /// The mesh HTTP options in force.
+    pub fn options(&self) -> HttpOptions {
+        self.options
     }
 
     /// Request metrics.
@@ -384,6 +406,20 @@ impl Waypoint {
                 info.dst
             )));
         };
+        // The same AuthorizationPolicies as HTTP requests, with Istio's TCP
+        // semantics (HTTP-only fields cannot be seen on bytes).
+        let decision = svc.authz.authorize(Mode::Tcp, &tcp_attributes(&info));
+        if !decision.is_allowed() {
+            info!(target: "access", src_addr = %info.client, dst_addr = %info.dst,
+                %decision, "tcp connection denied");
+            self.metrics
+                .tcp_denied
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                decision.to_string(),
+            ));
+        }
         let port = info.dst.port();
         let l7 = svc.service();
         let dest = l7
@@ -433,6 +469,18 @@ impl Waypoint {
             "services": services,
         }))
         .unwrap_or_default()
+    }
+}
+
+/// What a TCP policy check sees of a connection: the L4 facts only.
+fn tcp_attributes(info: &ConnInfo) -> RequestAttributes {
+    RequestAttributes {
+        peer: info.peer_identity.clone(),
+        source_ip: Some(info.client.ip()),
+        remote_ip: Some(info.client.ip()),
+        destination_ip: Some(info.dst.ip()),
+        port: info.dst.port(),
+        ..Default::default()
     }
 }
 

@@ -11,11 +11,11 @@ use std::collections::BTreeMap;
 use super::waypoints::Waypoints;
 use super::{Finding, Severity, Translation};
 use crate::duration;
-use crate::k8s::istio::{AuthorizationPolicy, TargetRef};
+use crate::k8s::istio::TargetRef;
 use crate::k8s::networking::{
     self as net, DestinationRule, HttpRoute, RouteDestination, VirtualService,
 };
-use crate::k8s::{Resources, Source, object_ref};
+use crate::k8s::{ROOT_NAMESPACE, Resources, Source, object_ref};
 use crate::xds::proto::l7 as pb;
 
 /// The label binding a Service or namespace to a waypoint.
@@ -23,7 +23,7 @@ pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
 /// The Gateway class of waypoints.
 pub const WAYPOINT_CLASS: &str = "istio-waypoint";
 
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     findings: &'a mut Vec<Finding>,
     source: &'a Source,
     object: String,
@@ -31,7 +31,7 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn error(&mut self, field: String, message: impl Into<String>) {
+    pub(super) fn error(&mut self, field: String, message: impl Into<String>) {
         self.errors += 1;
         self.note(Severity::Error, field, message);
     }
@@ -408,6 +408,33 @@ fn targets(refs: &[TargetRef], single: &Option<TargetRef>) -> Vec<TargetRef> {
     refs.iter().chain(single.iter()).cloned().collect()
 }
 
+/// Reports `targetRefs` entries that can bind to nothing: Istio accepts
+/// Gateway, GatewayClass (root namespace only), Service and ServiceEntry.
+fn check_target_refs(ctx: &mut Ctx<'_>, refs: &[TargetRef], obj_ns: &str) {
+    for (i, r) in refs.iter().enumerate() {
+        let field = format!("spec.targetRefs[{i}]");
+        match r.kind.as_str() {
+            "Gateway" | "Service" => {}
+            "GatewayClass" if r.name == WAYPOINT_CLASS && obj_ns == ROOT_NAMESPACE => {}
+            "GatewayClass" => ctx.error(
+                field,
+                format!(
+                    "GatewayClass targets only apply as {WAYPOINT_CLASS} from the root namespace {ROOT_NAMESPACE}; this one binds to nothing"
+                ),
+            ),
+            "ServiceEntry" => ctx.note(
+                Severity::Warning,
+                field,
+                "ServiceEntry targets are not supported yet; this entry binds to nothing",
+            ),
+            other => ctx.error(
+                format!("{field}.kind"),
+                format!("{other:?} cannot be targeted (Gateway, GatewayClass, Service, ServiceEntry)"),
+            ),
+        }
+    }
+}
+
 /// Does a `targetRefs` list bind to this Service or one of its waypoints?
 fn binds(
     refs: &[TargetRef],
@@ -418,72 +445,14 @@ fn binds(
 ) -> bool {
     refs.iter().any(|r| {
         let target_ns = r.namespace.as_deref().unwrap_or(obj_ns);
-        (r.kind == "Service" && r.name == service && target_ns == ns)
+        // The waypoint class itself, from the root namespace: every waypoint.
+        (r.kind == "GatewayClass" && r.name == WAYPOINT_CLASS && obj_ns == ROOT_NAMESPACE)
+            || (r.kind == "Service" && r.name == service && target_ns == ns)
             || (r.kind == "Gateway"
                 && waypoints
                     .iter()
                     .any(|(wns, w)| *w == r.name && target_ns == wns))
     })
-}
-
-fn http_policy(p: &AuthorizationPolicy) -> pb::HttpPolicy {
-    use pb::http_policy::Action;
-    let spec = &p.spec;
-    pb::HttpPolicy {
-        name: p.metadata.name.clone().unwrap_or_default(),
-        namespace: ns_of(&p.metadata),
-        action: match spec.action.as_deref() {
-            Some("DENY") => Action::Deny,
-            Some("AUDIT") => Action::Audit,
-            _ => Action::Allow,
-        } as i32,
-        rules: spec
-            .rules
-            .iter()
-            .flatten()
-            .map(|r| pb::HttpRule {
-                from: r
-                    .from
-                    .iter()
-                    .map(|f| pb::HttpSource {
-                        principals: f.source.principals.clone(),
-                        not_principals: f.source.not_principals.clone(),
-                        request_principals: f.source.request_principals.clone(),
-                        not_request_principals: f.source.not_request_principals.clone(),
-                        namespaces: f.source.namespaces.clone(),
-                        not_namespaces: f.source.not_namespaces.clone(),
-                        ip_blocks: f.source.ip_blocks.clone(),
-                        not_ip_blocks: f.source.not_ip_blocks.clone(),
-                        remote_ip_blocks: f.source.remote_ip_blocks.clone(),
-                        not_remote_ip_blocks: f.source.not_remote_ip_blocks.clone(),
-                    })
-                    .collect(),
-                to: r
-                    .to
-                    .iter()
-                    .map(|t| pb::HttpOperation {
-                        hosts: t.operation.hosts.clone(),
-                        not_hosts: t.operation.not_hosts.clone(),
-                        ports: t.operation.ports.clone(),
-                        not_ports: t.operation.not_ports.clone(),
-                        methods: t.operation.methods.clone(),
-                        not_methods: t.operation.not_methods.clone(),
-                        paths: t.operation.paths.clone(),
-                        not_paths: t.operation.not_paths.clone(),
-                    })
-                    .collect(),
-                when: r
-                    .when
-                    .iter()
-                    .map(|c| pb::Condition {
-                        key: c.key.clone(),
-                        values: c.values.clone(),
-                        not_values: c.not_values.clone(),
-                    })
-                    .collect(),
-            })
-            .collect(),
-    }
 }
 
 /// Routes gathered for one host from every VirtualService naming it.
@@ -649,6 +618,28 @@ pub(super) fn translate_l7(res: &Resources, waypoints: &Waypoints, out: &mut Tra
             );
         }
     }
+    let mut http_policies: Vec<Bound<pb::HttpPolicy>> = Vec::new();
+    for (source, ap) in &res.authorization_policies {
+        let refs = targets(&ap.spec.target_refs, &ap.spec.target_ref);
+        if refs.is_empty() {
+            continue; // enforced by ztunnel (policy.rs)
+        }
+        let namespace = ns_of(&ap.metadata);
+        let mut ctx = Ctx {
+            findings: &mut out.findings,
+            source,
+            object: object_ref("AuthorizationPolicy", &ap.metadata),
+            errors: 0,
+        };
+        check_target_refs(&mut ctx, &refs, &namespace);
+        let value = super::l7_policy::http_policy(&mut ctx, ap, &namespace);
+        http_policies.push(Bound {
+            targets: refs,
+            namespace,
+            value,
+            source: ctx.object.clone(),
+        });
+    }
     let backends = BackendIndex::new(res, out);
     for (_, svc) in &res.services {
         let ns = ns_of(&svc.metadata);
@@ -690,21 +681,12 @@ pub(super) fn translate_l7(res: &Resources, waypoints: &Waypoints, out: &mut Tra
             }
             None => (None, vec![]),
         };
-        let authorization = res
-            .authorization_policies
+        let authorization = http_policies
             .iter()
-            .filter(|(_, p)| {
-                binds(
-                    &targets(&p.spec.target_refs, &p.spec.target_ref),
-                    &ns,
-                    &ns_of(&p.metadata),
-                    &name,
-                    &waypoint,
-                )
-            })
-            .map(|(_, p)| {
-                sources.push(object_ref("AuthorizationPolicy", &p.metadata));
-                http_policy(p)
+            .filter(|b| binds(&b.targets, &ns, &b.namespace, &name, &waypoint))
+            .map(|b| {
+                sources.push(b.source.clone());
+                b.value.clone()
             })
             .collect();
         let authentication = jwt

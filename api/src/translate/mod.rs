@@ -9,6 +9,7 @@
 //!   STRICT becomes a DENY of peers without an identity, as Istio does.
 
 pub mod l7;
+mod l7_policy;
 mod policy;
 pub mod waypoints;
 mod workloads;

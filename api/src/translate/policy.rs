@@ -34,6 +34,10 @@ struct Ctx<'a> {
     out: &'a mut Translation,
     source: &'a Source,
     object: String,
+    /// The policy's namespace (`serviceAccounts` without one).
+    namespace: String,
+    /// A value of the current rule did not parse (reported already).
+    bad_value: bool,
 }
 
 impl Ctx<'_> {
@@ -47,42 +51,46 @@ impl Ctx<'_> {
         });
     }
 
-    fn cidrs(&mut self, field: String, list: &[String]) -> Option<Vec<Cidr>> {
+    /// The values that parse; each one that does not is reported and marks
+    /// the rule (an ALLOW rule is then dropped, a DENY rule goes on without
+    /// it: Istio's `checkError`).
+    fn cidrs(&mut self, field: String, list: &[String]) -> Vec<Cidr> {
         let mut out = Vec::new();
         for (i, s) in list.iter().enumerate() {
             match s.parse() {
                 Ok(c) => out.push(c),
                 Err(e) => {
+                    self.bad_value = true;
                     self.find(Severity::Error, format!("{field}[{i}]"), format!("{e}"));
-                    return None;
                 }
             }
         }
-        Some(out)
+        out
     }
 
-    fn ports(&mut self, field: String, list: &[String]) -> Option<Vec<u16>> {
+    fn ports(&mut self, field: String, list: &[String]) -> Vec<u16> {
         let mut out = Vec::new();
         for (i, s) in list.iter().enumerate() {
             match s.parse() {
                 Ok(p) => out.push(p),
                 Err(_) => {
+                    self.bad_value = true;
                     self.find(
                         Severity::Error,
                         format!("{field}[{i}]"),
                         format!("{s:?} is not a port"),
                     );
-                    return None;
                 }
             }
         }
-        Some(out)
+        out
     }
 }
 
-fn sa_matches(list: &[String]) -> Vec<ServiceAccountMatch> {
+/// `ns/sa`, or `sa` in the policy's own namespace (Istio's reading).
+fn sa_matches(list: &[String], policy_ns: &str) -> Vec<ServiceAccountMatch> {
     list.iter()
-        .filter_map(|s| s.split_once('/'))
+        .map(|s| s.split_once('/').unwrap_or((policy_ns, s)))
         .map(|(ns, sa)| ServiceAccountMatch {
             namespace: ns.to_string(),
             service_account: sa.to_string(),
@@ -95,7 +103,7 @@ fn source_match(
     ctx: &mut Ctx<'_>,
     path: &str,
     s: &istio::Source,
-) -> Option<(PolicyMatch, Vec<&'static str>)> {
+) -> (PolicyMatch, Vec<&'static str>) {
     let mut l7 = vec![];
     if !s.request_principals.is_empty() || !s.not_request_principals.is_empty() {
         l7.push("requestPrincipals");
@@ -108,20 +116,20 @@ fn source_match(
         not_principals: s.not_principals.iter().map(|p| string_match(p)).collect(),
         namespaces: s.namespaces.iter().map(|p| string_match(p)).collect(),
         not_namespaces: s.not_namespaces.iter().map(|p| string_match(p)).collect(),
-        source_ips: ctx.cidrs(format!("{path}.ipBlocks"), &s.ip_blocks)?,
-        not_source_ips: ctx.cidrs(format!("{path}.notIpBlocks"), &s.not_ip_blocks)?,
-        service_accounts: sa_matches(&s.service_accounts),
-        not_service_accounts: sa_matches(&s.not_service_accounts),
+        source_ips: ctx.cidrs(format!("{path}.ipBlocks"), &s.ip_blocks),
+        not_source_ips: ctx.cidrs(format!("{path}.notIpBlocks"), &s.not_ip_blocks),
+        service_accounts: sa_matches(&s.service_accounts, &ctx.namespace),
+        not_service_accounts: sa_matches(&s.not_service_accounts, &ctx.namespace),
         ..Default::default()
     };
-    Some((m, l7))
+    (m, l7)
 }
 
 fn operation_match(
     ctx: &mut Ctx<'_>,
     path: &str,
     o: &istio::Operation,
-) -> Option<(PolicyMatch, Vec<&'static str>)> {
+) -> (PolicyMatch, Vec<&'static str>) {
     let mut l7 = vec![];
     for (name, set) in [
         ("hosts", !o.hosts.is_empty() || !o.not_hosts.is_empty()),
@@ -136,33 +144,53 @@ fn operation_match(
         }
     }
     let m = PolicyMatch {
-        destination_ports: ctx.ports(format!("{path}.ports"), &o.ports)?,
-        not_destination_ports: ctx.ports(format!("{path}.notPorts"), &o.not_ports)?,
+        destination_ports: ctx.ports(format!("{path}.ports"), &o.ports),
+        not_destination_ports: ctx.ports(format!("{path}.notPorts"), &o.not_ports),
         ..Default::default()
     };
-    Some((m, l7))
+    (m, l7)
 }
 
+/// The `when` keys Istio defines that only HTTP requests carry.
+fn http_only_key(key: &str) -> bool {
+    let bracketed = |prefix: &str| {
+        key.strip_prefix(prefix)
+            .and_then(|k| k.strip_suffix(']'))
+            .is_some_and(|n| !n.is_empty())
+    };
+    matches!(
+        key,
+        "remote.ip"
+            | "request.auth.principal"
+            | "request.auth.audiences"
+            | "request.auth.presenter"
+            | "connection.sni"
+    ) || bracketed("request.headers[")
+        || bracketed("request.auth.claims[")
+}
+
+/// A condition's L4 match; `Ok(None)` for an HTTP-only key, `Err(())` for a
+/// key Istio does not define (reported).
 fn condition_match(
     ctx: &mut Ctx<'_>,
     path: &str,
     c: &istio::Condition,
-) -> Option<Option<PolicyMatch>> {
+) -> Result<Option<PolicyMatch>, ()> {
     let vals = |v: &[String]| v.iter().map(|s| string_match(s)).collect::<Vec<_>>();
     let m = match c.key.as_str() {
         "source.ip" => PolicyMatch {
-            source_ips: ctx.cidrs(format!("{path}.values"), &c.values)?,
-            not_source_ips: ctx.cidrs(format!("{path}.notValues"), &c.not_values)?,
+            source_ips: ctx.cidrs(format!("{path}.values"), &c.values),
+            not_source_ips: ctx.cidrs(format!("{path}.notValues"), &c.not_values),
             ..Default::default()
         },
         "destination.ip" => PolicyMatch {
-            destination_ips: ctx.cidrs(format!("{path}.values"), &c.values)?,
-            not_destination_ips: ctx.cidrs(format!("{path}.notValues"), &c.not_values)?,
+            destination_ips: ctx.cidrs(format!("{path}.values"), &c.values),
+            not_destination_ips: ctx.cidrs(format!("{path}.notValues"), &c.not_values),
             ..Default::default()
         },
         "destination.port" => PolicyMatch {
-            destination_ports: ctx.ports(format!("{path}.values"), &c.values)?,
-            not_destination_ports: ctx.ports(format!("{path}.notValues"), &c.not_values)?,
+            destination_ports: ctx.ports(format!("{path}.values"), &c.values),
+            not_destination_ports: ctx.ports(format!("{path}.notValues"), &c.not_values),
             ..Default::default()
         },
         "source.namespace" => PolicyMatch {
@@ -175,54 +203,75 @@ fn condition_match(
             not_principals: vals(&c.not_values),
             ..Default::default()
         },
-        _ => return Some(None), // HTTP-only attribute
+        key if http_only_key(key) => return Ok(None),
+        other => {
+            ctx.find(
+                Severity::Error,
+                format!("{path}.key"),
+                format!(
+                    "unknown attribute {other:?}: an ALLOW rule using it matches nothing, a DENY rule matches without it"
+                ),
+            );
+            return Err(());
+        }
     };
-    Some(Some(m))
+    Ok(Some(m))
+}
+
+/// A clause of entries (ORed); `None` when one entry has nothing left to
+/// check at L4, so the clause holds for every connection.
+fn clause(entries: Vec<PolicyMatch>) -> Option<Vec<PolicyMatch>> {
+    if entries.iter().any(|m| *m == PolicyMatch::default()) {
+        None
+    } else {
+        Some(entries)
+    }
 }
 
 /// One Istio rule → one L4 rule (clauses ANDed), or `None` when it is dropped.
+///
+/// Istio's rule for fields ztunnel cannot see (HTTP-only fields, values that
+/// do not parse, unknown keys): an ALLOW rule that uses one is dropped (it
+/// can never allow); a DENY rule is enforced without it, so it denies more.
+/// A DENY `from` or `to` entry with nothing left at L4 matches every
+/// connection (Istio's ztunnel would read its empty match as "never", which
+/// turns "deny requests without a JWT" into "deny nothing").
 fn rule(
     ctx: &mut Ctx<'_>,
     i: usize,
     r: &istio::Rule,
     action: Action,
 ) -> Option<Vec<Vec<PolicyMatch>>> {
+    ctx.bad_value = false;
     let mut clauses = Vec::new();
     let mut l7_fields: Vec<String> = vec![];
+    let mut unknown_key = false;
     let mut from = Vec::new();
     for (j, f) in r.from.iter().enumerate() {
         let path = format!("spec.rules[{i}].from[{j}].source");
-        let (m, l7) = source_match(ctx, &path, &f.source)?;
+        let (m, l7) = source_match(ctx, &path, &f.source);
         l7_fields.extend(l7.iter().map(|f| format!("{path}.{f}")));
         from.push(m);
-    }
-    if !from.is_empty() {
-        clauses.push(from);
     }
     let mut to = Vec::new();
     for (j, t) in r.to.iter().enumerate() {
         let path = format!("spec.rules[{i}].to[{j}].operation");
-        let (m, l7) = operation_match(ctx, &path, &t.operation)?;
+        let (m, l7) = operation_match(ctx, &path, &t.operation);
         l7_fields.extend(l7.iter().map(|f| format!("{path}.{f}")));
-        // A to-entry with only HTTP fields has no L4 part: it matches any port.
-        if m == PolicyMatch::default() {
-            to.push(PolicyMatch {
-                not_destination_ports: vec![0],
-                ..Default::default()
-            });
-        } else {
-            to.push(m);
-        }
-    }
-    if !to.is_empty() {
-        clauses.push(to);
+        to.push(m);
     }
     for (j, c) in r.when.iter().enumerate() {
         let path = format!("spec.rules[{i}].when[{j}]");
-        match condition_match(ctx, &path, c)? {
-            Some(m) => clauses.push(vec![m]),
-            None => l7_fields.push(format!("{path} ({})", c.key)),
+        match condition_match(ctx, &path, c) {
+            Ok(Some(m)) if m != PolicyMatch::default() => clauses.push(vec![m]),
+            // Every value was bad: nothing left to check.
+            Ok(Some(_)) => {}
+            Ok(None) => l7_fields.push(format!("{path} ({})", c.key)),
+            Err(()) => unknown_key = true,
         }
+    }
+    if action == Action::Allow && (ctx.bad_value || unknown_key) {
+        return None;
     }
     if !l7_fields.is_empty() {
         let list = l7_fields.join(", ");
@@ -235,6 +284,18 @@ fn rule(
                 "HTTP-only fields ({list}) cannot be checked at L4; without a waypoint this rule never matches"
             ));
             return None;
+        }
+    }
+    if action == Action::Deny {
+        clauses.extend(clause(from));
+        clauses.extend(clause(to));
+    } else {
+        // An ALLOW entry with no field at all is Istio's "never".
+        if !from.is_empty() {
+            clauses.push(from);
+        }
+        if !to.is_empty() {
+            clauses.push(to);
         }
     }
     if clauses.is_empty() {
@@ -289,12 +350,19 @@ fn authorization(
         out,
         source,
         object: object_ref("AuthorizationPolicy", &ap.metadata),
+        namespace: ap
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        bad_value: false,
     };
     let spec = &ap.spec;
     if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
         // Bound to a waypoint: enforced there (L7), not by ztunnel.
         return;
     }
+    let mut deny_all = false;
     let action = match spec.action.as_deref().unwrap_or("ALLOW") {
         "ALLOW" => Action::Allow,
         "DENY" => Action::Deny,
@@ -303,17 +371,20 @@ fn authorization(
             ctx.find(
                 Severity::Error,
                 "spec.action".into(),
-                "CUSTOM (external authorization) is not supported by ztunnel",
+                "CUSTOM (external authorization) is not supported: the connections its rules match are denied, as Istio does when a CUSTOM provider cannot be used",
             );
-            return;
+            Action::Deny
         }
         other => {
             ctx.find(
                 Severity::Error,
                 "spec.action".into(),
-                format!("unknown action {other:?}"),
+                format!(
+                    "unknown action {other:?} (ALLOW, DENY, AUDIT, CUSTOM): every connection to the workloads it selects is denied until it is fixed"
+                ),
             );
-            return;
+            deny_all = true;
+            Action::Deny
         }
     };
     let ns = ap
@@ -324,6 +395,8 @@ fn authorization(
     let name = ap.metadata.name.clone().unwrap_or_default();
     let mut rules = Vec::new();
     match &spec.rules {
+        // One rule with no clause matches every connection.
+        _ if deny_all => rules.push(vec![]),
         // ALLOW with no rules allows nothing; DENY with no rules denies nothing.
         None => {}
         Some(list) => {
@@ -344,8 +417,9 @@ fn authorization(
             .metadata
             .annotations
             .as_ref()
-            .and_then(|a| a.get("istio.io/dry-run"))
-            .is_some_and(|v| v == "true"),
+            .and_then(|a| a.get(super::l7_policy::DRY_RUN))
+            .and_then(|v| super::l7_policy::parse_bool(v))
+            .unwrap_or(false),
         rules,
     };
     let key = policy.key();

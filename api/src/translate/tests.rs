@@ -195,3 +195,145 @@ fn findings_name_file_object_and_field() {
         t.findings
     );
 }
+
+/// Decides a connection from `src` to the `echo-0` pod of [`YAML`] with one
+/// extra namespace-wide policy in `demo`.
+fn decide_with(policy_spec: &str, src: Option<&str>, port: u16) -> (Decision, Vec<Finding>) {
+    let mut res = Resources::default();
+    res.add_yaml(YAML, "demo.yaml").unwrap();
+    res.add_yaml(
+        &format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+             metadata: {{name: extra, namespace: demo}}\nspec: {policy_spec}\n"
+        ),
+        "extra.yaml",
+    )
+    .unwrap();
+    let t = translate(&res);
+    let state = ProxyState::from_config(&t.config);
+    let echo = state
+        .workload_by_ip("10.244.2.2".parse().unwrap())
+        .unwrap()
+        .clone();
+    let findings = t
+        .findings
+        .iter()
+        .filter(|f| f.object.ends_with("demo/extra"))
+        .cloned()
+        .collect();
+    (
+        authorize(
+            state.policies_for(&echo),
+            &conn(src, "10.244.1.2", "10.244.2.2", port),
+        ),
+        findings,
+    )
+}
+
+/// A DENY ztunnel cannot check in full denies more, never less; an ALLOW it
+/// cannot check allows less, never more.
+#[test]
+fn l4_policies_fail_closed() {
+    let client = Some("spiffe://cluster.local/ns/demo/sa/client");
+    let denied_by_extra = Decision::DeniedBy("demo/extra".into());
+    for (spec, port, want_denied, why) in [
+        (
+            r#"{action: DENY, rules: [{from: [{source: {notRequestPrincipals: ["*"]}}]}]}"#,
+            8080,
+            true,
+            "require-a-JWT denies every connection at L4",
+        ),
+        (
+            r#"{action: DENY, rules: [{from: [{source: {requestPrincipals: ["*"]}}, {source: {namespaces: [other]}}]}]}"#,
+            8080,
+            true,
+            "one entry with only HTTP fields makes the from clause universal",
+        ),
+        (
+            r#"{action: DENY, rules: [{from: [{source: {remoteIpBlocks: ["1.2.3.4"]}}], to: [{operation: {ports: ["9000"]}}]}]}"#,
+            8080,
+            false,
+            "L4 fields of a broadened DENY still apply (port 9000 only)",
+        ),
+        (
+            r#"{action: DENY, rules: [{to: [{operation: {paths: ["/admin"]}}]}]}"#,
+            8080,
+            true,
+            "paths-only DENY denies every connection",
+        ),
+        (
+            r#"{action: DENY, rules: [{from: [{source: {ipBlocks: ["10.0.0.0/99"]}}]}]}"#,
+            8080,
+            true,
+            "a DENY whose only value is bad denies (Istio's checkError widens DENY)",
+        ),
+        (
+            r#"{action: DENY, rules: [{when: [{key: "source.namespce", values: [demo]}]}]}"#,
+            8080,
+            true,
+            "an unknown when key does not stop a DENY",
+        ),
+        (
+            r#"{action: DENY, rules: [{when: [{key: "request.headers[x-a]", values: ["1"]}]}]}"#,
+            8080,
+            true,
+            "an HTTP-only when key counts as matching in a DENY",
+        ),
+        (
+            r#"{action: BLOCK, rules: [{from: [{source: {namespaces: [nobody]}}]}]}"#,
+            8080,
+            true,
+            "an unknown action denies everything it selects",
+        ),
+        (
+            r#"{action: CUSTOM, provider: {name: ext}, rules: [{to: [{operation: {ports: ["8080"]}}]}]}"#,
+            8080,
+            true,
+            "CUSTOM denies what its rules match",
+        ),
+        (
+            r#"{action: CUSTOM, provider: {name: ext}, rules: [{to: [{operation: {ports: ["9000"]}}]}]}"#,
+            8080,
+            false,
+            "CUSTOM denies only what its rules match",
+        ),
+    ] {
+        let (d, findings) = decide_with(spec, client, port);
+        assert_eq!(d == denied_by_extra, want_denied, "{why}: {spec} -> {d:?}");
+        if spec.contains("BLOCK")
+            || spec.contains("CUSTOM")
+            || spec.contains("/99")
+            || spec.contains("namespce")
+        {
+            assert!(
+                findings.iter().any(|f| f.severity == Severity::Error),
+                "{why}: no error finding in {findings:#?}"
+            );
+        }
+    }
+    // ALLOW rules with values ztunnel cannot check never allow.
+    for spec in [
+        r#"{rules: [{from: [{source: {principals: ["cluster.local/ns/demo/sa/client"], ipBlocks: ["bad"]}}]}]}"#,
+        r#"{rules: [{from: [{source: {principals: ["cluster.local/ns/demo/sa/client"]}}], when: [{key: "sourc.ip", values: ["10.0.0.0/8"]}]}]}"#,
+        r#"{rules: [{from: [{source: {principals: ["cluster.local/ns/demo/sa/client"], requestPrincipals: ["*"]}}]}]}"#,
+    ] {
+        let (d, _) = decide_with(spec, client, 8080);
+        // echo-from-client also allows the client on 8080; the extra policy
+        // is namespace-wide, so check a port only the extra one could allow.
+        let (d9000, _) = decide_with(spec, client, 9000);
+        assert!(d.is_allowed(), "{spec}: {d:?}");
+        assert_eq!(d9000, Decision::NoAllowMatched, "{spec}");
+    }
+    // serviceAccounts without a namespace mean the policy's namespace.
+    let (d, _) = decide_with(
+        r#"{rules: [{from: [{source: {serviceAccounts: ["client"]}}], to: [{operation: {ports: ["9000"]}}]}]}"#,
+        client,
+        9000,
+    );
+    assert_eq!(
+        d,
+        Decision::Allow {
+            by: Some("demo/extra".into())
+        }
+    );
+}

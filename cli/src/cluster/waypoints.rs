@@ -60,6 +60,7 @@ impl RunningWaypoint {
             certs,
             hbone: HboneConfig::default(),
             socket: Some(Arc::new(move |dst| marked_socket_in(&sockets, dst))),
+            options: Default::default(),
         });
         let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
         let hbone = listen_in(&netns, any(15008)).context("waypoint 15008")?;
