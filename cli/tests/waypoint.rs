@@ -705,7 +705,9 @@ metadata: {name: no-private, namespace: shop}
 spec:
   targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: ratings-waypoint}]
   action: DENY
-  rules: [{to: [{operation: {paths: ["/private*"]}}]}]
+  # The port keeps this DENY off the raw TCP port 9000: on TCP a DENY's
+  # HTTP-only fields are dropped (Istio), so without it 9000 would be denied.
+  rules: [{to: [{operation: {ports: ["9080"], paths: ["/private*"]}}]}]
 ---
 "#,
     );

@@ -311,6 +311,23 @@ async fn pods_talk_through_hbone_with_policy_and_metrics() {
             .failed_where(|l| l.reporter == "source" && l.response_flags == "DENY")
             >= 1
     );
+
+    // B leaves node 2's state while its pod is still enrolled (xDS ahead of
+    // ZDS): with no workload there is no policy to look up, and the
+    // connection is refused rather than let through with none (`only-a`
+    // refused c above; c must stay refused).
+    z2.update_state(state(&pods[..3], policy));
+    let before = b_accepts.load(Ordering::SeqCst);
+    let unknown = talk(pod(&cluster, "c"), SocketAddr::from((ip_b, 8080)), &secret).await;
+    assert!(
+        matches!(unknown, Exchange::ClosedEmpty),
+        "c → b unknown to its ztunnel must be refused: {unknown:?}"
+    );
+    assert_eq!(
+        b_accepts.load(Ordering::SeqCst),
+        before,
+        "b's app never saw c"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

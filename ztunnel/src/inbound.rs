@@ -69,7 +69,7 @@ fn authorize(state: &ProxyState, conn: &Connection) -> rbac::Decision {
     match state.workload_by_ip(conn.dst_ip) {
         Some(w) => rbac::authorize(state.policies_for(w), conn),
         // Unknown destination: nothing applies to it.
-        None => rbac::Decision::Allow { by: None },
+        None => rbac::Decision::UnknownDestination,
     }
 }
 

@@ -241,6 +241,10 @@ pub enum Decision {
     DeniedBy(String),
     /// Refused because ALLOW policies exist and none matched.
     NoAllowMatched,
+    /// Refused because the destination is no workload the proxy knows, so
+    /// no policy (STRICT mTLS included) could be looked up for it (Istio's
+    /// ztunnel refuses these too).
+    UnknownDestination,
 }
 
 impl Decision {
@@ -257,6 +261,9 @@ impl fmt::Display for Decision {
             Decision::Allow { by: None } => write!(f, "allowed (no ALLOW policy applies)"),
             Decision::DeniedBy(p) => write!(f, "denied by DENY policy {p}"),
             Decision::NoAllowMatched => write!(f, "denied: no ALLOW policy matched"),
+            Decision::UnknownDestination => {
+                write!(f, "denied: the destination is not a known workload")
+            }
         }
     }
 }
