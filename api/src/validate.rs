@@ -95,6 +95,7 @@ fn replace_bad<T: Clone>(
     last_good: &[(Source, T)],
     bad: &HashSet<String>,
     meta: fn(&T) -> &ObjectMeta,
+    fail_closed: bool,
 ) -> Vec<(Source, T)> {
     let mut out = Vec::with_capacity(incoming.len());
     for (source, obj) in incoming {
@@ -109,6 +110,11 @@ fn replace_bad<T: Clone>(
         {
             tracing::warn!(object = %key, "invalid update rejected; keeping the last good version");
             out.push(old.clone());
+        } else if fail_closed {
+            // Leaving a never-good policy out would drop a DENY: its
+            // translation is fail-closed (see translate::policy), so use it.
+            tracing::warn!(object = %key, "invalid policy enforced in its fail-closed form");
+            out.push((source, obj));
         } else {
             tracing::warn!(object = %key, "invalid object left out");
         }
@@ -117,7 +123,8 @@ fn replace_bad<T: Clone>(
 }
 
 /// `incoming` with every object named in `bad` (`Kind namespace/name`)
-/// replaced by its version in `last_good`, or dropped if it has none.
+/// replaced by its version in `last_good`, or dropped if it has none —
+/// except an AuthorizationPolicy, which is kept in its fail-closed form.
 pub fn keep_last_good(
     incoming: Resources,
     last_good: &Resources,
@@ -133,14 +140,23 @@ pub fn keep_last_good(
             &last_good.namespaces,
             bad,
             |o| &o.metadata,
+            false,
         ),
-        pods: replace_bad("Pod", incoming.pods, &last_good.pods, bad, |o| &o.metadata),
+        pods: replace_bad(
+            "Pod",
+            incoming.pods,
+            &last_good.pods,
+            bad,
+            |o| &o.metadata,
+            false,
+        ),
         deployments: replace_bad(
             "Deployment",
             incoming.deployments,
             &last_good.deployments,
             bad,
             |o| &o.metadata,
+            false,
         ),
         services: replace_bad(
             "Service",
@@ -148,6 +164,7 @@ pub fn keep_last_good(
             &last_good.services,
             bad,
             |o| &o.metadata,
+            false,
         ),
         service_accounts: replace_bad(
             "ServiceAccount",
@@ -155,6 +172,7 @@ pub fn keep_last_good(
             &last_good.service_accounts,
             bad,
             |o| &o.metadata,
+            false,
         ),
         authorization_policies: replace_bad(
             "AuthorizationPolicy",
@@ -162,6 +180,7 @@ pub fn keep_last_good(
             &last_good.authorization_policies,
             bad,
             |o| &o.metadata,
+            true,
         ),
         peer_authentications: replace_bad(
             "PeerAuthentication",
@@ -169,6 +188,7 @@ pub fn keep_last_good(
             &last_good.peer_authentications,
             bad,
             |o| &o.metadata,
+            false,
         ),
         virtual_services: replace_bad(
             "VirtualService",
@@ -176,6 +196,7 @@ pub fn keep_last_good(
             &last_good.virtual_services,
             bad,
             |o| &o.metadata,
+            false,
         ),
         destination_rules: replace_bad(
             "DestinationRule",
@@ -183,6 +204,7 @@ pub fn keep_last_good(
             &last_good.destination_rules,
             bad,
             |o| &o.metadata,
+            false,
         ),
         request_authentications: replace_bad(
             "RequestAuthentication",
@@ -190,6 +212,7 @@ pub fn keep_last_good(
             &last_good.request_authentications,
             bad,
             |o| &o.metadata,
+            false,
         ),
         gateways: replace_bad(
             "Gateway",
@@ -197,6 +220,7 @@ pub fn keep_last_good(
             &last_good.gateways,
             bad,
             |o| &o.metadata,
+            false,
         ),
         rate_limits: replace_bad(
             "RateLimitPolicy",
@@ -204,6 +228,7 @@ pub fn keep_last_good(
             &last_good.rate_limits,
             bad,
             |o| &o.metadata,
+            false,
         ),
         ignored: incoming.ignored,
     }
