@@ -262,9 +262,10 @@ mod tests {
         let bad: HashSet<String> = [f.object.clone()].into();
         let kept = keep_last_good(bad_res.clone(), &good, &bad);
         assert_eq!(kept.authorization_policies, good.authorization_policies);
-        // Never good before: left out.
-        let kept = keep_last_good(bad_res, &Resources::default(), &bad);
-        assert!(kept.authorization_policies.is_empty());
+        // Never good before: a policy is kept, and translation enforces it
+        // fail-closed (dropping this DENY would allow what it denies).
+        let kept = keep_last_good(bad_res.clone(), &Resources::default(), &bad);
+        assert_eq!(kept.authorization_policies, bad_res.authorization_policies);
     }
 
     #[test]

@@ -532,3 +532,83 @@ async fn service_vip_balances_over_healthy_endpoints_only() {
         );
     }
 }
+
+/// Istio's ztunnel re-checks open connections when policy changes: a
+/// connection admitted before a DENY is closed by the push, not left open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_push_closes_open_connections_it_now_denies() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    ambit_e2e::init_tracing();
+    ambit_e2e::netns::require_root();
+    let mut cluster = topology("push", 2);
+    let ip_a = cluster.add_pod("a", 1).expect("pod");
+    let ip_b = cluster.add_pod("b", 2).expect("pod");
+    let pods = [
+        Pod {
+            name: "a",
+            ns: "demo",
+            sa: "a",
+            ip: ip_a,
+            node: 1,
+            mesh: true,
+            service: false,
+        },
+        Pod {
+            name: "b",
+            ns: "demo",
+            sa: "b",
+            ip: ip_b,
+            node: 2,
+            mesh: true,
+            service: false,
+        },
+    ];
+    let signer: Arc<dyn CertificateSigner> = Arc::new(pki::root("cluster.local", "mesh root"));
+    let z1 = ztunnel(1, signer.clone(), state(&pods, ""));
+    let z2 = ztunnel(2, signer, state(&pods, ""));
+    z1.add_pod(&uid("demo", "a"), netns(&cluster, "a"))
+        .expect("enroll a");
+    z2.add_pod(&uid("demo", "b"), netns(&cluster, "b"))
+        .expect("enroll b");
+    echo_app(pod(&cluster, "b"), 8080).await;
+
+    let a_ns = pod(&cluster, "a").ns.name().to_string();
+    let mut conn = ambit::cluster::client::connect_from(&a_ns, SocketAddr::from((ip_b, 8080)))
+        .await
+        .expect("connect");
+    conn.write_all(b"first\n").await.expect("write");
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+        .await
+        .expect("greeting in time")
+        .expect("read");
+    assert!(n > 0, "the connection is open and served");
+
+    // An unrelated push keeps it open.
+    z2.update_state(state(&pods, ""));
+    conn.write_all(b"still\n").await.expect("write");
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+        .await
+        .expect("echo in time")
+        .expect("read");
+    assert!(n > 0, "an unrelated push leaves the connection alone");
+
+    // A DENY of a's identity closes it.
+    let deny_a = "policies:\n- {name: deny-a, namespace: demo, scope: Namespace, action: Deny, dryRun: false, \
+                  rules: [[[{principals: [!Exact cluster.local/ns/demo/sa/a]}]]]}\n";
+    z2.update_state(state(&pods, deny_a));
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let _ = conn.write_all(b"after\n").await;
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the denied connection was closed by the push"
+    );
+}

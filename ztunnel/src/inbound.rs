@@ -15,6 +15,7 @@ use tracing::{debug, info};
 use crate::metrics::{PeerLabels, Series, TrafficLabels};
 use crate::proxy::{Pod, Shared};
 use crate::rbac::{self, Connection};
+use crate::revoke::Admission;
 use crate::socket::marked_socket_in;
 use crate::state::ProxyState;
 
@@ -64,6 +65,30 @@ fn inbound_labels(
     .with_service(service_host)
 }
 
+/// May a connection to the pod `uid` open, or stay open after a policy
+/// push: through the pod's waypoint when it has one (plaintext never, then),
+/// and allowed by the pod's AuthorizationPolicies.
+pub fn admit(state: &ProxyState, uid: &str, conn: &Connection) -> Result<(), String> {
+    match &conn.src_identity {
+        Some(peer) => {
+            if let Some(why) = skips_waypoint(state, uid, peer) {
+                return Err(why);
+            }
+        }
+        None => {
+            if state.workload(uid).is_some_and(|w| w.waypoint.is_some()) {
+                return Err("plaintext to a workload that has a waypoint".into());
+            }
+        }
+    }
+    let decision = authorize(state, conn);
+    if decision.is_allowed() {
+        Ok(())
+    } else {
+        Err(decision.to_string())
+    }
+}
+
 /// Authorizes a connection to `dst` on this node.
 fn authorize(state: &ProxyState, conn: &Connection) -> rbac::Decision {
     match state.workload_by_ip(conn.dst_ip) {
@@ -89,6 +114,8 @@ pub async fn connect_app(pod: &Pod, dst: SocketAddr) -> std::io::Result<TcpStrea
 pub struct AppUpstream {
     tcp: TcpStream,
     series: Arc<Series>,
+    /// Closes the relay when a policy push denies it.
+    admission: Admission,
 }
 
 impl InboundHandler for PodInbound {
@@ -100,7 +127,13 @@ impl InboundHandler for PodInbound {
         up: AppUpstream,
     ) -> std::io::Result<(u64, u64)> {
         let _active = self.shared.track();
-        let r = ambit_hbone::server::tcp_relay(tunnel, up.tcp).await;
+        let r = tokio::select! {
+            r = ambit_hbone::server::tcp_relay(tunnel, up.tcp) => r,
+            () = up.admission.revoked() => Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "closed: a policy change denies this connection",
+            )),
+        };
         let (to_app, from_app) = *r.as_ref().unwrap_or(&(0, 0));
         up.series.closed(to_app, from_app);
         r
@@ -137,25 +170,26 @@ impl InboundHandler for PodInbound {
             dst_ip: dst.ip(),
             dst_port: dst.port(),
         };
-        if let Some(why) = skips_waypoint(&state, &self.pod.uid, &req.peer_identity) {
+        if let Err(why) = admit(&state, &self.pod.uid, &conn) {
             labels.response_flags = "DENY";
             self.shared.metrics.failed(&labels);
             info!(target: "access", reporter = "destination", src.addr = %req.peer_addr, src.identity = %req.peer_identity, dst.addr = %dst, "connection denied: {why}");
             return Err(Refusal::new(StatusCode::UNAUTHORIZED, why));
-        }
-        let decision = authorize(&state, &conn);
-        if !decision.is_allowed() {
-            labels.response_flags = "DENY";
-            self.shared.metrics.failed(&labels);
-            info!(target: "access", reporter = "destination", src.addr = %req.peer_addr, src.identity = %req.peer_identity, dst.addr = %dst, decision = %decision, "connection denied");
-            return Err(Refusal::new(StatusCode::UNAUTHORIZED, decision.to_string()));
         }
         match connect_app(&self.pod, dst).await {
             Ok(tcp) => {
                 let series = self.shared.metrics.series(&labels);
                 series.opened();
                 info!(target: "access", reporter = "destination", src.addr = %req.peer_addr, src.identity = %req.peer_identity, dst.addr = %dst, dst.identity = %self.pod.identity, "connection opened");
-                Ok(AppUpstream { tcp, series })
+                let admission =
+                    self.shared
+                        .admitted
+                        .register(Arc::from(self.pod.uid.as_str()), conn, admit);
+                Ok(AppUpstream {
+                    tcp,
+                    series,
+                    admission,
+                })
             }
             Err(e) => {
                 labels.response_flags = "CONNECT";
@@ -199,14 +233,10 @@ pub async fn serve_plaintext(shared: Arc<Shared>, pod: Arc<Pod>, listener: TcpLi
                 dst_ip: dst.ip(),
                 dst_port: dst.port(),
             };
-            let has_waypoint = state
-                .workload(&pod.uid)
-                .is_some_and(|w| w.waypoint.is_some());
-            let decision = authorize(&state, &conn);
-            if has_waypoint || !decision.is_allowed() {
+            if let Err(why) = admit(&state, &pod.uid, &conn) {
                 labels.response_flags = "DENY";
                 shared.metrics.failed(&labels);
-                info!(target: "access", reporter = "destination", src.addr = %peer, dst.addr = %dst, decision = %decision, waypoint_required = has_waypoint, "plaintext connection denied");
+                info!(target: "access", reporter = "destination", src.addr = %peer, dst.addr = %dst, "plaintext connection denied: {why}");
                 let _ = client.set_zero_linger();
                 return;
             }
@@ -224,9 +254,16 @@ pub async fn serve_plaintext(shared: Arc<Shared>, pod: Arc<Pod>, listener: TcpLi
             // As on the HBONE path: the connection keeps its series'
             // counters, not its labels or a state snapshot, while it lasts.
             drop((labels, state));
-            let (up, down) = tokio::io::copy_bidirectional(&mut client, &mut app)
-                .await
-                .unwrap_or((0, 0));
+            let admission = shared
+                .admitted
+                .register(Arc::from(pod.uid.as_str()), conn, admit);
+            let (up, down) = tokio::select! {
+                r = tokio::io::copy_bidirectional(&mut client, &mut app) => r.unwrap_or((0, 0)),
+                () = admission.revoked() => {
+                    let _ = client.set_zero_linger();
+                    (0, 0)
+                }
+            };
             series.closed(up, down);
         });
     }

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod netns;
 pub mod outbound;
 pub mod proxy;
+pub mod revoke;
 pub mod socket;
 pub mod standalone;
 pub mod xds;

@@ -130,6 +130,8 @@ pub struct Shared {
     pub(crate) hbone: HboneConfig,
     /// Proxied connections in flight (both directions), for draining.
     active: std::sync::atomic::AtomicUsize,
+    /// Open inbound connections, re-checked on every policy push.
+    pub(crate) admitted: Arc<crate::revoke::Admitted>,
 }
 
 /// Counts one proxied connection while it lives.
@@ -276,6 +278,7 @@ impl Ztunnel {
                 metrics: Arc::new(Metrics::default()),
                 hbone: config.hbone,
                 active: std::sync::atomic::AtomicUsize::new(0),
+                admitted: Arc::default(),
             }),
             pods: Mutex::default(),
         })
@@ -296,9 +299,17 @@ impl Ztunnel {
                 .unwrap_or_else(|p| p.into_inner());
             *vips = sync_services(&mut capture, &state, &vips);
         }
+        let state = Arc::new(state);
         match self.shared.state.write() {
-            Ok(mut s) => *s = Arc::new(state),
-            Err(p) => *p.into_inner() = Arc::new(state),
+            Ok(mut s) => *s = state.clone(),
+            Err(p) => *p.into_inner() = state.clone(),
+        }
+        let closed = self.shared.admitted.recheck(&state);
+        if closed > 0 {
+            tracing::info!(
+                closed,
+                "policy change closed open connections it now denies"
+            );
         }
     }
 
