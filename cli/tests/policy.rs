@@ -137,6 +137,12 @@ spec:
   rules: [{to: [{operation: {paths: ["/mesh-wide-deny"]}}]}]
 "#;
 
+fn cluster_resources() -> Resources {
+    let mut res = Resources::default();
+    res.add_yaml(YAML, "policy.yaml").expect("yaml");
+    res
+}
+
 /// Writes `bytes` (nothing: a server-first client) and reads until the peer
 /// closes: `""` when refused without an answer.
 async fn exchange(netns: &str, to: SocketAddr, bytes: &[u8]) -> String {
@@ -180,9 +186,9 @@ async fn policy_bypasses_are_closed() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let mut res = Resources::default();
-    res.add_yaml(YAML, "policy.yaml").expect("yaml");
-    let cluster = LocalCluster::up(res, 2).await.expect("cluster up");
+    let mut cluster = LocalCluster::up(cluster_resources(), 2)
+        .await
+        .expect("cluster up");
     for (pod, port) in [
         ("secure/api-0", 9080),
         ("secure/api-0", 9000),
@@ -299,6 +305,53 @@ async fn policy_bypasses_are_closed() {
             findings.join("\n"),
             findings.iter().any(|f| f.contains(needle)),
         );
+    }
+
+    // 3. A policy push closes the TCP relays it now denies: lift the DENYs,
+    //    open a relay on 9000, put one back.
+    //    (On TCP every waypoint DENY above has HTTP-only fields and so
+    //    denies all: lift them all, then push `no-admin` alone.)
+    let mut lifted = cluster_resources();
+    lifted
+        .authorization_policies
+        .retain(|(_, p)| p.spec.target_refs.is_empty());
+    let mut denied = cluster_resources();
+    denied.authorization_policies.retain(|(_, p)| {
+        p.spec.target_refs.is_empty() || p.metadata.name.as_deref() == Some("no-admin")
+    });
+    cluster.set_policies_no_wait(lifted);
+    let mut relay = None;
+    for _ in 0..50 {
+        let mut s = connect_from(&client, tcp).await.expect("connect");
+        let _ = s.write_all(b"hello\n").await;
+        let mut buf = [0u8; 256];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await
+            && n > 0
+        {
+            relay = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    match relay {
+        None => failures.push("lifting the DENY never admitted a TCP relay".into()),
+        Some(mut s) => {
+            cluster.set_policies_no_wait(denied);
+            let closed = tokio::time::timeout(Duration::from_secs(5), async {
+                let mut buf = [0u8; 256];
+                loop {
+                    let _ = s.write_all(b"again\n").await;
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+            })
+            .await;
+            if closed.is_err() {
+                failures.push("the pushed DENY left the open TCP relay open".into());
+            }
+        }
     }
     drop(cluster);
     assert!(failures.is_empty(), "{}", failures.join("\n"));

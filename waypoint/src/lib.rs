@@ -30,6 +30,7 @@ pub mod normalize;
 pub mod outlier;
 pub mod proxy;
 pub mod ratelimit;
+pub mod relays;
 pub mod rewind;
 pub mod route;
 pub mod state;

@@ -33,6 +33,7 @@ use crate::authz::{Mode, RequestAttributes};
 use crate::metrics::{Metrics, Peer};
 use crate::normalize::PathNormalization;
 use crate::proxy::{ConnInfo, pick_target};
+use crate::relays::OpenRelays;
 use crate::rewind::{Rewind, sniff_http};
 use crate::state::{ServiceState, WaypointState};
 use crate::sync;
@@ -72,6 +73,7 @@ pub struct Waypoint {
     certs: Arc<CertManager>,
     hbone: HboneConfig,
     options: HttpOptions,
+    relays: Arc<OpenRelays>,
     state: RwLock<Arc<WaypointState>>,
     addresses: RwLock<Arc<ProxyState>>,
     upstreams: Arc<Upstreams>,
@@ -104,6 +106,7 @@ impl Waypoint {
             certs: cfg.certs,
             hbone: cfg.hbone,
             options: cfg.options,
+            relays: Arc::default(),
             state: RwLock::default(),
             addresses: RwLock::default(),
             metrics: Metrics::default(),
@@ -180,8 +183,10 @@ impl Waypoint {
             .apply(&self.name, name, svc)
             .map_err(|e| e.to_string())?;
         if changed {
-            *guard = Arc::new(next);
+            let next = Arc::new(next);
+            *guard = next.clone();
             drop(guard);
+            self.relays.recheck(&next);
             if let Some(s) = self.state().get(name) {
                 self.fetch_jwks(s);
             }
@@ -408,7 +413,8 @@ impl Waypoint {
         };
         // The same AuthorizationPolicies as HTTP requests, with Istio's TCP
         // semantics (HTTP-only fields cannot be seen on bytes).
-        let decision = svc.authz.authorize(Mode::Tcp, &tcp_attributes(&info));
+        let attrs = tcp_attributes(&info);
+        let decision = svc.authz.authorize(Mode::Tcp, &attrs);
         if !decision.is_allowed() {
             info!(target: "access", src_addr = %info.client, dst_addr = %info.dst,
                 %decision, "tcp connection denied");
@@ -442,7 +448,14 @@ impl Waypoint {
             .dial(&target)
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        tokio::io::copy_bidirectional(&mut io, &mut up).await
+        let relay = self.relays.register(info.dst.ip(), attrs);
+        tokio::select! {
+            r = tokio::io::copy_bidirectional(&mut io, &mut up) => r,
+            () = relay.revoked() => Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "closed: a policy change denies this connection",
+            )),
+        }
     }
 
     /// `/config_dump`: the Services served and their sources.
