@@ -23,6 +23,8 @@ pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod cors;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod jwt;
 pub mod matcher;
 pub mod metrics;
