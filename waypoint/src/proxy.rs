@@ -119,7 +119,10 @@ fn apply_ops(h: &mut http::HeaderMap, ops: Option<&pb::HeaderOps>) {
     }
 }
 
-/// Does `pct` percent (0 = unset = 100 %, as Istio) of requests apply?
+/// Does `pct` percent of requests apply? With `unset_means_all`, 0 reads
+/// as 100 % (a mirror's unset `mirrorPercentage`); faults pass `false`: the
+/// controller sends 0 for a fault without percentage, which Istio injects
+/// into no request.
 fn sampled(pct: f64, unset_means_all: bool) -> bool {
     let p = if pct <= 0.0 && unset_means_all {
         100.0
@@ -140,13 +143,19 @@ struct RetryPolicy {
     on_connect: bool,
     on_refused: bool,
     on_4xx: bool,
+    /// gRPC `unavailable` (grpc-status 14) and `cancelled` (1) in the
+    /// response headers (a trailers-only answer).
+    grpc_statuses: Vec<&'static str>,
     statuses: Vec<u16>,
 }
 
 impl RetryPolicy {
     fn of(r: Option<&pb::Retry>) -> Self {
-        // Istio's default: 2 attempts on connect-failure, refused-stream,
-        // unavailable, cancelled, retriable-status-codes (503).
+        // Istio's default (`retry.DefaultPolicy` with its default
+        // EXCLUDE_UNSAFE_503_FROM_DEFAULT_RETRY): 2 attempts on
+        // connect-failure, refused-stream, gRPC unavailable and cancelled,
+        // and `retriable-status-codes` with no code listed: a plain 503 from
+        // the backend is not retried.
         let (attempts, per_try, on) = match r {
             None => (
                 2,
@@ -164,26 +173,37 @@ impl RetryPolicy {
             ),
         };
         let has = |c: &str| on.split(',').any(|x| x.trim() == c);
-        let mut statuses: Vec<u16> = on
+        // Istio moves numbers in `retryOn` to Envoy's retriable status codes.
+        let statuses: Vec<u16> = on
             .split(',')
             .filter_map(|x| x.trim().parse().ok())
             .collect();
-        // Istio's default lists `retriable-status-codes` with 503 and
-        // `unavailable`, which is 503 too.
-        if has("unavailable") {
-            statuses.push(503);
-        }
+        let grpc_statuses = [("unavailable", "14"), ("cancelled", "1")]
+            .into_iter()
+            .filter(|(name, _)| has(name))
+            .map(|(_, code)| code)
+            .collect();
         RetryPolicy {
+            grpc_statuses,
             attempts,
             per_try,
             on_5xx: has("5xx"),
             on_gateway: has("gateway-error"),
-            on_reset: has("reset") || has("cancelled"),
+            on_reset: has("reset"),
             on_connect: has("connect-failure") || has("5xx") || has("gateway-error"),
             on_refused: has("refused-stream") || has("5xx"),
             on_4xx: has("retriable-4xx"),
             statuses,
         }
+    }
+
+    fn retry_response<B>(&self, resp: &Response<B>) -> bool {
+        let grpc = resp
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| self.grpc_statuses.contains(&v));
+        grpc || self.retry_status(resp.status().as_u16())
     }
 
     fn retry_status(&self, s: u16) -> bool {
@@ -497,13 +517,13 @@ impl Waypoint {
         {
             if let Some(d) = &fault.delay
                 && d.fixed_delay_ms > 0
-                && sampled(d.percentage, true)
+                && sampled(d.percentage, false)
             {
                 tokio::time::sleep(Duration::from_millis(d.fixed_delay_ms)).await;
                 out.flags = "DI";
             }
             if let Some(a) = &fault.abort
-                && sampled(a.percentage, true)
+                && sampled(a.percentage, false)
             {
                 out.flags = "FI";
                 let status = u16::try_from(a.http_status)
@@ -688,7 +708,7 @@ impl Waypoint {
                     Some(Ok(resp)) => {
                         let status = resp.status().as_u16();
                         subset.record(ep_index, Some(status));
-                        if attempts_left > 0 && retry.retry_status(status) {
+                        if attempts_left > 0 && retry.retry_response(&resp) {
                             attempts_left -= 1;
                             self.metrics().retries.fetch_add(1, Ordering::Relaxed);
                             continue;
@@ -933,13 +953,15 @@ fn redirect_response(
     } else {
         String::new()
     };
-    let path = if r.uri.is_empty() {
-        parts
+    // Envoy's `path_redirect` (Istio's `redirect.uri`) keeps the request's
+    // query unless the new path brings its own.
+    let path = match (r.uri.as_str(), parts.uri.query()) {
+        ("", _) => parts
             .uri
             .path_and_query()
-            .map_or("/".to_string(), |p| p.as_str().to_string())
-    } else {
-        r.uri.clone()
+            .map_or("/".to_string(), |p| p.as_str().to_string()),
+        (uri, Some(q)) if !uri.contains('?') => format!("{uri}?{q}"),
+        (uri, _) => uri.to_string(),
     };
     let status = u16::try_from(r.redirect_code)
         .ok()
@@ -961,7 +983,29 @@ mod tests {
     fn istio_default_retry_policy_and_explicit_conditions() {
         let d = RetryPolicy::of(None);
         assert_eq!(d.attempts, 2);
-        assert!(d.retry_status(503) && !d.retry_status(500) && !d.retry_status(404));
+        assert!(
+            !d.retry_status(503) && !d.retry_status(500) && !d.retry_status(404),
+            "Istio's default does not retry a plain 503"
+        );
+        let grpc = |code: &str| {
+            Response::builder()
+                .status(200)
+                .header("grpc-status", code)
+                .body(())
+                .unwrap()
+        };
+        assert!(d.retry_response(&grpc("14")), "gRPC unavailable");
+        assert!(d.retry_response(&grpc("1")), "gRPC cancelled");
+        assert!(!d.retry_response(&grpc("2")));
+        let codes = RetryPolicy::of(Some(&pb::Retry {
+            attempts: 2,
+            per_try_timeout_ms: 0,
+            retry_on: "connect-failure,503".into(),
+        }));
+        assert!(
+            codes.retry_status(503),
+            "numbers in retryOn are status codes"
+        );
         assert!(d.retry_error(&UpstreamError::Connect("refused".into())));
         assert!(
             !d.retry_error(&UpstreamError::Overflow),
@@ -981,6 +1025,33 @@ mod tests {
         }));
         assert!(gw.retry_status(502) && gw.retry_status(504) && gw.retry_status(409));
         assert!(!gw.retry_status(500));
+    }
+
+    #[test]
+    fn redirect_keeps_the_query_unless_the_uri_has_one() {
+        let parts = |uri: &str| Request::get(uri).body(()).unwrap().into_parts().0;
+        let location = |r: &pb::Redirect, uri: &str| {
+            redirect_response(r, &parts(uri), "reviews:9080")
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let to_new = pb::Redirect {
+            uri: "/new".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            location(&to_new, "/old?a=1&b=2"),
+            "http://reviews/new?a=1&b=2"
+        );
+        assert_eq!(location(&to_new, "/old"), "http://reviews/new");
+        let with_query = pb::Redirect {
+            uri: "/new?x=1".into(),
+            ..Default::default()
+        };
+        assert_eq!(location(&with_query, "/old?a=1"), "http://reviews/new?x=1");
     }
 
     #[test]

@@ -70,6 +70,17 @@ impl Ctx<'_> {
         }
     }
 
+    /// A fault without `percentage`: Istio leaves Envoy's percentage unset,
+    /// which is 0 %, so the fault is injected into no request.
+    fn no_fault_percentage(&mut self, field: String) -> f64 {
+        self.note(
+            Severity::Warning,
+            field,
+            "no percentage: as in Istio, this fault is injected into no request (set percentage.value: 100 for all)",
+        );
+        0.0
+    }
+
     fn string_match(&mut self, field: String, m: &net::StringMatch) -> Option<pb::StringMatch> {
         use pb::string_match::Kind;
         let set = [&m.exact, &m.prefix, &m.regex]
@@ -230,16 +241,16 @@ fn http_route(
     let retries = r.retries.as_ref().map(|rt| pb::Retry {
         attempts: rt.attempts.unwrap_or(2).max(0) as u32,
         per_try_timeout_ms: ctx.millis(format!("{f}.retries.perTryTimeout"), &rt.per_try_timeout),
-        retry_on: rt
-            .retry_on
-            .clone()
-            .unwrap_or_else(|| "connect-failure,refused-stream,unavailable,cancelled,503".into()),
+        retry_on: rt.retry_on.clone().unwrap_or_else(|| {
+            "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes".into()
+        }),
     });
     let fault = r.fault.as_ref().map(|fl| pb::Fault {
         delay: fl.delay.as_ref().map(|d| pb::FaultDelay {
             fixed_delay_ms: ctx.millis(format!("{f}.fault.delay.fixedDelay"), &d.fixed_delay),
             percentage: match (&d.percentage, d.percent) {
                 (None, Some(p)) => p as f64,
+                (None, None) => ctx.no_fault_percentage(format!("{f}.fault.delay")),
                 (p, _) => ctx.percent(format!("{f}.fault.delay.percentage"), p),
             },
         }),
@@ -253,7 +264,10 @@ fn http_route(
             }
             pb::FaultAbort {
                 http_status: status.clamp(0, 599) as u32,
-                percentage: ctx.percent(format!("{f}.fault.abort.percentage"), &a.percentage),
+                percentage: match &a.percentage {
+                    None => ctx.no_fault_percentage(format!("{f}.fault.abort")),
+                    p => ctx.percent(format!("{f}.fault.abort.percentage"), p),
+                },
             }
         }),
     });
