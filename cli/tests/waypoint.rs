@@ -111,6 +111,10 @@ spec:
     match: [{{uri: {{prefix: /fault}}}}]
     fault: {{abort: {{httpStatus: 418, percentage: {{value: 100}}}}}}
     route: [{{destination: {{host: reviews, subset: v1}}}}]
+  - name: abort-without-percentage
+    match: [{{uri: {{prefix: /no-percentage}}}}]
+    fault: {{abort: {{httpStatus: 418}}}}
+    route: [{{destination: {{host: reviews, subset: v1}}}}]
   - name: delayed
     match: [{{uri: {{prefix: /delayed}}}}]
     fault: {{delay: {{fixedDelay: 300ms, percentage: {{value: 100}}}}}}
@@ -346,6 +350,22 @@ async fn istio_l7_rules_apply_through_the_waypoint() {
         ),
         ("fault abort", "GET", "/fault/1", vec![], 418, "-"),
         (
+            "a fault without percentage aborts nothing (Istio)",
+            "GET",
+            "/no-percentage",
+            vec![],
+            200,
+            "reviews-v1",
+        ),
+        (
+            "redirect keeps the query",
+            "GET",
+            "/old?page=2",
+            vec![],
+            301,
+            "-",
+        ),
+        (
             "route timeout shorter than the upstream",
             "GET",
             "/delay/400",
@@ -433,6 +453,12 @@ async fn istio_l7_rules_apply_through_the_waypoint() {
     assert_eq!(
         r.headers.get("location").map(String::as_str),
         Some("http://reviews/new")
+    );
+    let r = request(&client, vip, "GET", "/old?page=2", &[]).await;
+    assert_eq!(
+        r.headers.get("location").map(String::as_str),
+        Some("http://reviews/new?page=2"),
+        "the query survives the redirect (Envoy's path_redirect)"
     );
     let r = request(&client, vip, "GET", "/api/items?x=1", &[("x-drop", "1")]).await;
     assert_eq!(r.status, 200);
