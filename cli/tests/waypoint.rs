@@ -30,10 +30,14 @@ fn jwks() -> String {
 }
 
 fn token(secret: &[u8]) -> String {
+    token_for(secret, "reviews")
+}
+
+fn token_for(secret: &[u8], aud: &str) -> String {
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     h.kid = Some("k1".into());
     let claims = serde_json::json!({
-        "iss": "https://issuer.test", "sub": "alice", "aud": "reviews",
+        "iss": "https://issuer.test", "sub": "alice", "aud": aud,
         "exp": 4_000_000_000u64, "group": "admins"
     });
     jsonwebtoken::encode(&h, &claims, &jsonwebtoken::EncodingKey::from_secret(secret))
@@ -313,6 +317,7 @@ async fn istio_l7_rules_apply_through_the_waypoint() {
     let forged = token(b"some other secret, also long enough");
     let bearer = format!("Bearer {good}");
     let forged_bearer = format!("Bearer {forged}");
+    let other_audience = format!("Bearer {}", token_for(SECRET, "ratings"));
 
     // (what, method, path, headers) → (status, serving pod or "-" for a local answer)
     let cases: Vec<Case<'_>> = vec![
@@ -408,6 +413,14 @@ async fn istio_l7_rules_apply_through_the_waypoint() {
             "-",
         ),
         (
+            "an authentic JWT for another audience is 403",
+            "GET",
+            "/reviews/1",
+            vec![("authorization", &other_audience)],
+            403,
+            "-",
+        ),
+        (
             "invalid JWT is 401",
             "GET",
             "/reviews/1",
@@ -484,6 +497,15 @@ async fn istio_l7_rules_apply_through_the_waypoint() {
         ("origin", "https://shop.test"),
         ("access-control-request-method", "GET"),
     ];
+    // A preflight skips RequestAuthentication (Envoy's
+    // bypass_cors_preflight, as Istio sets it): even a forged token.
+    let forged_pre = [
+        ("origin", "https://shop.test"),
+        ("access-control-request-method", "GET"),
+        ("authorization", forged_bearer.as_str()),
+    ];
+    let r = request(&client, vip, "OPTIONS", "/cors", &forged_pre).await;
+    assert_eq!(r.status, 200, "preflight skips JWT checks: {r:?}");
     let r = request(&client, vip, "OPTIONS", "/cors", &pre).await;
     assert_eq!(r.status, 200);
     assert_eq!(

@@ -25,9 +25,12 @@ pub enum JwtError {
     /// The JWKS has no key for the token (yet: `jwksUri` not fetched).
     #[error("Jwks doesn't have key to match kid or alg from Jwt")]
     NoKey,
-    /// Signature, expiry, not-before or audience check failed.
+    /// Signature, expiry or not-before check failed.
     #[error("Jwt verification fails: {0}")]
     Invalid(String),
+    /// An authentic token for another audience: Envoy answers 403, not 401.
+    #[error("Audiences in Jwt are not allowed")]
+    AudienceNotAllowed,
 }
 
 /// A validated token.
@@ -69,6 +72,21 @@ fn locations(rule: &pb::JwtRule) -> (Vec<(String, String)>, Vec<String>) {
             .collect(),
         rule.from_params.clone(),
     )
+}
+
+/// The claims Istio has Envoy split at spaces (`normalize_payload_in_metadata`):
+/// `scope: "read write"` matches `request.auth.claims[scope]: [write]`.
+const SPACE_DELIMITED: &[&str] = &["scope", "permission"];
+
+fn split_space_delimited(claims: &mut BTreeMap<String, Vec<String>>) {
+    for name in SPACE_DELIMITED {
+        if let Some(values) = claims.get_mut(*name)
+            && let [one] = values.as_slice()
+            && one.contains(' ')
+        {
+            *values = one.split_whitespace().map(String::from).collect();
+        }
+    }
 }
 
 fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, Vec<String>>) {
@@ -214,6 +232,8 @@ impl JwtRules {
             validation.set_audience(&rule.audiences);
         }
         validation.set_required_spec_claims::<&str>(&[]);
+        // Envoy checks `nbf` as well as `exp` (60 s clock skew both ways).
+        validation.validate_nbf = true;
         let mut last = JwtError::NoKey;
         for jwk in candidates {
             let Ok(key) = DecodingKey::from_jwk(jwk) else {
@@ -223,6 +243,7 @@ impl JwtRules {
                 Ok(data) => {
                     let mut claims = BTreeMap::new();
                     flatten("", &data.claims, &mut claims);
+                    split_space_delimited(&mut claims);
                     let sub = data
                         .claims
                         .get("sub")
@@ -236,6 +257,9 @@ impl JwtRules {
                         rule: index,
                         from_header,
                     });
+                }
+                Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::InvalidAudience) => {
+                    last = JwtError::AudienceNotAllowed
                 }
                 Err(e) => last = JwtError::Invalid(e.to_string()),
             }
@@ -315,10 +339,11 @@ mod tests {
             ),
             (
                 token(
-                    serde_json::json!({"iss": "https://issuer.example", "sub": "a", "aud": "other", "exp": now() + 60}),
+                    serde_json::json!({"iss": "https://issuer.example", "sub": "a", "aud": "reviews",
+                                       "exp": now() + 600, "nbf": now() + 300}),
                     SECRET,
                 ),
-                "audience",
+                "not yet valid (nbf)",
             ),
             (
                 token(
@@ -337,6 +362,34 @@ mod tests {
                 "{why}"
             );
         }
+        // Authentic, but for another audience: its own error (403).
+        let other_aud = token(
+            serde_json::json!({"iss": "https://issuer.example", "sub": "a", "aud": "other", "exp": now() + 60}),
+            SECRET,
+        );
+        assert_eq!(
+            rules.authenticate(&bearer(&other_aud), &none),
+            Err(JwtError::AudienceNotAllowed)
+        );
+        // `scope` and `permission` are split at spaces; other claims are not.
+        let scoped = token(
+            serde_json::json!({"iss": "https://issuer.example", "sub": "a", "aud": "reviews", "exp": now() + 60,
+                               "scope": "read write", "permission": "a b", "name": "Ada Lovelace"}),
+            SECRET,
+        );
+        let ok = rules
+            .authenticate(&bearer(&scoped), &none)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            ok.claims["scope"],
+            vec!["read".to_string(), "write".to_string()]
+        );
+        assert_eq!(
+            ok.claims["permission"],
+            vec!["a".to_string(), "b".to_string()]
+        );
+        assert_eq!(ok.claims["name"], vec!["Ada Lovelace".to_string()]);
         let stranger = token(
             serde_json::json!({"iss": "https://evil", "sub": "a"}),
             SECRET,

@@ -398,8 +398,15 @@ impl Waypoint {
             source_labels: conn.source_labels.clone(),
             port: u32::from(conn.dst.port()),
         };
-        // RequestAuthentication: a bad token is 401; no token passes on.
-        let authn = {
+        // RequestAuthentication: a bad token is 401 (an authentic one for
+        // another audience 403); no token passes on. CORS preflights skip it
+        // (Istio sets Envoy's `bypass_cors_preflight`).
+        let preflight = req.method() == Method::OPTIONS
+            && facts.headers.contains_key("origin")
+            && facts.headers.contains_key("access-control-request-method");
+        let authn = if preflight {
+            Ok(None)
+        } else {
             let rules = crate::sync::read(&svc.jwt);
             rules
                 .authenticate(&facts.headers, &facts.query)
@@ -407,6 +414,14 @@ impl Waypoint {
         };
         let (mut req_parts, body) = req.into_parts();
         let authenticated = match authn {
+            Err(crate::jwt::JwtError::AudienceNotAllowed) => {
+                debug!("JWT for another audience");
+                out.flags = "UAEX";
+                return (
+                    local(StatusCode::FORBIDDEN, "Audiences in Jwt are not allowed"),
+                    out,
+                );
+            }
             Err(e) => {
                 debug!(error = %e, "JWT rejected");
                 out.flags = "UAEX";
