@@ -132,3 +132,14 @@ where
     read?;
     Ok(back)
 }
+
+/// How long a bounded fuzz run in the suite lasts: `$AMBIT_FUZZ_SECS`, else
+/// `default_secs`.
+pub fn fuzz_budget(default_secs: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(
+        std::env::var("AMBIT_FUZZ_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default_secs),
+    )
+}

@@ -2,7 +2,7 @@
 //! handling is fed valid client streams, mutations of them and random bytes.
 //! Any panic fails the test. The open-ended run is `fuzz/run.sh` (cargo fuzz).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ambit_e2e::wire::{self, frame};
 use ambit_hbone::fuzzing::serve_bytes;
@@ -100,12 +100,7 @@ fn mutate(rng: &mut StdRng, seed: &[u8]) -> Vec<u8> {
 
 #[test]
 fn bounded_fuzz_of_server_request_handling() {
-    let budget = Duration::from_secs(
-        std::env::var("AMBIT_FUZZ_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(8),
-    );
+    let budget = ambit_e2e::fuzz_budget(8);
     let seeds = seeds();
     let reached: Vec<_> = seeds.iter().map(|s| serve_bytes(s)).collect();
     // The seeds really get through HTTP/2 to the CONNECT handling.

@@ -3,7 +3,7 @@
 //! authorization fed valid requests, mutations of them and random bytes
 //! (`waypoint::fuzzing::serve_bytes`). Any panic fails the test.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -65,12 +65,7 @@ fn mutate(rng: &mut StdRng, seed: &[u8]) -> Vec<u8> {
 
 #[test]
 fn bounded_fuzz_of_the_waypoint_http_front() {
-    let budget = Duration::from_secs(
-        std::env::var("AMBIT_FUZZ_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(5),
-    );
+    let budget = ambit_e2e::fuzz_budget(5);
     let seeds = seeds();
     for (input, want) in &seeds {
         let got = serve_bytes(input, PathNormalization::Base);
