@@ -66,8 +66,9 @@ pub struct Resources {
     pub gateways: Vec<(Source, Gateway)>,
     /// Ambit RateLimitPolicies.
     pub rate_limits: Vec<(Source, RateLimitPolicy)>,
-    /// Kinds read but not used by this component (`apiVersion/kind`).
-    pub ignored: Vec<(Source, String)>,
+    /// Objects of kinds Ambit does not interpret: (`apiVersion/kind`,
+    /// `Kind namespace/name`). Each is reported as a finding.
+    pub ignored: Vec<(Source, (String, String))>,
 }
 
 fn typed<T: DeserializeOwned>(
@@ -225,7 +226,9 @@ impl Resources {
             ("ambit.dev", "RateLimitPolicy") => self
                 .rate_limits
                 .push((source.clone(), typed(value, &source, &object)?)),
-            _ => self.ignored.push((source, format!("{api_version}/{kind}"))),
+            _ => self
+                .ignored
+                .push((source, (format!("{api_version}/{kind}"), object))),
         }
         Ok(())
     }

@@ -74,7 +74,22 @@ pub fn translate(res: &Resources) -> Translation {
     workloads::translate_pods(res, &waypoints, &mut out);
     policy::translate_policies(res, &mut out);
     l7::translate_l7(res, &waypoints, &mut out);
+    report_ignored(res, &mut out);
     out
+}
+
+/// Every object of a kind Ambit does not interpret is a finding: accepted
+/// and silently without effect would be worse than refused.
+fn report_ignored(res: &Resources, out: &mut Translation) {
+    for (source, (kind, object)) in &res.ignored {
+        out.findings.push(Finding {
+            severity: Severity::Warning,
+            source: source.clone(),
+            object: object.clone(),
+            field: "kind".into(),
+            message: format!("{kind} is not interpreted by Ambit: this object has no effect"),
+        });
+    }
 }
 
 #[cfg(test)]

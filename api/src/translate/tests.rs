@@ -337,3 +337,23 @@ fn l4_policies_fail_closed() {
         }
     );
 }
+
+/// A kind Ambit does not interpret is reported, never dropped silently.
+#[test]
+fn uninterpreted_kinds_are_findings() {
+    let mut res = Resources::default();
+    res.add_yaml(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ext, namespace: demo}\n\
+         spec: {hosts: [api.example.com]}\n",
+        "se.yaml",
+    )
+    .unwrap();
+    let t = translate(&res);
+    assert!(
+        t.findings.iter().any(|f| f.object == "ServiceEntry demo/ext"
+            && f.source.file == "se.yaml"
+            && f.message.contains("networking.istio.io/v1/ServiceEntry is not interpreted")),
+        "{:#?}",
+        t.findings
+    );
+}
