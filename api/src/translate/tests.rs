@@ -350,9 +350,12 @@ fn uninterpreted_kinds_are_findings() {
     .unwrap();
     let t = translate(&res);
     assert!(
-        t.findings.iter().any(|f| f.object == "ServiceEntry demo/ext"
-            && f.source.file == "se.yaml"
-            && f.message.contains("networking.istio.io/v1/ServiceEntry is not interpreted")),
+        t.findings
+            .iter()
+            .any(|f| f.object == "ServiceEntry demo/ext"
+                && f.source.file == "se.yaml"
+                && f.message
+                    .contains("networking.istio.io/v1/ServiceEntry is not interpreted")),
         "{:#?}",
         t.findings
     );
