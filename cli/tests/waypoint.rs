@@ -150,6 +150,36 @@ spec:
   - name: query
     match: [{{queryParams: {{canary: {{exact: "1"}}}}, method: {{exact: GET}}}}]
     route: [{{destination: {{host: reviews, subset: v3}}}}]
+  - name: teapot
+    match: [{{uri: {{prefix: /teapot}}}}]
+    directResponse: {{status: 418, body: {{string: "short and stout"}}}}
+  - name: caseless
+    match: [{{uri: {{prefix: /CaseLess}}, ignoreUriCase: true}}]
+    route: [{{destination: {{host: reviews, subset: v3}}}}]
+  - name: missing-subset
+    match: [{{uri: {{prefix: /missing}}}}]
+    route: [{{destination: {{host: reviews, subset: v9}}}}]
+  - name: relative
+    match: [{{uri: {{prefix: /relative}}}}]
+    route:
+    - {{destination: {{host: reviews, subset: v1}}, weight: 2}}
+    - {{destination: {{host: reviews, subset: v3}}, weight: 0}}
+  - name: regex-rewrite
+    match: [{{uri: {{prefix: /rx/}}}}]
+    rewrite: {{uriRegexRewrite: {{match: "^/rx/([a-z]+)/(.*)$", rewrite: '/\2/\1'}}}}
+    route: [{{destination: {{host: reviews, subset: v3}}}}]
+  - name: gateway-only
+    match: [{{uri: {{prefix: /gw-only}}, gateways: [ingress]}}]
+    route: [{{destination: {{host: reviews, subset: v2}}}}]
+  - name: unflagged
+    match: [{{uri: {{prefix: /flag}}, withoutHeaders: {{x-flag: {{exact: "on"}}}}}}]
+    route: [{{destination: {{host: reviews, subset: v2}}}}]
+  - name: same-namespace
+    match: [{{uri: {{prefix: /srcns}}, sourceNamespace: bookinfo}}]
+    route: [{{destination: {{host: reviews, subset: v2}}}}]
+  - name: other-namespace
+    match: [{{uri: {{prefix: /othns}}, sourceNamespace: shop}}]
+    route: [{{destination: {{host: reviews, subset: v2}}}}]
   - name: split
     route:
     - {{destination: {{host: reviews, subset: v1}}, weight: 90}}
@@ -387,6 +417,79 @@ async fn istio_l7_rules_apply_through_the_waypoint() {
             "reviews-v1",
         ),
         ("redirect", "GET", "/old", vec![], 301, "-"),
+        ("directResponse", "GET", "/teapot", vec![], 418, "-"),
+        (
+            "ignoreUriCase",
+            "GET",
+            "/caseLESS/1",
+            vec![],
+            200,
+            "reviews-v3",
+        ),
+        (
+            "a subset no DestinationRule defines is 503",
+            "GET",
+            "/missing",
+            vec![],
+            503,
+            "-",
+        ),
+        (
+            "weights are relative; 0 drops a destination",
+            "GET",
+            "/relative",
+            vec![],
+            200,
+            "reviews-v1",
+        ),
+        (
+            "a gateway-only match is not a mesh route",
+            "GET",
+            "/gw-only",
+            vec![],
+            200,
+            "reviews-v1|reviews-v3",
+        ),
+        (
+            "withoutHeaders: absent",
+            "GET",
+            "/flag",
+            vec![],
+            200,
+            "reviews-v2",
+        ),
+        (
+            "withoutHeaders: another value",
+            "GET",
+            "/flag",
+            vec![("x-flag", "off")],
+            200,
+            "reviews-v2",
+        ),
+        (
+            "withoutHeaders: the excluded value",
+            "GET",
+            "/flag",
+            vec![("x-flag", "on")],
+            200,
+            "reviews-v1|reviews-v3",
+        ),
+        (
+            "sourceNamespace of the caller",
+            "GET",
+            "/srcns",
+            vec![],
+            200,
+            "reviews-v2",
+        ),
+        (
+            "sourceNamespace of another namespace",
+            "GET",
+            "/othns",
+            vec![],
+            200,
+            "reviews-v1|reviews-v3",
+        ),
         ("DENY before ALLOW", "GET", "/admin/users", vec![], 403, "-"),
         (
             "no ALLOW rule matches DELETE",
@@ -472,6 +575,14 @@ async fn istio_l7_rules_apply_through_the_waypoint() {
         r.headers.get("location").map(String::as_str),
         Some("http://reviews/new?page=2"),
         "the query survives the redirect (Envoy's path_redirect)"
+    );
+    let r = request(&client, vip, "GET", "/teapot", &[]).await;
+    assert_eq!(r.body, "short and stout", "directResponse body");
+    let r = request(&client, vip, "GET", "/rx/abc/def?q=1", &[]).await;
+    assert!(
+        r.body.contains("path=/def/abc?q=1"),
+        "uriRegexRewrite: {}",
+        r.body
     );
     let r = request(&client, vip, "GET", "/api/items?x=1", &[("x-drop", "1")]).await;
     assert_eq!(r.status, 200);

@@ -396,6 +396,7 @@ impl Waypoint {
             headers: header_map(req.headers()),
             query: query_map(req.uri().query()),
             source_labels: conn.source_labels.clone(),
+            source_namespace: conn.source.namespace.clone(),
             port: u32::from(conn.dst.port()),
         };
         // RequestAuthentication: a bad token is 401 (an authentic one for
@@ -485,15 +486,17 @@ impl Waypoint {
         } else {
             Decision::Default
         };
-        let (route, destination) = match routed {
+        let (route, route_index, destination) = match routed {
             Decision::NoMatch => {
                 out.flags = "NR";
                 return (local(StatusCode::NOT_FOUND, ""), out);
             }
-            Decision::Default => (None, None),
+            Decision::Default => (None, None, None),
             Decision::Route {
-                route, destination, ..
-            } => (Some(route), destination),
+                route,
+                index,
+                destination,
+            } => (Some(route), Some(index), destination),
         };
         // Local rate limit: the Service's buckets, then the route's.
         for limit in &svc.limits {
@@ -520,14 +523,6 @@ impl Waypoint {
             return (crate::cors::preflight(cors, origin), out);
         }
         if let Some(route) = route
-            && let Some(redirect) = &route.redirect
-        {
-            return (
-                redirect_response(redirect, &req_parts, &facts.authority),
-                out,
-            );
-        }
-        if let Some(route) = route
             && let Some(fault) = &route.fault
         {
             if let Some(d) = &fault.delay
@@ -548,12 +543,31 @@ impl Waypoint {
                 return (local(status, "fault filter abort"), out);
             }
         }
+        // Route actions that answer without an upstream (after the fault
+        // filter, as in Envoy's filter chain).
+        if let Some(route) = route
+            && let Some(redirect) = &route.redirect
+        {
+            return (
+                redirect_response(redirect, &req_parts, &facts.authority),
+                out,
+            );
+        }
+        if let Some(route) = route
+            && let Some(direct) = &route.direct_response
+        {
+            return (direct_response(direct), out);
+        }
         // Request rewriting and headers.
         if let Some(route) = route
             && let Some(rw) = &route.rewrite
         {
-            if !rw.uri.is_empty() {
-                let new_path = rewrite_path(route, &path, &rw.uri);
+            let new_path = if !rw.uri.is_empty() {
+                Some(rewrite_path(route, &path, &rw.uri))
+            } else {
+                route_index.and_then(|i| svc.router.regex_rewrite(i, &path))
+            };
+            if let Some(new_path) = new_path {
                 let query = path_and_query
                     .split_once('?')
                     .map(|(_, q)| format!("?{q}"))
@@ -659,11 +673,13 @@ impl Waypoint {
             }
         };
         if let Some(route) = route
-            && let Some(m) = &route.mirror
             && prepared.body.is_some()
-            && sampled(m.percentage, true)
         {
-            self.mirror(svc, m, &prepared, port, &facts.authority);
+            for m in &route.mirrors {
+                if sampled(m.percentage, true) {
+                    self.mirror(svc, m, &prepared, port, &facts.authority);
+                }
+            }
         }
         let conn_dst = (!via_vip).then_some(conn.dst);
         let attempt_all = async {
@@ -943,6 +959,20 @@ fn rewrite_path(route: &pb::HttpRoute, path: &str, to: &str) -> String {
         }
     }
     to.to_string()
+}
+
+/// `directResponse`: the status and body as configured.
+fn direct_response(d: &pb::DirectResponse) -> Response<Body> {
+    let mut r = Response::new(full(Bytes::from(d.body.clone())));
+    *r.status_mut() = u16::try_from(d.status)
+        .ok()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if !d.body.is_empty() {
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    r
 }
 
 fn redirect_response(

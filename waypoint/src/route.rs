@@ -25,19 +25,28 @@ pub struct RequestFacts {
     pub query: BTreeMap<String, String>,
     /// The calling pod's labels.
     pub source_labels: BTreeMap<String, String>,
+    /// The calling workload's namespace (from its authenticated identity).
+    pub source_namespace: String,
     /// The service port the request was sent to.
     pub port: u32,
 }
 
 struct CompiledMatch {
     uri: Option<Matcher>,
+    /// `ignoreUriCase` on an exact/prefix `uri` (Envoy's `case_sensitive:
+    /// false` does not reach regexes): the pattern is lower-cased here and
+    /// the path at match time.
+    uri_ignore_case: bool,
     method: Option<Matcher>,
     authority: Option<Matcher>,
     headers: Vec<(String, Matcher)>,
     query: Vec<(String, Matcher)>,
     source_labels: BTreeMap<String, String>,
+    source_namespace: String,
     port: u32,
-    without_headers: Vec<String>,
+    /// `withoutHeaders`: holds when the header is absent or (with a
+    /// matcher) its value does not match: Istio's inverted header matcher.
+    without_headers: Vec<(String, Option<Matcher>)>,
 }
 
 impl CompiledMatch {
@@ -58,25 +67,50 @@ impl CompiledMatch {
             v.sort_by(|a, b| a.0.cmp(&b.0));
             Ok(v)
         };
+        use pb::string_match::Kind;
+        let uri_ignore_case = m.ignore_uri_case
+            && matches!(
+                m.uri.as_ref().and_then(|u| u.kind.as_ref()),
+                Some(Kind::Exact(_) | Kind::Prefix(_))
+            );
+        let uri = if uri_ignore_case {
+            m.uri.as_ref().map(|u| pb::StringMatch {
+                kind: match &u.kind {
+                    Some(Kind::Exact(e)) => Some(Kind::Exact(e.to_ascii_lowercase())),
+                    Some(Kind::Prefix(p)) => Some(Kind::Prefix(p.to_ascii_lowercase())),
+                    other => other.clone(),
+                },
+            })
+        } else {
+            m.uri.clone()
+        };
+        let mut without_headers = Vec::new();
+        for (k, v) in &m.without_headers {
+            without_headers.push((k.to_ascii_lowercase(), Matcher::compile(v)?));
+        }
+        without_headers.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(CompiledMatch {
-            uri: opt(&m.uri)?,
+            uri: opt(&uri)?,
+            uri_ignore_case,
             method: opt(&m.method)?,
             authority: opt(&m.authority)?,
             headers: map(&m.headers)?,
             query: map(&m.query_params)?,
             source_labels: m.source_labels.clone().into_iter().collect(),
+            source_namespace: m.source_namespace.clone(),
             port: m.port,
-            without_headers: m
-                .without_headers
-                .iter()
-                .map(|h| h.to_ascii_lowercase())
-                .collect(),
+            without_headers,
         })
     }
 
     fn matches(&self, r: &RequestFacts) -> bool {
         let one = |m: &Option<Matcher>, v: &str| m.as_ref().is_none_or(|m| m.matches(v));
-        one(&self.uri, &r.path)
+        let uri_ok = if self.uri_ignore_case {
+            one(&self.uri, &r.path.to_ascii_lowercase())
+        } else {
+            one(&self.uri, &r.path)
+        };
+        uri_ok
             && one(&self.method, &r.method)
             && one(&self.authority, &r.authority)
             && self
@@ -91,17 +125,47 @@ impl CompiledMatch {
                 .source_labels
                 .iter()
                 .all(|(k, v)| r.source_labels.get(k) == Some(v))
+            && (self.source_namespace.is_empty() || self.source_namespace == r.source_namespace)
             && (self.port == 0 || self.port == r.port)
             && self
                 .without_headers
                 .iter()
-                .all(|h| !r.headers.contains_key(h))
+                .all(|(h, m)| match (r.headers.get(h), m) {
+                    (None, _) => true,
+                    (Some(_), None) => false,
+                    (Some(v), Some(m)) => !m.matches(v),
+                })
     }
 }
 
 struct CompiledRoute {
     matches: Vec<CompiledMatch>,
     total_weight: u64,
+    /// `rewrite.uriRegexRewrite`: pattern and replacement in the regex
+    /// crate's syntax.
+    regex_rewrite: Option<(regex::Regex, String)>,
+}
+
+/// Envoy's substitution (`\1` names group 1) in the regex crate's syntax
+/// (`${1}`; a literal `$` doubled).
+fn substitution(envoy: &str) -> String {
+    let mut out = String::new();
+    let mut chars = envoy.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '$' => out.push_str("$$"),
+            '\\' if chars.peek().is_some_and(char::is_ascii_digit) => {
+                let mut n = String::new();
+                while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                    n.push(*d);
+                    chars.next();
+                }
+                out.push_str(&format!("${{{n}}}"));
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The destination `random` lands on when `dests` split `total` by weight
@@ -174,6 +238,16 @@ impl Router {
                         .map(CompiledMatch::compile)
                         .collect::<Result<_, _>>()?,
                     total_weight: r.route.iter().map(|d| u64::from(d.weight)).sum(),
+                    regex_rewrite: match r.rewrite.as_ref().filter(|w| !w.uri_regex.is_empty()) {
+                        None => None,
+                        Some(w) => Some((
+                            regex::Regex::new(&w.uri_regex).map_err(|e| MatcherError {
+                                pattern: w.uri_regex.clone(),
+                                message: e.to_string(),
+                            })?,
+                            substitution(&w.uri_regex_rewrite),
+                        )),
+                    },
                 })
             })
             .collect::<Result<_, MatcherError>>()?;
@@ -183,6 +257,13 @@ impl Router {
     /// The service this router serves.
     pub fn service(&self) -> &pb::L7Service {
         &self.service
+    }
+
+    /// Route `index`'s `uriRegexRewrite` applied to `path` (every match
+    /// replaced, as Envoy's `regex_rewrite`); `None` when it has none.
+    pub fn regex_rewrite(&self, index: usize, path: &str) -> Option<String> {
+        let (re, to) = self.routes.get(index)?.regex_rewrite.as_ref()?;
+        Some(re.replace_all(path, to.as_str()).into_owned())
     }
 
     /// Routes `req`; `random` picks among weighted destinations (any u64).
@@ -342,5 +423,92 @@ mod tests {
         })
         .unwrap();
         assert_eq!(only_jason.route(&facts, 0), Decision::NoMatch);
+    }
+
+    /// `ignoreUriCase` (exact/prefix only, as Envoy's `case_sensitive`),
+    /// `sourceNamespace`, and `withoutHeaders` (absent, or present with a
+    /// value the matcher rejects).
+    #[test]
+    fn case_source_namespace_and_without_headers() {
+        let m = |f: pb::HttpMatch| {
+            Router::new(pb::L7Service {
+                http: vec![pb::HttpRoute {
+                    matches: vec![f],
+                    route: vec![dest("v1", 100)],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        let hit = |r: &Router, f: &RequestFacts| matches!(r.route(f, 0), Decision::Route { .. });
+        let prefix = m(pb::HttpMatch {
+            uri: sm(Kind::Prefix("/Admin".into())),
+            ignore_uri_case: true,
+            ..Default::default()
+        });
+        assert!(hit(&prefix, &facts(None, "GET", "/aDMIN/x")));
+        assert!(!hit(&prefix, &facts(None, "GET", "/public")));
+        let regex = m(pb::HttpMatch {
+            uri: sm(Kind::Regex("/admin".into())),
+            ignore_uri_case: true,
+            ..Default::default()
+        });
+        assert!(
+            !hit(&regex, &facts(None, "GET", "/ADMIN")),
+            "regexes stay case-sensitive"
+        );
+        let ns = m(pb::HttpMatch {
+            source_namespace: "shop".into(),
+            ..Default::default()
+        });
+        let from = |n: &str| RequestFacts {
+            source_namespace: n.into(),
+            ..Default::default()
+        };
+        assert!(hit(&ns, &from("shop")));
+        assert!(!hit(&ns, &from("shopping")));
+        let without = m(pb::HttpMatch {
+            without_headers: [
+                ("x-a".to_string(), pb::StringMatch { kind: None }),
+                ("x-b".to_string(), sm(Kind::Exact("one".into())).unwrap()),
+            ]
+            .into(),
+            ..Default::default()
+        });
+        let with = |h: &[(&str, &str)]| RequestFacts {
+            headers: h
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        assert!(hit(&without, &with(&[])));
+        assert!(hit(&without, &with(&[("x-b", "two")])));
+        assert!(!hit(&without, &with(&[("x-b", "one")])));
+        assert!(!hit(&without, &with(&[("x-a", "")])));
+    }
+
+    #[test]
+    fn regex_rewrite_uses_envoy_substitution() {
+        assert_eq!(substitution(r"/v2/\1/\12$"), "/v2/${1}/${12}$$");
+        let r = Router::new(pb::L7Service {
+            http: vec![pb::HttpRoute {
+                route: vec![dest("v1", 100)],
+                rewrite: Some(pb::Rewrite {
+                    uri_regex: "^/api/v1/(.*)$".into(),
+                    uri_regex_rewrite: r"/v2/\1".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            r.regex_rewrite(0, "/api/v1/items").as_deref(),
+            Some("/v2/items")
+        );
+        assert_eq!(r.regex_rewrite(0, "/other").as_deref(), Some("/other"));
     }
 }

@@ -278,9 +278,55 @@ pub struct Rewrite {
     /// New authority.
     #[serde(default)]
     pub authority: Option<String>,
-    /// Not interpreted.
+    /// Regex path rewrite (Envoy `regex_rewrite`).
     #[serde(default)]
-    pub uri_regex_rewrite: Option<serde_json::Value>,
+    pub uri_regex_rewrite: Option<RegexRewrite>,
+}
+
+/// `rewrite.uriRegexRewrite`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegexRewrite {
+    /// RE2 pattern searched for in the path.
+    #[serde(default, rename = "match")]
+    pub pattern: String,
+    /// Replacement; `\1` names capture groups.
+    #[serde(default)]
+    pub rewrite: String,
+}
+
+/// `directResponse`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponse {
+    /// Status to answer.
+    pub status: u32,
+    /// Body.
+    #[serde(default)]
+    pub body: Option<DirectBody>,
+}
+
+/// `directResponse.body`: one of `string` or base64 `bytes`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectBody {
+    /// Text body.
+    #[serde(default)]
+    pub string: Option<String>,
+    /// Base64 body.
+    #[serde(default)]
+    pub bytes: Option<String>,
+}
+
+/// `mirrors[]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorPolicy {
+    /// Target.
+    pub destination: Destination,
+    /// Share mirrored (default 100).
+    #[serde(default)]
+    pub percentage: Option<Percent>,
 }
 
 /// `corsPolicy:`.
@@ -326,10 +372,10 @@ pub struct HttpRoute {
     /// Redirect instead of routing.
     #[serde(default)]
     pub redirect: Option<Redirect>,
-    /// Fixed response (not interpreted).
+    /// Answer without an upstream.
     #[serde(default)]
-    pub direct_response: Raw,
-    /// Delegation (not interpreted).
+    pub direct_response: Option<DirectResponse>,
+    /// Delegation to another VirtualService (reported, not applied).
     #[serde(default)]
     pub delegate: Raw,
     /// Rewrite.
@@ -347,9 +393,9 @@ pub struct HttpRoute {
     /// Mirror target.
     #[serde(default)]
     pub mirror: Option<Destination>,
-    /// Mirrors (not interpreted beyond the first).
+    /// More mirror targets, each with its own percentage.
     #[serde(default)]
-    pub mirrors: Raw,
+    pub mirrors: Vec<MirrorPolicy>,
     /// Share mirrored.
     #[serde(default)]
     pub mirror_percentage: Option<Percent>,

@@ -1,8 +1,8 @@
 //! VirtualService, DestinationRule, L7 AuthorizationPolicy,
 //! RequestAuthentication and RateLimitPolicy → one `L7Service` per Service
 //! bound to a waypoint (`istio.io/use-waypoint` on the Service or its
-//! namespace), validated on the way: regexes compile, weights sum to 100,
-//! subsets exist, durations and percentages parse. Each error names the
+//! namespace), validated on the way: regexes compile, weights are not
+//! negative, durations and percentages parse. Each error names the
 //! object and field; the object is then not applied (the model keeps its last
 //! good version).
 
@@ -159,17 +159,26 @@ fn destinations(
     subsets: &Subsets,
     known_hosts: &[String],
 ) -> Vec<pb::RouteDestination> {
-    let total: i64 = route.iter().map(|r| r.weight.unwrap_or(0)).sum();
+    // Istio: one destination takes everything whatever its weight; among
+    // several, weights are relative (Envoy sums them) and 0 drops one.
     if route.iter().any(|r| r.weight.is_some_and(|w| w < 0)) {
         ctx.error(field.to_string(), "weights must not be negative");
-    } else if route.len() > 1 && total != 100 {
+    } else if route.len() > 1 && route.iter().all(|r| r.weight.unwrap_or(0) == 0) {
         ctx.error(
             field.to_string(),
-            format!("weights sum to {total}, not 100"),
+            "every destination has weight 0: nothing can be routed",
         );
+    } else if route
+        .iter()
+        .any(|r| r.weight.unwrap_or(0) > i64::from(u32::MAX))
+    {
+        ctx.error(field.to_string(), "a weight does not fit in 32 bits");
     }
     let mut out = Vec::new();
     for (i, r) in route.iter().enumerate() {
+        if route.len() > 1 && r.weight.unwrap_or(0) == 0 {
+            continue;
+        }
         let host = resolve_host(&r.destination.host, ns);
         if !known_hosts.contains(&host) {
             ctx.note(
@@ -181,9 +190,14 @@ fn destinations(
         if let Some(sub) = &r.destination.subset
             && !subsets.get(&host).is_some_and(|s| s.contains(sub))
         {
-            ctx.error(
+            // Istio keeps the route; its cluster does not exist, so Envoy
+            // answers 503 (NC). analyze flags it (IST0101).
+            ctx.note(
+                Severity::Warning,
                 format!("{field}[{i}].destination.subset"),
-                format!("subset {sub:?} is not defined by any DestinationRule for {host}"),
+                format!(
+                    "IST0101 subset {sub:?} is not defined by any DestinationRule for {host}: requests routed here get 503"
+                ),
             );
         }
         out.push(pb::RouteDestination {
@@ -195,7 +209,7 @@ fn destinations(
             weight: if route.len() == 1 {
                 100
             } else {
-                r.weight.unwrap_or(0) as u32
+                r.weight.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32
             },
             headers: headers(&r.headers),
         });
@@ -203,6 +217,31 @@ fn destinations(
     out
 }
 
+/// The gateway name Istio gives mesh (sidecar and waypoint) traffic.
+const MESH_GATEWAY: &str = "mesh";
+
+/// Does a `gateways` list (VirtualService or match level) include mesh
+/// traffic? Empty means mesh only, as in Istio.
+fn applies_to_mesh(gateways: &[String]) -> bool {
+    gateways.is_empty() || gateways.iter().any(|g| g == MESH_GATEWAY)
+}
+
+/// A `scheme` match, decided here: mesh traffic reaches the waypoint as
+/// plain HTTP inside HBONE, so `:scheme` is always `http`. `None`: the
+/// match can never hold.
+fn scheme_holds(ctx: &mut Ctx<'_>, field: String, m: &net::StringMatch) -> Option<bool> {
+    use pb::string_match::Kind;
+    Some(match ctx.string_match(field, m)?.kind? {
+        Kind::Exact(e) => e == "http",
+        Kind::Prefix(p) => "http".starts_with(p.as_str()),
+        Kind::Regex(r) => {
+            regex::Regex::new(&format!("^(?:{r})$")).is_ok_and(|re| re.is_match("http"))
+        }
+    })
+}
+
+/// `http[i]`, or `None` when every `match` of it is for gateways only
+/// (Istio leaves such a route out of mesh routes).
 fn http_route(
     ctx: &mut Ctx<'_>,
     i: usize,
@@ -210,34 +249,61 @@ fn http_route(
     r: &HttpRoute,
     subsets: &Subsets,
     known_hosts: &[String],
-) -> pb::HttpRoute {
+) -> Option<pb::HttpRoute> {
     let f = format!("spec.http[{i}]");
     if r.route.is_empty() && r.redirect.is_none() && r.direct_response.is_none() {
         ctx.error(f.clone(), "needs one of route, redirect, directResponse");
     }
-    let matches = r
-        .matches
-        .iter()
-        .enumerate()
-        .map(|(j, m)| {
-            let mf = format!("{f}.match[{j}]");
-            let sm = |ctx: &mut Ctx<'_>, name: &str, v: &Option<net::StringMatch>| {
-                v.as_ref()
-                    .and_then(|v| ctx.string_match(format!("{mf}.{name}"), v))
-            };
-            pb::HttpMatch {
-                name: m.name.clone().unwrap_or_default(),
-                uri: sm(ctx, "uri", &m.uri),
-                method: sm(ctx, "method", &m.method),
-                authority: sm(ctx, "authority", &m.authority),
-                headers: ctx.string_matches(&format!("{mf}.headers"), &m.headers),
-                query_params: ctx.string_matches(&format!("{mf}.queryParams"), &m.query_params),
-                source_labels: m.source_labels.clone().into_iter().collect(),
-                port: m.port.unwrap_or(0),
-                without_headers: m.without_headers.keys().cloned().collect(),
-            }
-        })
-        .collect();
+    if r.delegate.is_some() {
+        ctx.error(
+            format!("{f}.delegate"),
+            "delegation is not supported by Ambit yet: write the delegate's routes into this VirtualService",
+        );
+    }
+    let mut matches = Vec::new();
+    for (j, m) in r.matches.iter().enumerate() {
+        let mf = format!("{f}.match[{j}]");
+        let sm = |ctx: &mut Ctx<'_>, name: &str, v: &Option<net::StringMatch>| {
+            v.as_ref()
+                .and_then(|v| ctx.string_match(format!("{mf}.{name}"), v))
+        };
+        let scheme_ok = match &m.scheme {
+            None => true,
+            Some(s) => scheme_holds(ctx, format!("{mf}.scheme"), s).unwrap_or(false),
+        };
+        let built = pb::HttpMatch {
+            name: m.name.clone().unwrap_or_default(),
+            uri: sm(ctx, "uri", &m.uri),
+            method: sm(ctx, "method", &m.method),
+            authority: sm(ctx, "authority", &m.authority),
+            headers: ctx.string_matches(&format!("{mf}.headers"), &m.headers),
+            query_params: ctx.string_matches(&format!("{mf}.queryParams"), &m.query_params),
+            source_labels: m.source_labels.clone().into_iter().collect(),
+            port: m.port.unwrap_or(0),
+            without_headers: m
+                .without_headers
+                .iter()
+                .map(|(k, v)| {
+                    // `{}` asks for absence; otherwise the match inverted.
+                    let empty = v.exact.is_none() && v.prefix.is_none() && v.regex.is_none();
+                    let m = if empty {
+                        Some(pb::StringMatch { kind: None })
+                    } else {
+                        ctx.string_match(format!("{mf}.withoutHeaders.{k}"), v)
+                    };
+                    (k.to_ascii_lowercase(), m.unwrap_or_default())
+                })
+                .collect(),
+            ignore_uri_case: m.ignore_uri_case.unwrap_or(false),
+            source_namespace: m.source_namespace.clone().unwrap_or_default(),
+        };
+        // Istio builds a mesh route for a match only if its `gateways`
+        // include `mesh`; a `scheme` other than http never holds here.
+        if applies_to_mesh(&m.gateways) && scheme_ok {
+            matches.push(built);
+        }
+    }
+    let mesh_route = r.matches.is_empty() || !matches.is_empty();
     let retries = r.retries.as_ref().map(|rt| pb::Retry {
         attempts: rt.attempts.unwrap_or(2).max(0) as u32,
         per_try_timeout_ms: ctx.millis(format!("{f}.retries.perTryTimeout"), &rt.per_try_timeout),
@@ -271,13 +337,54 @@ fn http_route(
             }
         }),
     });
-    let mirror = r.mirror.as_ref().map(|m| pb::Mirror {
-        destination: Some(pb::Destination {
-            host: resolve_host(&m.host, ns),
-            subset: m.subset.clone().unwrap_or_default(),
-            port: m.port.as_ref().map_or(0, |p| p.number),
-        }),
-        percentage: ctx.percent(format!("{f}.mirrorPercentage"), &r.mirror_percentage),
+    let mirror_destination = |m: &net::Destination| pb::Destination {
+        host: resolve_host(&m.host, ns),
+        subset: m.subset.clone().unwrap_or_default(),
+        port: m.port.as_ref().map_or(0, |p| p.number),
+    };
+    let mut mirrors: Vec<pb::Mirror> = r
+        .mirror
+        .iter()
+        .map(|m| pb::Mirror {
+            destination: Some(mirror_destination(m)),
+            percentage: ctx.percent(format!("{f}.mirrorPercentage"), &r.mirror_percentage),
+        })
+        .collect();
+    for (k, m) in r.mirrors.iter().enumerate() {
+        mirrors.push(pb::Mirror {
+            destination: Some(mirror_destination(&m.destination)),
+            percentage: ctx.percent(format!("{f}.mirrors[{k}].percentage"), &m.percentage),
+        });
+    }
+    let direct_response = r.direct_response.as_ref().map(|d| {
+        let df = format!("{f}.directResponse");
+        if !(200..=599).contains(&d.status) {
+            ctx.error(
+                format!("{df}.status"),
+                format!("{} is not an HTTP status", d.status),
+            );
+        }
+        let body = match d.body.as_ref().map(|b| (&b.string, &b.bytes)) {
+            None | Some((None, None)) => Vec::new(),
+            Some((Some(text), None)) => text.clone().into_bytes(),
+            Some((None, Some(b64))) => {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .unwrap_or_else(|e| {
+                        ctx.error(format!("{df}.body.bytes"), format!("not base64: {e}"));
+                        Vec::new()
+                    })
+            }
+            Some((Some(_), Some(_))) => {
+                ctx.error(format!("{df}.body"), "set one of string, bytes");
+                Vec::new()
+            }
+        };
+        pb::DirectResponse {
+            status: d.status,
+            body,
+        }
     });
     let cors = r.cors_policy.as_ref().map(|c| pb::CorsPolicy {
         allow_origins: c
@@ -292,7 +399,7 @@ fn http_route(
         max_age_s: ctx.millis(format!("{f}.corsPolicy.maxAge"), &c.max_age) / 1000,
         allow_credentials: c.allow_credentials.unwrap_or(false),
     });
-    pb::HttpRoute {
+    let route = pb::HttpRoute {
         name: r.name.clone().unwrap_or_default(),
         matches,
         route: destinations(
@@ -310,16 +417,39 @@ fn http_route(
             scheme: d.scheme.clone().unwrap_or_default(),
             port: d.port.unwrap_or(0),
         }),
-        rewrite: r.rewrite.as_ref().map(|w| pb::Rewrite {
-            uri: w.uri.clone().unwrap_or_default(),
-            authority: w.authority.clone().unwrap_or_default(),
-        }),
+        rewrite: r.rewrite.as_ref().map(|w| rewrite(ctx, &f, w)),
         timeout_ms: ctx.millis(format!("{f}.timeout"), &r.timeout),
         retries,
         fault,
-        mirror,
+        mirrors,
         headers: headers(&r.headers),
         cors,
+        direct_response,
+    };
+    mesh_route.then_some(route)
+}
+
+fn rewrite(ctx: &mut Ctx<'_>, f: &str, w: &net::Rewrite) -> pb::Rewrite {
+    let (uri_regex, uri_regex_rewrite) = match &w.uri_regex_rewrite {
+        None => (String::new(), String::new()),
+        Some(rr) => {
+            if w.uri.is_some() {
+                ctx.error(format!("{f}.rewrite"), "set one of uri, uriRegexRewrite");
+            }
+            if let Err(e) = regex::Regex::new(&rr.pattern) {
+                ctx.error(
+                    format!("{f}.rewrite.uriRegexRewrite.match"),
+                    format!("bad regex: {e}"),
+                );
+            }
+            (rr.pattern.clone(), rr.rewrite.clone())
+        }
+    };
+    pb::Rewrite {
+        uri: w.uri.clone().unwrap_or_default(),
+        authority: w.authority.clone().unwrap_or_default(),
+        uri_regex,
+        uri_regex_rewrite,
     }
 }
 
@@ -844,7 +974,7 @@ impl BackendIndex {
                 r.route
                     .iter()
                     .filter_map(|d| d.destination.as_ref())
-                    .chain(r.mirror.iter().filter_map(|m| m.destination.as_ref()))
+                    .chain(r.mirrors.iter().filter_map(|m| m.destination.as_ref()))
                     .map(|d| d.host.clone()),
             );
         }
@@ -910,12 +1040,24 @@ fn virtual_service(
         ctx.error("spec.hosts".into(), "at least one host is required");
     }
     let hosts = vs.spec.hosts.iter().map(|h| resolve_host(h, ns)).collect();
+    if !applies_to_mesh(&vs.spec.gateways) {
+        // As Istio: bound to gateways only, it does not route mesh traffic.
+        ctx.note(
+            Severity::Warning,
+            "spec.gateways".into(),
+            format!(
+                "bound to gateways {:?} without {MESH_GATEWAY:?}: as in Istio, it does not apply to mesh traffic (Ambit has no ingress gateway)",
+                vs.spec.gateways
+            ),
+        );
+        return (Vec::new(), Vec::new(), Vec::new());
+    }
     let http = vs
         .spec
         .http
         .iter()
         .enumerate()
-        .map(|(i, r)| http_route(ctx, i, ns, r, subsets, known_hosts))
+        .filter_map(|(i, r)| http_route(ctx, i, ns, r, subsets, known_hosts))
         .collect();
     let tcp = vs
         .spec

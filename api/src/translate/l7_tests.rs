@@ -111,11 +111,40 @@ fn bookinfo_routes_subsets_and_policy_reach_the_waypoint_config() {
 fn invalid_resources_are_named_with_their_field() {
     let cases: &[(&str, String, &str)] = &[
         (
-            "weights",
+            "all weights zero",
             vs(
-                "  - route:\n    - {destination: {host: reviews, subset: v1}, weight: 90}\n    - {destination: {host: reviews, subset: v3}, weight: 20}\n",
+                "  - route:\n    - {destination: {host: reviews, subset: v1}, weight: 0}\n    - {destination: {host: reviews, subset: v3}}\n",
             ),
-            "VirtualService bookinfo/reviews spec.http[0].route: weights sum to 110, not 100",
+            "VirtualService bookinfo/reviews spec.http[0].route: every destination has weight 0",
+        ),
+        (
+            "delegate",
+            vs("  - delegate: {name: reviews-v2, namespace: bookinfo}\n"),
+            "spec.http[0].delegate: delegation is not supported",
+        ),
+        (
+            "grpc abort",
+            vs(
+                "  - route: [{destination: {host: reviews}}]\n    fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 10}}}\n",
+            ),
+            "spec.http[0].fault.abort.grpcStatus: gRPC aborts are not supported",
+        ),
+        (
+            "direct response status",
+            vs("  - directResponse: {status: 42}\n"),
+            "spec.http[0].directResponse.status: 42 is not an HTTP status",
+        ),
+        (
+            "direct response bytes",
+            vs("  - directResponse: {status: 200, body: {bytes: \"not base64!\"}}\n"),
+            "spec.http[0].directResponse.body.bytes: not base64",
+        ),
+        (
+            "regex rewrite",
+            vs(
+                "  - route: [{destination: {host: reviews}}]\n    rewrite: {uriRegexRewrite: {match: \"(\", rewrite: /x}}\n",
+            ),
+            "spec.http[0].rewrite.uriRegexRewrite.match: bad regex",
         ),
         (
             "regex",
@@ -123,11 +152,6 @@ fn invalid_resources_are_named_with_their_field() {
                 "  - match: [{uri: {regex: \"/api/(v1\"}}]\n    route: [{destination: {host: reviews}}]\n",
             ),
             "spec.http[0].match[0].uri.regex: bad regex",
-        ),
-        (
-            "undefined subset",
-            vs("  - route: [{destination: {host: reviews, subset: v4}}]\n"),
-            "spec.http[0].route[0].destination.subset: subset \"v4\" is not defined",
         ),
         (
             "duration",
@@ -217,5 +241,196 @@ fn hosts_resolve_like_istio() {
     assert_eq!(
         resolve_host("reviews.other.svc.cluster.local", "b"),
         "reviews.other.svc.cluster.local"
+    );
+}
+
+fn warnings(t: &Translation) -> Vec<String> {
+    t.findings
+        .iter()
+        .filter(|f| f.severity == Severity::Warning)
+        .map(|f| format!("{} {}: {}", f.object, f.field, f.message))
+        .collect()
+}
+
+/// Istio's route translation: weights are relative, 0 drops a destination,
+/// a lone destination takes everything; a route to a subset no
+/// DestinationRule defines is kept (it answers 503) and flagged.
+#[test]
+fn weights_are_relative_and_undefined_subsets_are_kept() {
+    let t = run(&(BASE.to_string()
+        + &vs(
+            "  - route:\n    - {destination: {host: reviews, subset: v1}, weight: 3}\n    - {destination: {host: reviews, subset: v2}, weight: 0}\n    - {destination: {host: reviews, subset: v3}, weight: 1}\n  - route: [{destination: {host: reviews, subset: v4}, weight: 5}]\n",
+        )));
+    assert!(errors(&t).is_empty(), "{:?}", errors(&t));
+    let s = &t.l7[0];
+    let split: Vec<(String, u32)> = s.http[0]
+        .route
+        .iter()
+        .map(|r| {
+            (
+                r.destination
+                    .as_ref()
+                    .map(|d| d.subset.clone())
+                    .unwrap_or_default(),
+                r.weight,
+            )
+        })
+        .collect();
+    assert_eq!(split, vec![("v1".into(), 3), ("v3".into(), 1)]);
+    assert_eq!(s.http[1].route[0].weight, 100);
+    assert_eq!(
+        s.http[1].route[0]
+            .destination
+            .as_ref()
+            .map(|d| d.subset.as_str()),
+        Some("v4")
+    );
+    let warns = warnings(&t);
+    assert!(
+        warns
+            .iter()
+            .any(|w| w.contains("spec.http[1].route[0].destination.subset: IST0101 subset \"v4\"")),
+        "{warns:?}"
+    );
+}
+
+/// `gateways`, `scheme`, `ignoreUriCase`, `sourceNamespace`,
+/// `withoutHeaders`, `directResponse`, `mirrors`, `uriRegexRewrite`: each
+/// interpreted as Istio does for mesh traffic.
+#[test]
+fn mesh_semantics_of_match_and_route_fields() {
+    let http = r#"  - match:
+    - {uri: {prefix: /gw}, gateways: [ingress]}
+    - {uri: {prefix: /mesh}, gateways: [mesh, ingress]}
+    - {uri: {prefix: /tls}, scheme: {exact: https}}
+    - {uri: {prefix: /Plain}, scheme: {prefix: ht}, ignoreUriCase: true, sourceNamespace: shop}
+    - {uri: {prefix: /w}, withoutHeaders: {x-a: {}, x-b: {exact: one}}}
+    route: [{destination: {host: reviews}}]
+    mirror: {host: reviews, subset: v1}
+    mirrorPercentage: {value: 0}
+    mirrors: [{destination: {host: reviews, subset: v2}}, {destination: {host: reviews, subset: v3}, percentage: {value: 25}}]
+    rewrite: {uriRegexRewrite: {match: "^/mesh/(.*)$", rewrite: "/v2/\\1"}}
+  - match: [{uri: {prefix: /only-gw}, gateways: [ingress]}]
+    route: [{destination: {host: reviews}}]
+  - directResponse: {status: 418, body: {string: "teapot"}}
+"#;
+    let t = run(&(BASE.to_string() + &vs(http)));
+    assert!(errors(&t).is_empty(), "{:?}", errors(&t));
+    let s = &t.l7[0];
+    assert_eq!(s.http.len(), 2, "the gateway-only route is left out");
+    let prefixes: Vec<String> = s.http[0]
+        .matches
+        .iter()
+        .map(|m| match m.uri.as_ref().and_then(|u| u.kind.as_ref()) {
+            Some(pb::string_match::Kind::Prefix(p)) => p.clone(),
+            _ => String::new(),
+        })
+        .collect();
+    assert_eq!(prefixes, vec!["/mesh", "/Plain", "/w"]);
+    assert!(s.http[0].matches[1].ignore_uri_case);
+    assert_eq!(s.http[0].matches[1].source_namespace, "shop");
+    let without = &s.http[0].matches[2].without_headers;
+    assert_eq!(without.get("x-a").map(|m| m.kind.is_none()), Some(true));
+    assert_eq!(
+        without.get("x-b").and_then(|m| m.kind.clone()),
+        Some(pb::string_match::Kind::Exact("one".into()))
+    );
+    let mirrors: Vec<(String, f64)> = s.http[0]
+        .mirrors
+        .iter()
+        .map(|m| {
+            (
+                m.destination
+                    .as_ref()
+                    .map(|d| d.subset.clone())
+                    .unwrap_or_default(),
+                m.percentage,
+            )
+        })
+        .collect();
+    assert_eq!(
+        mirrors,
+        vec![
+            ("v1".into(), 0.0),
+            ("v2".into(), 100.0),
+            ("v3".into(), 25.0)
+        ]
+    );
+    let rw = s.http[0].rewrite.as_ref().expect("rewrite");
+    assert_eq!(
+        (rw.uri_regex.as_str(), rw.uri_regex_rewrite.as_str()),
+        ("^/mesh/(.*)$", "/v2/\\1")
+    );
+    let direct = s.http[1].direct_response.as_ref().expect("direct response");
+    assert_eq!(
+        (direct.status, direct.body.as_slice()),
+        (418, b"teapot".as_slice())
+    );
+
+    // Bound to an ingress gateway only: no mesh routes, and a finding.
+    let gw_only = vs("  - route: [{destination: {host: reviews}}]\n").replace(
+        "  hosts: [reviews]\n",
+        "  hosts: [reviews]\n  gateways: [ingress]\n",
+    );
+    let t = run(&(BASE.to_string() + &gw_only));
+    assert!(t.l7[0].http.is_empty());
+    assert!(
+        warnings(&t)
+            .iter()
+            .any(|w| w.contains("spec.gateways: bound to gateways")),
+        "{:?}",
+        warnings(&t)
+    );
+}
+
+/// Every field Ambit accepts and does not act on is a finding with its
+/// exact path; defaults (`exportTo: ["*"]`) are not.
+#[test]
+fn uninterpreted_fields_are_findings_with_their_path() {
+    let dr = r#"---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings, namespace: bookinfo}
+spec:
+  host: ratings
+  exportTo: ["*"]
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}, connectionPool: {tcp: {connectTimeout: 1s}}}
+  subsets:
+  - {name: v1, labels: {version: v1}, trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true}}}}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: bookinfo}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  jwtRules: [{issuer: a, jwks: "{\"keys\":[]}", fromCookies: [session]}]
+"#;
+    let http = "  - match: [{uri: {prefix: /}, statPrefix: s}]\n    route: [{destination: {host: reviews}}]\n";
+    let t = run(&(BASE.to_string()
+        + &vs(http).replace(
+            "  hosts: [reviews]\n",
+            "  hosts: [reviews]\n  exportTo: [\".\"]\n",
+        )
+        + dr));
+    let warns = warnings(&t);
+    for want in [
+        "VirtualService bookinfo/reviews spec.exportTo: exportTo is not interpreted",
+        "VirtualService bookinfo/reviews spec.http[0].match[0].statPrefix: not interpreted",
+        "DestinationRule bookinfo/ratings spec.trafficPolicy.tls: not interpreted",
+        "DestinationRule bookinfo/ratings spec.trafficPolicy.connectionPool.tcp.connectTimeout: not interpreted",
+        "DestinationRule bookinfo/ratings spec.subsets[0].trafficPolicy.loadBalancer.consistentHash.useSourceIp: not interpreted",
+        "RequestAuthentication bookinfo/jwt spec.selector: a selector binds sidecars",
+        "RequestAuthentication bookinfo/jwt spec.jwtRules[0].fromCookies: not interpreted",
+    ] {
+        assert!(
+            warns.iter().any(|w| w.starts_with(want)),
+            "want {want:?} in {warns:#?}"
+        );
+    }
+    assert!(
+        !warns
+            .iter()
+            .any(|w| w.contains("DestinationRule bookinfo/ratings spec.exportTo")),
+        "exportTo: [\"*\"] is the default: {warns:#?}"
     );
 }

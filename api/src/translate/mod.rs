@@ -11,6 +11,7 @@
 pub mod l7;
 mod l7_policy;
 mod policy;
+mod uninterpreted;
 pub mod waypoints;
 mod workloads;
 
@@ -75,6 +76,7 @@ pub fn translate(res: &Resources) -> Translation {
     policy::translate_policies(res, &mut out);
     l7::translate_l7(res, &waypoints, &mut out);
     report_ignored(res, &mut out);
+    uninterpreted::report(res, &mut out);
     out
 }
 
