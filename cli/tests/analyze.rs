@@ -57,7 +57,7 @@ fn clean_directory_passes() {
 #[test]
 fn errors_name_file_object_and_field_and_fail() {
     let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web, namespace: shop}\n\
-              spec:\n  hosts: [web]\n  http:\n  - route:\n    - {destination: {host: web, subset: v1}, weight: 60}\n    - {destination: {host: web, subset: v9}, weight: 30}\n";
+              spec:\n  hosts: [web]\n  http:\n  - route:\n    - {destination: {host: web, subset: v1}, weight: -60}\n    - {destination: {host: web, subset: v9}, weight: 30}\n";
     let typo = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec: {actoin: DENY}\n";
     let d = dir_with(
         "bad",
@@ -68,11 +68,12 @@ fn errors_name_file_object_and_field_and_fail() {
     assert!(
         out.contains("Error (VirtualService shop/web")
             && out.contains("routes.yaml (document 1)")
-            && out.contains("spec.http[0].route: weights sum to 90, not 100"),
+            && out.contains("spec.http[0].route: weights must not be negative"),
         "{out}"
     );
     assert!(
-        out.contains("spec.http[0].route[1].destination.subset: subset \"v9\""),
+        out.contains("Warning (VirtualService shop/web")
+            && out.contains("spec.http[0].route[1].destination.subset: IST0101 subset \"v9\""),
         "{out}"
     );
     assert!(
