@@ -408,3 +408,31 @@ fn sources_claims_and_conditions() {
     r.remote_ip = Some("192.0.2.7".parse().unwrap());
     assert!(authorize(&remote, Mode::Http, &r).is_allowed());
 }
+
+/// A repeated header matches when any one of its values does (Envoy's RBAC
+/// header matcher; found by the differential test against Envoy): an ALLOW
+/// on `bob` admits `X-User: alice` + `X-User: bob`, and a DENY on `*ce`
+/// catches it.
+#[test]
+fn repeated_headers_match_on_any_value() {
+    let mut r = req("bookinfo", "GET", "/", false);
+    r.headers.insert("x-user".into(), "alice,bob".into());
+    let allow = policy(
+        "allow-bob",
+        Action::Allow,
+        vec![pb::HttpRule {
+            when: vec![cond("request.headers[X-User]", &["bob"])],
+            ..Default::default()
+        }],
+    );
+    assert!(authorize(&[allow], Mode::Http, &r).is_allowed());
+    let deny = policy(
+        "deny-ce",
+        Action::Deny,
+        vec![pb::HttpRule {
+            when: vec![cond("request.headers[X-User]", &["*ce"])],
+            ..Default::default()
+        }],
+    );
+    assert!(!authorize(&[deny], Mode::Http, &r).is_allowed());
+}

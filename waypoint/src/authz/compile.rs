@@ -184,7 +184,14 @@ impl Check {
                 .claims
                 .get(name)
                 .is_some_and(|vs| vs.iter().any(|v| value.matches(v))),
-            Check::Header { name, value } => r.headers.get(name).is_some_and(|v| value.matches(v)),
+            // Envoy's header matcher (as the differential test against it
+            // shows) holds when the whole value or any one of a repeated
+            // header's values matches; repeated headers arrive here joined
+            // with `,`.
+            Check::Header { name, value } => r
+                .headers
+                .get(name)
+                .is_some_and(|v| value.matches(v) || v.split(',').any(|one| value.matches(one))),
             Check::HeaderPresent(name) => r.headers.contains_key(name),
             Check::Host(p) => r
                 .authority
