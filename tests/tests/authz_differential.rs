@@ -11,9 +11,11 @@
 //! source addresses to real destination addresses, and Envoy's answer (200,
 //! 403 or 400 for a path it refuses) must equal Ambit's decision.
 //!
-//! JWT-derived fields (`requestPrincipals`, `request.auth.*`) and
-//! `connection.sni` need a token or TLS the oracle does not see here; they are
-//! covered by the waypoint's table tests.
+//! JWT-derived fields (`requestPrincipals`, `request.auth.*`) reach Envoy as
+//! the JWT filter leaves them: a Lua filter writes the request's claims into
+//! the `envoy.filters.http.jwt_authn` `payload` metadata that Istio's
+//! matchers read. `connection.sni` needs TLS the oracle does not see here; it
+//! is covered by the waypoint's table tests.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -72,6 +74,17 @@ const PATHS: &[&str] = &[
     "/api/{**}",
 ];
 const HEADER_VALUES: &[&str] = &["alice", "al*", "*ce", "*", "bob"];
+const REQUEST_PRINCIPALS: &[&str] = &[
+    "https://idp.example/alice",
+    "https://idp.example/*",
+    "*/bob",
+    "*",
+    "iss-b*",
+    "iss-b/alice",
+];
+const GROUPS: &[&str] = &["admin", "dev", "*", "ad*"];
+const AUDIENCES: &[&str] = &["web", "api", "*"];
+const TEAMS: &[&str] = &["blue", "bl*", "red"];
 
 const PEERS: &[&str] = &[
     "spiffe://cluster.local/ns/shop/sa/web",
@@ -141,6 +154,7 @@ fn gen_rule(rng: &mut StdRng, ports: &[&str]) -> Value {
             maybe_field(rng, &mut s, "serviceAccounts", SERVICE_ACCOUNTS);
             maybe_field(rng, &mut s, "ipBlocks", CIDRS);
             maybe_field(rng, &mut s, "remoteIpBlocks", CIDRS);
+            maybe_field(rng, &mut s, "requestPrincipals", REQUEST_PRINCIPALS);
             json!({"source": s})
         })
         .collect();
@@ -156,7 +170,11 @@ fn gen_rule(rng: &mut StdRng, ports: &[&str]) -> Value {
         .collect();
     let whens: Vec<Value> = (0..rng.gen_range(0..=2))
         .map(|_| {
-            let (key, pool): (&str, &[&str]) = match rng.gen_range(0..7) {
+            let (key, pool): (&str, &[&str]) = match rng.gen_range(0..11) {
+                7 => ("request.auth.principal", REQUEST_PRINCIPALS),
+                8 => ("request.auth.claims[groups]", GROUPS),
+                9 => ("request.auth.audiences", AUDIENCES),
+                10 => ("request.auth.claims[org][team]", TEAMS),
                 0 => ("source.ip", CIDRS),
                 1 => ("remote.ip", CIDRS),
                 2 => ("destination.ip", DEST_CIDRS),
@@ -280,8 +298,62 @@ fn principal_for(key: &str, v: &str, policy_ns: &str) -> Value {
         "ipBlocks" | "source.ip" => json!({"direct_remote_ip": cidr(v)}),
         "remoteIpBlocks" | "remote.ip" => json!({"remote_ip": cidr(v)}),
         "request.headers[X-User]" => header_matcher("X-User", v, false),
+        "requestPrincipals" | "request.auth.principal" => request_principal(v),
+        "request.auth.claims[groups]" => jwt_claim(&["groups"], v),
+        "request.auth.audiences" => jwt_claim(&["aud"], v),
+        "request.auth.claims[org][team]" => jwt_claim(&["org", "team"], v),
         other => panic!("no principal generator for {other}"),
     }
+}
+
+fn jwt_metadata(path: &[&str], value: Value) -> Value {
+    let mut segments = vec![json!({"key": "payload"})];
+    segments.extend(path.iter().map(|k| json!({"key": k})));
+    json!({"metadata": {"filter": "envoy.filters.http.jwt_authn", "path": segments, "value": value}})
+}
+
+/// `requestPrincipalGenerator.extendedPrincipal`: issuer and subject matched
+/// separately, split at the value's last `/`.
+fn request_principal(v: &str) -> Value {
+    let any = json!({"safe_regex": {"regex": ".+"}});
+    let (iss, sub) = match v.rfind('/') {
+        Some(i) => (&v[..i], Some(&v[i + 1..])),
+        None => (v, None),
+    };
+    let (mi, ms) = if v == "*" {
+        (any.clone(), any)
+    } else if v.starts_with('*') {
+        match sub {
+            Some(sub) if iss == "*" => (any, json!({"exact": sub})),
+            Some(sub) => (json!({"suffix": &iss[1..]}), json!({"exact": sub})),
+            None => (any, json!({"suffix": &v[1..]})),
+        }
+    } else if v.ends_with('*') {
+        match sub {
+            Some("*") => (json!({"exact": iss}), any),
+            Some(sub) => (
+                json!({"exact": iss}),
+                json!({"prefix": &sub[..sub.len() - 1]}),
+            ),
+            None => (json!({"prefix": &v[..v.len() - 1]}), any),
+        }
+    } else {
+        (json!({"exact": iss}), json!({"exact": sub.unwrap_or("")}))
+    };
+    json!({"and_ids": {"ids": [
+        jwt_metadata(&["iss"], json!({"string_match": mi})),
+        jwt_metadata(&["sub"], json!({"string_match": ms})),
+    ]}})
+}
+
+/// `MetadataListValueMatcher(..., useExtendedJwt=true)`: a list holding a
+/// matching string, or a matching string.
+fn jwt_claim(path: &[&str], v: &str) -> Value {
+    let m = json!({"string_match": string_matcher(v, "")});
+    jwt_metadata(
+        path,
+        json!({"or_match": {"value_matchers": [{"list_match": {"one_of": m}}, m]}}),
+    )
 }
 
 /// A permission matcher (`generator.permission`) for one value of `key`.
@@ -359,6 +431,10 @@ fn permission_field(key: &str, values: &[String], not: &[String]) -> Vec<Value> 
 }
 
 const PRINCIPAL_WHEN: &[&str] = &[
+    "request.auth.principal",
+    "request.auth.claims[groups]",
+    "request.auth.audiences",
+    "request.auth.claims[org][team]",
     "source.ip",
     "remote.ip",
     "source.namespace",
@@ -415,6 +491,7 @@ fn istio_rbac_policy(rule: &Value, ns: &str) -> Value {
             "serviceAccounts",
             "ipBlocks",
             "remoteIpBlocks",
+            "requestPrincipals",
         ] {
             let not = format!("not{}{}", key[..1].to_uppercase(), &key[1..]);
             ids.extend(principal_field(
@@ -490,6 +567,35 @@ fn istio_rbac(policies: &[Policy], action: &str, ns: &str) -> Value {
     json!({"rules": {"action": action, "policies": map}})
 }
 
+/// What Envoy's JWT filter leaves in `jwt_authn` metadata for a validated
+/// token, rebuilt from the test's `x-test-jwt` header
+/// (`iss=..;sub=..;groups=[a,b];aud=x;org.team=y`; `[..]` is a list).
+const LUA_PAYLOAD: &str = r#"
+function envoy_on_request(h)
+  local raw = h:headers():get("x-test-jwt")
+  if raw == nil then return end
+  local payload = {}
+  for pair in string.gmatch(raw, "[^;]+") do
+    local k, v = string.match(pair, "^([^=]+)=(.*)$")
+    local value = v
+    if string.sub(v, 1, 1) == "[" then
+      value = {}
+      for item in string.gmatch(string.sub(v, 2, -2), "[^,]+") do
+        table.insert(value, item)
+      end
+    end
+    local outer, inner = string.match(k, "^([^.]+)%.(.+)$")
+    if outer ~= nil then
+      payload[outer] = payload[outer] or {}
+      payload[outer][inner] = value
+    else
+      payload[k] = value
+    end
+  end
+  h:streamInfo():dynamicMetadata():set("envoy.filters.http.jwt_authn", "payload", payload)
+end
+"#;
+
 fn envoy_config(admin: u16, listeners: &[SocketAddr], sets: &[Vec<Policy>]) -> String {
     let per_route = |rbac: Value| {
         json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute",
@@ -529,6 +635,9 @@ fn envoy_config(admin: u16, listeners: &[SocketAddr], sets: &[Vec<Policy>]) -> S
                     "factory_key": "envoy.string",
                     "format_string": {"text_format_source": {"inline_string": "%REQ(x-test-peer)%"}}
                 }]}},
+            {"name": "jwt-payload", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": {"inline_string": LUA_PAYLOAD}}},
             {"name": "istio.authorization.deny", "typed_config": rbac},
             {"name": "istio.authorization.allow", "typed_config": rbac},
             {"name": "envoy.filters.http.router", "typed_config": {
@@ -614,6 +723,75 @@ struct Req {
     path: &'static str,
     users: Vec<&'static str>,
     xff: bool,
+    /// The claims of the request's validated JWT, if it carries one.
+    jwt: Option<Jwt>,
+}
+
+/// The claims of a validated JWT.
+#[derive(Clone, Debug)]
+struct Jwt {
+    iss: &'static str,
+    sub: &'static str,
+    groups: Option<Vec<&'static str>>,
+    aud: Vec<&'static str>,
+    team: Option<&'static str>,
+}
+
+impl Jwt {
+    fn generate(rng: &mut StdRng) -> Jwt {
+        let list = |rng: &mut StdRng, pool: &[&'static str]| -> Vec<&'static str> {
+            let n = rng.gen_range(1..=2);
+            pool.choose_multiple(rng, n).copied().collect()
+        };
+        Jwt {
+            iss: ["https://idp.example", "iss-b", "iss-c"]
+                .choose(rng)
+                .copied()
+                .expect("issuers"),
+            sub: ["alice", "bob"].choose(rng).copied().expect("subjects"),
+            groups: rng
+                .gen_bool(0.7)
+                .then(|| list(rng, &["admin", "dev", "ops"])),
+            aud: list(rng, &["web", "api"]),
+            team: rng
+                .gen_bool(0.5)
+                .then(|| *["blue", "red"].choose(rng).expect("teams")),
+        }
+    }
+
+    /// The `x-test-jwt` header the Lua filter reads.
+    fn header(&self) -> String {
+        let mut s = format!("iss={};sub={}", self.iss, self.sub);
+        if let Some(g) = &self.groups {
+            s.push_str(&format!(";groups=[{}]", g.join(",")));
+        }
+        // One audience as a string, several as a list (both JWT forms).
+        if self.aud.len() == 1 {
+            s.push_str(&format!(";aud={}", self.aud[0]));
+        } else {
+            s.push_str(&format!(";aud=[{}]", self.aud.join(",")));
+        }
+        if let Some(t) = self.team {
+            s.push_str(&format!(";org.team={t}"));
+        }
+        s
+    }
+
+    /// The claims as the waypoint's JWT filter flattens them.
+    fn claims(&self) -> BTreeMap<String, Vec<String>> {
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut c = BTreeMap::new();
+        c.insert("iss".to_string(), vec![self.iss.to_string()]);
+        c.insert("sub".to_string(), vec![self.sub.to_string()]);
+        if let Some(g) = &self.groups {
+            c.insert("groups".to_string(), owned(g));
+        }
+        c.insert("aud".to_string(), owned(&self.aud));
+        if let Some(t) = self.team {
+            c.insert("org.team".to_string(), vec![t.to_string()]);
+        }
+        c
+    }
 }
 
 impl Req {
@@ -627,6 +805,9 @@ impl Req {
         }
         if self.xff {
             s.push_str("x-forwarded-for: 127.0.0.20\r\n");
+        }
+        if let Some(j) = &self.jwt {
+            s.push_str(&format!("x-test-jwt: {}\r\n", j.header()));
         }
         s.push_str("\r\n");
         s
@@ -655,6 +836,11 @@ impl Req {
             method: self.method.to_string(),
             path,
             headers,
+            request_auth: self
+                .jwt
+                .as_ref()
+                .map(|j| (j.iss.to_string(), j.sub.to_string())),
+            claims: self.jwt.as_ref().map(Jwt::claims).unwrap_or_default(),
             ..RequestAttributes::default()
         };
         if authz.authorize(Mode::Http, &attrs).is_allowed() {
@@ -743,6 +929,7 @@ async fn waypoint_authorization_agrees_with_envoy_rbac_as_istio_configures_it() 
                 path: REQ_PATHS.choose(&mut rng).copied().expect("paths"),
                 users,
                 xff: rng.gen_bool(0.2),
+                jwt: rng.gen_bool(0.6).then(|| Jwt::generate(&mut rng)),
             });
         }
     }
@@ -762,7 +949,7 @@ async fn waypoint_authorization_agrees_with_envoy_rbac_as_istio_configures_it() 
         }
         if theirs != ours {
             disagreements.push(format!(
-                "case {} request {} {} host={} peer={} src={} dst={} users={:?}: envoy {theirs}, ambit {ours}\npolicies: {}",
+                "case {} request {} {} host={} peer={} src={} dst={} users={:?} jwt={:?}: envoy {theirs}, ambit {ours}\npolicies: {}",
                 r.case,
                 r.method,
                 r.path,
@@ -771,6 +958,7 @@ async fn waypoint_authorization_agrees_with_envoy_rbac_as_istio_configures_it() 
                 r.source,
                 r.listener,
                 r.users,
+                r.jwt.as_ref().map(Jwt::header),
                 serde_json::to_string(
                     &sets[r.case]
                         .iter()
