@@ -320,22 +320,22 @@ fn request_principal(v: &str) -> Value {
         Some(i) => (&v[..i], Some(&v[i + 1..])),
         None => (v, None),
     };
+    // Istio trims the `*` from the issuer (leading) or subject (trailing).
+    let trim_front = |x: &str| x.trim_start_matches('*').to_string();
+    let trim_back = |x: &str| x.trim_end_matches('*').to_string();
     let (mi, ms) = if v == "*" {
         (any.clone(), any)
     } else if v.starts_with('*') {
         match sub {
             Some(sub) if iss == "*" => (any, json!({"exact": sub})),
-            Some(sub) => (json!({"suffix": &iss[1..]}), json!({"exact": sub})),
-            None => (any, json!({"suffix": &v[1..]})),
+            Some(sub) => (json!({"suffix": trim_front(iss)}), json!({"exact": sub})),
+            None => (any, json!({"suffix": trim_front(v)})),
         }
     } else if v.ends_with('*') {
         match sub {
             Some("*") => (json!({"exact": iss}), any),
-            Some(sub) => (
-                json!({"exact": iss}),
-                json!({"prefix": &sub[..sub.len() - 1]}),
-            ),
-            None => (json!({"prefix": &v[..v.len() - 1]}), any),
+            Some(sub) => (json!({"exact": iss}), json!({"prefix": trim_back(sub)})),
+            None => (json!({"prefix": trim_back(v)}), any),
         }
     } else {
         (json!({"exact": iss}), json!({"exact": sub.unwrap_or("")}))
