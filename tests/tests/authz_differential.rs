@@ -442,8 +442,31 @@ const PRINCIPAL_WHEN: &[&str] = &[
     "request.headers[X-User]",
 ];
 
-/// `model.New` + `Generate` for one rule.
-fn istio_rbac_policy(rule: &Value, ns: &str) -> Value {
+/// Fields a TCP filter chain cannot check: Istio's generators return an
+/// error for them when `forTCP`.
+const HTTP_ONLY: &[&str] = &[
+    "requestPrincipals",
+    "request.auth.principal",
+    "request.auth.claims[groups]",
+    "request.auth.audiences",
+    "request.auth.claims[org][team]",
+    "request.headers[X-User]",
+    "hosts",
+    "methods",
+    "paths",
+];
+
+/// `rule.checkError` on a TCP chain: an HTTP-only field fails an ALLOW rule
+/// (`None`: the rule is skipped) and is left out of a DENY or AUDIT rule.
+fn tcp_field(key: &str, given: bool, action: &str, for_tcp: bool) -> Option<bool> {
+    if !(for_tcp && given && HTTP_ONLY.contains(&key)) {
+        return Some(true);
+    }
+    if action == "ALLOW" { None } else { Some(false) }
+}
+
+/// `model.New` + `Generate` for one rule (`None`: skipped on this chain).
+fn istio_rbac_policy(rule: &Value, ns: &str, action: &str, for_tcp: bool) -> Option<Value> {
     let mut base_principal = Vec::new();
     let mut base_permission = Vec::new();
     for w in rule
@@ -454,6 +477,9 @@ fn istio_rbac_policy(rule: &Value, ns: &str) -> Value {
     {
         let key = w["key"].as_str().expect("key");
         let (vals, nots) = (strings(w.get("values")), strings(w.get("notValues")));
+        if !tcp_field(key, !vals.is_empty() || !nots.is_empty(), action, for_tcp)? {
+            continue;
+        }
         if PRINCIPAL_WHEN.contains(&key) {
             base_principal.extend(principal_field(key, &vals, &nots, ns));
         } else {
@@ -494,12 +520,11 @@ fn istio_rbac_policy(rule: &Value, ns: &str) -> Value {
             "requestPrincipals",
         ] {
             let not = format!("not{}{}", key[..1].to_uppercase(), &key[1..]);
-            ids.extend(principal_field(
-                key,
-                &strings(s.get(key)),
-                &strings(s.get(&not)),
-                ns,
-            ));
+            let (vals, nots) = (strings(s.get(key)), strings(s.get(&not)));
+            if !tcp_field(key, !vals.is_empty() || !nots.is_empty(), action, for_tcp)? {
+                continue;
+            }
+            ids.extend(principal_field(key, &vals, &nots, ns));
         }
         ids.extend(base_principal.iter().cloned());
         principals.push(and_ids(ids));
@@ -518,11 +543,11 @@ fn istio_rbac_policy(rule: &Value, ns: &str) -> Value {
         let mut rules = Vec::new();
         for key in ["hosts", "ports", "methods", "paths"] {
             let not = format!("not{}{}", key[..1].to_uppercase(), &key[1..]);
-            rules.extend(permission_field(
-                key,
-                &strings(o.get(key)),
-                &strings(o.get(&not)),
-            ));
+            let (vals, nots) = (strings(o.get(key)), strings(o.get(&not)));
+            if !tcp_field(key, !vals.is_empty() || !nots.is_empty(), action, for_tcp)? {
+                continue;
+            }
+            rules.extend(permission_field(key, &vals, &nots));
         }
         rules.extend(base_permission.iter().cloned());
         permissions.push(and_rules(rules));
@@ -530,13 +555,13 @@ fn istio_rbac_policy(rule: &Value, ns: &str) -> Value {
     if permissions.is_empty() {
         permissions.push(and_rules(base_permission.clone()));
     }
-    json!({"permissions": permissions, "principals": principals})
+    Some(json!({"permissions": permissions, "principals": principals}))
 }
 
 /// `Builder.build` for one action: enforced policies go into `rules` (absent
 /// when none is enforced: no enforcement); a policy without rules matches
 /// nothing; dry-run ones only shadow (no effect on the answer).
-fn istio_rbac(policies: &[Policy], action: &str, ns: &str) -> Value {
+fn istio_rbac(policies: &[Policy], action: &str, ns: &str, for_tcp: bool) -> Value {
     let enforced: Vec<&Policy> = policies
         .iter()
         .filter(|p| p.action == action && !p.dry_run)
@@ -556,10 +581,9 @@ fn istio_rbac(policies: &[Policy], action: &str, ns: &str) -> Value {
             }
             Some(rules) => {
                 for (i, r) in rules.iter().enumerate() {
-                    map.insert(
-                        format!("ns[{ns}]-policy[{}]-rule[{i}]", p.name),
-                        istio_rbac_policy(r, ns),
-                    );
+                    if let Some(policy) = istio_rbac_policy(r, ns, action, for_tcp) {
+                        map.insert(format!("ns[{ns}]-policy[{}]-rule[{i}]", p.name), policy);
+                    }
                 }
             }
         }
@@ -601,17 +625,21 @@ fn envoy_config(admin: u16, listeners: &[SocketAddr], sets: &[Vec<Policy>]) -> S
         json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute",
                "rbac": rbac})
     };
+    // Each set twice: as Istio builds it for HTTP, and for a TCP chain
+    // (`x-case: N-tcp`), where only the L4 fields survive.
     let routes: Vec<Value> = sets
         .iter()
         .enumerate()
-        .map(|(i, ps)| {
-            json!({
-                "match": {"prefix": "/", "headers": [{"name": "x-case", "string_match": {"exact": i.to_string()}}]},
-                "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
-                "typed_per_filter_config": {
-                    "istio.authorization.deny": per_route(istio_rbac(ps, "DENY", "shop")),
-                    "istio.authorization.allow": per_route(istio_rbac(ps, "ALLOW", "shop")),
-                }
+        .flat_map(|(i, ps)| {
+            [(i.to_string(), false), (format!("{i}-tcp"), true)].map(|(case, tcp)| {
+                json!({
+                    "match": {"prefix": "/", "headers": [{"name": "x-case", "string_match": {"exact": case}}]},
+                    "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
+                    "typed_per_filter_config": {
+                        "istio.authorization.deny": per_route(istio_rbac(ps, "DENY", "shop", tcp)),
+                        "istio.authorization.allow": per_route(istio_rbac(ps, "ALLOW", "shop", tcp)),
+                    }
+                })
             })
         })
         .collect();
@@ -725,6 +753,8 @@ struct Req {
     xff: bool,
     /// The claims of the request's validated JWT, if it carries one.
     jwt: Option<Jwt>,
+    /// Decide as for a connection relayed as bytes (only L4 fields apply).
+    tcp: bool,
 }
 
 /// The claims of a validated JWT.
@@ -798,7 +828,15 @@ impl Req {
     fn wire(&self) -> String {
         let mut s = format!(
             "{} {} HTTP/1.1\r\nHost: {}\r\nx-case: {}\r\nx-test-peer: {}\r\nconnection: close\r\ncontent-length: 0\r\n",
-            self.method, self.path, self.host, self.case, self.peer
+            self.method,
+            self.path,
+            self.host,
+            if self.tcp {
+                format!("{}-tcp", self.case)
+            } else {
+                self.case.to_string()
+            },
+            self.peer
         );
         for u in &self.users {
             s.push_str(&format!("X-User: {u}\r\n"));
@@ -843,6 +881,22 @@ impl Req {
             claims: self.jwt.as_ref().map(Jwt::claims).unwrap_or_default(),
             ..RequestAttributes::default()
         };
+        if self.tcp {
+            // What the waypoint's TCP path sees (`tcp_attributes`).
+            let l4 = RequestAttributes {
+                peer: attrs.peer,
+                source_ip: attrs.source_ip,
+                remote_ip: attrs.remote_ip,
+                destination_ip: attrs.destination_ip,
+                port: attrs.port,
+                ..RequestAttributes::default()
+            };
+            return if authz.authorize(Mode::Tcp, &l4).is_allowed() {
+                200
+            } else {
+                403
+            };
+        }
         if authz.authorize(Mode::Http, &attrs).is_allowed() {
             200
         } else {
@@ -930,9 +984,19 @@ async fn waypoint_authorization_agrees_with_envoy_rbac_as_istio_configures_it() 
                 users,
                 xff: rng.gen_bool(0.2),
                 jwt: rng.gen_bool(0.6).then(|| Jwt::generate(&mut rng)),
+                tcp: false,
             });
         }
     }
+
+    let tcp: Vec<Req> = requests
+        .iter()
+        .map(|r| Req {
+            tcp: true,
+            ..r.clone()
+        })
+        .collect();
+    requests.extend(tcp);
 
     let mut disagreements = Vec::new();
     let (mut allowed, mut denied) = (0usize, 0usize);
@@ -949,8 +1013,9 @@ async fn waypoint_authorization_agrees_with_envoy_rbac_as_istio_configures_it() 
         }
         if theirs != ours {
             disagreements.push(format!(
-                "case {} request {} {} host={} peer={} src={} dst={} users={:?} jwt={:?}: envoy {theirs}, ambit {ours}\npolicies: {}",
+                "case {}{} request {} {} host={} peer={} src={} dst={} users={:?} jwt={:?}: envoy {theirs}, ambit {ours}\npolicies: {}",
                 r.case,
+                if r.tcp { " (tcp)" } else { "" },
                 r.method,
                 r.path,
                 r.host,
@@ -970,7 +1035,7 @@ async fn waypoint_authorization_agrees_with_envoy_rbac_as_istio_configures_it() 
         }
     }
     println!(
-        "authz differential (seed {seed:#x}): {} policy sets x {} requests = {} cases, {allowed} allowed, {denied} denied, {} disagreements",
+        "authz differential (seed {seed:#x}): {} policy sets x {} requests x (HTTP chain, TCP chain) = {} cases, {allowed} allowed, {denied} denied, {} disagreements",
         POLICY_SETS,
         REQUESTS_PER_SET,
         requests.len(),
