@@ -22,6 +22,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use ambit_api::k8s::Resources;
+use ambit_api::model::authz::{Authorization, Connection};
 use ambit_e2e::envoy::{self, Envoy};
 use ambit_hbone::SpiffeId;
 use rand::rngs::StdRng;
@@ -458,15 +459,32 @@ const HTTP_ONLY: &[&str] = &[
 
 /// `rule.checkError` on a TCP chain: an HTTP-only field fails an ALLOW rule
 /// (`None`: the rule is skipped) and is left out of a DENY or AUDIT rule.
-fn tcp_field(key: &str, given: bool, action: &str, for_tcp: bool) -> Option<bool> {
-    if !(for_tcp && given && HTTP_ONLY.contains(&key)) {
+fn tcp_field(key: &str, given: bool, action: &str, chain: Chain) -> Option<bool> {
+    let http_only = match chain {
+        Chain::Http => false,
+        Chain::WaypointTcp => HTTP_ONLY.contains(&key),
+        // Istio's ambient conversion (`ambient/authorization.go`): ztunnel
+        // sees no X-Forwarded-For, so remote addresses are HTTP-only too.
+        Chain::Ztunnel => HTTP_ONLY.contains(&key) || key == "remoteIpBlocks" || key == "remote.ip",
+    };
+    if !(given && http_only) {
         return Some(true);
     }
     if action == "ALLOW" { None } else { Some(false) }
 }
 
+/// Istio's ztunnel skips an empty match (`RbacMatch::is_empty`), so an
+/// ALLOW `from`/`to` entry written as `{}` never matches there, while Envoy
+/// reads it as "any". (A DENY entry left empty is broadened by Ambit, as
+/// Envoy does, so it still denies.)
+fn ztunnel_never(entry: &Value, action: &str, chain: Chain) -> bool {
+    chain == Chain::Ztunnel
+        && action == "ALLOW"
+        && entry.as_object().is_none_or(serde_json::Map::is_empty)
+}
+
 /// `model.New` + `Generate` for one rule (`None`: skipped on this chain).
-fn istio_rbac_policy(rule: &Value, ns: &str, action: &str, for_tcp: bool) -> Option<Value> {
+fn istio_rbac_policy(rule: &Value, ns: &str, action: &str, chain: Chain) -> Option<Value> {
     let mut base_principal = Vec::new();
     let mut base_permission = Vec::new();
     for w in rule
@@ -477,7 +495,7 @@ fn istio_rbac_policy(rule: &Value, ns: &str, action: &str, for_tcp: bool) -> Opt
     {
         let key = w["key"].as_str().expect("key");
         let (vals, nots) = (strings(w.get("values")), strings(w.get("notValues")));
-        if !tcp_field(key, !vals.is_empty() || !nots.is_empty(), action, for_tcp)? {
+        if !tcp_field(key, !vals.is_empty() || !nots.is_empty(), action, chain)? {
             continue;
         }
         if PRINCIPAL_WHEN.contains(&key) {
@@ -510,6 +528,10 @@ fn istio_rbac_policy(rule: &Value, ns: &str, action: &str, for_tcp: bool) -> Opt
         .flatten()
     {
         let s = &from["source"];
+        if ztunnel_never(s, action, chain) {
+            principals.push(json!({"not_id": {"any": true}}));
+            continue;
+        }
         let mut ids = Vec::new();
         for key in [
             "principals",
@@ -521,7 +543,7 @@ fn istio_rbac_policy(rule: &Value, ns: &str, action: &str, for_tcp: bool) -> Opt
         ] {
             let not = format!("not{}{}", key[..1].to_uppercase(), &key[1..]);
             let (vals, nots) = (strings(s.get(key)), strings(s.get(&not)));
-            if !tcp_field(key, !vals.is_empty() || !nots.is_empty(), action, for_tcp)? {
+            if !tcp_field(key, !vals.is_empty() || !nots.is_empty(), action, chain)? {
                 continue;
             }
             ids.extend(principal_field(key, &vals, &nots, ns));
@@ -540,11 +562,15 @@ fn istio_rbac_policy(rule: &Value, ns: &str, action: &str, for_tcp: bool) -> Opt
         .flatten()
     {
         let o = &to["operation"];
+        if ztunnel_never(o, action, chain) {
+            permissions.push(json!({"not_rule": {"any": true}}));
+            continue;
+        }
         let mut rules = Vec::new();
         for key in ["hosts", "ports", "methods", "paths"] {
             let not = format!("not{}{}", key[..1].to_uppercase(), &key[1..]);
             let (vals, nots) = (strings(o.get(key)), strings(o.get(&not)));
-            if !tcp_field(key, !vals.is_empty() || !nots.is_empty(), action, for_tcp)? {
+            if !tcp_field(key, !vals.is_empty() || !nots.is_empty(), action, chain)? {
                 continue;
             }
             rules.extend(permission_field(key, &vals, &nots));
@@ -561,7 +587,7 @@ fn istio_rbac_policy(rule: &Value, ns: &str, action: &str, for_tcp: bool) -> Opt
 /// `Builder.build` for one action: enforced policies go into `rules` (absent
 /// when none is enforced: no enforcement); a policy without rules matches
 /// nothing; dry-run ones only shadow (no effect on the answer).
-fn istio_rbac(policies: &[Policy], action: &str, ns: &str, for_tcp: bool) -> Value {
+fn istio_rbac(policies: &[Policy], action: &str, ns: &str, chain: Chain) -> Value {
     let enforced: Vec<&Policy> = policies
         .iter()
         .filter(|p| p.action == action && !p.dry_run)
@@ -581,7 +607,7 @@ fn istio_rbac(policies: &[Policy], action: &str, ns: &str, for_tcp: bool) -> Val
             }
             Some(rules) => {
                 for (i, r) in rules.iter().enumerate() {
-                    if let Some(policy) = istio_rbac_policy(r, ns, action, for_tcp) {
+                    if let Some(policy) = istio_rbac_policy(r, ns, action, chain) {
                         map.insert(format!("ns[{ns}]-policy[{}]-rule[{i}]", p.name), policy);
                     }
                 }
@@ -631,13 +657,14 @@ fn envoy_config(admin: u16, listeners: &[SocketAddr], sets: &[Vec<Policy>]) -> S
         .iter()
         .enumerate()
         .flat_map(|(i, ps)| {
-            [(i.to_string(), false), (format!("{i}-tcp"), true)].map(|(case, tcp)| {
+            [Chain::Http, Chain::WaypointTcp, Chain::Ztunnel].map(|chain| {
+                let case = format!("{i}{}", chain.suffix());
                 json!({
                     "match": {"prefix": "/", "headers": [{"name": "x-case", "string_match": {"exact": case}}]},
                     "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
                     "typed_per_filter_config": {
-                        "istio.authorization.deny": per_route(istio_rbac(ps, "DENY", "shop", tcp)),
-                        "istio.authorization.allow": per_route(istio_rbac(ps, "ALLOW", "shop", tcp)),
+                        "istio.authorization.deny": per_route(istio_rbac(ps, "DENY", "shop", chain)),
+                        "istio.authorization.allow": per_route(istio_rbac(ps, "ALLOW", "shop", chain)),
                     }
                 })
             })
@@ -693,7 +720,9 @@ fn envoy_config(admin: u16, listeners: &[SocketAddr], sets: &[Vec<Policy>]) -> S
 // ---------------------------------------------------------------------------
 // Ambit's side.
 
-fn ambit_authorizer(policies: &[Policy]) -> Authorizer {
+/// Translates the policies, bound to Service `web` with `targetRefs` (the
+/// waypoint's) or, without, to every workload of `shop` (ztunnel's).
+fn ambit_translate(policies: &[Policy], target_refs: bool) -> ambit_api::translate::Translation {
     let mut yaml = String::from(
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}\n---\n\
          apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: waypoint, namespace: shop, labels: {istio.io/waypoint-for: service}}\n\
@@ -701,10 +730,10 @@ fn ambit_authorizer(policies: &[Policy]) -> Authorizer {
          apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {clusterIP: 10.96.0.20, selector: {app: web}, ports: [{name: http, port: 80}]}\n",
     );
     for p in policies {
-        let mut spec = json!({
-            "targetRefs": [{"kind": "Service", "group": "", "name": "web"}],
-            "action": p.action,
-        });
+        let mut spec = json!({"action": p.action});
+        if target_refs {
+            spec["targetRefs"] = json!([{"kind": "Service", "group": "", "name": "web"}]);
+        }
         if let Some(rules) = &p.rules {
             spec["rules"] = json!(rules);
         }
@@ -732,10 +761,15 @@ fn ambit_authorizer(policies: &[Policy]) -> Authorizer {
         .map(|f| f.to_string())
         .collect();
     assert!(errors.is_empty(), "{errors:?}\n{yaml}");
+    t
+}
+
+fn ambit_authorizer(policies: &[Policy]) -> Authorizer {
+    let t = ambit_translate(policies, true);
     let svc =
         t.l7.iter()
             .find(|s| s.hostname == "web.shop.svc.cluster.local")
-            .unwrap_or_else(|| panic!("web has no L7 config\n{yaml}"));
+            .unwrap_or_else(|| panic!("web has no L7 config"));
     Authorizer::new(&svc.authorization)
 }
 
@@ -753,8 +787,30 @@ struct Req {
     xff: bool,
     /// The claims of the request's validated JWT, if it carries one.
     jwt: Option<Jwt>,
-    /// Decide as for a connection relayed as bytes (only L4 fields apply).
-    tcp: bool,
+    /// Which enforcement point decides.
+    chain: Chain,
+}
+
+/// Where a request meets policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chain {
+    /// The waypoint's HTTP path.
+    Http,
+    /// The waypoint's TCP path (only L4 fields apply).
+    WaypointTcp,
+    /// ztunnel's inbound L4 check (Istio's ambient conversion: also
+    /// `remoteIpBlocks`/`remote.ip` are HTTP-only there).
+    Ztunnel,
+}
+
+impl Chain {
+    fn suffix(self) -> &'static str {
+        match self {
+            Chain::Http => "",
+            Chain::WaypointTcp => "-tcp",
+            Chain::Ztunnel => "-l4",
+        }
+    }
 }
 
 /// The claims of a validated JWT.
@@ -831,11 +887,7 @@ impl Req {
             self.method,
             self.path,
             self.host,
-            if self.tcp {
-                format!("{}-tcp", self.case)
-            } else {
-                self.case.to_string()
-            },
+            format!("{}{}", self.case, self.chain.suffix()),
             self.peer
         );
         for u in &self.users {
@@ -853,7 +905,7 @@ impl Req {
 
     /// What Ambit's waypoint answers: 400 for a path normalization refuses,
     /// else 200 or 403 by its authorizer.
-    fn ambit_status(&self, authz: &Authorizer) -> u16 {
+    fn ambit_status(&self, authz: &Authorizer, l4: &[Authorization]) -> u16 {
         let raw = self.path.split('?').next().unwrap_or("/");
         let Ok(path) = PathNormalization::Base.apply(raw) else {
             return 400;
@@ -881,7 +933,20 @@ impl Req {
             claims: self.jwt.as_ref().map(Jwt::claims).unwrap_or_default(),
             ..RequestAttributes::default()
         };
-        if self.tcp {
+        if self.chain == Chain::Ztunnel {
+            let conn = Connection {
+                src_identity: attrs.peer,
+                src_ip: IpAddr::V4(self.source),
+                dst_ip: self.listener.ip(),
+                dst_port: self.listener.port(),
+            };
+            return if ambit_api::model::authz::authorize(l4, &conn).is_allowed() {
+                200
+            } else {
+                403
+            };
+        }
+        if self.chain == Chain::WaypointTcp {
             // What the waypoint's TCP path sees (`tcp_attributes`).
             let l4 = RequestAttributes {
                 peer: attrs.peer,
@@ -959,6 +1024,17 @@ async fn waypoint_authorization_agrees_with_envoy_rbac_as_istio_configures_it() 
         .map(|_| gen_policies(&mut rng, &ports))
         .collect();
     let authorizers: Vec<Authorizer> = sets.iter().map(|s| ambit_authorizer(s)).collect();
+    let l4_policies: Vec<Vec<Authorization>> = sets
+        .iter()
+        .map(|s| {
+            ambit_translate(s, false)
+                .config
+                .policies
+                .into_iter()
+                .filter(|p| p.namespace == "shop")
+                .collect()
+        })
+        .collect();
 
     let admin = envoy::free_port();
     let config = envoy_config(admin, &listeners, &sets);
@@ -984,19 +1060,16 @@ async fn waypoint_authorization_agrees_with_envoy_rbac_as_istio_configures_it() 
                 users,
                 xff: rng.gen_bool(0.2),
                 jwt: rng.gen_bool(0.6).then(|| Jwt::generate(&mut rng)),
-                tcp: false,
+                chain: Chain::Http,
             });
         }
     }
 
-    let tcp: Vec<Req> = requests
+    let other_chains: Vec<Req> = requests
         .iter()
-        .map(|r| Req {
-            tcp: true,
-            ..r.clone()
-        })
+        .flat_map(|r| [Chain::WaypointTcp, Chain::Ztunnel].map(|chain| Req { chain, ..r.clone() }))
         .collect();
-    requests.extend(tcp);
+    requests.extend(other_chains);
 
     let mut disagreements = Vec::new();
     let (mut allowed, mut denied) = (0usize, 0usize);
@@ -1005,7 +1078,7 @@ async fn waypoint_authorization_agrees_with_envoy_rbac_as_istio_configures_it() 
             Ok(s) => s,
             Err(e) => panic!("request {r:?} to envoy failed: {e}\n{}", proxy.log()),
         };
-        let ours = r.ambit_status(&authorizers[r.case]);
+        let ours = r.ambit_status(&authorizers[r.case], &l4_policies[r.case]);
         match ours {
             200 => allowed += 1,
             403 => denied += 1,
@@ -1015,7 +1088,7 @@ async fn waypoint_authorization_agrees_with_envoy_rbac_as_istio_configures_it() 
             disagreements.push(format!(
                 "case {}{} request {} {} host={} peer={} src={} dst={} users={:?} jwt={:?}: envoy {theirs}, ambit {ours}\npolicies: {}",
                 r.case,
-                if r.tcp { " (tcp)" } else { "" },
+                r.chain.suffix(),
                 r.method,
                 r.path,
                 r.host,
@@ -1035,7 +1108,7 @@ async fn waypoint_authorization_agrees_with_envoy_rbac_as_istio_configures_it() 
         }
     }
     println!(
-        "authz differential (seed {seed:#x}): {} policy sets x {} requests x (HTTP chain, TCP chain) = {} cases, {allowed} allowed, {denied} denied, {} disagreements",
+        "authz differential (seed {seed:#x}): {} policy sets x {} requests x (waypoint HTTP, waypoint TCP, ztunnel L4) = {} cases, {allowed} allowed, {denied} denied, {} disagreements",
         POLICY_SETS,
         REQUESTS_PER_SET,
         requests.len(),
