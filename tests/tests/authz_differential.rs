@@ -883,11 +883,12 @@ impl Jwt {
 impl Req {
     fn wire(&self) -> String {
         let mut s = format!(
-            "{} {} HTTP/1.1\r\nHost: {}\r\nx-case: {}\r\nx-test-peer: {}\r\nconnection: close\r\ncontent-length: 0\r\n",
+            "{} {} HTTP/1.1\r\nHost: {}\r\nx-case: {}{}\r\nx-test-peer: {}\r\nconnection: close\r\ncontent-length: 0\r\n",
             self.method,
             self.path,
             self.host,
-            format!("{}{}", self.case, self.chain.suffix()),
+            self.case,
+            self.chain.suffix(),
             self.peer
         );
         for u in &self.users {
