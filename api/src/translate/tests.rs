@@ -360,3 +360,44 @@ fn uninterpreted_kinds_are_findings() {
         t.findings
     );
 }
+
+/// `istio.io/dry-run` that is not a boolean: Istio enforces the policy; so
+/// does Ambit, and it says so once, naming the annotation.
+#[test]
+fn l4_dry_run_that_is_not_a_boolean_is_enforced_and_reported() {
+    let mut res = Resources::default();
+    res.add_yaml(YAML, "demo.yaml").unwrap();
+    res.add_yaml(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+         metadata: {name: extra, namespace: demo, annotations: {istio.io/dry-run: \"yes\"}}\n\
+         spec: {action: DENY, rules: [{}]}\n",
+        "extra.yaml",
+    )
+    .unwrap();
+    let t = translate(&res);
+    let state = ProxyState::from_config(&t.config);
+    let echo = state
+        .workload_by_ip("10.244.2.2".parse().unwrap())
+        .unwrap()
+        .clone();
+    let client = Some("spiffe://cluster.local/ns/demo/sa/client");
+    assert_eq!(
+        authorize(
+            state.policies_for(&echo),
+            &conn(client, "10.244.1.2", "10.244.2.2", 8080)
+        ),
+        Decision::DeniedBy("demo/extra".into())
+    );
+    let found: Vec<&Finding> = t
+        .findings
+        .iter()
+        .filter(|f| f.object.ends_with("demo/extra") && f.field.contains("istio.io/dry-run"))
+        .collect();
+    assert_eq!(found.len(), 1, "{:?}", t.findings);
+    assert_eq!(found[0].severity, Severity::Error);
+    assert!(
+        found[0].message.contains("not a boolean"),
+        "{}",
+        found[0].message
+    );
+}
