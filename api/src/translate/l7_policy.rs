@@ -35,8 +35,25 @@ const WHEN_KEYS: &[&str] = &[
 /// The annotation that makes a policy log-only.
 pub const DRY_RUN: &str = "istio.io/dry-run";
 
+/// Where a bad [`DRY_RUN`] value is reported.
+pub(super) const DRY_RUN_FIELD: &str = "metadata.annotations[istio.io/dry-run]";
+
+/// A policy's [`DRY_RUN`] annotation as Istio reads it (Go's `ParseBool`):
+/// absent is `false`; a value that does not parse is `Err` with the finding's
+/// message, and the policy is enforced, as in Istio.
+pub(super) fn dry_run(
+    annotations: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<bool, String> {
+    match annotations.and_then(|a| a.get(DRY_RUN)) {
+        None => Ok(false),
+        Some(v) => {
+            parse_bool(v).ok_or_else(|| format!("{v:?} is not a boolean; the policy is enforced"))
+        }
+    }
+}
+
 /// Go's `strconv.ParseBool`, which Istio uses for `istio.io/dry-run`.
-pub(super) fn parse_bool(v: &str) -> Option<bool> {
+fn parse_bool(v: &str) -> Option<bool> {
     match v {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
@@ -218,16 +235,10 @@ pub(super) fn http_policy(ctx: &mut Ctx<'_>, p: &AuthorizationPolicy, ns: &str) 
             "selector and targetRefs cannot be used together; the policy applies to its targetRefs",
         );
     }
-    let dry_run = match p.metadata.annotations.as_ref().and_then(|a| a.get(DRY_RUN)) {
-        None => false,
-        Some(v) => parse_bool(v).unwrap_or_else(|| {
-            ctx.error(
-                format!("metadata.annotations[{DRY_RUN}]"),
-                format!("{v:?} is not a boolean; the policy is enforced"),
-            );
-            false
-        }),
-    };
+    let dry_run = dry_run(p.metadata.annotations.as_ref()).unwrap_or_else(|message| {
+        ctx.error(DRY_RUN_FIELD.to_string(), message);
+        false
+    });
     pb::HttpPolicy {
         name: p.metadata.name.clone().unwrap_or_default(),
         namespace: ns.to_string(),

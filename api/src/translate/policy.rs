@@ -408,24 +408,15 @@ fn authorization(
         }
     }
     let scope = scope_for(&ns, spec.selector.as_ref());
-    let dry_run_annotation = ap
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(super::l7_policy::DRY_RUN));
-    // Istio parses it with Go's ParseBool and enforces the policy when that
-    // fails: say so rather than enforce silently.
-    let dry_run = match dry_run_annotation {
-        None => false,
-        Some(v) => super::l7_policy::parse_bool(v).unwrap_or_else(|| {
+    let dry_run =
+        super::l7_policy::dry_run(ap.metadata.annotations.as_ref()).unwrap_or_else(|message| {
             ctx.find(
                 Severity::Error,
-                format!("metadata.annotations[{}]", super::l7_policy::DRY_RUN),
-                format!("{v:?} is not a boolean; the policy is enforced"),
+                super::l7_policy::DRY_RUN_FIELD.to_string(),
+                message,
             );
             false
-        }),
-    };
+        });
     let policy = Authorization {
         name,
         namespace: ns.clone(),

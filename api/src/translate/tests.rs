@@ -199,12 +199,22 @@ fn findings_name_file_object_and_field() {
 /// Decides a connection from `src` to the `echo-0` pod of [`YAML`] with one
 /// extra namespace-wide policy in `demo`.
 fn decide_with(policy_spec: &str, src: Option<&str>, port: u16) -> (Decision, Vec<Finding>) {
+    decide_with_metadata("{name: extra, namespace: demo}", policy_spec, src, port)
+}
+
+/// [`decide_with`] for a policy `demo/extra` with the given `metadata`.
+fn decide_with_metadata(
+    metadata: &str,
+    policy_spec: &str,
+    src: Option<&str>,
+    port: u16,
+) -> (Decision, Vec<Finding>) {
     let mut res = Resources::default();
     res.add_yaml(YAML, "demo.yaml").unwrap();
     res.add_yaml(
         &format!(
             "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
-             metadata: {{name: extra, namespace: demo}}\nspec: {policy_spec}\n"
+             metadata: {metadata}\nspec: {policy_spec}\n"
         ),
         "extra.yaml",
     )
@@ -365,35 +375,18 @@ fn uninterpreted_kinds_are_findings() {
 /// does Ambit, and it says so once, naming the annotation.
 #[test]
 fn l4_dry_run_that_is_not_a_boolean_is_enforced_and_reported() {
-    let mut res = Resources::default();
-    res.add_yaml(YAML, "demo.yaml").unwrap();
-    res.add_yaml(
-        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
-         metadata: {name: extra, namespace: demo, annotations: {istio.io/dry-run: \"yes\"}}\n\
-         spec: {action: DENY, rules: [{}]}\n",
-        "extra.yaml",
-    )
-    .unwrap();
-    let t = translate(&res);
-    let state = ProxyState::from_config(&t.config);
-    let echo = state
-        .workload_by_ip("10.244.2.2".parse().unwrap())
-        .unwrap()
-        .clone();
-    let client = Some("spiffe://cluster.local/ns/demo/sa/client");
-    assert_eq!(
-        authorize(
-            state.policies_for(&echo),
-            &conn(client, "10.244.1.2", "10.244.2.2", 8080)
-        ),
-        Decision::DeniedBy("demo/extra".into())
+    let (decision, findings) = decide_with_metadata(
+        "{name: extra, namespace: demo, annotations: {istio.io/dry-run: \"yes\"}}",
+        "{action: DENY, rules: [{}]}",
+        Some("spiffe://cluster.local/ns/demo/sa/client"),
+        8080,
     );
-    let found: Vec<&Finding> = t
-        .findings
+    assert_eq!(decision, Decision::DeniedBy("demo/extra".into()));
+    let found: Vec<&Finding> = findings
         .iter()
-        .filter(|f| f.object.ends_with("demo/extra") && f.field.contains("istio.io/dry-run"))
+        .filter(|f| f.field.contains("istio.io/dry-run"))
         .collect();
-    assert_eq!(found.len(), 1, "{:?}", t.findings);
+    assert_eq!(found.len(), 1, "{findings:?}");
     assert_eq!(found[0].severity, Severity::Error);
     assert!(
         found[0].message.contains("not a boolean"),
