@@ -129,6 +129,42 @@ fn pick(rng: &mut StdRng, pool: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// The source fields generated (in this order) and the values they draw from.
+const SOURCE_FIELDS: &[(&str, &[&str])] = &[
+    ("principals", PRINCIPALS),
+    ("namespaces", NAMESPACES),
+    ("serviceAccounts", SERVICE_ACCOUNTS),
+    ("ipBlocks", CIDRS),
+    ("remoteIpBlocks", CIDRS),
+    ("requestPrincipals", REQUEST_PRINCIPALS),
+];
+
+/// The operation fields generated (in this order).
+const OPERATION_FIELDS: &[&str] = &["hosts", "ports", "methods", "paths"];
+
+/// The values an operation field draws from (`ports` are the listeners').
+fn operation_pool<'a>(field: &str, ports: &'a [&'a str]) -> &'a [&'a str] {
+    match field {
+        "hosts" => HOSTS,
+        "ports" => ports,
+        "methods" => METHODS,
+        _ => PATHS,
+    }
+}
+
+/// `principals` → `notPrincipals`.
+fn not_field(field: &str) -> String {
+    format!("not{}{}", field[..1].to_uppercase(), &field[1..])
+}
+
+/// An entry's values and `not` values for `field`.
+fn entry_field(entry: &Value, field: &str) -> (Vec<String>, Vec<String>) {
+    (
+        strings(entry.get(field)),
+        strings(entry.get(not_field(field))),
+    )
+}
+
 /// Sets `field` (and sometimes `notField`) on `obj` from `pool`.
 fn maybe_field(
     rng: &mut StdRng,
@@ -140,8 +176,7 @@ fn maybe_field(
         obj.insert(field.to_string(), json!(pick(rng, pool)));
     }
     if rng.gen_bool(0.15) {
-        let not = format!("not{}{}", field[..1].to_uppercase(), &field[1..]);
-        obj.insert(not, json!(pick(rng, pool)));
+        obj.insert(not_field(field), json!(pick(rng, pool)));
     }
 }
 
@@ -150,22 +185,18 @@ fn gen_rule(rng: &mut StdRng, ports: &[&str]) -> Value {
     let froms: Vec<Value> = (0..rng.gen_range(0..=2))
         .map(|_| {
             let mut s = serde_json::Map::new();
-            maybe_field(rng, &mut s, "principals", PRINCIPALS);
-            maybe_field(rng, &mut s, "namespaces", NAMESPACES);
-            maybe_field(rng, &mut s, "serviceAccounts", SERVICE_ACCOUNTS);
-            maybe_field(rng, &mut s, "ipBlocks", CIDRS);
-            maybe_field(rng, &mut s, "remoteIpBlocks", CIDRS);
-            maybe_field(rng, &mut s, "requestPrincipals", REQUEST_PRINCIPALS);
+            for (field, pool) in SOURCE_FIELDS {
+                maybe_field(rng, &mut s, field, pool);
+            }
             json!({"source": s})
         })
         .collect();
     let tos: Vec<Value> = (0..rng.gen_range(0..=2))
         .map(|_| {
             let mut o = serde_json::Map::new();
-            maybe_field(rng, &mut o, "hosts", HOSTS);
-            maybe_field(rng, &mut o, "ports", ports);
-            maybe_field(rng, &mut o, "methods", METHODS);
-            maybe_field(rng, &mut o, "paths", PATHS);
+            for field in OPERATION_FIELDS {
+                maybe_field(rng, &mut o, field, operation_pool(field, ports));
+            }
             json!({"operation": o})
         })
         .collect();
@@ -459,7 +490,13 @@ const HTTP_ONLY: &[&str] = &[
 
 /// `rule.checkError` on a TCP chain: an HTTP-only field fails an ALLOW rule
 /// (`None`: the rule is skipped) and is left out of a DENY or AUDIT rule.
-fn tcp_field(key: &str, given: bool, action: &str, chain: Chain) -> Option<bool> {
+fn tcp_field(
+    key: &str,
+    (vals, nots): (&[String], &[String]),
+    action: &str,
+    chain: Chain,
+) -> Option<bool> {
+    let given = !vals.is_empty() || !nots.is_empty();
     let http_only = match chain {
         Chain::Http => false,
         Chain::WaypointTcp => HTTP_ONLY.contains(&key),
@@ -495,7 +532,7 @@ fn istio_rbac_policy(rule: &Value, ns: &str, action: &str, chain: Chain) -> Opti
     {
         let key = w["key"].as_str().expect("key");
         let (vals, nots) = (strings(w.get("values")), strings(w.get("notValues")));
-        if !tcp_field(key, !vals.is_empty() || !nots.is_empty(), action, chain)? {
+        if !tcp_field(key, (&vals, &nots), action, chain)? {
             continue;
         }
         if PRINCIPAL_WHEN.contains(&key) {
@@ -533,17 +570,9 @@ fn istio_rbac_policy(rule: &Value, ns: &str, action: &str, chain: Chain) -> Opti
             continue;
         }
         let mut ids = Vec::new();
-        for key in [
-            "principals",
-            "namespaces",
-            "serviceAccounts",
-            "ipBlocks",
-            "remoteIpBlocks",
-            "requestPrincipals",
-        ] {
-            let not = format!("not{}{}", key[..1].to_uppercase(), &key[1..]);
-            let (vals, nots) = (strings(s.get(key)), strings(s.get(&not)));
-            if !tcp_field(key, !vals.is_empty() || !nots.is_empty(), action, chain)? {
+        for (key, _) in SOURCE_FIELDS {
+            let (vals, nots) = entry_field(s, key);
+            if !tcp_field(key, (&vals, &nots), action, chain)? {
                 continue;
             }
             ids.extend(principal_field(key, &vals, &nots, ns));
@@ -567,10 +596,9 @@ fn istio_rbac_policy(rule: &Value, ns: &str, action: &str, chain: Chain) -> Opti
             continue;
         }
         let mut rules = Vec::new();
-        for key in ["hosts", "ports", "methods", "paths"] {
-            let not = format!("not{}{}", key[..1].to_uppercase(), &key[1..]);
-            let (vals, nots) = (strings(o.get(key)), strings(o.get(&not)));
-            if !tcp_field(key, !vals.is_empty() || !nots.is_empty(), action, chain)? {
+        for key in OPERATION_FIELDS {
+            let (vals, nots) = entry_field(o, key);
+            if !tcp_field(key, (&vals, &nots), action, chain)? {
                 continue;
             }
             rules.extend(permission_field(key, &vals, &nots));
