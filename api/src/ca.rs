@@ -22,7 +22,8 @@ impl IstioCertificateRequest {
     pub fn impersonated_identity(&self) -> Option<&str> {
         let fields = &self.metadata.as_ref()?.fields;
         match fields.get(IMPERSONATED_IDENTITY)?.kind.as_ref()? {
-            prost_types::value::Kind::StringValue(s) => Some(s),
+            // Istio reads it with GetStringValue: "" or another kind is "absent".
+            prost_types::value::Kind::StringValue(s) if !s.is_empty() => Some(s),
             _ => None,
         }
     }

@@ -11,11 +11,50 @@ use std::collections::HashMap;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
-/// An authenticated caller.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An authenticated caller: a node proxy, a workload, or both (a node
+/// proxy's own token names its service account too).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Caller {
-    /// The node it runs on.
-    pub node: String,
+    /// The node it serves, when it is a trusted node proxy: only then may it
+    /// ask for certificates on behalf of pods (`ImpersonatedIdentity`).
+    pub node: Option<String>,
+    /// The Kubernetes service account its credential proves, when it has
+    /// one: the identity istiod signs for a caller acting as itself.
+    pub service_account: Option<ServiceAccount>,
+}
+
+/// A Kubernetes service account, as a TokenReview names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceAccount {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl ServiceAccount {
+    /// Reads `system:serviceaccount:NS:NAME`; None for any other user.
+    pub fn from_username(username: &str) -> Option<Self> {
+        let rest = username.strip_prefix("system:serviceaccount:")?;
+        let (namespace, name) = rest.split_once(':')?;
+        if namespace.is_empty() || name.is_empty() || name.contains(':') {
+            return None;
+        }
+        Some(ServiceAccount {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.node, &self.service_account) {
+            (Some(node), _) => write!(f, "node {node}"),
+            (None, Some(sa)) => write!(f, "serviceaccount {}/{}", sa.namespace, sa.name),
+            (None, None) => f.write_str("unknown caller"),
+        }
+    }
 }
 
 /// Authenticates a call by its metadata.
@@ -76,26 +115,31 @@ impl NodeAuthenticator for BootstrapTokens {
         self.by_token
             .iter()
             .find(|(t, _)| constant_time_eq(t.as_bytes(), token.as_bytes()))
-            .map(|(_, node)| Caller { node: node.clone() })
+            .map(|(_, node)| Caller {
+                node: Some(node.clone()),
+                service_account: None,
+            })
             .ok_or_else(|| Status::unauthenticated("unknown bootstrap token"))
     }
 }
 
 /// Cluster-mode credentials: the caller's projected service-account token
-/// (audience `istio-ca`) reviewed by the API server. Only the configured
-/// service accounts (the ztunnel DaemonSet's) are accepted, and the node is
-/// the one the token is bound to (`authentication.kubernetes.io/node-name`,
-/// set for pod-bound tokens since Kubernetes 1.30).
+/// (audience `istio-ca`) reviewed by the API server. Any service account is
+/// a caller acting as itself (a waypoint, a dedicated-mode proxy); the
+/// configured node accounts (the ztunnel DaemonSet's, Istio's
+/// `CA_TRUSTED_NODE_ACCOUNTS`) are node proxies for the node the token is
+/// bound to (`authentication.kubernetes.io/node-name`, set for pod-bound
+/// tokens since Kubernetes 1.30).
 pub struct TokenReviewAuthenticator {
     client: kube::Client,
-    allowed: Vec<String>,
+    node_accounts: Vec<String>,
     audience: String,
 }
 
 impl std::fmt::Debug for TokenReviewAuthenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenReviewAuthenticator")
-            .field("allowed", &self.allowed)
+            .field("node_accounts", &self.node_accounts)
             .finish_non_exhaustive()
     }
 }
@@ -104,12 +148,12 @@ impl std::fmt::Debug for TokenReviewAuthenticator {
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 
 impl TokenReviewAuthenticator {
-    /// Accepts tokens of `allowed` users (e.g.
-    /// `system:serviceaccount:istio-system:ztunnel`) for `audience`.
-    pub fn new(client: kube::Client, allowed: Vec<String>, audience: &str) -> Self {
+    /// Reviews tokens for `audience`; `node_accounts` (e.g.
+    /// `system:serviceaccount:istio-system:ztunnel`) are node proxies.
+    pub fn new(client: kube::Client, node_accounts: Vec<String>, audience: &str) -> Self {
         TokenReviewAuthenticator {
             client,
-            allowed,
+            node_accounts,
             audience: audience.to_string(),
         }
     }
@@ -141,10 +185,17 @@ impl NodeAuthenticator for TokenReviewAuthenticator {
         }
         let user = status.user.unwrap_or_default();
         let name = user.username.unwrap_or_default();
-        if !self.allowed.contains(&name) {
+        let Some(service_account) = ServiceAccount::from_username(&name) else {
             return Err(Status::permission_denied(format!(
-                "{name} is not a node proxy identity"
+                "{name} is not a Kubernetes service account"
             )));
+        };
+        if !self.node_accounts.contains(&name) {
+            // A workload acting as itself: it may only get its own identity.
+            return Ok(Caller {
+                node: None,
+                service_account: Some(service_account),
+            });
         }
         let node = user
             .extra
@@ -157,7 +208,10 @@ impl NodeAuthenticator for TokenReviewAuthenticator {
                     "token of {name} is not bound to a node ({NODE_NAME_EXTRA} missing)"
                 ))
             })?;
-        Ok(Caller { node })
+        Ok(Caller {
+            node: Some(node),
+            service_account: Some(service_account),
+        })
     }
 }
 
@@ -171,7 +225,10 @@ mod tests {
         let tok = t.mint("node1");
         let mut md = MetadataMap::new();
         md.insert("authorization", format!("Bearer {tok}").parse().unwrap());
-        assert_eq!(t.authenticate(&md).await.unwrap().node, "node1");
+        assert_eq!(
+            t.authenticate(&md).await.unwrap().node.as_deref(),
+            Some("node1")
+        );
         let mut md = MetadataMap::new();
         md.insert("authorization", "Bearer nope".parse().unwrap());
         assert_eq!(
@@ -179,5 +236,20 @@ mod tests {
             tonic::Code::Unauthenticated
         );
         assert!(t.authenticate(&MetadataMap::new()).await.is_err());
+    }
+
+    #[test]
+    fn service_account_usernames() {
+        let sa = ServiceAccount::from_username("system:serviceaccount:shop:web").expect("sa");
+        assert_eq!((sa.namespace.as_str(), sa.name.as_str()), ("shop", "web"));
+        for not_sa in [
+            "system:admin",
+            "system:serviceaccount:shop",
+            "system:serviceaccount::web",
+            "system:serviceaccount:shop:",
+            "system:serviceaccount:a:b:c",
+        ] {
+            assert_eq!(ServiceAccount::from_username(not_sa), None, "{not_sa}");
+        }
     }
 }

@@ -1,9 +1,10 @@
 //! The CA: `istio.v1.auth.IstioCertificateService/CreateCertificate`
-//! (istio-wire §3.3) over the signing core of `ambit-hbone`. A caller is
-//! authenticated as a node, and may only be issued identities of mesh pods
-//! the current model places on that node (shared mode: the identity comes
-//! from `ImpersonatedIdentity`). The response is leaf, intermediates, root
-//! bundle last. Roots rotate with overlap ([`RotatingAuthority`]).
+//! (istio-wire §3.3) over the signing core of `ambit-hbone`. As in istiod, a
+//! node proxy may ask on behalf of the mesh pods the current model places on
+//! its node (shared mode, `ImpersonatedIdentity`); any other caller is issued
+//! its own identity only (dedicated mode). The response is leaf,
+//! intermediates, root bundle last. Roots rotate with overlap
+//! ([`RotatingAuthority`]).
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -12,13 +13,13 @@ use ambit_api::ca::{IstioCertificateRequest, IstioCertificateResponse, IstioCert
 use ambit_hbone::SpiffeId;
 use ambit_hbone::bundle::TrustBundle;
 use ambit_hbone::ca::{
-    Authority, AuthorityError, CertChain, CertificateSigner, SignError, Validity,
+    Authority, AuthorityError, CertChain, CertificateSigner, SignError, Validity, csr_uri_sans,
 };
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use crate::auth::NodeAuthenticator;
+use crate::auth::{Caller, NodeAuthenticator};
 use crate::model::Snapshot;
 
 /// Longest lifetime the CA grants (Istio's default max is 90 days; the
@@ -169,6 +170,91 @@ impl CaService {
     }
 }
 
+impl CaService {
+    /// The one identity `caller` may be issued, as istiod decides it:
+    /// `ImpersonatedIdentity` when a node proxy asks for a pod on its node;
+    /// without it, the caller's own identity: its service account's, or, for
+    /// a node credential that names no account (a local bootstrap token),
+    /// the identity its CSR asks for if a pod on that node holds it.
+    fn identity_for(
+        &self,
+        caller: &Caller,
+        req: &IstioCertificateRequest,
+    ) -> Result<SpiffeId, Status> {
+        let td = self.signer.trust_domain();
+        let (identity, node) = match (req.impersonated_identity(), caller) {
+            (
+                Some(wanted),
+                Caller {
+                    node: Some(node), ..
+                },
+            ) => {
+                let identity: SpiffeId = wanted.parse().map_err(|e| {
+                    Status::invalid_argument(format!("ImpersonatedIdentity {wanted:?}: {e}"))
+                })?;
+                (identity, node)
+            }
+            (Some(_), _) => {
+                warn!(%caller, "CSR refused: impersonation by a caller that is not a node proxy");
+                return Err(Status::permission_denied(format!(
+                    "{caller} may not ask on behalf of others: ImpersonatedIdentity is for node proxies"
+                )));
+            }
+            (
+                None,
+                Caller {
+                    service_account: Some(sa),
+                    ..
+                },
+            ) => {
+                return SpiffeId::new(td, &sa.namespace, &sa.name)
+                    .map_err(|e| Status::invalid_argument(e.to_string()));
+            }
+            (
+                None,
+                Caller {
+                    node: Some(node),
+                    service_account: None,
+                },
+            ) => {
+                let sans =
+                    csr_uri_sans(&req.csr).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let [san] = sans.as_slice() else {
+                    return Err(Status::invalid_argument(format!(
+                        "without ImpersonatedIdentity the CSR must name exactly one identity, it names {sans:?}"
+                    )));
+                };
+                let identity: SpiffeId = san
+                    .parse()
+                    .map_err(|e| Status::invalid_argument(format!("CSR SAN {san:?}: {e}")))?;
+                (identity, node)
+            }
+            (
+                None,
+                Caller {
+                    node: None,
+                    service_account: None,
+                },
+            ) => {
+                return Err(Status::permission_denied(format!(
+                    "{caller} has no identity to be issued"
+                )));
+            }
+        };
+        if !self
+            .snapshots
+            .borrow()
+            .node_may_hold(node, &identity.to_string())
+        {
+            warn!(%node, %identity, "CSR refused: no pod with that identity on the caller's node");
+            return Err(Status::permission_denied(format!(
+                "node {node:?} runs no mesh pod with identity {identity}"
+            )));
+        }
+        Ok(identity)
+    }
+}
+
 #[tonic::async_trait]
 impl IstioCertificateService for CaService {
     async fn create_certificate(
@@ -177,22 +263,7 @@ impl IstioCertificateService for CaService {
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         let caller = self.auth.authenticate(request.metadata()).await?;
         let req = request.into_inner();
-        let wanted = req.impersonated_identity().ok_or_else(|| {
-            Status::invalid_argument(
-                "metadata.ImpersonatedIdentity is required: a node proxy asks on behalf of a pod",
-            )
-        })?;
-        let identity: SpiffeId = wanted.parse().map_err(|e| {
-            Status::invalid_argument(format!("ImpersonatedIdentity {wanted:?}: {e}"))
-        })?;
-        let allowed = self.snapshots.borrow().node_may_hold(&caller.node, wanted);
-        if !allowed {
-            warn!(node = %caller.node, %identity, "CSR refused: no pod with that identity on the caller's node");
-            return Err(Status::permission_denied(format!(
-                "node {:?} runs no mesh pod with identity {identity}",
-                caller.node
-            )));
-        }
+        let identity = self.identity_for(&caller, &req)?;
         let ttl = Duration::from_secs(u64::try_from(req.validity_duration).unwrap_or(0));
         let ttl = if ttl.is_zero() {
             Duration::from_secs(24 * 3600)
@@ -206,9 +277,162 @@ impl IstioCertificateService for CaService {
                 SignError::Signing(_) => Status::internal(e.to_string()),
                 _ => Status::invalid_argument(e.to_string()),
             })?;
-        info!(node = %caller.node, %identity, ttl_s = ttl.as_secs(), "certificate issued");
+        info!(%caller, %identity, ttl_s = ttl.as_secs(), "certificate issued");
         Ok(Response::new(IstioCertificateResponse {
             cert_chain: chain.to_cert_chain(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashMap, HashSet};
+
+    use ambit_hbone::{WorkloadCertificate, csr};
+    use tonic::metadata::MetadataMap;
+
+    use super::*;
+    use crate::auth::{ServiceAccount, bearer_token};
+
+    /// Callers by token: `node1` (a bootstrap token: a node, no account),
+    /// `ztunnel` (the node account on node1), `web` (workload shop/web).
+    struct Fixed;
+
+    #[tonic::async_trait]
+    impl NodeAuthenticator for Fixed {
+        async fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
+            let sa = |ns: &str, name: &str| {
+                Some(ServiceAccount {
+                    namespace: ns.into(),
+                    name: name.into(),
+                })
+            };
+            match bearer_token(metadata)? {
+                "node1" => Ok(Caller {
+                    node: Some("node1".into()),
+                    service_account: None,
+                }),
+                "ztunnel" => Ok(Caller {
+                    node: Some("node1".into()),
+                    service_account: sa("istio-system", "ztunnel"),
+                }),
+                "web" => Ok(Caller {
+                    node: None,
+                    service_account: sa("shop", "web"),
+                }),
+                _ => Err(Status::unauthenticated("unknown")),
+            }
+        }
+    }
+
+    fn id(ns: &str, sa: &str) -> SpiffeId {
+        SpiffeId::new("cluster.local", ns, sa).expect("id")
+    }
+
+    fn service() -> CaService {
+        let root = Authority::new_root(
+            "cluster.local",
+            "root",
+            Validity::starting_now(Duration::from_secs(3600)),
+        )
+        .expect("root");
+        let mut by_node: HashMap<String, HashSet<String>> = HashMap::new();
+        by_node
+            .entry("node1".into())
+            .or_default()
+            .insert(id("shop", "cart").to_string());
+        by_node
+            .entry("node2".into())
+            .or_default()
+            .insert(id("shop", "payments").to_string());
+        let snapshot = Snapshot {
+            identities_by_node: by_node,
+            ..Default::default()
+        };
+        let (_tx, rx) = watch::channel(Arc::new(snapshot));
+        CaService::new(Arc::new(root), Arc::new(Fixed), rx)
+    }
+
+    /// Asks as `token` with a CSR for `csr_for`, impersonating `impersonate`.
+    async fn ask(
+        token: &str,
+        csr_for: &SpiffeId,
+        impersonate: Option<&str>,
+    ) -> Result<SpiffeId, tonic::Code> {
+        let req_key = csr::generate(csr_for).expect("csr");
+        let mut msg = IstioCertificateRequest {
+            csr: req_key.csr_pem,
+            validity_duration: 3600,
+            metadata: None,
+        };
+        if let Some(who) = impersonate {
+            msg = msg.with_impersonated_identity(who);
+        }
+        let mut request = Request::new(msg);
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("ascii"),
+        );
+        let chain = service()
+            .create_certificate(request)
+            .await
+            .map_err(|s| s.code())?
+            .into_inner()
+            .cert_chain;
+        let cert = WorkloadCertificate::from_cert_chain(csr_for, &req_key.key_pem, &chain)
+            .expect("the issued leaf names the CSR's identity");
+        Ok(cert.identity().clone())
+    }
+
+    #[tokio::test]
+    async fn shared_mode_node_proxies_get_only_pods_on_their_node() {
+        let cart = id("shop", "cart");
+        let payments = id("shop", "payments");
+        for node_token in ["node1", "ztunnel"] {
+            assert_eq!(
+                ask(node_token, &cart, Some(&cart.to_string())).await,
+                Ok(cart.clone())
+            );
+            assert_eq!(
+                ask(node_token, &payments, Some(&payments.to_string())).await,
+                Err(tonic::Code::PermissionDenied),
+                "payments runs on node2"
+            );
+        }
+        assert_eq!(
+            ask("web", &cart, Some(&cart.to_string())).await,
+            Err(tonic::Code::PermissionDenied),
+            "a workload may not impersonate"
+        );
+    }
+
+    #[tokio::test]
+    async fn dedicated_mode_signs_the_callers_own_identity() {
+        let web = id("shop", "web");
+        assert_eq!(ask("web", &web, None).await, Ok(web.clone()));
+        assert_eq!(
+            ask("web", &web, Some("")).await,
+            Ok(web.clone()),
+            "an empty ImpersonatedIdentity is absent, as in istiod"
+        );
+        assert_eq!(
+            ask("web", &id("shop", "cart"), None).await,
+            Err(tonic::Code::InvalidArgument),
+            "a CSR for anyone else is refused"
+        );
+        let ztunnel = id("istio-system", "ztunnel");
+        assert_eq!(ask("ztunnel", &ztunnel, None).await, Ok(ztunnel));
+        // A bootstrap token names a node, not an account: the CSR's identity
+        // is issued when a pod on that node holds it.
+        let cart = id("shop", "cart");
+        assert_eq!(ask("node1", &cart, None).await, Ok(cart));
+        assert_eq!(
+            ask("node1", &id("shop", "payments"), None).await,
+            Err(tonic::Code::PermissionDenied)
+        );
+        assert_eq!(
+            ask("nobody", &web, None).await,
+            Err(tonic::Code::Unauthenticated)
+        );
     }
 }

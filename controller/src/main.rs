@@ -7,16 +7,18 @@
 //!   authenticate with their projected service-account token (TokenReview),
 //!   and the root is published as ConfigMap `istio-ca-root-cert`.
 //!
-//! The mesh root is loaded from `--ca-dir` (`root-cert.pem`, `root-key.pem`)
-//! when present, else created (and written there when the directory is
-//! writable), so restarts keep the root.
+//! The mesh CA comes from `--ca-dir`: Istio's `cacerts` layout (`ca-cert.pem`,
+//! `ca-key.pem`, `root-cert.pem`, `cert-chain.pem`) as an operator plugs it
+//! into istiod, or a root this controller made (`root-cert.pem`,
+//! `root-key.pem`); with neither, a new root is created and written there
+//! when the directory is writable, so restarts keep the root.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ambit_hbone::ca::{Authority, Validity};
+use ambit_hbone::ca::{Authority, CertificateSigner, PluggedCaFiles, Validity};
 use anyhow::{Context, bail};
 use clap::Parser;
 use controller::auth::{BootstrapTokens, NodeAuthenticator, TokenReviewAuthenticator};
@@ -50,7 +52,7 @@ struct Args {
         default_value = "istiod.istio-system.svc,ambit-controller.istio-system.svc,localhost"
     )]
     dns_names: Vec<String>,
-    /// Where the mesh root lives (`root-cert.pem`, `root-key.pem`).
+    /// Where the mesh CA lives: Istio `cacerts` files or `root-cert.pem` + `root-key.pem`.
     #[arg(long, default_value = "/etc/ambit/ca")]
     ca_dir: PathBuf,
     /// Directory mode: nodes to mint bootstrap tokens for.
@@ -86,13 +88,39 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(run(args))
 }
 
+fn read_pem(dir: &Path, name: &str) -> anyhow::Result<String> {
+    let path = dir.join(name);
+    std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// The mesh CA from `dir`: an Istio `cacerts` layout (`ca-cert.pem`,
+/// `ca-key.pem`, `root-cert.pem`, optional `cert-chain.pem`) when
+/// `ca-key.pem` is there; else a root this controller created before
+/// (`root-cert.pem`, `root-key.pem`); else a new root, saved there.
 fn load_or_create_root(dir: &Path, trust_domain: &str) -> anyhow::Result<Authority> {
+    if dir.join("ca-key.pem").is_file() {
+        let chain = dir.join("cert-chain.pem");
+        let files = PluggedCaFiles {
+            ca_cert: read_pem(dir, "ca-cert.pem")?,
+            ca_key: read_pem(dir, "ca-key.pem")?,
+            cert_chain: if chain.is_file() {
+                Some(read_pem(dir, "cert-chain.pem")?)
+            } else {
+                None
+            },
+            root_cert: read_pem(dir, "root-cert.pem")?,
+        };
+        let authority = Authority::load_plugged(trust_domain, &files)
+            .with_context(|| format!("loading the plugged-in CA from {}", dir.display()))?;
+        tracing::info!(dir = %dir.display(), "plugged-in CA loaded (Istio cacerts layout)");
+        return Ok(authority);
+    }
     let (cert, key) = (dir.join("root-cert.pem"), dir.join("root-key.pem"));
     if cert.is_file() && key.is_file() {
         let authority = Authority::load_root(
             trust_domain,
-            &std::fs::read_to_string(&cert)?,
-            &std::fs::read_to_string(&key)?,
+            &read_pem(dir, "root-cert.pem")?,
+            &read_pem(dir, "root-key.pem")?,
         )
         .with_context(|| format!("loading the mesh root from {}", dir.display()))?;
         tracing::info!(dir = %dir.display(), "mesh root loaded");
@@ -150,7 +178,8 @@ async fn publish_root(
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let authority = load_or_create_root(&args.ca_dir, &args.trust_domain)?;
-    let root_pem = authority.certificate_pem();
+    // The bundle exactly as loaded: every root in a plugged `root-cert.pem`.
+    let root_pem = authority.trust_bundle().to_pem();
     let tls = authority.issue_server(
         &args.dns_names,
         Validity::starting_now(Duration::from_secs(365 * 86400)),

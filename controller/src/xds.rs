@@ -100,7 +100,11 @@ impl AggregatedDiscoveryService for XdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
-        let peer = self.auth.authenticate(request.metadata()).await?.node;
+        let peer = self
+            .auth
+            .authenticate(request.metadata())
+            .await?
+            .to_string();
         let (tx, rx) = mpsc::channel(4);
         let conn = Connection {
             peer,

@@ -1,9 +1,10 @@
-//! Cluster-mode node authentication: the bearer token is reviewed by the API
-//! server (a mock answering TokenReview), and only the ztunnel service
-//! account with a node-bound token is accepted.
+//! Cluster-mode authentication: the bearer token is reviewed by the API
+//! server (a mock answering TokenReview). The ztunnel service account with a
+//! node-bound token is a node proxy; any other service account is a caller
+//! acting as itself; other users and forged tokens are refused.
 
 use bytes::Bytes;
-use controller::auth::{NodeAuthenticator, TokenReviewAuthenticator};
+use controller::auth::{Caller, NodeAuthenticator, ServiceAccount, TokenReviewAuthenticator};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use serde_json::json;
@@ -27,6 +28,11 @@ async fn api_server(
             Some("some-app") => json!({"authenticated": true, "user": {
                 "username": "system:serviceaccount:shop:web",
                 "extra": {"authentication.kubernetes.io/node-name": ["node1"]}}}),
+            Some("ztunnel-unbound") => json!({"authenticated": true, "user": {
+                "username": "system:serviceaccount:istio-system:ztunnel"}}),
+            Some("admin") => {
+                json!({"authenticated": true, "user": {"username": "kubernetes-admin"}})
+            }
             _ => json!({"authenticated": false, "error": "invalid bearer token"}),
         };
         let out = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
@@ -50,7 +56,7 @@ fn md(token: &str) -> MetadataMap {
 }
 
 #[tokio::test]
-async fn token_review_maps_ztunnel_tokens_to_their_node() {
+async fn token_review_names_node_proxies_and_workloads() {
     let (svc, handle) =
         tower_test::mock::pair::<Request<kube::client::Body>, Response<Full<Bytes>>>();
     tokio::spawn(api_server(handle));
@@ -59,25 +65,38 @@ async fn token_review_maps_ztunnel_tokens_to_their_node() {
         vec!["system:serviceaccount:istio-system:ztunnel".into()],
         "istio-ca",
     );
+    let sa = |ns: &str, name: &str| {
+        Some(ServiceAccount {
+            namespace: ns.into(),
+            name: name.into(),
+        })
+    };
     assert_eq!(
         auth.authenticate(&md("ztunnel-on-node1"))
             .await
-            .expect("ok")
-            .node,
-        "node1"
+            .expect("ok"),
+        Caller {
+            node: Some("node1".into()),
+            service_account: sa("istio-system", "ztunnel"),
+        }
     );
     assert_eq!(
-        auth.authenticate(&md("some-app"))
-            .await
-            .expect_err("app token")
-            .code(),
-        tonic::Code::PermissionDenied
+        auth.authenticate(&md("some-app")).await.expect("app token"),
+        Caller {
+            node: None,
+            service_account: sa("shop", "web"),
+        },
+        "a workload is itself, never a node proxy, even with a node-bound token"
     );
-    assert_eq!(
-        auth.authenticate(&md("forged"))
-            .await
-            .expect_err("forged")
-            .code(),
-        tonic::Code::Unauthenticated
-    );
+    for (token, code) in [
+        ("ztunnel-unbound", tonic::Code::PermissionDenied),
+        ("admin", tonic::Code::PermissionDenied),
+        ("forged", tonic::Code::Unauthenticated),
+    ] {
+        assert_eq!(
+            auth.authenticate(&md(token)).await.expect_err(token).code(),
+            code,
+            "{token}"
+        );
+    }
 }

@@ -20,6 +20,9 @@ use crate::bundle::{BundleError, TrustBundle};
 use crate::identity::SpiffeId;
 use crate::pem;
 
+mod plugged;
+pub use plugged::{PluggedCaError, PluggedCaFiles};
+
 /// The validity window of a certificate to be issued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Validity {
@@ -114,7 +117,11 @@ pub trait CertificateSigner: Send + Sync {
 pub struct Authority {
     trust_domain: String,
     key: KeyPair,
+    /// The issuer leaves are signed under (subject, key identifier).
     cert: Certificate,
+    /// This CA's certificate as it was issued or given: what is published.
+    /// (For a loaded CA, `cert` is a stand-in made from it.)
+    der: CertificateDer<'static>,
     /// Certificates to send after the leaf: this CA itself when it is an
     /// intermediate, then its own issuers up to (not including) the root.
     intermediates: Vec<CertificateDer<'static>>,
@@ -183,6 +190,7 @@ impl Authority {
         Ok(Authority {
             trust_domain: trust_domain.to_string(),
             key,
+            der: cert.der().clone(),
             cert,
             intermediates: vec![],
             bundle,
@@ -190,24 +198,22 @@ impl Authority {
     }
 
     /// A root loaded from its PEM certificate and PKCS#8 key (a controller
-    /// restart keeps the mesh root). The bundle holds the certificate exactly
-    /// as given; signing uses the same subject and key, so chains verify.
+    /// restart keeps the mesh root): a plugged-in CA that is its own root.
+    /// The bundle holds the certificate exactly as given.
     pub fn load_root(
         trust_domain: &str,
         cert_pem: &str,
         key_pem: &str,
-    ) -> Result<Self, AuthorityError> {
-        let key = KeyPair::from_pem(key_pem)?;
-        let params = CertificateParams::from_ca_cert_pem(cert_pem)?;
-        let cert = params.self_signed(&key)?;
-        let bundle = TrustBundle::from_pem(cert_pem)?;
-        Ok(Authority {
-            trust_domain: trust_domain.to_string(),
-            key,
-            cert,
-            intermediates: vec![],
-            bundle,
-        })
+    ) -> Result<Self, PluggedCaError> {
+        Self::load_plugged(
+            trust_domain,
+            &PluggedCaFiles {
+                ca_cert: cert_pem.to_string(),
+                ca_key: key_pem.to_string(),
+                cert_chain: None,
+                root_cert: cert_pem.to_string(),
+            },
+        )
     }
 
     /// This CA's private key as PKCS#8 PEM (to persist a root it created).
@@ -229,6 +235,7 @@ impl Authority {
         Ok(Authority {
             trust_domain: self.trust_domain.clone(),
             key,
+            der: cert.der().clone(),
             cert,
             intermediates,
             bundle: self.bundle.clone(),
@@ -243,7 +250,7 @@ impl Authority {
 
     /// This CA's own certificate as PEM.
     pub fn certificate_pem(&self) -> String {
-        pem::encode_certificate(self.cert.der())
+        pem::encode_certificate(&self.der)
     }
 
     /// A TLS server certificate for the control plane itself (xDS + CA on
@@ -281,6 +288,28 @@ impl Authority {
     }
 }
 
+fn parse_csr(csr_pem: &str) -> Result<CertificateSigningRequestParams, SignError> {
+    CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| SignError::BadCsr(e.to_string()))
+}
+
+fn uri_sans(csr: &CertificateSigningRequestParams) -> Vec<String> {
+    csr.params
+        .subject_alt_names
+        .iter()
+        .filter_map(|san| match san {
+            SanType::URI(uri) => Some(uri.as_str().to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The URI SANs a CSR asks for (its signature checked). A CA that learns
+/// the caller's identity from the CSR (a node token with no
+/// `ImpersonatedIdentity`) reads it here, then authorizes it.
+pub fn csr_uri_sans(csr_pem: &str) -> Result<Vec<String>, SignError> {
+    parse_csr(csr_pem).map(|csr| uri_sans(&csr))
+}
+
 /// A control-plane serving certificate: chain (leaf first) and key, PEM.
 #[derive(Clone, Debug)]
 pub struct ServerCert {
@@ -306,17 +335,8 @@ impl CertificateSigner for Authority {
         if validity.not_after <= validity.not_before {
             return Err(SignError::EmptyValidity);
         }
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
-            .map_err(|e| SignError::BadCsr(e.to_string()))?;
-        let in_csr: Vec<String> = csr
-            .params
-            .subject_alt_names
-            .iter()
-            .filter_map(|san| match san {
-                SanType::URI(uri) => Some(uri.as_str().to_string()),
-                _ => None,
-            })
-            .collect();
+        let csr = parse_csr(csr_pem)?;
+        let in_csr = uri_sans(&csr);
         let wanted = identity.to_string();
         if in_csr.len() != 1 || in_csr[0] != wanted {
             return Err(SignError::IdentityMismatch {
