@@ -230,6 +230,14 @@ pub fn keep_last_good(
             |o| &o.metadata,
             false,
         ),
+        mesh_configs: replace_bad(
+            "ConfigMap",
+            incoming.mesh_configs,
+            &last_good.mesh_configs,
+            bad,
+            |o| &o.metadata,
+            false,
+        ),
         ignored: incoming.ignored,
     }
 }

@@ -20,6 +20,13 @@ kind: Namespace
 metadata: {name: istio-system}
 ---
 apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    pathNormalization: {normalization: MERGE_SLASHES}
+---
+apiVersion: v1
 kind: Namespace
 metadata: {name: secure, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
 ---
@@ -237,9 +244,12 @@ async fn policy_bypasses_are_closed() {
     let r = exchange(&client, plain, &get("/", "")).await;
     expect("L4 DENY notRequestPrincipals", r.clone(), r.is_empty());
 
-    // 4. Paths reach policy normalized.
+    // 4. Paths reach policy normalized, with the mesh config's
+    //    MERGE_SLASHES on top of BASE.
     for path in [
         "/admin",
+        "//admin",
+        "/public/..//admin",
         "/public/../admin",
         "/./admin",
         "/%61dmin",

@@ -42,9 +42,10 @@ struct Args {
     /// Where to serve `/metrics`.
     #[arg(long, default_value = "0.0.0.0:15014")]
     metrics: SocketAddr,
-    /// Trust domain.
-    #[arg(long, default_value = "cluster.local")]
-    trust_domain: String,
+    /// Trust domain. Default: the mesh config's `trustDomain` (ConfigMap
+    /// `istio-system/istio`, key `mesh`), else `cluster.local`.
+    #[arg(long)]
+    trust_domain: Option<String>,
     /// Names on the serving certificate.
     #[arg(
         long,
@@ -176,8 +177,43 @@ async fn publish_root(
     Ok(())
 }
 
+/// The trust domain: `--trust-domain`, else the mesh config's, as istiod
+/// takes it from `meshConfig.trustDomain`.
+async fn trust_domain(args: &Args) -> anyhow::Result<String> {
+    use ambit_api::translate::{MeshConfig, mesh::mesh_config};
+    if let Some(td) = &args.trust_domain {
+        return Ok(td.clone());
+    }
+    let mut res = ambit_api::k8s::Resources::default();
+    if let Some(dir) = &args.dir {
+        res = ambit_api::k8s::Resources::from_dir(dir)
+            .map_err(|e| anyhow::anyhow!("reading the mesh config in {}: {e}", dir.display()))?;
+    } else if args.kube {
+        use ambit_api::k8s::{MESH_CONFIG_NAME, MESH_CONFIG_NAMESPACE, Source};
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
+        let api: kube::Api<ConfigMap> = kube::Api::namespaced(client, MESH_CONFIG_NAMESPACE);
+        if let Some(cm) = api
+            .get_opt(MESH_CONFIG_NAME)
+            .await
+            .context("reading the mesh config ConfigMap istio-system/istio")?
+        {
+            let source = Source {
+                file: format!("kube:ConfigMap/{MESH_CONFIG_NAMESPACE}/{MESH_CONFIG_NAME}"),
+                doc: 0,
+            };
+            res.mesh_configs.push((source, cm));
+        }
+    }
+    Ok(mesh_config(&res, &MeshConfig::default()).trust_domain)
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
-    let authority = load_or_create_root(&args.ca_dir, &args.trust_domain)?;
+    let trust_domain = trust_domain(&args).await?;
+    tracing::info!(%trust_domain, "trust domain");
+    let authority = load_or_create_root(&args.ca_dir, &trust_domain)?;
     // The bundle exactly as loaded: every root in a plugged `root-cert.pem`.
     let root_pem = authority.trust_bundle().to_pem();
     let tls = authority.issue_server(

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use ambit_api::k8s::Resources;
 use ambit_api::model::LocalConfig;
-use ambit_api::translate::{Finding, Severity, translate};
+use ambit_api::translate::{Finding, MeshConfig, Severity, translate_with_defaults};
 use ambit_api::xds::{self, convert};
 use prost::Message;
 
@@ -213,15 +213,61 @@ fn object_keys(findings: &[Finding]) -> HashSet<String> {
 pub struct Model {
     last_good: Resources,
     generation: u64,
+    /// The CA's trust domain: a mesh config naming another is refused.
+    trust_domain: Option<String>,
 }
 
 impl Model {
+    /// A model whose mesh config must keep `trust_domain` (the CA's: it
+    /// signs no other, so workloads in another could not get certificates).
+    pub fn for_trust_domain(trust_domain: &str) -> Self {
+        Model {
+            trust_domain: Some(trust_domain.to_string()),
+            ..Default::default()
+        }
+    }
+
+    fn mesh_defaults(&self) -> MeshConfig {
+        let mut mesh = MeshConfig::default();
+        if let Some(td) = &self.trust_domain {
+            mesh.trust_domain = td.clone();
+        }
+        mesh
+    }
+
+    /// An Error finding on the mesh config when it names a trust domain
+    /// other than the CA's.
+    fn check_trust_domain(
+        &self,
+        res: &Resources,
+        translation: &mut ambit_api::translate::Translation,
+    ) {
+        let Some(ca) = &self.trust_domain else { return };
+        if translation.mesh.trust_domain == *ca {
+            return;
+        }
+        let Some((source, cm)) = res.mesh_configs.first() else {
+            return;
+        };
+        translation.findings.push(Finding {
+            severity: Severity::Error,
+            source: source.clone(),
+            object: ambit_api::k8s::object_ref("ConfigMap", &cm.metadata),
+            field: "data.mesh.trustDomain".into(),
+            message: format!(
+                "{:?} is not the CA's trust domain {ca:?} (ambit-controller --trust-domain):                  workloads could not be issued certificates; restart the controller with the new                  trust domain to change it",
+                translation.mesh.trust_domain
+            ),
+        });
+    }
+
     /// Validates and translates `incoming`; objects with errors are replaced by
     /// their last good version (or left out if they never were good). The
     /// returned snapshot carries every finding, so nothing is silently lost.
     pub fn apply(&mut self, incoming: Resources, previous: Option<&Snapshot>) -> Snapshot {
         let t = std::time::Instant::now();
-        let mut translation = translate(&incoming);
+        let mut translation = translate_with_defaults(&incoming, &self.mesh_defaults());
+        self.check_trust_domain(&incoming, &mut translation);
         let translate_ms = t.elapsed().as_millis() as u64;
         let mut findings = ambit_api::validate::cross_checks(&incoming);
         tracing::debug!(
@@ -236,7 +282,7 @@ impl Model {
             // Translate again with the failing objects at their last good version.
             let accepted = ambit_api::validate::keep_last_good(incoming, &self.last_good, &bad);
             let findings_first = std::mem::take(&mut translation.findings);
-            translation = translate(&accepted);
+            translation = translate_with_defaults(&accepted, &self.mesh_defaults());
             translation.findings = findings_first;
             accepted
         };
@@ -308,5 +354,37 @@ status: {podIP: 10.2.0.2}
         assert!(s.node_may_hold("node1", "spiffe://cluster.local/ns/demo/sa/sa-a"));
         assert!(!s.node_may_hold("node2", "spiffe://cluster.local/ns/demo/sa/sa-a"));
         assert!(s.node_may_hold("node2", "spiffe://cluster.local/ns/demo/sa/default"));
+    }
+
+    fn mesh(td: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\n\
+             data:\n  mesh: \"trustDomain: {td}\"\n---\n"
+        )
+    }
+
+    #[test]
+    fn trust_domain_follows_the_ca_and_a_mesh_config_that_leaves_it_is_refused() {
+        let mut m = Model::for_trust_domain("example.org");
+        let s = m.apply(res(BASE), None);
+        assert!(
+            s.node_may_hold("node1", "spiffe://example.org/ns/demo/sa/sa-a"),
+            "no mesh config: the CA's trust domain"
+        );
+        let s = m.apply(res(&(mesh("example.org") + BASE)), Some(&s));
+        assert!(s.node_may_hold("node1", "spiffe://example.org/ns/demo/sa/sa-a"));
+        assert!(s.findings.iter().all(|f| f.severity < Severity::Error), "{:?}", s.findings);
+        // An edit to another trust domain: refused, the last good stays.
+        let s = m.apply(res(&(mesh("other.org") + BASE)), Some(&s));
+        assert!(s.node_may_hold("node1", "spiffe://example.org/ns/demo/sa/sa-a"));
+        let f = s
+            .findings
+            .iter()
+            .find(|f| f.field == "data.mesh.trustDomain")
+            .expect("a finding names the field");
+        assert_eq!(
+            (f.severity, f.object.as_str()),
+            (Severity::Error, "ConfigMap istio-system/istio")
+        );
     }
 }

@@ -102,7 +102,7 @@ impl Controller {
     ) -> Result<Self, ControllerError> {
         let (events_tx, mut events) = mpsc::channel(16);
         let source_task = tokio::spawn(source.run(events_tx));
-        let mut model = Model::default();
+        let mut model = Model::for_trust_domain(config.signer.trust_domain());
         let Some(SourceEvent::Snapshot { resources, errors }) = events.recv().await else {
             return Err(ControllerError::SourceEnded);
         };

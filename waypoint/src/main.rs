@@ -86,14 +86,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .gateway
         .split_once('/')
         .context("--gateway is NAMESPACE/NAME")?;
+    // The identity's trust domain is the mesh config's (ConfigMap
+    // istio-system/istio in the same directory), as for every workload.
+    let td = t.mesh.trust_domain.as_str();
     let root: Arc<dyn CertificateSigner> = Arc::new(Authority::new_root(
-        "cluster.local",
+        td,
         "waypoint local",
         Validity::starting_now(Duration::from_secs(86400)),
     )?);
     let w = Waypoint::new(WaypointConfig {
         name: args.gateway.clone(),
-        identity: SpiffeId::new("cluster.local", ns, name)?,
+        identity: SpiffeId::new(td, ns, name)?,
         certs: CertManager::new(Arc::new(LocalSigner(root)), Duration::from_secs(86400)),
         hbone: HboneConfig::default(),
         socket: None,

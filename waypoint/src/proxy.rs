@@ -373,7 +373,8 @@ impl Waypoint {
         };
         // Path normalization first: every later stage, and the upstream,
         // sees the normalized path.
-        let path = match self.options().path_normalization.apply(req.uri().path()) {
+        let options = svc.http_options.unwrap_or_else(|| self.options());
+        let path = match options.path_normalization.apply(req.uri().path()) {
             Ok(p) => p,
             Err(e) => {
                 debug!(error = %e, "request refused");
@@ -464,7 +465,7 @@ impl Waypoint {
             remote_ip: Some(remote_client(
                 conn.client.ip(),
                 facts.headers.get("x-forwarded-for").map(String::as_str),
-                self.options().num_trusted_proxies,
+                options.num_trusted_proxies,
             )),
             destination_ip: Some(conn.dst.ip()),
             port: conn.dst.port(),

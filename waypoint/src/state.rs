@@ -17,10 +17,12 @@ use crate::authz::Authorizer;
 use crate::balance::Balancer;
 use crate::jwt::JwtRules;
 use crate::matcher::MatcherError;
+use crate::normalize::UnknownNormalization;
 use crate::outlier::OutlierDetector;
 use crate::ratelimit::TokenBucket;
 use crate::route::Router;
 use crate::sync::lock;
+use crate::waypoint::HttpOptions;
 
 /// A connection-pool limit of 0 means "unlimited" (Envoy's default is 2^32-1).
 fn limit(v: u32) -> usize {
@@ -155,6 +157,9 @@ pub struct ServiceState {
     pub limits: Vec<Limit>,
     /// By hostname.
     pub backends: HashMap<String, Backend>,
+    /// The mesh config's HTTP options for this Service; `None` when the
+    /// control plane sent none (the waypoint's own defaults apply).
+    pub http_options: Option<HttpOptions>,
 }
 
 impl std::fmt::Debug for ServiceState {
@@ -257,7 +262,23 @@ impl ServiceState {
                 },
             );
         }
+        let http_options = if svc.path_normalization.is_empty() {
+            None
+        } else {
+            let path_normalization =
+                svc.path_normalization
+                    .parse()
+                    .map_err(|e: UnknownNormalization| MatcherError {
+                        pattern: format!("pathNormalization {}", svc.path_normalization),
+                        message: e.to_string(),
+                    })?;
+            Some(HttpOptions {
+                path_normalization,
+                num_trusted_proxies: svc.num_trusted_proxies,
+            })
+        };
         Ok(ServiceState {
+            http_options,
             authz: Authorizer::new(&svc.authorization),
             router: Router::new(svc)?,
             jwt,
@@ -377,5 +398,38 @@ impl WaypointState {
     /// Every served Service (for `/config_dump`).
     pub fn services(&self) -> impl Iterator<Item = &Arc<ServiceState>> {
         self.by_name.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::normalize::PathNormalization;
+
+    fn service(normalization: &str, trusted: u32) -> pb::L7Service {
+        pb::L7Service {
+            name: "api".into(),
+            namespace: "shop".into(),
+            hostname: "api.shop.svc.cluster.local".into(),
+            path_normalization: normalization.into(),
+            num_trusted_proxies: trusted,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn mesh_http_options_travel_with_the_service() {
+        let s = ServiceState::new(service("MERGE_SLASHES", 2), None).expect("compiles");
+        assert_eq!(
+            s.http_options,
+            Some(HttpOptions {
+                path_normalization: PathNormalization::MergeSlashes,
+                num_trusted_proxies: 2,
+            })
+        );
+        let s = ServiceState::new(service("", 0), None).expect("compiles");
+        assert_eq!(s.http_options, None, "unset: the waypoint's defaults apply");
+        let err = ServiceState::new(service("MERGE", 0), None).expect_err("unknown value");
+        assert!(err.to_string().contains("MERGE"), "{err}");
     }
 }

@@ -204,7 +204,8 @@ pub async fn run() -> anyhow::Result<()> {
     let certs: Arc<dyn CertificateProvider> = if env("FAKE_CA").as_deref() == Some("true") {
         Arc::new(LocalSigner(Arc::new(
             Authority::new_root(
-                "cluster.local",
+                // The workloads' trust domain (a fake CA signs no other).
+                env("TRUST_DOMAIN").as_deref().unwrap_or("cluster.local"),
                 "ztunnel fake CA",
                 Validity::starting_now(ttl * 30),
             )

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount};
 use serde::de::DeserializeOwned;
 
 use super::istio::{AuthorizationPolicy, PeerAuthentication};
@@ -66,6 +66,9 @@ pub struct Resources {
     pub gateways: Vec<(Source, Gateway)>,
     /// Ambit RateLimitPolicies.
     pub rate_limits: Vec<(Source, RateLimitPolicy)>,
+    /// The mesh config: ConfigMap `istio` in `istio-system`, as istiod reads
+    /// it (key `mesh`). Other ConfigMaps are `ignored`.
+    pub mesh_configs: Vec<(Source, ConfigMap)>,
     /// Objects of kinds Ambit does not interpret: (`apiVersion/kind`,
     /// `Kind namespace/name`). Each is reported as a finding.
     pub ignored: Vec<(Source, (String, String))>,
@@ -82,6 +85,11 @@ fn typed<T: DeserializeOwned>(
         message: e.to_string(),
     })
 }
+
+/// Where istiod's mesh config lives: ConfigMap `istio` in `istio-system`.
+pub const MESH_CONFIG_NAMESPACE: &str = "istio-system";
+/// The mesh config ConfigMap's name.
+pub const MESH_CONFIG_NAME: &str = "istio";
 
 impl Resources {
     /// Appends everything in `other` (used to merge files read separately).
@@ -100,6 +108,7 @@ impl Resources {
             .extend(other.request_authentications);
         self.gateways.extend(other.gateways);
         self.rate_limits.extend(other.rate_limits);
+        self.mesh_configs.extend(other.mesh_configs);
         self.ignored.extend(other.ignored);
     }
 
@@ -198,6 +207,9 @@ impl Resources {
                 .push((source.clone(), typed(value, &source, &object)?)),
             ("", "Service") => self
                 .services
+                .push((source.clone(), typed(value, &source, &object)?)),
+            ("", "ConfigMap") if (ns, name) == (MESH_CONFIG_NAMESPACE, MESH_CONFIG_NAME) => self
+                .mesh_configs
                 .push((source.clone(), typed(value, &source, &object)?)),
             ("", "ServiceAccount") => self
                 .service_accounts

@@ -6,7 +6,7 @@ pub mod istio;
 mod load;
 pub mod networking;
 
-pub use load::{LoadError, Resources, Source};
+pub use load::{LoadError, MESH_CONFIG_NAME, MESH_CONFIG_NAMESPACE, Resources, Source};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 

@@ -877,6 +877,8 @@ pub(super) fn translate_l7(res: &Resources, waypoints: &Waypoints, out: &mut Tra
             authorization,
             authentication,
             backends: service_backends,
+            path_normalization: out.mesh.path_normalization.clone(),
+            num_trusted_proxies: out.mesh.num_trusted_proxies,
             rate_limits,
             sources,
         });

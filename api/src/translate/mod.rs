@@ -10,6 +10,7 @@
 
 pub mod l7;
 mod l7_policy;
+pub mod mesh;
 mod policy;
 mod uninterpreted;
 pub mod waypoints;
@@ -18,6 +19,7 @@ mod workloads;
 use crate::k8s::{Resources, Source};
 use crate::model::LocalConfig;
 
+pub use mesh::MeshConfig;
 pub use workloads::{expand_deployments, pod_in_mesh};
 
 /// How bad a finding is.
@@ -65,16 +67,26 @@ pub struct Translation {
     pub findings: Vec<Finding>,
     /// L7 config of every Service bound to a waypoint.
     pub l7: Vec<crate::xds::proto::l7::L7Service>,
+    /// The mesh config the translation used.
+    pub mesh: MeshConfig,
 }
 
 /// Translates `res` (pods must carry `spec.nodeName` and `status.podIP`).
 pub fn translate(res: &Resources) -> Translation {
+    translate_with_defaults(res, &MeshConfig::default())
+}
+
+/// [`translate`], with `defaults` for what no mesh config says (the
+/// controller's `--trust-domain` when there is no ConfigMap `istio`).
+pub fn translate_with_defaults(res: &Resources, defaults: &MeshConfig) -> Translation {
     let mut out = Translation::default();
+    out.mesh = mesh::translate_mesh(res, defaults, &mut out);
     let waypoints = waypoints::Waypoints::new(res);
     workloads::translate_services(res, &waypoints, &mut out);
     workloads::translate_pods(res, &waypoints, &mut out);
     policy::translate_policies(res, &mut out);
     l7::translate_l7(res, &waypoints, &mut out);
+    mesh::migrate_principals(&mut out.l7, &out.mesh);
     report_ignored(res, &mut out);
     uninterpreted::report(res, &mut out);
     out

@@ -254,7 +254,7 @@ pub(super) fn translate_pods(res: &Resources, waypoints: &Waypoints, out: &mut T
             } else {
                 Protocol::Tcp
             },
-            trust_domain: "cluster.local".into(),
+            trust_domain: out.mesh.trust_domain.clone(),
             service_account,
             node: pod
                 .spec

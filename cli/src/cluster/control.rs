@@ -45,11 +45,16 @@ impl std::fmt::Debug for ControlSetup {
 }
 
 impl ControlSetup {
-    /// A new mesh root, tokens for `nodes` nodes, and a running controller
-    /// serving `initial`.
-    pub async fn start(nodes: u8, initial: Resources) -> anyhow::Result<Self> {
+    /// The trust domain the CA signs in (the mesh config's at start).
+    pub fn trust_domain(&self) -> &str {
+        ambit_hbone::ca::CertificateSigner::trust_domain(self.ca.as_ref())
+    }
+
+    /// A new mesh root for `trust_domain`, tokens for `nodes` nodes, and a
+    /// running controller serving `initial`.
+    pub async fn start(nodes: u8, trust_domain: &str, initial: Resources) -> anyhow::Result<Self> {
         let root = Authority::new_root(
-            "cluster.local",
+            trust_domain,
             "ambit local cluster",
             Validity::starting_now(Duration::from_secs(7 * 86400)),
         )

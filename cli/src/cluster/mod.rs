@@ -211,8 +211,15 @@ impl LocalCluster {
         let wanted = expand_deployments(&resources);
         resources.pods.clear();
         resources.deployments.clear();
-        // The controller starts empty; the first publish (after placement) fills it.
-        let control = control::ControlSetup::start(nodes, Resources::default()).await?;
+        // The controller starts empty; the first publish (after placement)
+        // fills it. The CA's trust domain is the mesh config's.
+        let trust_domain = ambit_api::translate::mesh::mesh_config(
+            &resources,
+            &ambit_api::translate::MeshConfig::default(),
+        )
+        .trust_domain;
+        let control =
+            control::ControlSetup::start(nodes, &trust_domain, Resources::default()).await?;
         let mut cluster = LocalCluster {
             processes: vec![],
             ztunnels: vec![],
@@ -377,6 +384,7 @@ impl LocalCluster {
             let placed = self.pod(&key)?.clone();
             let w = waypoints::RunningWaypoint::start(
                 &placed,
+                self.control.trust_domain(),
                 &ns,
                 gateway,
                 self.control.for_node(placed.node),

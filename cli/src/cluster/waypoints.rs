@@ -37,9 +37,11 @@ impl std::fmt::Debug for RunningWaypoint {
 }
 
 impl RunningWaypoint {
-    /// Starts the waypoint of Gateway `namespace/gateway` in `pod`.
+    /// Starts the waypoint of Gateway `namespace/gateway` in `pod`, as
+    /// `spiffe://<trust_domain>/ns/<namespace>/sa/<gateway>`.
     pub fn start(
         pod: &PlacedPod,
+        trust_domain: &str,
         namespace: &str,
         gateway: &str,
         cp: ControlPlane,
@@ -50,7 +52,7 @@ impl RunningWaypoint {
                 .with_context(|| format!("opening {}'s namespace", pod.key))?,
         );
         let identity =
-            SpiffeId::new("cluster.local", namespace, gateway).context("waypoint identity")?;
+            SpiffeId::new(trust_domain, namespace, gateway).context("waypoint identity")?;
         let ca = CaClient::new(&cp).context("waypoint CA client")?;
         let certs = CertManager::new(Arc::new(ca), cert_ttl);
         let sockets = netns.clone();

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 
-use ambit_api::k8s::{LoadError, Resources, Source};
+use ambit_api::k8s::{LoadError, MESH_CONFIG_NAME, MESH_CONFIG_NAMESPACE, Resources, Source};
 use futures_util::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::WatchStreamExt;
@@ -39,7 +39,24 @@ pub const WATCHED: &[(&str, &str, &str)] = &[
     ("gateway.networking.k8s.io", "v1", "Gateway"),
     ("gateway.networking.k8s.io", "v1", "HTTPRoute"),
     ("ambit.dev", "v1alpha1", "RateLimitPolicy"),
+    // Only the mesh config, `istio-system/istio` (see `watch_scope`).
+    ("", "v1", "ConfigMap"),
 ];
+
+/// Where a kind is watched: everywhere, except ConfigMaps, of which only
+/// the mesh config is read (namespace `istio-system`, name `istio`).
+fn watch_scope(client: &kube::Client, ar: &ApiResource) -> (Api<DynamicObject>, watcher::Config) {
+    if ar.group.is_empty() && ar.kind == "ConfigMap" {
+        return (
+            Api::namespaced_with(client.clone(), MESH_CONFIG_NAMESPACE, ar),
+            watcher::Config::default().fields(&format!("metadata.name={MESH_CONFIG_NAME}")),
+        );
+    }
+    (
+        Api::all_with(client.clone(), ar),
+        watcher::Config::default(),
+    )
+}
 
 /// Watches a cluster through `client`.
 pub struct KubeSource {
@@ -167,13 +184,11 @@ impl ConfigSource for KubeSource {
             let (events_tx, mut events) = mpsc::channel::<(usize, Event<DynamicObject>)>(1024);
             let mut tasks = Vec::new();
             for (i, ar) in self.kinds.iter().enumerate() {
-                let api: Api<DynamicObject> = Api::all_with(self.client.clone(), ar);
+                let (api, config) = watch_scope(&self.client, ar);
                 let events_tx = events_tx.clone();
                 let kind = ar.kind.clone();
                 tasks.push(tokio::spawn(async move {
-                    let mut stream = watcher::watcher(api, watcher::Config::default())
-                        .default_backoff()
-                        .boxed();
+                    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
                     while let Some(ev) = stream.next().await {
                         match ev {
                             Ok(ev) => {

@@ -1,0 +1,129 @@
+//! A mesh whose trust domain is not `cluster.local` (issue 16), on the local
+//! cluster: the mesh config (ConfigMap `istio-system/istio`) names
+//! `example.org`, so the CA, every workload certificate, the waypoint's own
+//! identity and the policies all use it. A waypoint policy written with
+//! `cluster.local/...` principals still matches (Istio migrates them to the
+//! mesh's trust domain); a ztunnel policy names `example.org` identities.
+//! Needs root.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ambit::cluster::LocalCluster;
+use ambit::cluster::client::{connect_from, wait_listening};
+use ambit_api::k8s::Resources;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod common;
+use common::{require_root, set_ambit_bin};
+
+const YAML: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: istio-system}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    trustDomain: example.org
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: td, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: td, labels: {istio.io/waypoint-for: service}}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: td}
+spec: {nodeName: node1, serviceAccountName: client, containers: [{name: c, image: ambit}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: other, namespace: td}
+spec: {nodeName: node1, serviceAccountName: other, containers: [{name: c, image: ambit}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api-0, namespace: td, labels: {app: api}}
+spec:
+  nodeName: node2
+  serviceAccountName: api
+  containers: [{name: a, image: ambit, command: [ambit, echo, --port, "9080"]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: td}
+spec:
+  clusterIP: 10.96.0.50
+  selector: {app: api}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: client-only, namespace: td}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  action: ALLOW
+  rules: [{from: [{source: {principals: ["cluster.local/ns/td/sa/client"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: via-waypoint, namespace: td}
+spec:
+  selector: {matchLabels: {app: api}}
+  action: ALLOW
+  rules: [{from: [{source: {principals: ["example.org/ns/td/sa/waypoint"]}}]}]
+"#;
+
+async fn get(netns: &str, to: SocketAddr) -> String {
+    let Ok(mut s) = connect_from(netns, to).await else {
+        return String::new();
+    };
+    let req = b"GET /who HTTP/1.1\r\nhost: api:9080\r\nconnection: close\r\n\r\n";
+    if s.write_all(req).await.is_err() {
+        return String::new();
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mesh_in_another_trust_domain_works_end_to_end() {
+    require_root();
+    set_ambit_bin();
+    let mut res = Resources::default();
+    res.add_yaml(YAML, "trust-domain.yaml").expect("yaml");
+    let cluster = LocalCluster::up(res, 2).await.expect("cluster up");
+    let api = cluster.pod("td/api-0").expect("pod").clone();
+    assert!(wait_listening(&api.netns, 9080, Duration::from_secs(10)).await);
+    assert_eq!(cluster.control.trust_domain(), "example.org");
+    let svc: SocketAddr = "10.96.0.50:9080".parse().expect("addr");
+    let client = cluster.pod("td/client").expect("pod").netns.clone();
+    let other = cluster.pod("td/other").expect("pod").netns.clone();
+
+    let r = get(&client, svc).await;
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.contains("pod=api-0"),
+        "client (a cluster.local principal in the policy) is served: {r:?}"
+    );
+    let r = get(&other, svc).await;
+    assert!(r.starts_with("HTTP/1.1 403"), "other is denied: {r:?}");
+    // Straight to the pod, past the waypoint: the ztunnel policy only admits
+    // the waypoint's example.org identity.
+    let direct = SocketAddr::new(api.ip.into(), 9080);
+    let r = get(&client, direct).await;
+    assert!(
+        !r.starts_with("HTTP/1.1 200"),
+        "the pod admits only the waypoint: {r:?}"
+    );
+    drop(cluster);
+}
