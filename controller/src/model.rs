@@ -373,7 +373,11 @@ status: {podIP: 10.2.0.2}
         );
         let s = m.apply(res(&(mesh("example.org") + BASE)), Some(&s));
         assert!(s.node_may_hold("node1", "spiffe://example.org/ns/demo/sa/sa-a"));
-        assert!(s.findings.iter().all(|f| f.severity < Severity::Error), "{:?}", s.findings);
+        assert!(
+            s.findings.iter().all(|f| f.severity < Severity::Error),
+            "{:?}",
+            s.findings
+        );
         // An edit to another trust domain: refused, the last good stays.
         let s = m.apply(res(&(mesh("other.org") + BASE)), Some(&s));
         assert!(s.node_may_hold("node1", "spiffe://example.org/ns/demo/sa/sa-a"));

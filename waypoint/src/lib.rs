@@ -25,6 +25,7 @@ pub mod body;
 pub mod cors;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod jwks_fetch;
 pub mod jwt;
 pub mod matcher;
 pub mod metrics;

@@ -30,6 +30,7 @@ use ztunnel::certs::{CertManager, PodServerTls};
 use ztunnel::xds::{XdsCache, XdsConsumer};
 
 use crate::authz::{Mode, RequestAttributes};
+use crate::jwks_fetch::JwksLocation;
 use crate::metrics::{Metrics, Peer};
 use crate::normalize::PathNormalization;
 use crate::proxy::{ConnInfo, pick_target};
@@ -229,46 +230,57 @@ impl Waypoint {
         }
     }
 
-    /// GETs a JWKS over plain HTTP; a hostname is resolved to one endpoint of
-    /// the mesh Service of that name.
+    /// GETs a JWKS (see [`crate::jwks_fetch`]): a mesh Service's endpoint
+    /// over HBONE when it is in the mesh, else plain TCP (DNS for names
+    /// outside the mesh); `https://` verified against system and mesh roots.
     async fn get_jwks(&self, uri: &str) -> Result<jsonwebtoken::jwk::JwkSet, String> {
-        let uri: http::Uri = uri.parse().map_err(|e| format!("{e}"))?;
-        if uri.scheme_str() != Some("http") {
-            return Err("only http:// jwksUri is supported".into());
-        }
-        let host = uri.host().ok_or("no host")?.to_string();
-        let port = uri.port_u16().unwrap_or(80);
-        let addr = match host.parse() {
-            Ok(ip) => SocketAddr::new(ip, port),
-            Err(_) => {
-                let state = self.addresses();
-                let svc = state
-                    .services()
-                    .find(|s| s.hostname == host)
-                    .ok_or_else(|| format!("no Service {host}"))?;
-                state
-                    .endpoints(svc, port)
-                    .first()
-                    .map(|e| e.addr)
-                    .ok_or_else(|| format!("Service {host} has no endpoint"))?
+        let loc = JwksLocation::parse(uri)?;
+        let target = match loc.mesh_target(&self.addresses())? {
+            Some(t) => t,
+            None => {
+                let addr = tokio::net::lookup_host((loc.host.as_str(), loc.port))
+                    .await
+                    .map_err(|e| format!("resolving {}: {e}", loc.host))?
+                    .next()
+                    .ok_or_else(|| format!("{} resolves to no address", loc.host))?;
+                Target {
+                    addr,
+                    identity: String::new(),
+                    hbone: false,
+                    http2: false,
+                }
             }
-        };
-        let target = Target {
-            addr,
-            identity: String::new(),
-            hbone: false,
-            http2: false,
         };
         let io = self
             .upstreams
             .dial(&target)
             .await
             .map_err(|e| e.to_string())?;
+        let io: Box<dyn crate::upstream::Io> = if loc.tls {
+            let mesh_roots = self
+                .certs
+                .get(&self.identity)
+                .ok()
+                .map(|c| c.roots().clone());
+            let tls = loc
+                .tls_connector(mesh_roots.as_ref())?
+                .connect(loc.server_name()?, io)
+                .await
+                .map_err(|e| format!("TLS to {}: {e}", loc.host))?;
+            Box::new(tls)
+        } else {
+            io
+        };
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        let req = http::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
+        let host = if (loc.tls && loc.port == 443) || (!loc.tls && loc.port == 80) {
+            loc.host.clone()
+        } else {
+            format!("{}:{}", loc.host, loc.port)
+        };
+        let req = http::Request::get(loc.path.as_str())
             .header(http::header::HOST, host)
             .body(crate::proxy::full(Bytes::new()))
             .map_err(|e| e.to_string())?;
