@@ -48,6 +48,28 @@ pub struct Authenticated {
     pub rule: usize,
     /// Header that carried it (removed upstream unless `forwardOriginalToken`).
     pub from_header: Option<String>,
+    /// Headers to set upstream from claims (`outputClaimToHeaders`).
+    pub claim_headers: Vec<(String, String)>,
+}
+
+/// `(header, value)` for each `outputClaimToHeaders` entry whose claim
+/// (nested as `a.b`) is a string, number or boolean: Envoy's
+/// `claim_to_headers` copies only those.
+fn claim_headers(rule: &pb::JwtRule, claims: &serde_json::Value) -> Vec<(String, String)> {
+    use serde_json::Value;
+    rule.output_claim_to_headers
+        .iter()
+        .filter_map(|c| {
+            let v = c.claim.split('.').try_fold(claims, |v, k| v.get(k))?;
+            let text = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                _ => return None,
+            };
+            Some((c.header.clone(), text))
+        })
+        .collect()
 }
 
 /// The JWT rules of one service, with their keys.
@@ -57,30 +79,55 @@ pub struct JwtRules {
     keys: Vec<Option<JwkSet>>,
 }
 
-/// Where a token can be: header (with prefix) or query parameter.
-fn locations(rule: &pb::JwtRule) -> (Vec<(String, String)>, Vec<String>) {
-    if rule.from_headers.is_empty() && rule.from_params.is_empty() {
-        return (
-            vec![("authorization".into(), "Bearer ".into())],
-            vec!["access_token".into()],
-        );
+/// Where a token can be: headers (with prefix), query parameters, cookies.
+/// None written: Istio's defaults (`Authorization: Bearer`, `access_token`).
+struct Locations {
+    headers: Vec<(String, String)>,
+    params: Vec<String>,
+    cookies: Vec<String>,
+}
+
+fn locations(rule: &pb::JwtRule) -> Locations {
+    if rule.from_headers.is_empty() && rule.from_params.is_empty() && rule.from_cookies.is_empty() {
+        return Locations {
+            headers: vec![("authorization".into(), "Bearer ".into())],
+            params: vec!["access_token".into()],
+            cookies: vec![],
+        };
     }
-    (
-        rule.from_headers
+    Locations {
+        headers: rule
+            .from_headers
             .iter()
             .map(|h| (h.name.to_ascii_lowercase(), h.prefix.clone()))
             .collect(),
-        rule.from_params.clone(),
-    )
+        params: rule.from_params.clone(),
+        cookies: rule.from_cookies.clone(),
+    }
+}
+
+/// The value of cookie `name` in a `Cookie` header (several headers arrive
+/// joined with `,`; neither `;` nor `,` can be part of a cookie value).
+fn cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header
+        .split([';', ','])
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
 }
 
 /// The claims Istio has Envoy split at spaces (`normalize_payload_in_metadata`):
-/// `scope: "read write"` matches `request.auth.claims[scope]: [write]`.
+/// `scope: "read write"` matches `request.auth.claims[scope]: [write]`; a
+/// rule's `spaceDelimitedClaims` adds to them.
 const SPACE_DELIMITED: &[&str] = &["scope", "permission"];
 
-fn split_space_delimited(claims: &mut BTreeMap<String, Vec<String>>) {
-    for name in SPACE_DELIMITED {
-        if let Some(values) = claims.get_mut(*name)
+fn split_space_delimited(claims: &mut BTreeMap<String, Vec<String>>, extra: &[String]) {
+    let names = SPACE_DELIMITED
+        .iter()
+        .copied()
+        .chain(extra.iter().map(String::as_str));
+    for name in names {
+        if let Some(values) = claims.get_mut(name)
             && let [one] = values.as_slice()
             && one.contains(' ')
         {
@@ -144,13 +191,21 @@ impl JwtRules {
         self.rules.get(index)
     }
 
-    /// `(index, uri)` of every rule whose keys come from a `jwksUri`.
-    pub fn remote_keys(&self) -> Vec<(usize, String)> {
+    /// `(index, uri, fetch timeout)` of every rule whose keys come from a
+    /// `jwksUri` (the timeout is the rule's `timeout`, else Istio's 5 s).
+    pub fn remote_keys(&self) -> Vec<(usize, String, std::time::Duration)> {
         self.rules
             .iter()
             .enumerate()
             .filter(|(_, r)| r.jwks.is_empty() && !r.jwks_uri.is_empty())
-            .map(|(i, r)| (i, r.jwks_uri.clone()))
+            .map(|(i, r)| {
+                let ms = if r.jwks_fetch_timeout_ms == 0 {
+                    5000
+                } else {
+                    r.jwks_fetch_timeout_ms
+                };
+                (i, r.jwks_uri.clone(), std::time::Duration::from_millis(ms))
+            })
             .collect()
     }
 
@@ -168,8 +223,9 @@ impl JwtRules {
         query: &BTreeMap<String, String>,
     ) -> Result<Option<Authenticated>, JwtError> {
         for rule in &self.rules {
-            let (hs, ps) = locations(rule);
-            let found = hs
+            let at = locations(rule);
+            let found = at
+                .headers
                 .iter()
                 .find_map(|(h, prefix)| {
                     headers
@@ -178,8 +234,15 @@ impl JwtRules {
                         .map(|t| (t.trim().to_string(), Some(h.clone())))
                 })
                 .or_else(|| {
-                    ps.iter()
+                    at.params
+                        .iter()
                         .find_map(|p| query.get(p).map(|t| (t.clone(), None)))
+                })
+                .or_else(|| {
+                    let jar = headers.get("cookie")?;
+                    at.cookies
+                        .iter()
+                        .find_map(|c| cookie(jar, c).map(|t| (t.to_string(), None)))
                 });
             if let Some((token, from_header)) = found {
                 return self.check(&token, from_header).map(Some);
@@ -243,7 +306,7 @@ impl JwtRules {
                 Ok(data) => {
                     let mut claims = BTreeMap::new();
                     flatten("", &data.claims, &mut claims);
-                    split_space_delimited(&mut claims);
+                    split_space_delimited(&mut claims, &rule.space_delimited_claims);
                     let sub = data
                         .claims
                         .get("sub")
@@ -256,6 +319,7 @@ impl JwtRules {
                         payload_b64,
                         rule: index,
                         from_header,
+                        claim_headers: claim_headers(rule, &data.claims),
                     });
                 }
                 Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::InvalidAudience) => {
@@ -440,5 +504,71 @@ mod tests {
         );
         let h: BTreeMap<String, String> = [("x-jwt".to_string(), t)].into();
         assert!(rules.authenticate(&h, &none).unwrap().is_some());
+    }
+
+    #[test]
+    fn cookies_claims_to_headers_and_more_space_delimited_claims() {
+        let mut r = rule();
+        r.from_cookies = vec!["session".into()];
+        r.space_delimited_claims = vec!["roles".into()];
+        r.output_claim_to_headers = vec![
+            pb::ClaimToHeader {
+                header: "x-sub".into(),
+                claim: "sub".into(),
+            },
+            pb::ClaimToHeader {
+                header: "x-team".into(),
+                claim: "org.team".into(),
+            },
+            pb::ClaimToHeader {
+                header: "x-level".into(),
+                claim: "level".into(),
+            },
+            pb::ClaimToHeader {
+                header: "x-groups".into(),
+                claim: "groups".into(),
+            },
+        ];
+        let rules = JwtRules::new(&[r]);
+        let t = token(
+            serde_json::json!({"iss": "https://issuer.example", "sub": "c", "aud": "reviews",
+                               "exp": now() + 60, "roles": "admin dev", "scope": "read write",
+                               "org": {"team": "blue"}, "level": 3, "groups": ["a"]}),
+            SECRET,
+        );
+        let none = BTreeMap::new();
+        assert_eq!(
+            rules.authenticate(&bearer(&t), &none).unwrap(),
+            None,
+            "fromCookies alone: Authorization is not looked at"
+        );
+        // Two Cookie headers arrive joined with ','.
+        let jar: BTreeMap<String, String> =
+            [("cookie".to_string(), format!("theme=dark; a=b,session={t}"))].into();
+        let ok = rules
+            .authenticate(&jar, &none)
+            .unwrap()
+            .expect("token from the cookie");
+        assert_eq!(ok.from_header, None);
+        assert_eq!(
+            ok.claims["roles"],
+            vec!["admin".to_string(), "dev".to_string()]
+        );
+        assert_eq!(
+            ok.claims["scope"],
+            vec!["read".to_string(), "write".to_string()]
+        );
+        assert_eq!(
+            ok.claim_headers,
+            vec![
+                ("x-sub".to_string(), "c".to_string()),
+                ("x-team".to_string(), "blue".to_string()),
+                ("x-level".to_string(), "3".to_string()),
+            ],
+            "a list claim is not copied"
+        );
+        let other: BTreeMap<String, String> =
+            [("cookie".to_string(), format!("sessionx={t}"))].into();
+        assert_eq!(rules.authenticate(&other, &none).unwrap(), None);
     }
 }

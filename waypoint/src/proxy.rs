@@ -450,6 +450,14 @@ impl Waypoint {
             {
                 req_parts.headers.insert(k, v);
             }
+            for (name, value) in &a.claim_headers {
+                if let (Ok(k), Ok(v)) = (
+                    HeaderName::try_from(name.as_str()),
+                    HeaderValue::try_from(value.as_str()),
+                ) {
+                    req_parts.headers.insert(k, v);
+                }
+            }
         }
         // AuthorizationPolicy.
         let attrs = RequestAttributes {

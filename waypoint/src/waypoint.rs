@@ -204,7 +204,7 @@ impl Waypoint {
     /// and refreshing every 5 minutes while the config is current.
     fn fetch_jwks(&self, svc: &Arc<ServiceState>) {
         let remote = sync::read(&svc.jwt).remote_keys();
-        for (index, uri) in remote {
+        for (index, uri, timeout) in remote {
             let weak_svc = Arc::downgrade(svc);
             let me = self.self_ref.clone();
             tokio::spawn(async move {
@@ -212,7 +212,10 @@ impl Waypoint {
                     let (Some(svc), Some(me)) = (weak_svc.upgrade(), me.upgrade()) else {
                         return;
                     };
-                    let wait = match me.get_jwks(&uri).await {
+                    let fetched = tokio::time::timeout(timeout, me.get_jwks(&uri))
+                        .await
+                        .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
+                    let wait = match fetched {
                         Ok(keys) => {
                             sync::write(&svc.jwt).set_keys(index, keys);
                             info!(%uri, "JWKS fetched");

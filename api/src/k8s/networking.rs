@@ -698,15 +698,28 @@ pub struct JwtRule {
     /// Keep the token upstream.
     #[serde(default)]
     pub forward_original_token: Option<bool>,
-    /// Not interpreted.
+    /// Claims to copy to request headers.
     #[serde(default)]
-    pub output_claim_to_headers: Option<serde_json::Value>,
-    /// Not interpreted.
+    pub output_claim_to_headers: Vec<ClaimToHeader>,
+    /// Cookies a token may come in.
     #[serde(default)]
     pub from_cookies: Vec<String>,
-    /// Not interpreted.
+    /// JWKS fetch timeout (a duration, e.g. `5s`).
     #[serde(default)]
     pub timeout: Option<String>,
+    /// Claims split at spaces, besides `scope` and `permission`.
+    #[serde(default)]
+    pub space_delimited_claims: Vec<String>,
+}
+
+/// `jwtRules[].outputClaimToHeaders[]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimToHeader {
+    /// Header to set.
+    pub header: String,
+    /// Claim to copy.
+    pub claim: String,
 }
 
 /// Gateway API `Gateway.spec`.

@@ -617,6 +617,14 @@ struct Bound<T> {
 
 /// Validates the L7 resources and builds the L7 config of every Service
 /// bound to a waypoint. Objects with errors are left out of the result.
+/// An HTTP field name (RFC 9110 `token`).
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 pub(super) fn translate_l7(res: &Resources, waypoints: &Waypoints, out: &mut Translation) {
     let known_hosts: Vec<String> = out
         .config
@@ -687,7 +695,40 @@ pub(super) fn translate_l7(res: &Resources, waypoints: &Waypoints, out: &mut Tra
                     format!("{u:?} is not an http(s) URL"),
                 );
             }
+            let jwks_fetch_timeout_ms = match r.timeout.as_deref().map(crate::duration::parse) {
+                None => 0,
+                Some(Some(d)) if !d.is_zero() => u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+                Some(_) => {
+                    ctx.error(format!("{f}.timeout"), "not a positive duration (e.g. 5s)");
+                    0
+                }
+            };
+            for (j, c) in r.output_claim_to_headers.iter().enumerate() {
+                if !is_header_name(&c.header) {
+                    ctx.error(
+                        format!("{f}.outputClaimToHeaders[{j}].header"),
+                        format!("{:?} is not a header name", c.header),
+                    );
+                }
+                if c.claim.is_empty() {
+                    ctx.error(
+                        format!("{f}.outputClaimToHeaders[{j}].claim"),
+                        "claim is required",
+                    );
+                }
+            }
             rules_out.push(pb::JwtRule {
+                from_cookies: r.from_cookies.clone(),
+                output_claim_to_headers: r
+                    .output_claim_to_headers
+                    .iter()
+                    .map(|c| pb::ClaimToHeader {
+                        header: c.header.to_ascii_lowercase(),
+                        claim: c.claim.clone(),
+                    })
+                    .collect(),
+                space_delimited_claims: r.space_delimited_claims.clone(),
+                jwks_fetch_timeout_ms,
                 issuer: r.issuer.clone(),
                 audiences: r.audiences.clone(),
                 jwks: r.jwks.clone().unwrap_or_default(),

@@ -420,7 +420,6 @@ spec:
         "DestinationRule bookinfo/ratings spec.trafficPolicy.connectionPool.tcp.connectTimeout: not interpreted",
         "DestinationRule bookinfo/ratings spec.subsets[0].trafficPolicy.loadBalancer.consistentHash.useSourceIp: not interpreted",
         "RequestAuthentication bookinfo/jwt spec.selector: a selector binds sidecars",
-        "RequestAuthentication bookinfo/jwt spec.jwtRules[0].fromCookies: not interpreted",
     ] {
         assert!(
             warns.iter().any(|w| w.starts_with(want)),
@@ -433,4 +432,47 @@ spec:
             .any(|w| w.contains("DestinationRule bookinfo/ratings spec.exportTo")),
         "exportTo: [\"*\"] is the default: {warns:#?}"
     );
+}
+
+#[test]
+fn jwt_rule_fields_reach_the_waypoint_or_are_named_errors() {
+    let ra = |rule: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: bookinfo}}\n\
+             spec:\n  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}]\n  jwtRules: [{rule}]\n"
+        )
+    };
+    let t = run(&(BASE.to_string()
+        + &ra(
+            "{issuer: a, jwksUri: \"https://idp/keys\", timeout: 2s, fromCookies: [session], \
+               spaceDelimitedClaims: [roles], outputClaimToHeaders: [{header: X-Sub, claim: sub}]}",
+        )));
+    assert!(errors(&t).is_empty(), "{:?}", errors(&t));
+    assert!(
+        warnings(&t).iter().all(|w| !w.contains("jwtRules")),
+        "{:?}",
+        warnings(&t)
+    );
+    let rule = &t.l7[0].authentication[0];
+    assert_eq!(rule.from_cookies, vec!["session".to_string()]);
+    assert_eq!(rule.space_delimited_claims, vec!["roles".to_string()]);
+    assert_eq!(rule.jwks_fetch_timeout_ms, 2000);
+    assert_eq!(
+        (
+            rule.output_claim_to_headers[0].header.as_str(),
+            rule.output_claim_to_headers[0].claim.as_str()
+        ),
+        ("x-sub", "sub")
+    );
+    let t = run(&(BASE.to_string()
+        + &ra(
+            "{issuer: a, jwks: \"{}\", timeout: soon, outputClaimToHeaders: [{header: \"bad header\", claim: sub}]}",
+        )));
+    let errs = errors(&t);
+    for want in [
+        "spec.jwtRules[0].timeout",
+        "spec.jwtRules[0].outputClaimToHeaders[0].header",
+    ] {
+        assert!(errs.iter().any(|e| e.contains(want)), "{want} in {errs:?}");
+    }
 }

@@ -135,21 +135,10 @@ const DESTINATION_RULE: &[Field] = &[
     ),
 ];
 
-const REQUEST_AUTHENTICATION: &[Field] = &[
-    warn(
-        "selector",
-        "a selector binds sidecars; in ambient mode bind with targetRefs to a waypoint or Service: this selector has no effect",
-    ),
-    warn(
-        "jwtRules[].fromCookies",
-        "not interpreted by Ambit: tokens in cookies are not read (such requests count as carrying no token)",
-    ),
-    warn(
-        "jwtRules[].outputClaimToHeaders",
-        "not interpreted by Ambit: no claim is copied to a header",
-    ),
-    warn("jwtRules[].timeout", NO_EFFECT),
-];
+const REQUEST_AUTHENTICATION: &[Field] = &[warn(
+    "selector",
+    "a selector binds sidecars; in ambient mode bind with targetRefs to a waypoint or Service: this selector has no effect",
+)];
 
 const GATEWAY: &[Field] = &[
     warn("addresses", NO_EFFECT),
