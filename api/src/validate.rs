@@ -60,6 +60,7 @@ pub fn cross_checks(res: &Resources) -> Vec<Finding> {
         {
             findings.push(Finding {
                 severity: Severity::Warning,
+                code: crate::translate::codes::NO_MATCHING_WORKLOADS_FOUND,
                 source: source.clone(),
                 object: object_ref("AuthorizationPolicy", &p.metadata),
                 field: "spec.selector.matchLabels".into(),
@@ -79,6 +80,7 @@ pub fn cross_checks(res: &Resources) -> Vec<Finding> {
         {
             findings.push(Finding {
                 severity: Severity::Info,
+                code: "",
                 source: source.clone(),
                 object: object_ref("Service", &s.metadata),
                 field: "spec.selector".into(),

@@ -30,6 +30,7 @@ pub fn analyze(dir: &Path) -> anyhow::Result<Vec<Finding>> {
             Ok(()) => all.extend(one),
             Err(e) => findings.push(Finding {
                 severity: Severity::Error,
+                code: ambit_api::translate::codes::SCHEMA_VALIDATION_ERROR,
                 source: e.source_ref.clone(),
                 object: e.object.clone(),
                 field: String::new(),
@@ -41,34 +42,112 @@ pub fn analyze(dir: &Path) -> anyhow::Result<Vec<Finding>> {
     Ok(findings)
 }
 
-/// One line per finding, istioctl-like.
-pub fn render(f: &Finding) -> String {
-    let level = match f.severity {
+/// How findings are printed (`istioctl analyze -o`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// One line per finding.
+    Log,
+    /// A JSON list of messages.
+    Json,
+    /// A YAML list of messages.
+    Yaml,
+}
+
+fn level(s: Severity) -> &'static str {
+    match s {
         Severity::Error => "Error",
         Severity::Warning => "Warning",
         Severity::Info => "Info",
-    };
+    }
+}
+
+/// One line per finding, istioctl-like: `Error [IST0106] (Kind ns/name
+/// file#doc) field: message`.
+pub fn render(f: &Finding) -> String {
     let field = if f.field.is_empty() {
         String::new()
     } else {
         format!(" {}", f.field)
     };
-    format!("{level} ({} {}){field}: {}", f.object, f.source, f.message)
+    let code = if f.code.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", f.code)
+    };
+    format!(
+        "{}{code} ({} {}){field}: {}",
+        level(f.severity),
+        f.object,
+        f.source,
+        f.message
+    )
+}
+
+/// One finding as `-o json|yaml` prints it: istioctl's message fields
+/// (`code`, `level`, `message`, `origin`, `documentationUrl`) plus where
+/// exactly (`file`, `document`, `field`).
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Message {
+    /// `IST0xxx`, absent for what only Ambit reports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// `Error`, `Warning`, `Info`.
+    pub level: &'static str,
+    /// What is wrong.
+    pub message: String,
+    /// `Kind namespace/name`.
+    pub origin: String,
+    /// The field path.
+    pub field: String,
+    /// The file it came from.
+    pub file: String,
+    /// The YAML document in that file (1-based; 0: not from a file).
+    pub document: usize,
+    /// Istio's page for the code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub documentation_url: Option<String>,
+}
+
+impl From<&Finding> for Message {
+    fn from(f: &Finding) -> Self {
+        let code = (!f.code.is_empty()).then(|| f.code.to_string());
+        Message {
+            documentation_url: code.as_ref().map(|c| {
+                format!(
+                    "https://istio.io/latest/docs/reference/config/analysis/{}/",
+                    c.to_ascii_lowercase()
+                )
+            }),
+            code,
+            level: level(f.severity),
+            message: f.message.clone(),
+            origin: f.object.clone(),
+            field: f.field.clone(),
+            file: f.source.file.clone(),
+            document: f.source.doc,
+        }
+    }
+}
+
+/// The findings in `output` form.
+pub fn format(findings: &[Finding], output: Output, dir: &Path) -> anyhow::Result<String> {
+    let messages: Vec<Message> = findings.iter().map(Message::from).collect();
+    Ok(match output {
+        Output::Json => serde_json::to_string_pretty(&messages)? + "\n",
+        Output::Yaml => serde_yaml::to_string(&messages)?,
+        Output::Log if findings.is_empty() => format!(
+            "\u{2714} No validation issues found when analyzing {}.\n",
+            dir.display()
+        ),
+        Output::Log => findings.iter().map(|f| render(f) + "\n").collect(),
+    })
 }
 
 /// Runs the command; returns the exit status.
-pub fn run(dir: &Path) -> anyhow::Result<i32> {
+pub fn run(dir: &Path, output: Output) -> anyhow::Result<i32> {
     let findings = analyze(dir)?;
-    if findings.is_empty() {
-        println!(
-            "\u{2714} No validation issues found when analyzing {}.",
-            dir.display()
-        );
-        return Ok(0);
-    }
-    for f in &findings {
-        println!("{}", render(f));
-    }
+    print!("{}", format(&findings, output, dir)?);
     let errors = findings
         .iter()
         .filter(|f| f.severity == Severity::Error)

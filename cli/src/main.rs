@@ -40,6 +40,9 @@ enum Command {
         /// Directory of YAML files.
         #[arg(short = 'f', long = "file")]
         dir: PathBuf,
+        /// Output format (istioctl's: `log`, `json`, `yaml`).
+        #[arg(short = 'o', long = "output", value_enum, default_value = "log")]
+        output: analyze::Output,
     },
     /// Declare waypoints (Gateway `istio-waypoint`), as `istioctl waypoint`.
     Waypoint {
@@ -104,8 +107,8 @@ fn main() -> anyhow::Result<()> {
             nodes,
             ztunnel_processes,
         } => rt.block_on(up(dir, nodes, ztunnel_processes)),
-        Command::Analyze { dir } => {
-            let code = analyze::run(&dir)?;
+        Command::Analyze { dir, output } => {
+            let code = analyze::run(&dir, output)?;
             std::process::exit(code)
         }
         Command::Waypoint { action } => match action {

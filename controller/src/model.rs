@@ -251,6 +251,7 @@ impl Model {
         };
         translation.findings.push(Finding {
             severity: Severity::Error,
+            code: "",
             source: source.clone(),
             object: ambit_api::k8s::object_ref("ConfigMap", &cm.metadata),
             field: "data.mesh.trustDomain".into(),

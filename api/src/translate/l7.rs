@@ -39,6 +39,7 @@ impl Ctx<'_> {
     fn note(&mut self, severity: Severity, field: String, message: impl Into<String>) {
         self.findings.push(Finding {
             severity,
+            code: super::code_for(severity, &field),
             source: self.source.clone(),
             object: self.object.clone(),
             field,
@@ -192,13 +193,16 @@ fn destinations(
         {
             // Istio keeps the route; its cluster does not exist, so Envoy
             // answers 503 (NC). analyze flags it (IST0101).
-            ctx.note(
-                Severity::Warning,
-                format!("{field}[{i}].destination.subset"),
-                format!(
-                    "IST0101 subset {sub:?} is not defined by any DestinationRule for {host}: requests routed here get 503"
+            ctx.findings.push(Finding {
+                severity: Severity::Warning,
+                code: super::codes::REFERENCED_RESOURCE_NOT_FOUND,
+                source: ctx.source.clone(),
+                object: ctx.object.clone(),
+                field: format!("{field}[{i}].destination.subset"),
+                message: format!(
+                    "subset {sub:?} is not defined by any DestinationRule for {host}: requests routed here get 503"
                 ),
-            );
+            });
         }
         out.push(pb::RouteDestination {
             destination: Some(pb::Destination {

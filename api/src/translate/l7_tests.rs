@@ -248,7 +248,14 @@ fn warnings(t: &Translation) -> Vec<String> {
     t.findings
         .iter()
         .filter(|f| f.severity == Severity::Warning)
-        .map(|f| format!("{} {}: {}", f.object, f.field, f.message))
+        .map(|f| {
+            let code = if f.code.is_empty() {
+                String::new()
+            } else {
+                format!("{} ", f.code)
+            };
+            format!("{} {}: {code}{}", f.object, f.field, f.message)
+        })
         .collect()
 }
 

@@ -63,6 +63,7 @@ pub fn parse_mesh(
     let mut report = |severity, field: &str, message: String| {
         findings.push(Finding {
             severity,
+            code: "",
             source: source.clone(),
             object: object.to_string(),
             field: format!("data.mesh.{field}"),
@@ -211,6 +212,7 @@ pub(super) fn translate_mesh(
         if i > 0 {
             out.findings.push(Finding {
                 severity: Severity::Error,
+                code: "",
                 source: source.clone(),
                 object,
                 field: "metadata.name".into(),
@@ -223,6 +225,7 @@ pub(super) fn translate_mesh(
             if key != "mesh" {
                 out.findings.push(Finding {
                     severity: Severity::Warning,
+                    code: "",
                     source: source.clone(),
                     object: object.clone(),
                     field: format!("data.{key}"),

@@ -38,6 +38,9 @@ pub enum Severity {
 pub struct Finding {
     /// How bad.
     pub severity: Severity,
+    /// Istio's analyzer message code (`IST0101`, ...) when Istio has one
+    /// for this finding; "" for what only Ambit reports.
+    pub code: &'static str,
     /// Where the object came from.
     pub source: Source,
     /// `Kind namespace/name`.
@@ -48,11 +51,46 @@ pub struct Finding {
     pub message: String,
 }
 
+/// Istio analyzer codes Ambit's findings carry
+/// (`pkg/config/analysis/msg/messages.yaml`).
+pub mod codes {
+    /// ReferencedResourceNotFound: a subset, host or object named is absent.
+    pub const REFERENCED_RESOURCE_NOT_FOUND: &str = "IST0101";
+    /// SchemaValidationError: a field's value is invalid.
+    pub const SCHEMA_VALIDATION_ERROR: &str = "IST0106";
+    /// InvalidRegexp.
+    pub const INVALID_REGEXP: &str = "IST0122";
+    /// InvalidAnnotation: an Istio annotation with a bad value.
+    pub const INVALID_ANNOTATION: &str = "IST0125";
+    /// NoMatchingWorkloadsFound: a selector selects nothing.
+    pub const NO_MATCHING_WORKLOADS_FOUND: &str = "IST0127";
+}
+
+/// The Istio code a finding about `field` at `severity` carries: a value
+/// that does not validate is a schema error (an invalid regex and a bad
+/// annotation have codes of their own); what is only Ambit's has none.
+pub(crate) fn code_for(severity: Severity, field: &str) -> &'static str {
+    if field == l7_policy::DRY_RUN_FIELD {
+        codes::INVALID_ANNOTATION
+    } else if severity < Severity::Error {
+        ""
+    } else if field.ends_with(".regex") {
+        codes::INVALID_REGEXP
+    } else {
+        codes::SCHEMA_VALIDATION_ERROR
+    }
+}
+
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let code = if self.code.is_empty() {
+            String::new()
+        } else {
+            format!("{} ", self.code)
+        };
         write!(
             f,
-            "{:?} [{}] {} {}: {}",
+            "{:?} [{}] {} {}: {code}{}",
             self.severity, self.source, self.object, self.field, self.message
         )
     }
@@ -98,6 +136,7 @@ fn report_ignored(res: &Resources, out: &mut Translation) {
     for (source, (kind, object)) in &res.ignored {
         out.findings.push(Finding {
             severity: Severity::Warning,
+            code: "",
             source: source.clone(),
             object: object.clone(),
             field: "kind".into(),

@@ -44,6 +44,7 @@ impl Ctx<'_> {
     fn find(&mut self, severity: Severity, field: String, message: impl Into<String>) {
         self.out.findings.push(Finding {
             severity,
+            code: super::code_for(severity, &field),
             source: self.source.clone(),
             object: self.object.clone(),
             field,
@@ -448,6 +449,7 @@ fn peer_authentication(
     if !pa.spec.port_level_mtls.is_empty() {
         out.findings.push(Finding {
             severity: Severity::Warning,
+            code: "",
             source: source.clone(),
             object: object.clone(),
             field: "spec.portLevelMtls".into(),
@@ -461,6 +463,7 @@ fn peer_authentication(
         "DISABLE" => {
             out.findings.push(Finding {
                 severity: Severity::Warning,
+                code: "",
                 source: source.clone(),
                 object,
                 field: "spec.mtls.mode".into(),
@@ -473,6 +476,7 @@ fn peer_authentication(
         other => {
             out.findings.push(Finding {
                 severity: Severity::Error,
+                code: super::codes::SCHEMA_VALIDATION_ERROR,
                 source: source.clone(),
                 object,
                 field: "spec.mtls.mode".into(),

@@ -201,6 +201,7 @@ fn check<S: Serialize>(
             }
             out.findings.push(Finding {
                 severity: field.severity,
+                code: "",
                 source: source.clone(),
                 object: object.to_string(),
                 field: at,

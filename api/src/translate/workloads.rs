@@ -95,6 +95,7 @@ fn named_port(spec: Option<&PodSpec>, name: &str) -> Option<u16> {
 fn waypoint_finding(source: &Source, object: String, why: &Unbound) -> Finding {
     Finding {
         severity: Severity::Warning,
+        code: "",
         source: source.clone(),
         object,
         field: format!("metadata.labels[{USE_WAYPOINT}]"),
@@ -119,6 +120,7 @@ pub(super) fn translate_services(res: &Resources, waypoints: &Waypoints, out: &m
             let Ok(port) = u16::try_from(p.port) else {
                 out.findings.push(Finding {
                     severity: Severity::Error,
+                    code: super::codes::SCHEMA_VALIDATION_ERROR,
                     source: source.clone(),
                     object: object.clone(),
                     field: format!("spec.ports[{i}].port"),
@@ -179,6 +181,7 @@ pub(super) fn translate_pods(res: &Resources, waypoints: &Waypoints, out: &mut T
         else {
             out.findings.push(Finding {
                 severity: Severity::Info,
+                code: "",
                 source: source.clone(),
                 object,
                 field: "status.podIP".into(),
