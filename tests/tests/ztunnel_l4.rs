@@ -51,9 +51,21 @@ fn workload_yaml(p: &Pod<'_>) -> String {
 }
 
 fn state(pods: &[Pod<'_>], policies: &str) -> ProxyState {
+    state_with_waypoint(pods, policies, None)
+}
+
+/// [`state`], with pod `waypoint_for` behind a waypoint at 10.96.0.99.
+fn state_with_waypoint(pods: &[Pod<'_>], policies: &str, waypoint_for: Option<&str>) -> ProxyState {
     let mut yaml = String::from("workloads:\n");
     for p in pods {
-        yaml.push_str(&workload_yaml(p));
+        let mut w = workload_yaml(p);
+        if waypoint_for == Some(p.name) {
+            w = w.replace(
+                "services:",
+                "waypoint: {destination: /10.96.0.99}, services:",
+            );
+        }
+        yaml.push_str(&w);
     }
     yaml.push_str(
         "services:\n- {name: echo, namespace: demo, hostname: echo.demo.svc.cluster.local, \
@@ -610,5 +622,35 @@ async fn a_policy_push_closes_open_connections_it_now_denies() {
     assert!(
         closed.is_ok(),
         "the denied connection was closed by the push"
+    );
+
+    // A waypoint put in front of b closes a's direct connection: it now
+    // skips b's waypoint. (ztunnel has no outbound policy, as in Istio; the
+    // destination's re-check is what keeps an old outbound connection from
+    // outliving the policy it no longer passes.)
+    z2.update_state(state(&pods, ""));
+    let mut conn = ambit::cluster::client::connect_from(&a_ns, SocketAddr::from((ip_b, 8080)))
+        .await
+        .expect("connect");
+    conn.write_all(b"direct\n").await.expect("write");
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+        .await
+        .expect("greeting in time")
+        .expect("read");
+    assert!(n > 0, "open again once the DENY is lifted");
+    z2.update_state(state_with_waypoint(&pods, "", Some("b")));
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let _ = conn.write_all(b"after\n").await;
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a direct connection that now skips the waypoint was closed by the push"
     );
 }

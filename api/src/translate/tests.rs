@@ -371,6 +371,30 @@ fn uninterpreted_kinds_are_findings() {
     );
 }
 
+/// A Service without a selector gets its endpoints from EndpointSlices,
+/// which Ambit does not read: said once, on the Service.
+#[test]
+fn a_service_without_a_selector_is_reported() {
+    let mut res = Resources::default();
+    res.add_yaml(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: demo}\n\
+         spec: {clusterIP: 10.96.0.9, ports: [{port: 5432}]}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: ext, namespace: demo}\n\
+         spec: {type: ExternalName, externalName: db.example.com}\n",
+        "svc.yaml",
+    )
+    .unwrap();
+    let t = translate(&res);
+    let about: Vec<&Finding> = t
+        .findings
+        .iter()
+        .filter(|f| f.field == "spec.selector")
+        .collect();
+    assert_eq!(about.len(), 1, "{about:#?}");
+    assert_eq!(about[0].object, "Service demo/db");
+    assert!(about[0].message.contains("EndpointSlices"));
+}
+
 /// `istio.io/dry-run` that is not a boolean: Istio enforces the policy; so
 /// does Ambit, and it says so once, naming the annotation.
 #[test]

@@ -107,6 +107,20 @@ pub(super) fn translate_services(res: &Resources, waypoints: &Waypoints, out: &m
     for (source, svc) in &res.services {
         let object = object_ref("Service", &svc.metadata);
         let Some(spec) = &svc.spec else { continue };
+        if spec.selector.as_ref().is_none_or(|s| s.is_empty())
+            && spec.type_.as_deref() != Some("ExternalName")
+        {
+            out.findings.push(Finding {
+                severity: Severity::Warning,
+                code: "",
+                source: source.clone(),
+                object: object.clone(),
+                field: "spec.selector".into(),
+                message: "no selector: Ambit takes a Service's endpoints from the pods it selects \
+                          and does not read EndpointSlices, so this Service has no endpoints in the mesh"
+                    .into(),
+            });
+        }
         let waypoint = match waypoints.for_service(&labels(&svc.metadata), &ns_of(&svc.metadata)) {
             Ok(w) => w.map(|(ns, name)| gateway_ref(&ns, &name)),
             Err(why) => {

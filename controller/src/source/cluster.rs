@@ -27,8 +27,6 @@ pub const WATCHED: &[(&str, &str, &str)] = &[
     ("", "v1", "Pod"),
     ("", "v1", "Service"),
     ("", "v1", "ServiceAccount"),
-    ("", "v1", "Node"),
-    ("discovery.k8s.io", "v1", "EndpointSlice"),
     ("security.istio.io", "v1", "AuthorizationPolicy"),
     ("security.istio.io", "v1", "PeerAuthentication"),
     ("security.istio.io", "v1", "RequestAuthentication"),
