@@ -14,8 +14,9 @@
 //! JWT-derived fields (`requestPrincipals`, `request.auth.*`) reach Envoy as
 //! the JWT filter leaves them: a Lua filter writes the request's claims into
 //! the `envoy.filters.http.jwt_authn` `payload` metadata that Istio's
-//! matchers read. `connection.sni` needs TLS the oracle does not see here; it
-//! is covered by the waypoint's table tests.
+//! matchers read. `connection.sni` is generated too; the connections are
+//! plaintext, as a waypoint's HTTP inside HBONE always is, so the SNI is
+//! empty on both sides (values with TLS are in the waypoint's table tests).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -86,6 +87,9 @@ const REQUEST_PRINCIPALS: &[&str] = &[
 const GROUPS: &[&str] = &["admin", "dev", "*", "ad*"];
 const AUDIENCES: &[&str] = &["web", "api", "*"];
 const TEAMS: &[&str] = &["blue", "bl*", "red"];
+/// `connection.sni`: the waypoint sees HTTP inside HBONE, never a TLS
+/// handshake, so the SNI is empty on every path, as for Envoy here.
+const SNIS: &[&str] = &["api.example.com", "*.example.com", "*", "api*"];
 
 const PEERS: &[&str] = &[
     "spiffe://cluster.local/ns/shop/sa/web",
@@ -202,7 +206,8 @@ fn gen_rule(rng: &mut StdRng, ports: &[&str]) -> Value {
         .collect();
     let whens: Vec<Value> = (0..rng.gen_range(0..=2))
         .map(|_| {
-            let (key, pool): (&str, &[&str]) = match rng.gen_range(0..11) {
+            let (key, pool): (&str, &[&str]) = match rng.gen_range(0..12) {
+                11 => ("connection.sni", SNIS),
                 7 => ("request.auth.principal", REQUEST_PRINCIPALS),
                 8 => ("request.auth.claims[groups]", GROUPS),
                 9 => ("request.auth.audiences", AUDIENCES),
@@ -404,6 +409,7 @@ fn permission_for(key: &str, v: &str) -> Value {
             json!({"destination_port": v.parse::<u32>().expect("port")})
         }
         "destination.ip" => json!({"destination_ip": cidr(v)}),
+        "connection.sni" => json!({"requested_server_name": string_matcher(v, "")}),
         other => panic!("no permission generator for {other}"),
     }
 }
@@ -502,7 +508,11 @@ fn tcp_field(
         Chain::WaypointTcp => HTTP_ONLY.contains(&key),
         // Istio's ambient conversion (`ambient/authorization.go`): ztunnel
         // sees no X-Forwarded-For, so remote addresses are HTTP-only too.
-        Chain::Ztunnel => HTTP_ONLY.contains(&key) || key == "remoteIpBlocks" || key == "remote.ip",
+        // So is `connection.sni` (ztunnel's RBAC has no SNI).
+        Chain::Ztunnel => {
+            HTTP_ONLY.contains(&key)
+                || matches!(key, "remoteIpBlocks" | "remote.ip" | "connection.sni")
+        }
     };
     if !(given && http_only) {
         return Some(true);
