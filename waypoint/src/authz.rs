@@ -65,8 +65,9 @@ pub struct RequestAttributes {
     pub method: String,
     /// The normalized path without the query.
     pub path: String,
-    /// Headers, names lower-case, repeated ones joined with `,`.
-    pub headers: BTreeMap<String, String>,
+    /// Headers, names lower-case, each line's value on its own (a header
+    /// sent twice has two; one line `a,b` is one value, as Envoy sees it).
+    pub headers: BTreeMap<String, Vec<String>>,
 }
 
 /// The decision and why.

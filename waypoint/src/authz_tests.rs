@@ -37,7 +37,7 @@ fn req(ns: &str, method: &str, path: &str, token: bool) -> RequestAttributes {
         source_ip: Some("10.1.2.3".parse().unwrap()),
         remote_ip: Some("10.1.2.3".parse().unwrap()),
         headers: if token {
-            [("x-token".to_string(), "t".to_string())].into()
+            [("x-token".to_string(), vec!["t".to_string()])].into()
         } else {
             BTreeMap::new()
         },
@@ -412,11 +412,10 @@ fn sources_claims_and_conditions() {
 /// A repeated header matches when any one of its values does (Envoy's RBAC
 /// header matcher; found by the differential test against Envoy): an ALLOW
 /// on `bob` admits `X-User: alice` + `X-User: bob`, and a DENY on `*ce`
-/// catches it.
+/// catches it. One line `X-User: alice,bob` is one value, as for Envoy: the
+/// ALLOW on `bob` does not admit it.
 #[test]
 fn repeated_headers_match_on_any_value() {
-    let mut r = req("bookinfo", "GET", "/", false);
-    r.headers.insert("x-user".into(), "alice,bob".into());
     let allow = policy(
         "allow-bob",
         Action::Allow,
@@ -425,7 +424,6 @@ fn repeated_headers_match_on_any_value() {
             ..Default::default()
         }],
     );
-    assert!(authorize(&[allow], Mode::Http, &r).is_allowed());
     let deny = policy(
         "deny-ce",
         Action::Deny,
@@ -434,5 +432,28 @@ fn repeated_headers_match_on_any_value() {
             ..Default::default()
         }],
     );
-    assert!(!authorize(&[deny], Mode::Http, &r).is_allowed());
+    let mut r = req("bookinfo", "GET", "/", false);
+    r.headers
+        .insert("x-user".into(), vec!["alice".into(), "bob".into()]);
+    assert!(authorize(std::slice::from_ref(&allow), Mode::Http, &r).is_allowed());
+    assert!(!authorize(std::slice::from_ref(&deny), Mode::Http, &r).is_allowed());
+    let all = policy(
+        "allow-joined",
+        Action::Allow,
+        vec![pb::HttpRule {
+            when: vec![cond("request.headers[X-User]", &["alice,bob"])],
+            ..Default::default()
+        }],
+    );
+    assert!(
+        authorize(&[all], Mode::Http, &r).is_allowed(),
+        "the joined form matches too"
+    );
+
+    r.headers.insert("x-user".into(), vec!["alice,bob".into()]);
+    assert!(
+        !authorize(&[allow], Mode::Http, &r).is_allowed(),
+        "one line with a comma is one value"
+    );
+    assert!(authorize(&[deny], Mode::Http, &r).is_allowed());
 }

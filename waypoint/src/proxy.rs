@@ -76,6 +76,19 @@ fn header_map(h: &http::HeaderMap) -> BTreeMap<String, String> {
     out
 }
 
+/// Each header's values, one per line as sent (what authorization matches).
+fn header_values(h: &http::HeaderMap) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in h {
+        if let Ok(v) = v.to_str() {
+            out.entry(k.as_str().to_string())
+                .or_default()
+                .push(v.to_string());
+        }
+    }
+    out
+}
+
 fn query_map(q: Option<&str>) -> BTreeMap<String, String> {
     q.unwrap_or_default()
         .split('&')
@@ -481,7 +494,9 @@ impl Waypoint {
             authority: (!facts.authority.is_empty()).then(|| facts.authority.clone()),
             method: facts.method.clone(),
             path: path.clone(),
-            headers: facts.headers.clone(),
+            // As the RBAC filter sees them: after the JWT filter removed the
+            // token and added its outputs.
+            headers: header_values(&req_parts.headers),
         };
         let decision = svc.authz.authorize(Mode::Http, &attrs);
         if !decision.is_allowed() {

@@ -189,8 +189,11 @@ impl Check {
             // the whole value matches; repeated headers arrive here joined
             // with `,` (without one, the split is the whole value: checked
             // once).
-            Check::Header { name, value } => r.headers.get(name).is_some_and(|v| {
-                v.split(',').any(|one| value.matches(one)) || (v.contains(',') && value.matches(v))
+            // Envoy's header matcher: any one value, or all of them joined
+            // with `,` when the header was sent more than once.
+            Check::Header { name, value } => r.headers.get(name).is_some_and(|vs| {
+                vs.iter().any(|one| value.matches(one))
+                    || (vs.len() > 1 && value.matches(&vs.join(",")))
             }),
             Check::HeaderPresent(name) => r.headers.contains_key(name),
             Check::Host(p) => r
