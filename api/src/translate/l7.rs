@@ -301,9 +301,20 @@ fn http_route(
             ignore_uri_case: m.ignore_uri_case.unwrap_or(false),
             source_namespace: m.source_namespace.clone().unwrap_or_default(),
         };
+        // Istio drops a match with `sourceLabels` from waypoint routes
+        // (`listener_waypoint.go`, istio/istio#51565): source labels are not
+        // known in ambient, so the match never holds.
+        let source_labels_ok = m.source_labels.is_empty();
+        if !source_labels_ok {
+            ctx.note(
+                Severity::Warning,
+                format!("{mf}.sourceLabels"),
+                "source labels are not known to a waypoint: as in Istio, this match is dropped and never matches",
+            );
+        }
         // Istio builds a mesh route for a match only if its `gateways`
         // include `mesh`; a `scheme` other than http never holds here.
-        if applies_to_mesh(&m.gateways) && scheme_ok {
+        if applies_to_mesh(&m.gateways) && scheme_ok && source_labels_ok {
             matches.push(built);
         }
     }

@@ -483,3 +483,33 @@ fn jwt_rule_fields_reach_the_waypoint_or_are_named_errors() {
         assert!(errs.iter().any(|e| e.contains(want)), "{want} in {errs:?}");
     }
 }
+
+/// Istio's waypoint drops every `match` that has `sourceLabels`; a route
+/// left with no match is not a catch-all, it is gone.
+#[test]
+fn source_label_matches_are_dropped_as_istio_drops_them() {
+    let http = "  - name: only-labels\n    match: [{sourceLabels: {app: web}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n\
+                \x20 - name: mixed\n    match: [{sourceLabels: {app: web}, uri: {prefix: /a}}, {uri: {prefix: /b}}]\n    route: [{destination: {host: reviews, subset: v3}}]\n\
+                \x20 - route: [{destination: {host: reviews, subset: v1}}]\n";
+    let t = run(&(BASE.to_string() + &vs(http)));
+    assert!(errors(&t).is_empty(), "{:?}", errors(&t));
+    let s = &t.l7[0];
+    let names: Vec<&str> = s.http.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec!["mixed", ""],
+        "only-labels is gone, not a catch-all"
+    );
+    assert_eq!(s.http[0].matches.len(), 1);
+    assert!(s.http[0].matches[0].source_labels.is_empty());
+    let warns = warnings(&t);
+    for field in [
+        "spec.http[0].match[0].sourceLabels",
+        "spec.http[1].match[0].sourceLabels",
+    ] {
+        assert!(
+            warns.iter().any(|w| w.contains(field)),
+            "{field} in {warns:?}"
+        );
+    }
+}
