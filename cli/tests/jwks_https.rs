@@ -12,14 +12,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ambit::cluster::LocalCluster;
-use ambit::cluster::client::{connect_from, wait_listening};
+use ambit::cluster::client::wait_listening;
 use ambit_api::k8s::Resources;
 use ambit_hbone::ca::Validity;
 use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
-use common::{require_root, set_ambit_bin};
+use common::{exchange, require_root, set_ambit_bin, status_of};
 
 const SECRET: &[u8] = b"a test secret that is long enough";
 
@@ -112,23 +112,11 @@ fn token(secret: &[u8]) -> String {
 }
 
 async fn status(netns: &str, to: SocketAddr, bearer: Option<&str>) -> u16 {
-    let Ok(mut s) = connect_from(netns, to).await else {
-        return 0;
-    };
     let auth = bearer
         .map(|t| format!("authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
     let req = format!("GET /orders HTTP/1.1\r\nhost: api:9080\r\n{auth}connection: close\r\n\r\n");
-    if s.write_all(req.as_bytes()).await.is_err() {
-        return 0;
-    }
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out)
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+    status_of(&exchange(netns, to, req.as_bytes()).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -12,7 +12,7 @@ use ambit_api::k8s::Resources;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
-use common::{require_root, set_ambit_bin};
+use common::{exchange, require_root, set_ambit_bin, status_of};
 
 const YAML: &str = r#"
 apiVersion: v1
@@ -150,39 +150,9 @@ fn cluster_resources() -> Resources {
     res
 }
 
-/// Writes `bytes` (nothing: a server-first client) and reads until the peer
-/// closes: `""` when refused without an answer.
-async fn exchange(netns: &str, to: SocketAddr, bytes: &[u8]) -> String {
-    let Ok(mut s) = connect_from(netns, to).await else {
-        return String::new();
-    };
-    if !bytes.is_empty() && s.write_all(bytes).await.is_err() {
-        return String::new();
-    }
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            // A TCP echo keeps the connection open: what came is the answer.
-            Err(_) => break,
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn get(path: &str, extra: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nhost: api:9080\r\n{extra}connection: close\r\n\r\n")
         .into_bytes()
-}
-
-fn status(reply: &str) -> u16 {
-    reply
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -221,7 +191,7 @@ async fn policy_bypasses_are_closed() {
 
     // The ordinary request is served, and sees the normalized path.
     let r = exchange(&client, http, &get("/public/./a/../b", "")).await;
-    let ok = status(&r) == 200 && r.contains("path=/public/b");
+    let ok = status_of(&r) == 200 && r.contains("path=/public/b");
     expect("plain request, normalized path upstream", r, ok);
 
     // 1. Connections the waypoint does not read as HTTP are still authorized:
@@ -256,7 +226,7 @@ async fn policy_bypasses_are_closed() {
         "/x\\..\\admin",
     ] {
         let r = exchange(&client, http, &get(path, "")).await;
-        let ok = status(&r) == 403;
+        let ok = status_of(&r) == 403;
         expect(&format!("normalized {path}"), r, ok);
     }
 
@@ -267,7 +237,7 @@ async fn policy_bypasses_are_closed() {
         &get("/partner", "x-forwarded-for: 203.0.113.7\r\n"),
     )
     .await;
-    let ok = status(&r) == 403;
+    let ok = status_of(&r) == 403;
     expect("X-Forwarded-For is not trusted", r, ok);
 
     // 7. Policies that cannot be read fail closed; dry-run only logs.
@@ -278,7 +248,7 @@ async fn policy_bypasses_are_closed() {
         ("/dry-run", 200),
     ] {
         let r = exchange(&client, http, &get(path, "x-user: alice\r\n")).await;
-        let ok = status(&r) == want;
+        let ok = status_of(&r) == want;
         expect(&format!("{path} answers {want}"), r, ok);
     }
 
@@ -290,7 +260,7 @@ async fn policy_bypasses_are_closed() {
         ("/mesh-wide-deny", 403),
     ] {
         let r = exchange(&client, http, &get(path, "")).await;
-        let ok = status(&r) == want;
+        let ok = status_of(&r) == want;
         expect(&format!("{path} answers {want}"), r, ok);
     }
 

@@ -10,12 +10,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ambit::cluster::LocalCluster;
-use ambit::cluster::client::{connect_from, wait_listening};
+use ambit::cluster::client::wait_listening;
 use ambit_api::k8s::Resources;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
-use common::{require_root, set_ambit_bin};
+use common::{exchange, require_root, set_ambit_bin};
 
 const YAML: &str = r#"
 apiVersion: v1
@@ -84,16 +83,12 @@ spec:
 "#;
 
 async fn get(netns: &str, to: SocketAddr) -> String {
-    let Ok(mut s) = connect_from(netns, to).await else {
-        return String::new();
-    };
-    let req = b"GET /who HTTP/1.1\r\nhost: api:9080\r\nconnection: close\r\n\r\n";
-    if s.write_all(req).await.is_err() {
-        return String::new();
-    }
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
+    exchange(
+        netns,
+        to,
+        b"GET /who HTTP/1.1\r\nhost: api:9080\r\nconnection: close\r\n\r\n",
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -13,6 +13,9 @@ use ambit_api::ca::{IstioCertificateRequest, IstioCertificateServiceClient};
 use ambit_hbone::{SpiffeId, csr};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
+mod common;
+use common::{free_port, start_controller};
+
 const WORLD: &str = r#"
 apiVersion: v1
 kind: Namespace
@@ -177,24 +180,8 @@ async fn istio_cacerts_layout_is_served_as_given() {
     }
     std::fs::write(base.join("config/world.yaml"), WORLD).expect("yaml");
     istio_cacerts(&base.join("cacerts"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port");
-    scratch.child = Some(
-        Command::new(env!("CARGO_BIN_EXE_ambit-controller"))
-            .arg("--dir")
-            .arg(base.join("config"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--nodes", "node1"])
-            .args(["--metrics", "127.0.0.1:0"])
-            .arg("--ca-dir")
-            .arg(base.join("cacerts"))
-            .arg("--token-dir")
-            .arg(base.join("tokens"))
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .expect("start ambit-controller"),
-    );
+    let port = free_port();
+    scratch.child = Some(start_controller(&base, port, &base.join("cacerts")));
     let deadline = Instant::now() + Duration::from_secs(20);
     let token_file = base.join("tokens/node1.token");
     while !token_file.is_file() && Instant::now() < deadline {

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use ambit_api::xds::ADDRESS_TYPE;
@@ -14,6 +14,9 @@ use ambit_api::xds::proto::discovery::aggregated_discovery_service_client::Aggre
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+mod common;
+use common::{free_port, start_controller};
 
 const WORLD: &str = r#"
 apiVersion: v1
@@ -27,26 +30,8 @@ spec: {nodeName: node1, containers: [{name: c, image: x}]}
 status: {podIP: 10.244.1.2}
 "#;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 fn start(base: &Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_ambit-controller"))
-        .arg("--dir")
-        .arg(base.join("config"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--nodes", "node1"])
-        .args(["--metrics", "127.0.0.1:0"])
-        .arg("--ca-dir")
-        .arg(base.join("ca"))
-        .arg("--token-dir")
-        .arg(base.join("tokens"))
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("start ambit-controller")
+    start_controller(base, port, &base.join("ca"))
 }
 
 /// Opens a stream (retrying while the controller starts) and returns the

@@ -545,6 +545,23 @@ async fn service_vip_balances_over_healthy_endpoints_only() {
     }
 }
 
+/// Whether the peer closes `conn` within `limit` while it keeps writing.
+async fn closed_within(conn: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = [0u8; 256];
+    tokio::time::timeout(limit, async {
+        loop {
+            let _ = conn.write_all(b"after\n").await;
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
 /// Istio's ztunnel re-checks open connections when policy changes: a
 /// connection admitted before a DENY is closed by the push, not left open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -609,20 +626,8 @@ async fn a_policy_push_closes_open_connections_it_now_denies() {
     let deny_a = "policies:\n- {name: deny-a, namespace: demo, scope: Namespace, action: Deny, dryRun: false, \
                   rules: [[[{principals: [!Exact cluster.local/ns/demo/sa/a]}]]]}\n";
     z2.update_state(state(&pods, deny_a));
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let _ = conn.write_all(b"after\n").await;
-            match conn.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    })
-    .await;
-    assert!(
-        closed.is_ok(),
-        "the denied connection was closed by the push"
-    );
+    let closed = closed_within(&mut conn, Duration::from_secs(5)).await;
+    assert!(closed, "the denied connection was closed by the push");
 
     // A waypoint put in front of b closes a's direct connection: it now
     // skips b's waypoint. (ztunnel has no outbound policy, as in Istio; the
@@ -639,18 +644,9 @@ async fn a_policy_push_closes_open_connections_it_now_denies() {
         .expect("read");
     assert!(n > 0, "open again once the DENY is lifted");
     z2.update_state(state_with_waypoint(&pods, "", Some("b")));
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let _ = conn.write_all(b"after\n").await;
-            match conn.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    })
-    .await;
+    let closed = closed_within(&mut conn, Duration::from_secs(5)).await;
     assert!(
-        closed.is_ok(),
+        closed,
         "a direct connection that now skips the waypoint was closed by the push"
     );
 }

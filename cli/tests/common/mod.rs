@@ -48,3 +48,37 @@ pub async fn open_echo(netns: &str, to: std::net::SocketAddr) -> tokio::net::Tcp
     );
     conn
 }
+
+/// Writes `bytes` from pod namespace `netns` to `to` (nothing: a
+/// server-first client) and reads until the peer closes or is quiet for
+/// 5 s: `""` when refused without an answer.
+#[allow(dead_code)] // not every test binary uses it
+pub async fn exchange(netns: &str, to: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let Ok(mut s) = ambit::cluster::client::connect_from(netns, to).await else {
+        return String::new();
+    };
+    if !bytes.is_empty() && s.write_all(bytes).await.is_err() {
+        return String::new();
+    }
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            // A TCP echo keeps the connection open: what came is the answer.
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of an HTTP/1.1 reply (0 when there is none).
+#[allow(dead_code)] // not every test binary uses it
+pub fn status_of(reply: &str) -> u16 {
+    reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
