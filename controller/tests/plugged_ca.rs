@@ -44,9 +44,11 @@ impl Drop for Scratch {
     }
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
+/// Runs `openssl` in `dir` with `args` (split at spaces).
+fn openssl(dir: &Path, args: &str) {
+    let args: Vec<&str> = args.split_whitespace().collect();
     let out = Command::new("openssl")
-        .args(args)
+        .args(&args)
         .current_dir(dir)
         .output()
         .expect("openssl is needed (apt-get install openssl; .ci/deps installs it)");
@@ -60,106 +62,29 @@ fn openssl(dir: &Path, args: &[&str]) {
 /// root-cert.pem, ca-cert.pem, ca-key.pem, cert-chain.pem as Istio's
 /// `make -f tools/certs/Makefile.selfsigned.mk` lays them out.
 fn istio_cacerts(dir: &Path) {
+    let ca_usage = "keyUsage=critical,digitalSignature,nonRepudiation,keyEncipherment,keyCertSign";
     std::fs::write(
         dir.join("root.cnf"),
-        "basicConstraints=critical,CA:true\nkeyUsage=critical,digitalSignature,nonRepudiation,keyEncipherment,keyCertSign\n",
+        format!("basicConstraints=critical,CA:true\n{ca_usage}\n"),
     )
     .expect("cnf");
     std::fs::write(
         dir.join("inter.cnf"),
-        "basicConstraints=critical,CA:true,pathlen:0\nkeyUsage=critical,digitalSignature,nonRepudiation,keyEncipherment,keyCertSign\nsubjectAltName=DNS.1:istiod.istio-system.svc\n",
+        format!(
+            "basicConstraints=critical,CA:true,pathlen:0\n{ca_usage}\nsubjectAltName=DNS.1:istiod.istio-system.svc\n"
+        ),
     )
     .expect("cnf");
-    openssl(
-        dir,
-        &[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            "root-key.pem",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-key",
-            "root-key.pem",
-            "-subj",
-            "/O=Istio/CN=Root CA",
-            "-out",
-            "root.csr",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "root.csr",
-            "-signkey",
-            "root-key.pem",
-            "-days",
-            "3650",
-            "-sha256",
-            "-extfile",
-            "root.cnf",
-            "-out",
-            "root-cert.pem",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            "ca-key.pem",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-key",
-            "ca-key.pem",
-            "-subj",
-            "/O=Istio/CN=Intermediate CA/L=cluster1",
-            "-out",
-            "ca.csr",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "ca.csr",
-            "-CA",
-            "root-cert.pem",
-            "-CAkey",
-            "root-key.pem",
-            "-set_serial",
-            "7",
-            "-days",
-            "730",
-            "-sha256",
-            "-extfile",
-            "inter.cnf",
-            "-out",
-            "ca-cert.pem",
-        ],
-    );
+    for step in [
+        "genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out root-key.pem",
+        "req -new -key root-key.pem -subj /O=Istio/CN=Root-CA -out root.csr",
+        "x509 -req -in root.csr -signkey root-key.pem -days 3650 -sha256 -extfile root.cnf -out root-cert.pem",
+        "genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out ca-key.pem",
+        "req -new -key ca-key.pem -subj /O=Istio/CN=Intermediate-CA/L=cluster1 -out ca.csr",
+        "x509 -req -in ca.csr -CA root-cert.pem -CAkey root-key.pem -set_serial 7 -days 730 -sha256 -extfile inter.cnf -out ca-cert.pem",
+    ] {
+        openssl(dir, step);
+    }
     let chain = std::fs::read_to_string(dir.join("ca-cert.pem")).expect("ca")
         + &std::fs::read_to_string(dir.join("root-cert.pem")).expect("root");
     std::fs::write(dir.join("cert-chain.pem"), chain).expect("chain");
@@ -251,14 +176,7 @@ async fn istio_cacerts_layout_is_served_as_given() {
     std::fs::write(dir.join("leaf.pem"), &chain[0]).expect("leaf");
     std::fs::write(dir.join("presented.pem"), &chain[1]).expect("inter");
     let out = Command::new("openssl")
-        .args([
-            "verify",
-            "-CAfile",
-            "root-cert.pem",
-            "-untrusted",
-            "presented.pem",
-            "leaf.pem",
-        ])
+        .args("verify -CAfile root-cert.pem -untrusted presented.pem leaf.pem".split(' '))
         .current_dir(&dir)
         .output()
         .expect("openssl verify");
