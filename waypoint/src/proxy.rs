@@ -132,17 +132,11 @@ fn apply_ops(h: &mut http::HeaderMap, ops: Option<&pb::HeaderOps>) {
     }
 }
 
-/// Does `pct` percent of requests apply? With `unset_means_all`, 0 reads
-/// as 100 % (a mirror's unset `mirrorPercentage`); faults pass `false`: the
-/// controller sends 0 for a fault without percentage, which Istio injects
-/// into no request.
-fn sampled(pct: f64, unset_means_all: bool) -> bool {
-    let p = if pct <= 0.0 && unset_means_all {
-        100.0
-    } else {
-        pct
-    };
-    rand::random::<f64>() * 100.0 < p
+/// Does `pct` percent of requests apply? The controller writes Istio's
+/// defaults in: an unset `mirrorPercentage` is 100, an explicit 0 mirrors
+/// nothing (Istio's `MirrorPercent`), a fault without percentage is 0.
+fn sampled(pct: f64) -> bool {
+    rand::random::<f64>() * 100.0 < pct
 }
 
 /// Retry conditions (Envoy names), with Istio's default policy.
@@ -551,13 +545,13 @@ impl Waypoint {
         {
             if let Some(d) = &fault.delay
                 && d.fixed_delay_ms > 0
-                && sampled(d.percentage, false)
+                && sampled(d.percentage)
             {
                 tokio::time::sleep(Duration::from_millis(d.fixed_delay_ms)).await;
                 out.flags = "DI";
             }
             if let Some(a) = &fault.abort
-                && sampled(a.percentage, false)
+                && sampled(a.percentage)
             {
                 out.flags = "FI";
                 let status = u16::try_from(a.http_status)
@@ -700,7 +694,7 @@ impl Waypoint {
             && prepared.body.is_some()
         {
             for m in &route.mirrors {
-                if sampled(m.percentage, true) {
+                if sampled(m.percentage) {
                     self.mirror(svc, m, &prepared, port, &facts.authority);
                 }
             }

@@ -399,6 +399,10 @@ pub struct HttpRoute {
     /// Share mirrored.
     #[serde(default)]
     pub mirror_percentage: Option<Percent>,
+    /// Share mirrored, the deprecated integer form (read when
+    /// `mirrorPercentage` is unset, as Istio does).
+    #[serde(default)]
+    pub mirror_percent: Option<u32>,
     /// CORS.
     #[serde(default)]
     pub cors_policy: Option<CorsPolicy>,

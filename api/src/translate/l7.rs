@@ -357,12 +357,25 @@ fn http_route(
         subset: m.subset.clone().unwrap_or_default(),
         port: m.port.as_ref().map_or(0, |p| p.number),
     };
+    // Istio's `MirrorPercent`: `mirrorPercentage`, else the deprecated
+    // `mirrorPercent`, else 100; an explicit 0 mirrors nothing.
+    let mirror_share = match (&r.mirror_percentage, r.mirror_percent) {
+        (None, Some(p)) if p <= 100 => f64::from(p),
+        (None, Some(p)) => {
+            ctx.error(
+                format!("{f}.mirrorPercent"),
+                format!("{p} is not a percentage (0–100)"),
+            );
+            0.0
+        }
+        (p, _) => ctx.percent(format!("{f}.mirrorPercentage"), p),
+    };
     let mut mirrors: Vec<pb::Mirror> = r
         .mirror
         .iter()
         .map(|m| pb::Mirror {
             destination: Some(mirror_destination(m)),
-            percentage: ctx.percent(format!("{f}.mirrorPercentage"), &r.mirror_percentage),
+            percentage: mirror_share,
         })
         .collect();
     for (k, m) in r.mirrors.iter().enumerate() {

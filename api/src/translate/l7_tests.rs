@@ -513,3 +513,35 @@ fn source_label_matches_are_dropped_as_istio_drops_them() {
         );
     }
 }
+
+/// Istio's `MirrorPercent`: `mirrorPercentage`, else the deprecated integer
+/// `mirrorPercent`, else 100 %; an explicit 0 mirrors nothing.
+#[test]
+fn mirror_share_as_istio_reads_it() {
+    let route = |extra: &str| {
+        format!(
+            "  - route: [{{destination: {{host: reviews}}}}]\n    mirror: {{host: reviews, subset: v1}}\n{extra}"
+        )
+    };
+    for (extra, want) in [
+        ("", 100.0),
+        ("    mirrorPercentage: {value: 0}\n", 0.0),
+        ("    mirrorPercent: 30\n", 30.0),
+        (
+            "    mirrorPercent: 30\n    mirrorPercentage: {value: 5}\n",
+            5.0,
+        ),
+    ] {
+        let t = run(&(BASE.to_string() + &vs(&route(extra))));
+        assert!(errors(&t).is_empty(), "{extra}: {:?}", errors(&t));
+        assert_eq!(t.l7[0].http[0].mirrors[0].percentage, want, "{extra}");
+    }
+    let t = run(&(BASE.to_string() + &vs(&route("    mirrorPercent: 130\n"))));
+    assert!(
+        errors(&t)
+            .iter()
+            .any(|e| e.contains("spec.http[0].mirrorPercent")),
+        "{:?}",
+        errors(&t)
+    );
+}
