@@ -27,6 +27,7 @@ metadata: {name: istio, namespace: istio-system}
 data:
   mesh: |
     trustDomain: example.org
+    defaultConfig: {gatewayTopology: {numTrustedProxies: 1}}
 ---
 apiVersion: v1
 kind: Namespace
@@ -75,6 +76,16 @@ spec:
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
+metadata: {name: partners-only, namespace: td}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  action: DENY
+  rules:
+  - from: [{source: {notRemoteIpBlocks: ["203.0.113.0/24"]}}]
+    to: [{operation: {paths: ["/partner"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
 metadata: {name: via-waypoint, namespace: td}
 spec:
   selector: {matchLabels: {app: api}}
@@ -83,12 +94,12 @@ spec:
 "#;
 
 async fn get(netns: &str, to: SocketAddr) -> String {
-    exchange(
-        netns,
-        to,
-        b"GET /who HTTP/1.1\r\nhost: api:9080\r\nconnection: close\r\n\r\n",
-    )
-    .await
+    get_with(netns, to, "/who", "").await
+}
+
+async fn get_with(netns: &str, to: SocketAddr, path: &str, extra: &str) -> String {
+    let req = format!("GET {path} HTTP/1.1\r\nhost: api:9080\r\n{extra}connection: close\r\n\r\n");
+    exchange(netns, to, req.as_bytes()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -112,6 +123,16 @@ async fn a_mesh_in_another_trust_domain_works_end_to_end() {
     );
     let r = get(&other, svc).await;
     assert!(r.starts_with("HTTP/1.1 403"), "other is denied: {r:?}");
+    // The mesh config trusts one proxy in front: the client's X-Forwarded-For
+    // names the original client, and remote.ip follows it.
+    let partner = "x-forwarded-for: 203.0.113.7\r\n";
+    let r = get_with(&client, svc, "/partner", partner).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "partner via XFF: {r:?}");
+    let r = get_with(&client, svc, "/partner", "").await;
+    assert!(
+        r.starts_with("HTTP/1.1 403"),
+        "no XFF: the peer is no partner: {r:?}"
+    );
     // Straight to the pod, past the waypoint: the ztunnel policy only admits
     // the waypoint's example.org identity.
     let direct = SocketAddr::new(api.ip.into(), 9080);
