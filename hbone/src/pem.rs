@@ -1,5 +1,6 @@
 //! Small PEM helpers shared by the CA, the trust bundle and the workload certificate.
 
+use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Why PEM text could not be read.
@@ -15,7 +16,7 @@ pub enum PemError {
 
 /// All `CERTIFICATE` blocks in `text`, in order.
 pub fn certificates(text: &str) -> Result<Vec<CertificateDer<'static>>, PemError> {
-    let certs = rustls_pemfile::certs(&mut text.as_bytes())
+    let certs = CertificateDer::pem_slice_iter(text.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| PemError::Invalid(e.to_string()))?;
     if certs.is_empty() {
@@ -26,9 +27,11 @@ pub fn certificates(text: &str) -> Result<Vec<CertificateDer<'static>>, PemError
 
 /// The first private key in `text` (PKCS#8, SEC1 or PKCS#1).
 pub fn private_key(text: &str) -> Result<PrivateKeyDer<'static>, PemError> {
-    rustls_pemfile::private_key(&mut text.as_bytes())
-        .map_err(|e| PemError::Invalid(e.to_string()))?
-        .ok_or(PemError::Missing("PRIVATE KEY"))
+    match PrivateKeyDer::from_pem_slice(text.as_bytes()) {
+        Ok(key) => Ok(key),
+        Err(rustls_pki_types::pem::Error::NoItemsFound) => Err(PemError::Missing("PRIVATE KEY")),
+        Err(e) => Err(PemError::Invalid(e.to_string())),
+    }
 }
 
 /// Encodes one DER certificate as a PEM block.

@@ -165,14 +165,12 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> ControlIo f
 /// certificate must chain to a root in `root_pem`.
 fn client_tls(root_pem: &str) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut root_pem.as_bytes()) {
-        let cert = cert.map_err(|e| format!("root certificate PEM: {e}"))?;
+    let certs = ambit_hbone::pem::certificates(root_pem)
+        .map_err(|e| format!("no root certificate in the PEM: {e}"))?;
+    for cert in certs {
         roots
             .add(cert)
             .map_err(|e| format!("root certificate: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err("no root certificate in the PEM".into());
     }
     let mut config = rustls::ClientConfig::builder_with_provider(ambit_hbone::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
