@@ -14,53 +14,36 @@ use ambit_api::translate::translate;
 use ambit_hbone::ca::{Authority, CertificateSigner, Validity};
 use ambit_hbone::{HboneConfig, SpiffeId};
 use anyhow::{Context, bail};
+use waypoint::normalize::PathNormalization;
 use waypoint::{HttpOptions, Waypoint, WaypointConfig};
 use ztunnel::certs::{CertManager, LocalSigner};
 
+/// Command line.
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "waypoint",
+    about = "Runs the L7 proxy from a directory of Istio YAML on a plaintext listener"
+)]
 struct Args {
+    /// Directory of Kubernetes/Istio YAML (its ConfigMap istio-system/istio
+    /// is the mesh config).
+    #[arg(long = "config-dir")]
     dir: PathBuf,
+    /// The waypoint's Gateway, NAMESPACE/NAME.
+    #[arg(long)]
     gateway: String,
+    /// Plaintext HTTP listener.
+    #[arg(long)]
     listen: SocketAddr,
+    /// The Service address every connection is treated as sent to.
+    #[arg(long)]
     destination: SocketAddr,
-    options: HttpOptions,
-}
-
-fn args() -> anyhow::Result<Args> {
-    let mut dir = None;
-    let mut gateway = None;
-    let mut listen = None;
-    let mut destination = None;
-    let mut options = HttpOptions::default();
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut val = || it.next().with_context(|| format!("{a} needs a value"));
-        match a.as_str() {
-            "--config-dir" => dir = Some(PathBuf::from(val()?)),
-            "--gateway" => gateway = Some(val()?),
-            "--listen" => listen = Some(val()?.parse().context("--listen")?),
-            "--destination" => destination = Some(val()?.parse().context("--destination")?),
-            "--path-normalization" => {
-                options.path_normalization = val()?.parse().context("--path-normalization")?
-            }
-            "--num-trusted-proxies" => {
-                options.num_trusted_proxies = val()?.parse().context("--num-trusted-proxies")?
-            }
-            "-h" | "--help" => {
-                println!(
-                    "usage: waypoint --config-dir DIR --gateway NS/NAME --listen IP:PORT --destination VIP:PORT \\\n                [--path-normalization NONE|BASE|MERGE_SLASHES|DECODE_AND_MERGE_SLASHES] [--num-trusted-proxies N]"
-                );
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other}"),
-        }
-    }
-    Ok(Args {
-        dir: dir.context("--config-dir is required")?,
-        gateway: gateway.context("--gateway is required")?,
-        listen: listen.context("--listen is required")?,
-        destination: destination.context("--destination is required")?,
-        options,
-    })
+    /// Overrides the mesh config's `pathNormalization`.
+    #[arg(long, value_name = "NONE|BASE|MERGE_SLASHES|DECODE_AND_MERGE_SLASHES")]
+    path_normalization: Option<PathNormalization>,
+    /// Overrides the mesh config's `numTrustedProxies`.
+    #[arg(long)]
+    num_trusted_proxies: Option<u32>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,7 +52,7 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    let args = args()?;
+    let args = <Args as clap::Parser>::parse();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -100,11 +83,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         certs: CertManager::new(Arc::new(LocalSigner(root)), Duration::from_secs(86400)),
         hbone: HboneConfig::default(),
         socket: None,
-        options: args.options,
+        options: HttpOptions::default(),
     });
     let mut served = 0;
-    for s in t.l7 {
+    for mut s in t.l7 {
         if s.waypoints.contains(&args.gateway) {
+            if let Some(n) = args.path_normalization {
+                s.path_normalization = n.as_str().to_string();
+            }
+            if let Some(n) = args.num_trusted_proxies {
+                s.num_trusted_proxies = n;
+            }
             let key = format!("{}/{}", s.namespace, s.hostname);
             w.apply_l7(&key, Some(s)).map_err(|e| anyhow::anyhow!(e))?;
             served += 1;

@@ -30,6 +30,18 @@ pub enum PathNormalization {
 #[error("unknown path normalization {0:?} (NONE, BASE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES)")]
 pub struct UnknownNormalization(String);
 
+impl PathNormalization {
+    /// The mesh config's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PathNormalization::None => "NONE",
+            PathNormalization::Base => "BASE",
+            PathNormalization::MergeSlashes => "MERGE_SLASHES",
+            PathNormalization::DecodeAndMergeSlashes => "DECODE_AND_MERGE_SLASHES",
+        }
+    }
+}
+
 impl FromStr for PathNormalization {
     type Err = UnknownNormalization;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
