@@ -56,6 +56,12 @@ enum Command {
     /// Run one node's ztunnel, configured by Istio ztunnel's environment
     /// variables (what `ambit up --ztunnel-processes` starts per node).
     Ztunnel,
+    /// Print a shell completion script, e.g.
+    /// `ambit completion bash > /etc/bash_completion.d/ambit`.
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -101,6 +107,11 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
+        Command::Completion { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "ambit", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Demo => rt.block_on(ambit::demo::run()),
         Command::Up {
             dir,
