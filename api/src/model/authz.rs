@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 use ambit_hbone::SpiffeId;
+use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// What a policy does when it matches.
@@ -64,11 +65,10 @@ impl StringMatch {
 }
 
 /// An IP network, written `10.0.0.0/8` (a bare address means one host).
+/// Host bits may be set (`10.1.2.3/8`), as Istio and Envoy accept them:
+/// membership uses the network part.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
+pub struct Cidr(IpNet);
 
 /// A CIDR that does not parse.
 #[derive(Debug, thiserror::Error)]
@@ -78,61 +78,41 @@ pub struct CidrError(String);
 impl FromStr for Cidr {
     type Err = CidrError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || CidrError(s.to_string());
-        let (ip, prefix) = match s.split_once('/') {
-            Some((ip, p)) => (ip, Some(p.parse::<u8>().map_err(|_| bad())?)),
-            None => (s, None),
-        };
-        let addr: IpAddr = ip.parse().map_err(|_| bad())?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = prefix.unwrap_or(max);
-        if prefix > max {
-            return Err(bad());
+        if s.contains('/') {
+            s.parse().map(Cidr).map_err(|_| CidrError(s.to_string()))
+        } else {
+            s.parse::<IpAddr>()
+                .map(|ip| Cidr(IpNet::from(ip)))
+                .map_err(|_| CidrError(s.to_string()))
         }
-        Ok(Cidr { addr, prefix })
     }
 }
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        self.0.fmt(f)
     }
 }
 
 impl Cidr {
     /// `addr/prefix`; `None` when the prefix is longer than the family allows.
     pub fn new(addr: IpAddr, prefix: u8) -> Option<Self> {
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        (prefix <= max).then_some(Cidr { addr, prefix })
+        IpNet::new(addr, prefix).ok().map(Cidr)
     }
 
     /// The network address as written.
     pub fn addr(&self) -> IpAddr {
-        self.addr
+        self.0.addr()
     }
 
     /// The prefix length.
     pub fn prefix(&self) -> u8 {
-        self.prefix
+        self.0.prefix_len()
     }
 
     /// Is `ip` inside this network? (Families never mix.)
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+        self.0.contains(&ip)
     }
 }
 

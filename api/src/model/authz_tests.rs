@@ -290,6 +290,12 @@ fn cidr_parsing_and_containment() {
     assert!(!host.contains("fd00::2".parse().unwrap()));
     assert!("10.0.0.0/33".parse::<Cidr>().is_err());
     assert!("nope".parse::<Cidr>().is_err());
+    assert!("10.0.0.0/".parse::<Cidr>().is_err());
+    // Host bits set: the network part decides, and it prints as written.
+    let loose: Cidr = "10.1.2.3/8".parse().unwrap();
+    assert!(loose.contains("10.200.0.1".parse().unwrap()));
+    assert_eq!(loose.to_string(), "10.1.2.3/8");
+    assert_eq!(host.to_string(), "fd00::1/128");
 }
 
 #[test]
