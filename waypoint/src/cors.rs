@@ -10,13 +10,18 @@ use crate::matcher::Matcher;
 use crate::proxy::full;
 use crate::upstream::Body;
 
-fn origin_allowed(cors: &pb::CorsPolicy, origin: &str) -> bool {
-    cors.allow_origins
-        .iter()
-        .any(|m| match Matcher::compile(m) {
-            Ok(Some(m)) => m.matches(origin),
-            _ => false,
-        })
+/// A route's CORS policy with its `allowOrigins` compiled (once per config
+/// version, by the router).
+#[derive(Clone, Copy, Debug)]
+pub struct Cors<'a> {
+    /// The policy.
+    pub policy: &'a pb::CorsPolicy,
+    /// `allowOrigins`, compiled.
+    pub origins: &'a [Matcher],
+}
+
+fn origin_allowed(cors: Cors<'_>, origin: &str) -> bool {
+    cors.origins.iter().any(|m| m.matches(origin))
 }
 
 fn set(h: &mut HeaderMap, name: &'static str, value: &str) {
@@ -26,7 +31,7 @@ fn set(h: &mut HeaderMap, name: &'static str, value: &str) {
 }
 
 /// The answer to an `OPTIONS` preflight from `origin`.
-pub fn preflight(cors: &pb::CorsPolicy, origin: &str) -> Response<Body> {
+pub fn preflight(cors: Cors<'_>, origin: &str) -> Response<Body> {
     let mut r = Response::new(full(bytes::Bytes::new()));
     *r.status_mut() = StatusCode::OK;
     if !origin_allowed(cors, origin) {
@@ -34,43 +39,47 @@ pub fn preflight(cors: &pb::CorsPolicy, origin: &str) -> Response<Body> {
     }
     let h = r.headers_mut();
     set(h, "access-control-allow-origin", origin);
-    if !cors.allow_methods.is_empty() {
+    if !cors.policy.allow_methods.is_empty() {
         set(
             h,
             "access-control-allow-methods",
-            &cors.allow_methods.join(","),
+            &cors.policy.allow_methods.join(","),
         );
     }
-    if !cors.allow_headers.is_empty() {
+    if !cors.policy.allow_headers.is_empty() {
         set(
             h,
             "access-control-allow-headers",
-            &cors.allow_headers.join(","),
+            &cors.policy.allow_headers.join(","),
         );
     }
-    if cors.max_age_s > 0 {
-        set(h, "access-control-max-age", &cors.max_age_s.to_string());
+    if cors.policy.max_age_s > 0 {
+        set(
+            h,
+            "access-control-max-age",
+            &cors.policy.max_age_s.to_string(),
+        );
     }
-    if cors.allow_credentials {
+    if cors.policy.allow_credentials {
         set(h, "access-control-allow-credentials", "true");
     }
     r
 }
 
 /// Adds CORS headers to an actual response for `origin`.
-pub fn decorate(cors: &pb::CorsPolicy, origin: &str, h: &mut HeaderMap) {
+pub fn decorate(cors: Cors<'_>, origin: &str, h: &mut HeaderMap) {
     if !origin_allowed(cors, origin) {
         return;
     }
     set(h, "access-control-allow-origin", origin);
-    if !cors.expose_headers.is_empty() {
+    if !cors.policy.expose_headers.is_empty() {
         set(
             h,
             "access-control-expose-headers",
-            &cors.expose_headers.join(","),
+            &cors.policy.expose_headers.join(","),
         );
     }
-    if cors.allow_credentials {
+    if cors.policy.allow_credentials {
         set(h, "access-control-allow-credentials", "true");
     }
 }

@@ -533,8 +533,13 @@ impl Waypoint {
             }
         }
         let origin = facts.headers.get("origin").cloned();
-        if let (Some(route), Some(origin)) = (route, &origin)
-            && let Some(cors) = &route.cors
+        let cors = route.zip(route_index).and_then(|(r, i)| {
+            r.cors.as_ref().map(|policy| crate::cors::Cors {
+                policy,
+                origins: svc.router.cors_origins(i),
+            })
+        });
+        if let (Some(cors), Some(origin)) = (cors, &origin)
             && req_parts.method == Method::OPTIONS
             && facts.headers.contains_key("access-control-request-method")
         {
@@ -831,9 +836,7 @@ impl Waypoint {
                 .and_then(|r| r.headers.as_ref())
                 .and_then(|h| h.response.as_ref()),
         );
-        if let (Some(route), Some(origin)) = (route, &origin)
-            && let Some(cors) = &route.cors
-        {
+        if let (Some(cors), Some(origin)) = (cors, &origin) {
             crate::cors::decorate(cors, origin, &mut parts.headers);
         }
         let body = Metered::new(

@@ -144,6 +144,8 @@ struct CompiledRoute {
     /// `rewrite.uriRegexRewrite`: pattern and replacement in the regex
     /// crate's syntax.
     regex_rewrite: Option<(regex::Regex, String)>,
+    /// `corsPolicy.allowOrigins`, compiled.
+    cors_origins: Vec<Matcher>,
 }
 
 /// Envoy's substitution (`\1` names group 1) in the regex crate's syntax
@@ -238,6 +240,12 @@ impl Router {
                         .map(CompiledMatch::compile)
                         .collect::<Result<_, _>>()?,
                     total_weight: r.route.iter().map(|d| u64::from(d.weight)).sum(),
+                    cors_origins: r
+                        .cors
+                        .iter()
+                        .flat_map(|c| &c.allow_origins)
+                        .filter_map(|m| Matcher::compile(m).transpose())
+                        .collect::<Result<_, _>>()?,
                     regex_rewrite: match r.rewrite.as_ref().filter(|w| !w.uri_regex.is_empty()) {
                         None => None,
                         Some(w) => Some((
@@ -257,6 +265,11 @@ impl Router {
     /// The service this router serves.
     pub fn service(&self) -> &pb::L7Service {
         &self.service
+    }
+
+    /// Route `index`'s compiled `corsPolicy.allowOrigins`.
+    pub fn cors_origins(&self, index: usize) -> &[Matcher] {
+        self.routes.get(index).map_or(&[], |r| &r.cors_origins)
     }
 
     /// Route `index`'s `uriRegexRewrite` applied to `path` (every match
