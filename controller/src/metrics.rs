@@ -4,84 +4,128 @@
 //! Ambit's model gauges.
 
 use std::convert::Infallible;
-use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use ambit_api::translate::Severity;
+use ambit_telemetry::Registry;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::model::Snapshot;
 use crate::xds::XdsStats;
 
-/// OpenMetrics text for `stats` and the latest snapshot.
-pub fn render(stats: &XdsStats, snap: &Snapshot) -> String {
-    use ambit_api::translate::Severity;
-    let mut out = String::new();
-    let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name}_total {v}"
-        );
-    };
-    let _ = writeln!(
-        out,
-        "# HELP pilot_xds Number of endpoints connected to this controller using xDS.\n# TYPE pilot_xds gauge\npilot_xds {}",
-        stats.connections.load(Ordering::Relaxed)
-    );
-    counter(
-        &mut out,
-        "pilot_xds_pushes",
-        "xDS responses sent.",
-        stats.responses.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "pilot_total_xds_rejects",
-        "xDS responses rejected (NACKed) by proxies.",
-        stats.nacks.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "ambit_xds_resources_sent",
-        "Resources sent in xDS responses.",
-        stats.resources_sent.load(Ordering::Relaxed),
-    );
-    let _ = writeln!(
-        out,
-        "# HELP ambit_model_generation Snapshots published.\n# TYPE ambit_model_generation gauge\nambit_model_generation {}",
-        snap.generation
-    );
-    let _ = writeln!(
-        out,
-        "# HELP ambit_model_resources Resources in the current snapshot.\n# TYPE ambit_model_resources gauge"
-    );
-    for (t, n) in [
-        ("Address", snap.addresses.len()),
-        ("Authorization", snap.authorizations.len()),
-        ("L7Service", snap.l7.len()),
-    ] {
-        let _ = writeln!(out, "ambit_model_resources{{type=\"{t}\"}} {n}");
+/// The controller's own families, read at scrape time from the xDS counters
+/// and the latest snapshot.
+struct ControllerCollector {
+    stats: Arc<XdsStats>,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+}
+
+impl std::fmt::Debug for ControllerCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControllerCollector")
+            .finish_non_exhaustive()
     }
-    let _ = writeln!(
-        out,
-        "# HELP ambit_config_findings Validation findings in the current config.\n# TYPE ambit_config_findings gauge"
-    );
-    for (label, sev) in [
-        ("error", Severity::Error),
-        ("warning", Severity::Warning),
-        ("info", Severity::Info),
-    ] {
-        let n = snap.findings.iter().filter(|f| f.severity == sev).count();
-        let _ = writeln!(out, "ambit_config_findings{{severity=\"{label}\"}} {n}");
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    series: &[(Option<(&str, &str)>, i64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (label, v) in series {
+        match label {
+            Some(l) => ConstGauge::new(*v).encode(family.encode_family(&[*l])?)?,
+            None => ConstGauge::new(*v).encode(family.encode_family(&[("", ""); 0])?)?,
+        }
     }
-    out.push_str("# EOF\n");
-    out
+    Ok(())
+}
+
+impl Collector for ControllerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        gauge(
+            &mut encoder,
+            "pilot_xds",
+            "Number of endpoints connected to this controller using xDS.",
+            &[(None, as_i64(load(&self.stats.connections)))],
+        )?;
+        for (name, help, value) in [
+            (
+                "pilot_xds_pushes",
+                "xDS responses sent.",
+                load(&self.stats.responses),
+            ),
+            (
+                "pilot_total_xds_rejects",
+                "xDS responses rejected (NACKed) by proxies.",
+                load(&self.stats.nacks),
+            ),
+            (
+                "ambit_xds_resources_sent",
+                "Resources sent in xDS responses.",
+                load(&self.stats.resources_sent),
+            ),
+        ] {
+            let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(family)?;
+        }
+        let snap = self.snapshots.borrow().clone();
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        gauge(
+            &mut encoder,
+            "ambit_model_generation",
+            "Snapshots published.",
+            &[(None, as_i64(snap.generation))],
+        )?;
+        gauge(
+            &mut encoder,
+            "ambit_model_resources",
+            "Resources in the current snapshot.",
+            &[
+                (Some(("type", "Address")), count(snap.addresses.len())),
+                (
+                    Some(("type", "Authorization")),
+                    count(snap.authorizations.len()),
+                ),
+                (Some(("type", "L7Service")), count(snap.l7.len())),
+            ],
+        )?;
+        let findings = |sev| count(snap.findings.iter().filter(|f| f.severity == sev).count());
+        gauge(
+            &mut encoder,
+            "ambit_config_findings",
+            "Validation findings in the current config.",
+            &[
+                (Some(("severity", "error")), findings(Severity::Error)),
+                (Some(("severity", "warning")), findings(Severity::Warning)),
+                (Some(("severity", "info")), findings(Severity::Info)),
+            ],
+        )
+    }
+}
+
+/// The controller's registry: `istio_build{component="pilot"}`, the
+/// `process_*` metrics, and [`ControllerCollector`]'s families.
+pub fn registry(stats: Arc<XdsStats>, snapshots: watch::Receiver<Arc<Snapshot>>) -> Registry {
+    let mut registry = ambit_telemetry::registry("pilot");
+    registry.register_collector(Box::new(ControllerCollector { stats, snapshots }));
+    registry
 }
 
 /// Serves `/metrics` on `listener` until the task is aborted.
@@ -90,16 +134,17 @@ pub async fn serve(
     stats: Arc<XdsStats>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
 ) {
+    let registry = Arc::new(registry(stats, snapshots));
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             continue;
         };
-        let (stats, snapshots) = (stats.clone(), snapshots.clone());
+        let registry = registry.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: http::Request<Incoming>| {
                 let body =
                     if req.uri().path() == "/metrics" || req.uri().path() == "/stats/prometheus" {
-                        Some(render(&stats, &snapshots.borrow()))
+                        Some(ambit_telemetry::render(&registry))
                     } else {
                         None
                     };
@@ -115,7 +160,9 @@ pub async fn serve(
                     };
                     resp.headers_mut().insert(
                         http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                        http::HeaderValue::from_static(
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        ),
                     );
                     Ok::<_, Infallible>(resp)
                 }

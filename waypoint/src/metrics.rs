@@ -1,11 +1,19 @@
 //! Istio's per-request metrics as the waypoint reports them
 //! (`reporter="waypoint"`): `istio_requests_total` and the duration / request
 //! size / response size histograms with Istio's label set and buckets,
-//! rendered as Prometheus text on :15020.
+//! exposed through `prometheus-client` on :15020 with `istio_build` and the
+//! `process_*` metrics.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabel, EncodeLabelSet, EncodeMetric, LabelSetEncoder,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 
 use crate::sync::lock;
 
@@ -53,6 +61,8 @@ pub struct RequestLabels {
     pub response_flags: &'static str,
 }
 
+/// Per-bucket counts (not cumulative; the last bucket is `+Inf`), sum
+/// and count: one increment per observation.
 #[derive(Clone, Debug)]
 struct Histogram {
     counts: Vec<u64>,
@@ -63,20 +73,29 @@ struct Histogram {
 impl Histogram {
     fn new(buckets: usize) -> Self {
         Histogram {
-            counts: vec![0; buckets],
+            counts: vec![0; buckets + 1],
             sum: 0.0,
             count: 0,
         }
     }
 
     fn observe(&mut self, bounds: &[f64], v: f64) {
-        for (c, b) in self.counts.iter_mut().zip(bounds) {
-            if v <= *b {
-                *c += 1;
-            }
+        let i = bounds.iter().position(|b| v <= *b).unwrap_or(bounds.len());
+        if let Some(c) = self.counts.get_mut(i) {
+            *c += 1;
         }
         self.sum += v;
         self.count += 1;
+    }
+
+    /// `(upper bound, count)` pairs as the encoder wants them, `+Inf` last.
+    fn buckets(&self, bounds: &[f64]) -> Vec<(f64, u64)> {
+        bounds
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(self.counts.iter().copied())
+            .collect()
     }
 }
 
@@ -93,11 +112,11 @@ struct Series {
 pub struct Metrics {
     series: Mutex<HashMap<RequestLabels, Series>>,
     /// Upstream attempts made again (Envoy's `upstream_rq_retry`).
-    pub retries: std::sync::atomic::AtomicU64,
+    pub retries: AtomicU64,
     /// Copies sent to mirror destinations.
-    pub mirrored: std::sync::atomic::AtomicU64,
+    pub mirrored: AtomicU64,
     /// TCP (non-HTTP) connections refused by AuthorizationPolicy.
-    pub tcp_denied: std::sync::atomic::AtomicU64,
+    pub tcp_denied: AtomicU64,
 }
 
 impl Metrics {
@@ -132,94 +151,172 @@ impl Metrics {
             .sum()
     }
 
-    /// Prometheus text exposition.
-    pub fn render(&self) -> String {
+    /// OpenMetrics text: these families plus `istio_build` and the
+    /// `process_*` metrics.
+    pub fn render(self: &Arc<Self>) -> String {
+        let mut registry = ambit_telemetry::registry("waypoint");
+        registry.register_collector(Box::new(self.clone()));
+        ambit_telemetry::render(&registry)
+    }
+}
+
+/// Which histogram of a series a family reads.
+type HistogramFamily = (
+    &'static str,
+    &'static str,
+    &'static [f64],
+    fn(&Series) -> &Histogram,
+);
+
+/// Istio's request histograms.
+const HISTOGRAMS: [HistogramFamily; 3] = [
+    (
+        "istio_request_duration_milliseconds",
+        "Request duration in milliseconds.",
+        &DURATION_BUCKETS,
+        |s| &s.duration,
+    ),
+    (
+        "istio_request_bytes",
+        "Request body size in bytes.",
+        &SIZE_BUCKETS,
+        |s| &s.request_bytes,
+    ),
+    (
+        "istio_response_bytes",
+        "Response body size in bytes.",
+        &SIZE_BUCKETS,
+        |s| &s.response_bytes,
+    ),
+];
+
+impl Collector for Metrics {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        for (name, help, value) in [
+            (
+                "ambit_waypoint_upstream_retries",
+                "Upstream attempts made again.",
+                &self.retries,
+            ),
+            (
+                "ambit_waypoint_mirrored_requests",
+                "Copies sent to mirror destinations.",
+                &self.mirrored,
+            ),
+            (
+                "ambit_waypoint_tcp_denied",
+                "TCP connections refused by AuthorizationPolicy.",
+                &self.tcp_denied,
+            ),
+        ] {
+            let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value.load(Ordering::Relaxed)).encode(family)?;
+        }
+        // A copy, so requests are not held up while the page is written.
         let series: Vec<(RequestLabels, Series)> = lock(&self.series)
             .iter()
             .map(|(l, s)| (l.clone(), s.clone()))
             .collect();
-        let mut out = String::new();
-        use std::sync::atomic::Ordering::Relaxed;
-        let _ = writeln!(
-            out,
-            "# TYPE ambit_waypoint_upstream_retries_total counter\nambit_waypoint_upstream_retries_total {}\n# TYPE ambit_waypoint_mirrored_requests_total counter\nambit_waypoint_mirrored_requests_total {}\n# TYPE ambit_waypoint_tcp_denied_total counter\nambit_waypoint_tcp_denied_total {}",
-            self.retries.load(Relaxed),
-            self.mirrored.load(Relaxed),
-            self.tcp_denied.load(Relaxed)
-        );
-        out.push_str("# TYPE istio_requests_total counter\n");
-        for (l, s) in &series {
-            let _ = writeln!(
-                out,
-                "istio_requests_total{{{}}} {}",
-                label_text(l),
-                s.requests
-            );
+        let mut family = encoder.encode_descriptor(
+            "istio_requests",
+            "Requests served.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (labels, s) in &series {
+            ConstCounter::new(s.requests).encode(family.encode_family(labels)?)?;
         }
-        for (name, bounds, pick) in [
-            (
-                "istio_request_duration_milliseconds",
-                &DURATION_BUCKETS[..],
-                (|s: &Series| &s.duration) as fn(&Series) -> &Histogram,
-            ),
-            ("istio_request_bytes", &SIZE_BUCKETS[..], |s: &Series| {
-                &s.request_bytes
-            }),
-            ("istio_response_bytes", &SIZE_BUCKETS[..], |s: &Series| {
-                &s.response_bytes
-            }),
-        ] {
-            let _ = writeln!(out, "# TYPE {name} histogram");
-            for (l, s) in &series {
+        for (name, help, bounds, pick) in HISTOGRAMS {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            for (labels, s) in &series {
                 let h = pick(s);
-                let text = label_text(l);
-                for (b, c) in bounds.iter().zip(&h.counts) {
-                    let _ = writeln!(out, "{name}_bucket{{{text},le=\"{b}\"}} {c}");
-                }
-                let _ = writeln!(out, "{name}_bucket{{{text},le=\"+Inf\"}} {}", h.count);
-                let _ = writeln!(out, "{name}_sum{{{text}}} {}", h.sum);
-                let _ = writeln!(out, "{name}_count{{{text}}} {}", h.count);
+                family
+                    .encode_family(labels)?
+                    .encode_histogram::<NoExemplar>(h.sum, h.count, &h.buckets(bounds), None)?;
             }
         }
-        out
+        Ok(())
     }
 }
 
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"")
-}
+/// Histograms here carry no exemplars.
+type NoExemplar = [(&'static str, &'static str); 0];
 
+/// Istio writes an unknown value as `unknown`, never as empty.
 fn or_unknown(v: &str) -> &str {
     if v.is_empty() { "unknown" } else { v }
 }
 
-fn label_text(l: &RequestLabels) -> String {
-    let mut s = String::from("reporter=\"waypoint\"");
-    for (prefix, p) in [("source", &l.source), ("destination", &l.destination)] {
-        let _ = write!(
-            s,
-            ",{prefix}_workload=\"{}\",{prefix}_workload_namespace=\"{}\",{prefix}_principal=\"{}\",{prefix}_app=\"{}\",{prefix}_version=\"{}\",{prefix}_canonical_service=\"{}\",{prefix}_canonical_revision=\"{}\",{prefix}_cluster=\"Kubernetes\"",
-            esc(or_unknown(&p.workload)),
-            esc(or_unknown(&p.namespace)),
-            esc(or_unknown(&p.principal)),
-            esc(or_unknown(&p.app)),
-            esc(or_unknown(&p.version)),
-            esc(or_unknown(&p.app)),
-            esc(or_unknown(&p.version)),
-        );
+impl EncodeLabelSet for RequestLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let code = self.response_code.to_string();
+        let mut pairs: Vec<(&str, &str)> = vec![("reporter", "waypoint")];
+        for (keys, p) in [
+            (&SOURCE_KEYS, &self.source),
+            (&DESTINATION_KEYS, &self.destination),
+        ] {
+            let values = [
+                p.workload.as_str(),
+                &p.namespace,
+                &p.principal,
+                &p.app,
+                &p.version,
+                &p.app,
+                &p.version,
+                "Kubernetes",
+            ];
+            pairs.extend(
+                keys.iter()
+                    .copied()
+                    .zip(values.iter().map(|v| or_unknown(v))),
+            );
+        }
+        pairs.extend([
+            ("destination_service", or_unknown(&self.destination_service)),
+            (
+                "destination_service_name",
+                or_unknown(&self.destination_service_name),
+            ),
+            (
+                "destination_service_namespace",
+                or_unknown(&self.destination_service_namespace),
+            ),
+            ("request_protocol", self.request_protocol),
+            ("response_code", code.as_str()),
+            ("grpc_response_status", ""),
+            ("response_flags", self.response_flags),
+            ("connection_security_policy", "mutual_tls"),
+        ]);
+        for pair in pairs {
+            pair.encode(encoder.encode_label())?;
+        }
+        Ok(())
     }
-    let _ = write!(
-        s,
-        ",destination_service=\"{}\",destination_service_name=\"{}\",destination_service_namespace=\"{}\",request_protocol=\"{}\",response_code=\"{}\",grpc_response_status=\"\",response_flags=\"{}\",connection_security_policy=\"mutual_tls\"",
-        esc(or_unknown(&l.destination_service)),
-        esc(or_unknown(&l.destination_service_name)),
-        esc(or_unknown(&l.destination_service_namespace)),
-        l.request_protocol,
-        l.response_code,
-        l.response_flags,
-    );
-    s
 }
+
+/// A peer's label names, in the order the waypoint writes them.
+const SOURCE_KEYS: [&str; 8] = [
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_cluster",
+];
+
+/// The destination peer's label names.
+const DESTINATION_KEYS: [&str; 8] = [
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_cluster",
+];
 
 #[cfg(test)]
 mod tests {
@@ -227,7 +324,7 @@ mod tests {
 
     #[test]
     fn renders_istio_names_and_cumulative_buckets() {
-        let m = Metrics::default();
+        let m = Arc::new(Metrics::default());
         let l = RequestLabels {
             destination_service: "reviews.bookinfo.svc.cluster.local".into(),
             request_protocol: "http",
@@ -243,9 +340,26 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("response_code=\"200\""));
-        assert!(text.contains("le=\"5\"} 1\n"), "{text}");
-        assert!(text.contains("le=\"50\"} 2\n"), "{text}");
+        let bucket = |le: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with(&format!(
+                        "istio_request_duration_milliseconds_bucket{{le=\"{le}\","
+                    ))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|n| n.parse::<u64>().ok())
+        };
+        assert_eq!(bucket("1.0"), Some(0), "{text}");
+        assert_eq!(bucket("5.0"), Some(1), "cumulative: {text}");
+        assert_eq!(bucket("50.0"), Some(2), "{text}");
+        assert_eq!(bucket("+Inf"), Some(2), "{text}");
         assert!(text.contains("istio_response_bytes_sum{"));
+        assert!(
+            text.contains("istio_build{component=\"waypoint\""),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
         assert_eq!(m.requests(|l| l.response_code == 200), 2);
     }
 }

@@ -78,7 +78,7 @@ pub struct Waypoint {
     state: RwLock<Arc<WaypointState>>,
     addresses: RwLock<Arc<ProxyState>>,
     upstreams: Arc<Upstreams>,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     synced: AtomicBool,
     shutting_down: AtomicBool,
     self_ref: Weak<Waypoint>,
@@ -110,7 +110,7 @@ impl Waypoint {
             relays: Arc::default(),
             state: RwLock::default(),
             addresses: RwLock::default(),
-            metrics: Metrics::default(),
+            metrics: Arc::default(),
             synced: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             self_ref: me.clone(),
@@ -133,7 +133,7 @@ impl Waypoint {
     }
 
     /// Request metrics.
-    pub fn metrics(&self) -> &Metrics {
+    pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 

@@ -1,10 +1,17 @@
 //! Istio's TCP metrics (istio-wire §6) with the full traffic label set for both
-//! reporters, rendered as OpenMetrics text, plus one access-log line per connection.
+//! reporters, exposed through `prometheus-client` (as Istio's ztunnel does)
+//! with `istio_build` and the `process_*` metrics.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabel, EncodeLabelSet, EncodeMetric, LabelSetEncoder,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 
 use crate::state::Workload;
 
@@ -94,29 +101,48 @@ impl PeerLabels {
         }
     }
 
-    fn write(&self, prefix: &str, out: &mut String) {
-        for (k, v) in [
-            ("workload", &self.workload),
-            ("canonical_service", &self.canonical_service),
-            ("canonical_revision", &self.canonical_revision),
-            ("workload_namespace", &self.workload_namespace),
-            ("principal", &self.principal),
-            ("app", &self.app),
-            ("version", &self.version),
-            ("cluster", &self.cluster),
-        ] {
-            label(out, &format!("{prefix}_{k}"), v);
-        }
+    /// The eight values, in the order of [`SOURCE_KEYS`] / [`DESTINATION_KEYS`].
+    fn values(&self) -> [&str; 8] {
+        [
+            &self.workload,
+            &self.canonical_service,
+            &self.canonical_revision,
+            &self.workload_namespace,
+            &self.principal,
+            &self.app,
+            &self.version,
+            &self.cluster,
+        ]
     }
 }
 
-fn label(out: &mut String, k: &str, v: &str) {
-    let v = if v.is_empty() { "unknown" } else { v };
-    let escaped = v
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n");
-    let _ = write!(out, "{k}=\"{escaped}\",");
+/// The source peer's label names, in Istio's order.
+const SOURCE_KEYS: [&str; 8] = [
+    "source_workload",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_cluster",
+];
+
+/// The destination peer's label names, in Istio's order.
+const DESTINATION_KEYS: [&str; 8] = [
+    "destination_workload",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_cluster",
+];
+
+/// Istio writes an unknown value as `unknown`, never as empty.
+fn or_unknown(v: &str) -> &str {
+    if v.is_empty() { "unknown" } else { v }
 }
 
 impl TrafficLabels {
@@ -134,32 +160,37 @@ impl TrafficLabels {
         self.destination_service_namespace = ns;
         self
     }
+}
 
-    fn render(&self) -> String {
-        let mut out = String::new();
-        label(&mut out, "reporter", self.reporter);
-        self.source.write("source", &mut out);
-        label(&mut out, "destination_service", &self.destination_service);
-        label(
-            &mut out,
-            "destination_service_namespace",
-            &self.destination_service_namespace,
-        );
-        label(
-            &mut out,
-            "destination_service_name",
-            &self.destination_service_name,
-        );
-        self.destination.write("destination", &mut out);
-        label(&mut out, "request_protocol", self.request_protocol);
-        label(&mut out, "response_flags", self.response_flags);
-        label(
-            &mut out,
-            "connection_security_policy",
-            self.connection_security_policy,
-        );
-        out.pop();
-        out
+impl EncodeLabelSet for TrafficLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let pairs = [("reporter", self.reporter)]
+            .into_iter()
+            .chain(SOURCE_KEYS.into_iter().zip(self.source.values()))
+            .chain([
+                ("destination_service", self.destination_service.as_str()),
+                (
+                    "destination_service_namespace",
+                    self.destination_service_namespace.as_str(),
+                ),
+                (
+                    "destination_service_name",
+                    self.destination_service_name.as_str(),
+                ),
+            ])
+            .chain(DESTINATION_KEYS.into_iter().zip(self.destination.values()))
+            .chain([
+                ("request_protocol", self.request_protocol),
+                ("response_flags", self.response_flags),
+                (
+                    "connection_security_policy",
+                    self.connection_security_policy,
+                ),
+            ]);
+        for (k, v) in pairs {
+            (k, or_unknown(v)).encode(encoder.encode_label())?;
+        }
+        Ok(())
     }
 }
 
@@ -200,8 +231,38 @@ fn read(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }
 
-/// A counter family: name, help text, and which counter it reads.
+/// A counter family: name (without `_total`), help text, and which
+/// counter it reads.
 type Family = (&'static str, &'static str, fn(&Series) -> u64);
+
+/// Istio's TCP families, in its order.
+const TCP_FAMILIES: [Family; 5] = [
+    (
+        "istio_tcp_connections_opened",
+        "The total number of TCP connections opened.",
+        |c| read(&c.opened),
+    ),
+    (
+        "istio_tcp_connections_closed",
+        "The total number of TCP connections closed.",
+        |c| read(&c.closed),
+    ),
+    (
+        "istio_tcp_connections_failed",
+        "The total number of TCP connections that failed.",
+        |c| read(&c.failed),
+    ),
+    (
+        "istio_tcp_received_bytes",
+        "The size of total bytes received during request in case of a TCP connection.",
+        |c| read(&c.received),
+    ),
+    (
+        "istio_tcp_sent_bytes",
+        "The size of total bytes sent during response in case of a TCP connection.",
+        |c| read(&c.sent),
+    ),
+];
 
 /// The metric families ztunnel exports.
 #[derive(Debug, Default)]
@@ -272,52 +333,89 @@ impl Metrics {
             .collect()
     }
 
-    /// OpenMetrics text exposition.
-    pub fn render(&self) -> String {
+    /// OpenMetrics text: these families plus `istio_build` and the
+    /// `process_*` metrics.
+    pub fn render(self: &Arc<Self>) -> String {
+        let mut registry = ambit_telemetry::registry("ztunnel");
+        registry.register_collector(Box::new(self.clone()));
+        ambit_telemetry::render(&registry)
+    }
+}
+
+/// Encoded at scrape time from the series map: no per-family copies of the
+/// label sets are kept.
+impl Collector for Metrics {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let t = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = String::new();
-        let families: [Family; 5] = [
-            (
-                "istio_tcp_connections_opened",
-                "The total number of TCP connections opened.",
-                |c| read(&c.opened),
-            ),
-            (
-                "istio_tcp_connections_closed",
-                "The total number of TCP connections closed.",
-                |c| read(&c.closed),
-            ),
-            (
-                "istio_tcp_connections_failed",
-                "The total number of TCP connections that failed.",
-                |c| read(&c.failed),
-            ),
-            (
-                "istio_tcp_received_bytes",
-                "The size of total bytes received during request in case of a TCP connection.",
-                |c| read(&c.received),
-            ),
-            (
-                "istio_tcp_sent_bytes",
-                "The size of total bytes sent during response in case of a TCP connection.",
-                |c| read(&c.sent),
-            ),
-        ];
-        for (name, help, get) in families {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (l, c) in t.iter() {
-                let _ = writeln!(out, "{name}_total{{{}}} {}", l.render(), get(c));
+        for (name, help, get) in TCP_FAMILIES {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (labels, series) in t.iter() {
+                ConstCounter::new(get(series)).encode(family.encode_family(labels)?)?;
             }
         }
+        drop(t);
         let xds = self.xds_messages.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = writeln!(
-            out,
-            "# HELP istio_xds_message Total number of messages received (unstable).\n# TYPE istio_xds_message counter"
-        );
+        let mut family = encoder.encode_descriptor(
+            "istio_xds_message",
+            "Total number of messages received (unstable).",
+            None,
+            MetricType::Counter,
+        )?;
         for (url, n) in xds.iter() {
-            let _ = writeln!(out, "istio_xds_message_total{{url=\"{url}\"}} {n}");
+            ConstCounter::new(*n).encode(family.encode_family(&[("url", url.as_str())])?)?;
         }
-        out.push_str("# EOF\n");
-        out
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_istio_tcp_families_with_every_label() {
+        let m = Arc::new(Metrics::default());
+        let labels = TrafficLabels {
+            reporter: "destination",
+            source: PeerLabels::unknown(Some("spiffe://cluster.local/ns/a/sa/b".into())),
+            request_protocol: "tcp",
+            response_flags: "-",
+            connection_security_policy: "mutual_tls",
+            ..Default::default()
+        }
+        .with_service(Some("echo.demo.svc.cluster.local"));
+        let s = m.series(&labels);
+        s.opened();
+        s.closed(10, 20);
+        m.xds_message("type.googleapis.com/istio.workload.Address");
+        let text = m.render();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("istio_tcp_connections_opened_total{"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(line.ends_with("} 1"), "{line}");
+        for want in [
+            "reporter=\"destination\"",
+            "source_principal=\"spiffe://cluster.local/ns/a/sa/b\"",
+            "source_workload=\"unknown\"",
+            "destination_service=\"echo.demo.svc.cluster.local\"",
+            "destination_service_name=\"echo\"",
+            "destination_service_namespace=\"demo\"",
+            "connection_security_policy=\"mutual_tls\"",
+        ] {
+            assert!(line.contains(want), "{want} in {line}");
+        }
+        assert_eq!(line.matches('=').count(), 23, "Istio's 23 labels: {line}");
+        assert!(text.contains("istio_tcp_received_bytes_total{"), "{text}");
+        assert!(text.contains("} 10\n"), "{text}");
+        assert!(
+            text.contains(
+                "istio_xds_message_total{url=\"type.googleapis.com/istio.workload.Address\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("istio_build{component=\"ztunnel\""), "{text}");
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }
