@@ -10,8 +10,9 @@ use ambit_hbone::client::TunnelTarget;
 use ambit_hbone::request::ConnectHead;
 use ambit_hbone::server::InboundRequest;
 use ambit_hbone::{
-    DirectHandler, HboneConfig, HboneServer, Pool, SpiffeId, StaticServerTls, WorkloadCertificate,
+    DirectHandler, HboneConfig, HboneServer, Pool, StaticServerTls, WorkloadCertificate,
 };
+use ambit_identity::SpiffeId;
 use anyhow::{Context, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

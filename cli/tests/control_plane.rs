@@ -232,7 +232,8 @@ async fn ca_signs_only_identities_on_the_callers_node() {
     let cluster = LocalCluster::up(resources(&ambient(SHOP)), 2)
         .await
         .expect("up");
-    let echo_id: ambit_hbone::SpiffeId = "spiffe://cluster.local/ns/shop/sa/echo".parse().unwrap();
+    let echo_id: ambit_identity::SpiffeId =
+        "spiffe://cluster.local/ns/shop/sa/echo".parse().unwrap();
     let node1 = cluster.control.for_node(1);
     let node2 = cluster.control.for_node(2);
     let id = echo_id.clone();

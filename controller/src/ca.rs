@@ -10,11 +10,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ambit_api::ca::{IstioCertificateRequest, IstioCertificateResponse, IstioCertificateService};
-use ambit_hbone::SpiffeId;
 use ambit_hbone::bundle::TrustBundle;
 use ambit_hbone::ca::{
     Authority, AuthorityError, CertChain, CertificateSigner, SignError, Validity, csr_uri_sans,
 };
+use ambit_identity::SpiffeId;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};

@@ -10,7 +10,8 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use ambit_api::ca::{IstioCertificateRequest, IstioCertificateServiceClient};
-use ambit_hbone::{SpiffeId, csr};
+use ambit_hbone::csr;
+use ambit_identity::SpiffeId;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 mod common;

@@ -17,8 +17,8 @@ use rcgen::{
 use rustls_pki_types::CertificateDer;
 
 use crate::bundle::{BundleError, TrustBundle};
-use crate::identity::SpiffeId;
 use crate::pem;
+use ambit_identity::SpiffeId;
 
 mod plugged;
 pub use plugged::{PluggedCaError, PluggedCaFiles};

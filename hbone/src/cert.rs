@@ -10,9 +10,9 @@ use rustls_pki_types::CertificateDer;
 use crate::bundle::{BundleError, TrustBundle};
 use crate::ca::{CertificateSigner, SignError, Validity};
 use crate::csr::{self, CsrError};
-use crate::identity::SpiffeId;
 use crate::pem::{self, PemError};
 use crate::tls::provider;
+use ambit_identity::SpiffeId;
 
 /// A certificate a workload presents, with the trust it was issued under.
 #[derive(Clone)]

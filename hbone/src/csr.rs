@@ -4,7 +4,7 @@
 
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType};
 
-use crate::identity::SpiffeId;
+use ambit_identity::SpiffeId;
 
 /// A freshly generated private key with the CSR that asks for a certificate for it.
 pub struct CsrAndKey {

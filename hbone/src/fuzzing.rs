@@ -12,11 +12,11 @@ use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 use crate::config::HboneConfig;
-use crate::identity::SpiffeId;
 use crate::request;
 use crate::server::{
     HboneServer, InboundHandler, InboundRequest, Refusal, ServerStats, ServerTlsSource,
 };
+use ambit_identity::SpiffeId;
 
 struct NoTls;
 

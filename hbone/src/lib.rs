@@ -16,7 +16,6 @@ pub mod config;
 pub mod csr;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
-pub mod identity;
 pub mod keepalive;
 pub mod pem;
 pub mod relay;
@@ -28,5 +27,4 @@ pub mod tls;
 pub use cert::WorkloadCertificate;
 pub use client::{Pool, Tunnel, TunnelTarget};
 pub use config::HboneConfig;
-pub use identity::SpiffeId;
 pub use server::{DirectHandler, HboneServer, InboundHandler, StaticServerTls};

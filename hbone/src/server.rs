@@ -23,11 +23,11 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::cert::WorkloadCertificate;
 use crate::config::HboneConfig;
-use crate::identity::SpiffeId;
 use crate::keepalive;
 use crate::request::{self, ConnectTarget, InboundConnect};
 use crate::stream::H2Stream;
 use crate::tls;
+use ambit_identity::SpiffeId;
 
 /// A CONNECT that passed wire validation, with everything policy may look at.
 #[derive(Clone, Debug)]

@@ -2,8 +2,9 @@
 
 use std::time::{Duration, SystemTime};
 
+use ambit_hbone::WorkloadCertificate;
 use ambit_hbone::ca::{Authority, CertificateSigner, Validity};
-use ambit_hbone::{SpiffeId, WorkloadCertificate};
+use ambit_identity::SpiffeId;
 
 /// `spiffe://cluster.local/ns/<ns>/sa/<sa>`.
 pub fn id(ns: &str, sa: &str) -> SpiffeId {

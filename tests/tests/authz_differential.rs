@@ -25,7 +25,7 @@ use std::time::Duration;
 use ambit_api::k8s::Resources;
 use ambit_api::model::authz::{Authorization, Connection};
 use ambit_e2e::envoy::{self, Envoy};
-use ambit_hbone::SpiffeId;
+use ambit_identity::SpiffeId;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};

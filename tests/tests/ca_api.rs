@@ -5,7 +5,8 @@
 use ambit_api::ca::{IstioCertificateRequest, IstioCertificateResponse};
 use ambit_e2e::pki::{self, id};
 use ambit_hbone::ca::{CertificateSigner, Validity};
-use ambit_hbone::{SpiffeId, WorkloadCertificate, csr};
+use ambit_hbone::{WorkloadCertificate, csr};
+use ambit_identity::SpiffeId;
 use prost::Message;
 use std::time::Duration;
 

@@ -5,10 +5,11 @@
 use std::sync::Arc;
 
 use ambit_e2e::pki::{self, id};
+use ambit_hbone::WorkloadCertificate;
 use ambit_hbone::bundle::TrustBundle;
 use ambit_hbone::ca::{Authority, CertificateSigner};
 use ambit_hbone::tls::{self, CertRejection, HandshakeError, SpiffeServerVerifier};
-use ambit_hbone::{SpiffeId, WorkloadCertificate};
+use ambit_identity::SpiffeId;
 use tokio::net::{TcpListener, TcpStream};
 
 /// What each side of one handshake ended with.

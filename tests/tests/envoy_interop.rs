@@ -9,7 +9,8 @@ use ambit_e2e::pki::{self, id};
 use ambit_hbone::client::TunnelTarget;
 use ambit_hbone::request::ConnectHead;
 use ambit_hbone::server::{InboundRequest, ServerStats};
-use ambit_hbone::{DirectHandler, HboneConfig, Pool, SpiffeId, StaticServerTls};
+use ambit_hbone::{DirectHandler, HboneConfig, Pool, StaticServerTls};
+use ambit_identity::SpiffeId;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 

@@ -11,9 +11,9 @@ use ambit_hbone::client::TunnelTarget;
 use ambit_hbone::request::ConnectHead;
 use ambit_hbone::server::ServerStats;
 use ambit_hbone::{
-    DirectHandler, HboneConfig, HboneServer, Pool, SpiffeId, StaticServerTls, WorkloadCertificate,
-    tls,
+    DirectHandler, HboneConfig, HboneServer, Pool, StaticServerTls, WorkloadCertificate, tls,
 };
+use ambit_identity::SpiffeId;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

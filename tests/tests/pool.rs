@@ -20,8 +20,8 @@ const STREAMS_PER_CONN: usize = 99;
 /// in front of an echo server.
 struct AtoB {
     root: ambit_hbone::ca::Authority,
-    a: ambit_hbone::SpiffeId,
-    b: ambit_hbone::SpiffeId,
+    a: ambit_identity::SpiffeId,
+    b: ambit_identity::SpiffeId,
     cert_a: ambit_hbone::WorkloadCertificate,
     server: Arc<ambit_hbone::server::HboneServer<DirectHandler>>,
     addr: std::net::SocketAddr,

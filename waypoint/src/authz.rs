@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ambit_api::xds::proto::l7 as pb;
-use ambit_hbone::SpiffeId;
+use ambit_identity::SpiffeId;
 
 use compile::{Policy, PolicyAction};
 

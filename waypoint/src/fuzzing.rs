@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_api::xds::proto::l7 as pb;
+use ambit_hbone::HboneConfig;
 use ambit_hbone::WorkloadCertificate;
-use ambit_hbone::{HboneConfig, SpiffeId};
+use ambit_identity::SpiffeId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ztunnel::certs::{CertManager, CertificateProvider, FetchError};
 

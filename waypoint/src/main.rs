@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use ambit_api::k8s::Resources;
 use ambit_api::translate::translate;
+use ambit_hbone::HboneConfig;
 use ambit_hbone::ca::{Authority, CertificateSigner, Validity};
-use ambit_hbone::{HboneConfig, SpiffeId};
+use ambit_identity::SpiffeId;
 use anyhow::{Context, bail};
 use waypoint::normalize::PathNormalization;
 use waypoint::{HttpOptions, Waypoint, WaypointConfig};

@@ -36,7 +36,7 @@ const REPLAY_LIMIT: u64 = 64 * 1024;
 #[derive(Clone, Debug)]
 pub struct ConnInfo {
     /// The client's verified identity (`spiffe://...`), from mTLS.
-    pub peer_identity: Option<ambit_hbone::SpiffeId>,
+    pub peer_identity: Option<ambit_identity::SpiffeId>,
     /// The client app's address (from the CONNECT's `forwarded`).
     pub client: SocketAddr,
     /// The original destination (CONNECT authority: VIP or pod IP : port).

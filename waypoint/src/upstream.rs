@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use ambit_hbone::client::{SocketFactory, TunnelTarget};
 use ambit_hbone::request::ConnectHead;
-use ambit_hbone::{Pool, SpiffeId, WorkloadCertificate};
+use ambit_hbone::{Pool, WorkloadCertificate};
+use ambit_identity::SpiffeId;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::combinators::BoxBody;

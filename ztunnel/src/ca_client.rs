@@ -8,7 +8,8 @@ use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
 use ambit_api::ca::{IstioCertificateRequest, IstioCertificateServiceClient};
-use ambit_hbone::{SpiffeId, WorkloadCertificate, csr};
+use ambit_hbone::{WorkloadCertificate, csr};
+use ambit_identity::SpiffeId;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 

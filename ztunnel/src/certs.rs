@@ -10,10 +10,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
+use ambit_hbone::WorkloadCertificate;
 use ambit_hbone::ca::{CertificateSigner, Validity};
 use ambit_hbone::cert::CertError;
 use ambit_hbone::server::ServerTlsSource;
-use ambit_hbone::{SpiffeId, WorkloadCertificate};
+use ambit_identity::SpiffeId;
 use rustls::ServerConfig;
 use tracing::{info, warn};
 

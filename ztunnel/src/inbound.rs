@@ -5,9 +5,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ambit_hbone::SpiffeId;
 use ambit_hbone::request::ConnectTarget;
 use ambit_hbone::server::{InboundHandler, InboundRequest, Refusal};
+use ambit_identity::SpiffeId;
 use http::StatusCode;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info};

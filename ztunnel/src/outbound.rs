@@ -6,9 +6,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use ambit_hbone::Tunnel;
 use ambit_hbone::client::TunnelTarget;
 use ambit_hbone::request::ConnectHead;
-use ambit_hbone::{SpiffeId, Tunnel};
+use ambit_identity::SpiffeId;
 use rand::seq::SliceRandom;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};

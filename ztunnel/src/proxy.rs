@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use ambit_ebpf::{Capture, CaptureError, CaptureOptions};
-use ambit_hbone::{HboneConfig, HboneServer, Pool, SpiffeId};
+use ambit_hbone::{HboneConfig, HboneServer, Pool};
+use ambit_identity::SpiffeId;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 

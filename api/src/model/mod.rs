@@ -16,7 +16,7 @@ pub use state::{Endpoint, ProxyState};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use ambit_hbone::SpiffeId;
+use ambit_identity::SpiffeId;
 use serde::{Deserialize, Serialize};
 
 /// How a workload receives mesh traffic.
@@ -125,9 +125,9 @@ impl GatewayRef {
 
 impl Workload {
     /// The workload's SPIFFE identity, with Istio's defaults for empty fields.
-    pub fn identity(&self) -> Result<SpiffeId, ambit_hbone::identity::SpiffeIdError> {
+    pub fn identity(&self) -> Result<SpiffeId, ambit_identity::SpiffeIdError> {
         let td = if self.trust_domain.is_empty() {
-            ambit_hbone::identity::DEFAULT_TRUST_DOMAIN
+            ambit_identity::DEFAULT_TRUST_DOMAIN
         } else {
             &self.trust_domain
         };

@@ -4,7 +4,7 @@
 use super::*;
 use crate::model::authz::{Connection, Decision, authorize};
 use crate::model::{Protocol, ProxyState};
-use ambit_hbone::SpiffeId;
+use ambit_identity::SpiffeId;
 
 const YAML: &str = r#"
 apiVersion: v1

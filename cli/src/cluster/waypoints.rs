@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ambit_hbone::{HboneConfig, SpiffeId};
+use ambit_hbone::HboneConfig;
+use ambit_identity::SpiffeId;
 use anyhow::Context;
 use tokio::task::JoinHandle;
 use waypoint::{Waypoint, WaypointConfig, WaypointXds};

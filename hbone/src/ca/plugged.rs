@@ -16,9 +16,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 
 use super::{Authority, AuthorityError, CertificateSigner, Validity};
 use crate::bundle::TrustBundle;
-use crate::identity::SpiffeId;
 use crate::pem;
 use crate::tls::SpiffeClientVerifier;
+use ambit_identity::SpiffeId;
 
 /// The PEM texts of an Istio-style `cacerts` directory.
 #[derive(Clone, Debug)]

@@ -14,9 +14,9 @@ use tracing::{Instrument, debug, info_span, warn};
 use super::{ClientError, TunnelTarget};
 use crate::cert::WorkloadCertificate;
 use crate::config::HboneConfig;
-use crate::identity::SpiffeId;
 use crate::keepalive;
 use crate::tls;
+use ambit_identity::SpiffeId;
 
 /// A live HTTP/2 connection to one peer.
 #[derive(Debug)]

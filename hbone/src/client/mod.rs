@@ -15,9 +15,9 @@ pub use connection::TlsInfo;
 pub use pool::{Pool, PoolKey, PoolStats};
 pub use tunnel::Tunnel;
 
-use crate::identity::SpiffeId;
 use crate::request::ConnectHead;
 use crate::tls::{CertRejection, HandshakeError};
+use ambit_identity::SpiffeId;
 
 /// Creates the (unconnected) TCP socket a pooled connection dials from, e.g.
 /// inside a pod's network namespace with ztunnel's mark. `dst` is the peer.

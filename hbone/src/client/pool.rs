@@ -20,8 +20,8 @@ use super::connection::{PooledConn, StreamSlot};
 use super::{ClientError, Tunnel, TunnelTarget};
 use crate::cert::WorkloadCertificate;
 use crate::config::HboneConfig;
-use crate::identity::SpiffeId;
 use crate::stream::H2Stream;
+use ambit_identity::SpiffeId;
 
 /// What makes two tunnels eligible to share a connection.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

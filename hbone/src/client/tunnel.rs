@@ -9,8 +9,8 @@ use http::HeaderMap;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::connection::{StreamSlot, TlsInfo};
-use crate::identity::SpiffeId;
 use crate::stream::H2Stream;
+use ambit_identity::SpiffeId;
 
 /// One established CONNECT stream. Reading and writing move tunnelled bytes;
 /// dropping it ends the stream and frees its slot on the pooled connection.

@@ -12,7 +12,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
 use super::rejection::CertRejection;
 use crate::cert::{first_spiffe_id, leaf_facts};
-use crate::identity::SpiffeId;
+use ambit_identity::SpiffeId;
 
 /// How long a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -20,7 +20,7 @@ pub use rejection::CertRejection;
 pub use verify::{SpiffeClientVerifier, SpiffeServerVerifier};
 
 use crate::cert::WorkloadCertificate;
-use crate::identity::SpiffeId;
+use ambit_identity::SpiffeId;
 
 /// The ALPN protocol HBONE negotiates.
 pub const ALPN_H2: &[u8] = b"h2";

@@ -11,7 +11,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use super::rejection::CertRejection;
 use crate::bundle::TrustBundle;
 use crate::cert::{first_spiffe_id, leaf_facts};
-use crate::identity::SpiffeId;
+use ambit_identity::SpiffeId;
 
 fn algorithms() -> WebPkiSupportedAlgorithms {
     super::provider().signature_verification_algorithms
