@@ -1,4 +1,4 @@
-//! `istio.v1.auth.IstioCertificateService` (istio-wire §3.3): messages and
+//! `istio.v1.auth.IstioCertificateService` (docs/wire.md §3.3): messages and
 //! gRPC stubs generated from `proto/ca.proto` with the upstream field numbers,
 //! so Istio's ztunnel and Ambit's CA interoperate, plus the metadata helpers.
 

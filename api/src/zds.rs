@@ -1,5 +1,5 @@
 //! ZDS: the enrolment channel between the node agent (the CNI side) and ztunnel,
-//! message for message as Istio defines it (`istio.workload.zds`, istio-wire
+//! message for message as Istio defines it (`istio.workload.zds`, docs/wire.md
 //! appendix A). One protobuf message per SOCK_SEQPACKET packet; an `add` carries
 //! the pod's network-namespace fd with SCM_RIGHTS.
 

@@ -1,5 +1,5 @@
 //! Who is calling: every xDS and CA call carries `authorization: Bearer
-//! <token>` (istio-wire §3.4). A [`NodeAuthenticator`] maps it to the node the
+//! <token>` (docs/wire.md §3.4). A [`NodeAuthenticator`] maps it to the node the
 //! caller runs on; the CA then signs only identities of pods on that node.
 //!
 //! Local mode uses per-node bootstrap tokens minted by the controller (the

@@ -1,5 +1,5 @@
 //! The CA: `istio.v1.auth.IstioCertificateService/CreateCertificate`
-//! (istio-wire §3.3) over the signing core of `ambit-hbone`. As in istiod, a
+//! (docs/wire.md §3.3) over the signing core of `ambit-hbone`. As in istiod, a
 //! node proxy may ask on behalf of the mesh pods the current model places on
 //! its node (shared mode, `ImpersonatedIdentity`); any other caller is issued
 //! its own identity only (dedicated mode). The response is leaf,

@@ -1,4 +1,4 @@
-//! The delta ADS server (istio-wire §4): per connection, per type URL, what
+//! The delta ADS server (docs/wire.md §4): per connection, per type URL, what
 //! the proxy holds (name → version) and what it subscribed to. Each new
 //! snapshot sends only resources whose version differs and removals of what
 //! went away, so one pod change is one resource on the wire. The first

@@ -255,7 +255,7 @@ impl Authority {
 
     /// A TLS server certificate for the control plane itself (xDS + CA on
     /// 15012), with DNS/IP SANs rather than a SPIFFE id: proxies check it
-    /// against the mesh root and the address they dialled (istio-wire §3.4).
+    /// against the mesh root and the address they dialled (docs/wire.md §3.4).
     pub fn issue_server(
         &self,
         names: &[String],

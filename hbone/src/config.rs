@@ -1,4 +1,4 @@
-//! HTTP/2 and pool settings for HBONE, with Istio ztunnel's defaults (istio-wire §2.2, §2.6).
+//! HTTP/2 and pool settings for HBONE, with Istio ztunnel's defaults (docs/wire.md §2.2, §2.6).
 
 use std::time::Duration;
 

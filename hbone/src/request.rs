@@ -1,5 +1,5 @@
 //! The HBONE CONNECT request: built by the client with exactly the pseudo-headers
-//! and headers Istio's ztunnel sends (istio-wire §2.3), and parsed by the server
+//! and headers Istio's ztunnel sends (docs/wire.md §2.3), and parsed by the server
 //! into a target plus the informational headers (§2.4, §2.5).
 //!
 //! Parsing is a pure function of the request head, so it is table-tested and fuzzed
@@ -89,7 +89,7 @@ pub enum RequestError {
 }
 
 impl RequestError {
-    /// The status the server answers with (istio-wire §2.5).
+    /// The status the server answers with (docs/wire.md §2.5).
     pub fn status(&self) -> StatusCode {
         match self {
             RequestError::IllegalPort(_) => StatusCode::SERVICE_UNAVAILABLE,

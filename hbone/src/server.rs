@@ -46,7 +46,7 @@ pub struct InboundRequest {
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("{status}: {reason}")]
 pub struct Refusal {
-    /// 400, 401 or 503 (istio-wire §2.5).
+    /// 400, 401 or 503 (docs/wire.md §2.5).
     pub status: StatusCode,
     /// Logged, never sent.
     pub reason: String,
@@ -113,7 +113,7 @@ where
 pub type PolicyFn = dyn Fn(&InboundRequest) -> Result<(), String> + Send + Sync;
 
 /// Connects to the authority's `IP:port` when that IP is the local address the
-/// tunnel arrived on (istio-wire §2.4), after an optional policy check.
+/// tunnel arrived on (docs/wire.md §2.4), after an optional policy check.
 #[derive(Clone)]
 pub struct DirectHandler {
     connect_timeout: Duration,

@@ -1,4 +1,4 @@
-//! Wire conformance with Istio ztunnel's HBONE (istio-wire §2): reads the raw TLS
+//! Wire conformance with Istio ztunnel's HBONE (docs/wire.md §2): reads the raw TLS
 //! handshake off the TCP connection and the raw HTTP/2 frames inside TLS, and
 //! asserts on settings, pseudo-headers, headers, ALPN, SNI, TLS version, suites,
 //! keepalive PINGs, GOAWAY on drain, and that no root is ever sent.

@@ -1,4 +1,4 @@
-//! ztunnel's HTTP endpoints in the node's namespace (istio-wire §6):
+//! ztunnel's HTTP endpoints in the node's namespace (docs/wire.md §6):
 //! `:15020/metrics` (and `/stats/prometheus`), `:15021/healthz/ready`, and on
 //! localhost `:15000/config_dump` and `:15000/memory` (resident size and heap,
 //! [`crate::memory`]).

@@ -1,4 +1,4 @@
-//! Certificates from the controller's CA (istio-wire §3.3): a P-256 key and
+//! Certificates from the controller's CA (docs/wire.md §3.3): a P-256 key and
 //! CSR made here, `ImpersonatedIdentity` naming the pod's identity (shared
 //! mode), and the answer checked to be for that identity with a root. Calls
 //! run on a small runtime of their own so callers may block on them from

@@ -1,7 +1,7 @@
 //! Certificates for the identities of a node's pods: issued by a
 //! [`CertificateProvider`] (the controller's CA over gRPC, or an in-process
 //! signer), shared by every pod with the same identity, and renewed in the
-//! background at half their life (istio-wire §3.2) so the data path never
+//! background at half their life (docs/wire.md §3.2) so the data path never
 //! waits for the CA. A failed renewal keeps the old certificate until it
 //! expires and is retried on the next tick.
 

@@ -1,4 +1,4 @@
-//! How ztunnel reaches the control plane (istio-wire §3.4): one gRPC channel
+//! How ztunnel reaches the control plane (docs/wire.md §3.4): one gRPC channel
 //! for xDS and the CA, TLS checked against the mesh root and the dialled name,
 //! and on every call `authorization: Bearer <token>` plus `clusterid`.
 //!
@@ -160,7 +160,7 @@ trait ControlIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> ControlIo for T {}
 
-/// The control plane's TLS client settings (istio-wire §3.4: the versions and
+/// The control plane's TLS client settings (docs/wire.md §3.4: the versions and
 /// suites of §2.1, ALPN `h2`, server authentication only): the server's
 /// certificate must chain to a root in `root_pem`.
 fn client_tls(root_pem: &str) -> Result<Arc<rustls::ClientConfig>, String> {

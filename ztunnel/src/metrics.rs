@@ -1,4 +1,4 @@
-//! Istio's TCP metrics (istio-wire §6) with the full traffic label set for both
+//! Istio's TCP metrics (docs/wire.md §6) with the full traffic label set for both
 //! reporters, exposed through `prometheus-client` (as Istio's ztunnel does)
 //! with `istio_build` and the `process_*` metrics.
 

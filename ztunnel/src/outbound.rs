@@ -39,7 +39,7 @@ enum Route {
 }
 
 /// Traffic for a destination with a waypoint goes to the waypoint, carrying
-/// the original destination as the CONNECT authority (istio-wire §2.8).
+/// the original destination as the CONNECT authority (docs/wire.md §2.8).
 fn via_waypoint(
     state: &ProxyState,
     gw: &ambit_api::model::GatewayRef,

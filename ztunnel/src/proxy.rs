@@ -466,7 +466,7 @@ impl Ztunnel {
     }
 
     /// Records that state now comes from xDS: `synced` once every subscribed
-    /// type has been ACKed (readiness waits for it, istio-wire §4.4).
+    /// type has been ACKed (readiness waits for it, docs/wire.md §4.4).
     pub fn set_xds_synced(&self, synced: bool) {
         if let Ok(mut x) = self.xds.lock() {
             *x = Some(synced);

@@ -1,6 +1,6 @@
 //! ztunnel as a process (the `ztunnel` binary, and `ambit ztunnel` in the
 //! local cluster): one node's proxy, configured with Istio ztunnel's
-//! environment variables (istio-wire §3.4, §5.3):
+//! environment variables (docs/wire.md §3.4, §5):
 //!
 //! * state: `XDS_ADDRESS` (workload xDS from the controller), or
 //!   `LOCAL_XDS_PATH` (a local config file; `XDS_ADDRESS` set and empty);
@@ -67,7 +67,7 @@ fn with_scheme(a: String) -> String {
     }
 }
 
-/// Istio's default locations, relative to the working directory (istio-wire §3.4).
+/// Istio's default locations, relative to the working directory (docs/wire.md §3.4).
 const DEFAULT_ROOT: &str = "./var/run/secrets/istio/root-cert.pem";
 const DEFAULT_TOKEN: &str = "./var/run/secrets/tokens/istio-token";
 

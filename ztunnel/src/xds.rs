@@ -1,4 +1,4 @@
-//! ztunnel's workload xDS client (istio-wire §4): one delta ADS stream with
+//! ztunnel's workload xDS client (docs/wire.md §4): one delta ADS stream with
 //! wildcard subscriptions to `Address` and `Authorization`, each response
 //! ACKed or NACKed (`"<name>: <reason>"`; good resources in a NACKed response
 //! still apply), the state rebuilt and swapped in whole after each response.
@@ -105,7 +105,7 @@ impl XdsCache {
     }
 }
 
-/// Who this ztunnel is, for `Node` (istio-wire §4.2).
+/// Who this ztunnel is, for `Node` (docs/wire.md §4.2).
 #[derive(Clone, Debug)]
 pub struct NodeInfo {
     /// Kubernetes node name.

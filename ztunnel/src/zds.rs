@@ -1,4 +1,4 @@
-//! The enrolment channel (Istio's ZDS, istio-wire appendix A): a unix
+//! The enrolment channel (Istio's ZDS, docs/wire.md appendix A): a unix
 //! SOCK_SEQPACKET socket, one protobuf message per packet, the pod's netns fd
 //! attached to `add` with SCM_RIGHTS. ztunnel connects as the client, says
 //! hello, and acks every request; after `snapshot_sent` it releases every pod

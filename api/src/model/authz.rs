@@ -1,6 +1,6 @@
 //! L4 authorization as a pure function: (policies, connection) → decision.
 //!
-//! Semantics follow Istio's ztunnel (istio-wire §4.7): DENY before ALLOW; no
+//! Semantics follow Istio's ztunnel (docs/wire.md §4.7): DENY before ALLOW; no
 //! ALLOW policy means allow; ALLOW policies present and none matching means deny;
 //! dry-run (and AUDIT) policies are only logged. Inside a policy rules are ORed,
 //! a rule's clauses ANDed, a clause's matches ORed; inside a match every field

@@ -1,4 +1,4 @@
-//! Istio ztunnel's local config file (istio-wire §5): `workloads`, `services`,
+//! Istio ztunnel's local config file (docs/wire.md §5): `workloads`, `services`,
 //! `policies`, camelCase keys, unknown keys rejected.
 
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! authorizes by. The local cluster and the controller both translate user
 //! resources into it (see `translate`).
 //!
-//! The shapes follow Istio ztunnel's local config format (istio-wire §5), so the
+//! The shapes follow Istio ztunnel's local config format (docs/wire.md §5), so the
 //! same YAML a user would hand Istio's ztunnel for debugging works here, and the
 //! xDS types map onto them one to one.
 
@@ -87,7 +87,7 @@ pub struct Workload {
     pub waypoint: Option<GatewayRef>,
 }
 
-/// Where a waypoint is (istio-wire `GatewayAddress`): `destination` is
+/// Where a waypoint is (docs/wire.md §4.6 `GatewayAddress`): `destination` is
 /// `namespace/hostname` of the waypoint's Service or `network/IP`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

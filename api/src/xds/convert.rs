@@ -1,5 +1,5 @@
 //! Proxy state ⇄ xDS messages. Encoding never fails; decoding names the field
-//! that is wrong so a NACK can say it (`"<name>: <reason>"`, istio-wire §4.4).
+//! that is wrong so a NACK can say it (`"<name>: <reason>"`, docs/wire.md §4.4).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -153,7 +153,7 @@ pub enum AddressState {
     Service(Service),
 }
 
-/// Decodes an `Address` the way ztunnel validates it (istio-wire §4.6).
+/// Decodes an `Address` the way ztunnel validates it (docs/wire.md §4.6).
 pub fn address_from_proto(a: &pb::Address) -> Result<AddressState, DecodeError> {
     match &a.r#type {
         None => Err(bad("type", "empty Address (neither workload nor service)")),
@@ -317,7 +317,7 @@ fn cidr_to_proto(c: &Cidr) -> pb_sec::Address {
     }
 }
 
-/// Istio drops addresses that do not parse, silently (istio-wire §4.7).
+/// Istio drops addresses that do not parse, silently (docs/wire.md §4.7).
 fn cidr_from_proto(a: &pb_sec::Address) -> Option<Cidr> {
     let ip = ip_from_bytes(&a.address, "address").ok()?;
     Cidr::new(ip, u8::try_from(a.length).ok()?)
@@ -418,7 +418,7 @@ pub fn authorization_to_proto(p: &Authorization) -> pb_sec::Authorization {
     }
 }
 
-/// Decodes a policy; unknown enum values reject it (istio-wire §4.6).
+/// Decodes a policy; unknown enum values reject it (docs/wire.md §4.6).
 pub fn authorization_from_proto(p: &pb_sec::Authorization) -> Result<Authorization, DecodeError> {
     let scope = match pb_sec::Scope::try_from(p.scope) {
         Ok(pb_sec::Scope::Global) => PolicyScope::Global,

@@ -1,6 +1,6 @@
 //! The HBONE connection pool.
 //!
-//! Keyed as Istio's ztunnel keys it (istio-wire §2.6): source identity, the
+//! Keyed as Istio's ztunnel keys it (docs/wire.md §2.6): source identity, the
 //! ordered list of expected server identities, source IP and destination
 //! address. Connections are never shared across source identities. A connection
 //! takes new streams until one more would reach its stream limit; then a new

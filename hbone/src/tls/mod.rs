@@ -1,4 +1,4 @@
-//! rustls configuration for HBONE, as Istio's ztunnel sets it (istio-wire §2.1):
+//! rustls configuration for HBONE, as Istio's ztunnel sets it (docs/wire.md §2.1):
 //! TLS 1.3 only, AES-GCM suites only, ALPN `h2`, no SNI, no session resumption,
 //! client certificate required, SPIFFE SAN checks on both sides.
 
