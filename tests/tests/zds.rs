@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ambit::cluster::agent::NodeAgent;
+use ambit_api::model::{LocalConfig, ProxyState};
 use ambit_api::zds::WorkloadInfo;
 use ambit_e2e::cluster::topology;
 use ambit_e2e::pki;
 use ambit_hbone::HboneConfig;
 use ambit_hbone::ca::CertificateSigner;
-use ztunnel::state::{LocalConfig, ProxyState};
 use ztunnel::{Ztunnel, ZtunnelConfig};
 
 fn info(name: &str) -> WorkloadInfo {

@@ -8,13 +8,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ambit::cluster::client::http_get;
+use ambit_api::model::{LocalConfig, ProxyState};
 use ambit_e2e::cluster::{
     ALPN_H2_EXT, Exchange, LinkCapture, Pod as PodNet, Topology, contains, echo_app, talk, topology,
 };
 use ambit_e2e::pki;
 use ambit_hbone::HboneConfig;
 use ambit_hbone::ca::CertificateSigner;
-use ztunnel::state::{LocalConfig, ProxyState};
 use ztunnel::{Ztunnel, ZtunnelConfig};
 
 fn marker() -> Vec<u8> {

@@ -14,10 +14,10 @@ use tracing::{debug, info};
 
 use crate::metrics::{PeerLabels, Series, TrafficLabels};
 use crate::proxy::{Pod, Shared};
-use crate::rbac::{self, Connection};
 use crate::revoke::Admission;
 use crate::socket::marked_socket_in;
-use crate::state::ProxyState;
+use ambit_api::model::ProxyState;
+use ambit_api::model::authz::{self, Connection};
 
 /// The HBONE handler of one pod.
 pub struct PodInbound {
@@ -90,11 +90,11 @@ pub fn admit(state: &ProxyState, uid: &str, conn: &Connection) -> Result<(), Str
 }
 
 /// Authorizes a connection to `dst` on this node.
-fn authorize(state: &ProxyState, conn: &Connection) -> rbac::Decision {
+fn authorize(state: &ProxyState, conn: &Connection) -> authz::Decision {
     match state.workload_by_ip(conn.dst_ip) {
-        Some(w) => rbac::authorize(state.policies_for(w), conn),
+        Some(w) => authz::authorize(state.policies_for(w), conn),
         // Unknown destination: nothing applies to it.
-        None => rbac::Decision::UnknownDestination,
+        None => authz::Decision::UnknownDestination,
     }
 }
 

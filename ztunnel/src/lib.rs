@@ -19,10 +19,4 @@ pub mod standalone;
 pub mod xds;
 pub mod zds;
 
-/// Proxy state (shared with the controller).
-pub use ambit_api::model as state;
-/// L4 authorization: the pure function and its types live in `ambit-api` so the
-/// controller and `ambit analyze` evaluate policies exactly as ztunnel does.
-pub use ambit_api::model::authz as rbac;
-
 pub use proxy::{Ztunnel, ZtunnelConfig, ZtunnelError};

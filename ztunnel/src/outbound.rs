@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 use crate::metrics::{PeerLabels, Series, TrafficLabels};
 use crate::proxy::{Pod, Shared, ports};
 use crate::socket::marked_socket_in;
-use crate::state::{Protocol, ProxyState, Workload};
+use ambit_api::model::{Protocol, ProxyState, Workload};
 
 /// Where an outbound connection goes.
 #[derive(Debug)]

@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::netns::Netns;
 use crate::outbound;
 use crate::socket::listen_in;
-use crate::state::{ProxyState, Workload};
+use ambit_api::model::{ProxyState, Workload};
 
 /// ztunnel's ports inside each pod namespace.
 pub mod ports {
@@ -535,7 +535,7 @@ impl Ztunnel {
         let enrolled = self.enrolled();
         let mut p: Vec<String> = state
             .workloads()
-            .filter(|w| w.node == self.node && w.protocol == crate::state::Protocol::Hbone)
+            .filter(|w| w.node == self.node && w.protocol == ambit_api::model::Protocol::Hbone)
             .filter(|w| !enrolled.contains(&w.uid))
             .map(|w| format!("pod {}/{}", w.namespace, w.name))
             .collect();

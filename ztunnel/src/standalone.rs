@@ -28,8 +28,8 @@ use crate::ca_client::CaClient;
 use crate::certs::{CertificateProvider, LocalSigner};
 use crate::control::ControlPlane;
 use crate::netns::Netns;
-use crate::state::{LocalConfig, ProxyState};
 use crate::{Ztunnel, ZtunnelConfig};
+use ambit_api::model::{LocalConfig, ProxyState};
 
 /// Where the `ztunnel` process pins capture unless `AMBIT_BPF_PIN_DIR` says.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ambit/ztunnel";

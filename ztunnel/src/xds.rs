@@ -25,7 +25,7 @@ use tracing::{info, warn};
 
 use crate::control::ControlPlane;
 use crate::proxy::Ztunnel;
-use crate::state::ProxyState;
+use ambit_api::model::ProxyState;
 
 /// The resources received so far, by `Resource.name`.
 #[derive(Debug, Default)]

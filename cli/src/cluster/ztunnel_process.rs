@@ -201,7 +201,7 @@ pub fn admin_get(netns: &str, port: u16, path: &str) -> Option<(u16, String)> {
 
 /// The workloads, services and policies a ztunnel process holds, from its
 /// `/config_dump` on the node's admin port.
-pub fn config_dump(node_netns: &str) -> Option<ztunnel::state::LocalConfig> {
+pub fn config_dump(node_netns: &str) -> Option<ambit_api::model::LocalConfig> {
     let (status, body) = admin_get(node_netns, 15000, "/config_dump")?;
     if status != 200 {
         return None;
