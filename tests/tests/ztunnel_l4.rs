@@ -105,7 +105,7 @@ fn node_netns(t: &Topology, n: u8) -> ztunnel::netns::Netns {
 }
 
 fn uid(ns: &str, name: &str) -> String {
-    format!("Kubernetes//Pod/{ns}/{name}")
+    ambit_api::model::pod_uid(ns, name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,6 +40,14 @@ pub enum HealthStatus {
     Unhealthy,
 }
 
+/// The workload uid of pod `namespace/name`, in Istio's form
+/// (`<cluster>//Pod/<namespace>/<name>`, cluster `Kubernetes`): the xDS
+/// resource name and the key ZDS enrolment uses. One builder, so the
+/// controller, the local cluster and policy binding never disagree.
+pub fn pod_uid(namespace: &str, name: &str) -> String {
+    format!("Kubernetes//Pod/{namespace}/{name}")
+}
+
 /// A pod (or other workload).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -331,10 +331,7 @@ fn bind_selector(
         if !sel.iter().all(|(k, v)| labels.get(k) == Some(v)) {
             continue;
         }
-        let uid = format!(
-            "Kubernetes//Pod/{pod_ns}/{}",
-            pod.metadata.name.as_deref().unwrap_or_default()
-        );
+        let uid = crate::model::pod_uid(pod_ns, pod.metadata.name.as_deref().unwrap_or_default());
         if let Some(w) = out.config.workloads.iter_mut().find(|w| w.uid == uid) {
             w.authorization_policies.push(key.to_string());
         }

@@ -260,7 +260,7 @@ pub(super) fn translate_pods(res: &Resources, waypoints: &Waypoints, out: &mut T
                     .unwrap_or(name.clone())
             });
         out.config.workloads.push(Workload {
-            uid: format!("Kubernetes//Pod/{ns}/{name}"),
+            uid: crate::model::pod_uid(&ns, &name),
             name: name.clone(),
             namespace: ns.clone(),
             workload_ips: vec![ip],

@@ -349,7 +349,7 @@ impl LocalCluster {
                 node,
                 ip,
                 netns,
-                uid: format!("Kubernetes//Pod/{ns}/{name}"),
+                uid: ambit_api::model::pod_uid(&ns, &name),
             },
         );
         self.resources.pods.push((source, pod));
