@@ -62,6 +62,19 @@ impl Refusal {
     }
 }
 
+/// The `IP:port` a CONNECT names. A `host:port` target needs a service
+/// registry to resolve; where there is none it is 503, as Istio's ztunnel
+/// answers a hostname it has no Service for (docs/wire.md §2.5).
+pub fn address_target(target: &ConnectTarget) -> Result<std::net::SocketAddr, Refusal> {
+    match target {
+        ConnectTarget::Addr(a) => Ok(*a),
+        ConnectTarget::Host { host, port } => Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("hostname target {host}:{port}: no service registry here to resolve it"),
+        )),
+    }
+}
+
 /// Decides what a validated CONNECT connects to, and carries it.
 pub trait InboundHandler: Send + Sync + 'static {
     /// What `open` hands to `relay`: usually the upstream byte stream; for a
@@ -156,15 +169,7 @@ impl InboundHandler for DirectHandler {
     }
 
     async fn open(&self, req: InboundRequest) -> Result<TcpStream, Refusal> {
-        let addr = match req.connect.target {
-            ConnectTarget::Addr(a) => a,
-            ConnectTarget::Host { ref host, .. } => {
-                return Err(Refusal::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("no service registry to resolve {host}"),
-                ));
-            }
-        };
+        let addr = address_target(&req.connect.target)?;
         if addr.ip() != req.local_addr.ip() {
             return Err(Refusal::new(
                 StatusCode::BAD_REQUEST,

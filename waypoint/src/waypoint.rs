@@ -523,15 +523,7 @@ impl InboundHandler for WaypointHandler {
     type Upstream = ConnInfo;
 
     async fn open(&self, req: InboundRequest) -> Result<ConnInfo, Refusal> {
-        let dst = match req.connect.target {
-            ambit_hbone::request::ConnectTarget::Addr(a) => a,
-            ambit_hbone::request::ConnectTarget::Host { ref host, .. } => {
-                return Err(Refusal::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("hostname authority {host} is not supported by the waypoint"),
-                ));
-            }
-        };
+        let dst = ambit_hbone::server::address_target(&req.connect.target)?;
         if self.waypoint.state().for_destination(dst.ip()).is_none() {
             return Err(Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ambit_hbone::request::ConnectTarget;
 use ambit_hbone::server::{InboundHandler, InboundRequest, Refusal};
 use ambit_identity::SpiffeId;
 use http::StatusCode;
@@ -140,15 +139,7 @@ impl InboundHandler for PodInbound {
     }
 
     async fn open(&self, req: InboundRequest) -> Result<AppUpstream, Refusal> {
-        let dst = match req.connect.target {
-            ConnectTarget::Addr(a) => a,
-            ConnectTarget::Host { ref host, .. } => {
-                return Err(Refusal::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("hostname target {host} not supported"),
-                ));
-            }
-        };
+        let dst = ambit_hbone::server::address_target(&req.connect.target)?;
         if dst.ip() != self.pod.ip {
             return Err(Refusal::new(
                 StatusCode::BAD_REQUEST,
