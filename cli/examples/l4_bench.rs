@@ -17,9 +17,9 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use ambit::cluster::client::{connect_from, wait_listening};
-use ambit::cluster::{LocalCluster, UpOptions};
 use ambit_api::k8s::Resources;
+use ambit_cluster::client::{connect_from, wait_listening};
+use ambit_cluster::{LocalCluster, UpOptions};
 use anyhow::{Context, bail};
 
 const YAML: &str = r#"

@@ -9,9 +9,9 @@ use std::time::Duration;
 use ambit_api::k8s::Resources;
 use anyhow::{Context, bail};
 
-use crate::cluster::LocalCluster;
-use crate::cluster::capture::{ALPN_H2_EXT, LinkCapture, contains};
-use crate::cluster::client::{http_get, wait_listening};
+use ambit_cluster::LocalCluster;
+use ambit_cluster::capture::{ALPN_H2_EXT, LinkCapture, contains};
+use ambit_cluster::client::{http_get, wait_listening};
 
 /// The demo's resources.
 pub const DEMO_YAML: &str = include_str!("../demo/demo.yaml");

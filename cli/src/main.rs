@@ -5,8 +5,8 @@ mod hbone_demo;
 
 use std::path::PathBuf;
 
-use ambit::cluster::LocalCluster;
 use ambit_api::k8s::Resources;
+use ambit_cluster::LocalCluster;
 use clap::{Parser, Subcommand};
 
 /// Ambit: a sidecarless, ambient-style service mesh.
@@ -142,7 +142,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn up(dir: PathBuf, nodes: u8, ztunnel_processes: bool) -> anyhow::Result<()> {
     let res = Resources::from_dir(&dir)?;
-    let opts = ambit::cluster::UpOptions {
+    let opts = ambit_cluster::UpOptions {
         ztunnel_exe: if ztunnel_processes {
             Some(std::env::current_exe()?)
         } else {

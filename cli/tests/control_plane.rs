@@ -7,10 +7,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use ambit::cluster::LocalCluster;
-use ambit::cluster::capture::{ALPN_H2_EXT, LinkCapture, contains};
-use ambit::cluster::client::{http_get, wait_listening};
 use ambit_api::k8s::Resources;
+use ambit_cluster::LocalCluster;
+use ambit_cluster::capture::{ALPN_H2_EXT, LinkCapture, contains};
+use ambit_cluster::client::{http_get, wait_listening};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Generous bound for "takes effect within a second" on a loaded CI machine.

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use ambit::cluster::LocalCluster;
-use ambit::cluster::client::wait_listening;
 use ambit_api::k8s::Resources;
+use ambit_cluster::LocalCluster;
+use ambit_cluster::client::wait_listening;
 use ambit_hbone::ca::Validity;
 use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -10,11 +10,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use ambit::cluster::capture::LinkCapture;
-use ambit::cluster::client::{connect_from, wait_listening};
-use ambit::cluster::ztunnel_process::wait_ready;
-use ambit::cluster::{LocalCluster, UpOptions};
 use ambit_api::k8s::Resources;
+use ambit_cluster::capture::LinkCapture;
+use ambit_cluster::client::{connect_from, wait_listening};
+use ambit_cluster::ztunnel_process::wait_ready;
+use ambit_cluster::{LocalCluster, UpOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
@@ -119,7 +119,7 @@ async fn drain_keeps_open_connections_and_refuses_new_ones() {
     );
     let seen = capture.finish();
     assert!(
-        !ambit::cluster::capture::contains(&seen, b"secret-after-drain"),
+        !ambit_cluster::capture::contains(&seen, b"secret-after-drain"),
         "no clear text left the node"
     );
     eprintln!("drain finished {took:?} after SIGTERM-equivalent, 0 connections left");
@@ -174,7 +174,7 @@ async fn echoes(netns: &str, to: SocketAddr, marker: &[u8]) -> bool {
             Ok(Ok(0)) | Ok(Err(_)) => return false,
             Ok(Ok(n)) => {
                 got.extend_from_slice(&buf[..n]);
-                if ambit::cluster::capture::contains(&got, marker) {
+                if ambit_cluster::capture::contains(&got, marker) {
                     return true;
                 }
             }
@@ -227,7 +227,7 @@ async fn sigkill_fails_closed_and_a_restart_picks_up_the_pinned_capture() {
     assert!(echoes(&front.netns, to_echo, b"mesh-before-kill\n").await);
     assert!(echoes(&out, to_front, b"plain-before-kill\n").await);
     assert!(
-        !ambit::cluster::capture::contains(&wire.finish(), b"mesh-before-kill"),
+        !ambit_cluster::capture::contains(&wire.finish(), b"mesh-before-kill"),
         "mesh traffic is encrypted on node1's link"
     );
 
@@ -251,7 +251,7 @@ async fn sigkill_fails_closed_and_a_restart_picks_up_the_pinned_capture() {
     let seen = wire.finish();
     for secret in [&b"secret-out-while-killed"[..], b"secret-in-while-killed"] {
         assert!(
-            !ambit::cluster::capture::contains(&seen, secret),
+            !ambit_cluster::capture::contains(&seen, secret),
             "no clear text crossed node1's link while ztunnel was dead"
         );
     }

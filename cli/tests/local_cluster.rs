@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use ambit::cluster::LocalCluster;
 use ambit_api::k8s::Resources;
+use ambit_cluster::LocalCluster;
 
 mod common;
 use common::require_root;
@@ -111,7 +111,7 @@ fn a_failing_test_leaves_no_namespaces_cgroups_or_programs() {
     let left = leftovers(child_pid);
     assert!(left.is_empty(), "left behind: {left:?}");
     // And nothing under any ambit prefix whose process is dead.
-    let dead = ambit::cluster::net::stale_namespaces("ambit-");
+    let dead = ambit_cluster::net::stale_namespaces("ambit-");
     assert!(dead.is_empty(), "namespaces of dead runs: {dead:?}");
 }
 
@@ -135,8 +135,8 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relabelling_a_namespace_enrols_and_releases_running_pods() {
-    use ambit::cluster::capture::{ALPN_H2_EXT, LinkCapture, contains};
-    use ambit::cluster::client::{http_get, wait_listening};
+    use ambit_cluster::capture::{ALPN_H2_EXT, LinkCapture, contains};
+    use ambit_cluster::client::{http_get, wait_listening};
 
     require_root();
     let mut res = Resources::default();

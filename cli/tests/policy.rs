@@ -6,9 +6,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ambit::cluster::LocalCluster;
-use ambit::cluster::client::{connect_from, wait_listening};
 use ambit_api::k8s::Resources;
+use ambit_cluster::LocalCluster;
+use ambit_cluster::client::{connect_from, wait_listening};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;

@@ -9,9 +9,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ambit::cluster::LocalCluster;
-use ambit::cluster::client::wait_listening;
 use ambit_api::k8s::Resources;
+use ambit_cluster::LocalCluster;
+use ambit_cluster::client::wait_listening;
 
 mod common;
 use common::{exchange, require_root, set_ambit_bin};

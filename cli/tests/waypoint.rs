@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ambit::cluster::LocalCluster;
-use ambit::cluster::client::{connect_from, wait_listening};
 use ambit_api::k8s::Resources;
+use ambit_cluster::LocalCluster;
+use ambit_cluster::client::{connect_from, wait_listening};
 use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -919,7 +919,7 @@ async fn a_service_account_waypoint_cannot_be_skipped() {
     let r = request(&client, vip, "GET", "/private/x", &[]).await;
     assert_eq!(r.status, 403, "VIP traffic too: {r:?}");
     // A pod outside the mesh cannot go around the waypoint.
-    let around = ambit::cluster::client::http_get(&outsider, pod_ip, "/private/x").await;
+    let around = ambit_cluster::client::http_get(&outsider, pod_ip, "/private/x").await;
     assert!(
         matches!(around, Ok(None) | Err(_)),
         "plaintext to a pod behind a waypoint is refused: {around:?}"

@@ -1,5 +1,5 @@
 //! In-process apps for ztunnel tests on the local cluster's network
-//! (`ambit::cluster::topology`): an echo server inside a pod's namespace and a
+//! (`ambit_cluster::topology`): an echo server inside a pod's namespace and a
 //! client that connects from inside another, as their apps would.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-pub use ambit::cluster::capture::{ALPN_H2_EXT, LinkCapture, contains};
-pub use ambit::cluster::topology::{PodNet as Pod, Topology};
+pub use ambit_cluster::capture::{ALPN_H2_EXT, LinkCapture, contains};
+pub use ambit_cluster::topology::{PodNet as Pod, Topology};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A topology of `nodes` nodes with a name prefix unique to this test process.
 pub fn topology(tag: &str, nodes: u8) -> Topology {
     crate::netns::require_root();
-    ambit::cluster::net::sweep_stale("ambit-t");
+    ambit_cluster::net::sweep_stale("ambit-t");
     Topology::new(&format!("ambit-t{}-{tag}", std::process::id()), nodes).expect("topology")
 }
 

@@ -76,7 +76,7 @@ impl TestNetns {
 /// before their drops ran.
 pub fn sweep_stale() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| ambit::cluster::net::sweep_stale("ambit-t"));
+    ONCE.call_once(|| ambit_cluster::net::sweep_stale("ambit-t"));
 }
 
 impl Drop for TestNetns {

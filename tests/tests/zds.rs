@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ambit::cluster::agent::NodeAgent;
 use ambit_api::model::{LocalConfig, ProxyState};
 use ambit_api::zds::WorkloadInfo;
+use ambit_cluster::agent::NodeAgent;
 use ambit_e2e::cluster::topology;
 use ambit_e2e::pki;
 use ambit_hbone::HboneConfig;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use ambit::cluster::client::http_get;
 use ambit_api::model::{LocalConfig, ProxyState};
+use ambit_cluster::client::http_get;
 use ambit_e2e::cluster::{
     ALPN_H2_EXT, Exchange, LinkCapture, Pod as PodNet, Topology, contains, echo_app, talk, topology,
 };
@@ -602,7 +602,7 @@ async fn a_policy_push_closes_open_connections_it_now_denies() {
     echo_app(pod(&cluster, "b"), 8080).await;
 
     let a_ns = pod(&cluster, "a").ns.name().to_string();
-    let mut conn = ambit::cluster::client::connect_from(&a_ns, SocketAddr::from((ip_b, 8080)))
+    let mut conn = ambit_cluster::client::connect_from(&a_ns, SocketAddr::from((ip_b, 8080)))
         .await
         .expect("connect");
     conn.write_all(b"first\n").await.expect("write");
@@ -634,7 +634,7 @@ async fn a_policy_push_closes_open_connections_it_now_denies() {
     // destination's re-check is what keeps an old outbound connection from
     // outliving the policy it no longer passes.)
     z2.update_state(state(&pods, ""));
-    let mut conn = ambit::cluster::client::connect_from(&a_ns, SocketAddr::from((ip_b, 8080)))
+    let mut conn = ambit_cluster::client::connect_from(&a_ns, SocketAddr::from((ip_b, 8080)))
         .await
         .expect("connect");
     conn.write_all(b"direct\n").await.expect("write");

@@ -27,7 +27,7 @@ pub fn set_ambit_bin() {
 /// greeting line and its own bytes back.
 #[allow(dead_code)] // not every test binary uses it
 pub async fn open_echo(netns: &str, to: std::net::SocketAddr) -> tokio::net::TcpStream {
-    let mut conn = ambit::cluster::client::connect_from(netns, to)
+    let mut conn = ambit_cluster::client::connect_from(netns, to)
         .await
         .expect("connect");
     conn.write_all(b"hello\n").await.expect("hello");
@@ -54,7 +54,7 @@ pub async fn open_echo(netns: &str, to: std::net::SocketAddr) -> tokio::net::Tcp
 /// 5 s: `""` when refused without an answer.
 #[allow(dead_code)] // not every test binary uses it
 pub async fn exchange(netns: &str, to: std::net::SocketAddr, bytes: &[u8]) -> String {
-    let Ok(mut s) = ambit::cluster::client::connect_from(netns, to).await else {
+    let Ok(mut s) = ambit_cluster::client::connect_from(netns, to).await else {
         return String::new();
     };
     if !bytes.is_empty() && s.write_all(bytes).await.is_err() {
