@@ -39,6 +39,10 @@ impl std::fmt::Debug for ControllerCollector {
     }
 }
 
+/// The label set of a series that has none.
+const NO_LABELS: [(&str, &str); 0] = [];
+
+/// One gauge family; each series has at most one label.
 fn gauge(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
@@ -49,7 +53,7 @@ fn gauge(
     for (label, v) in series {
         match label {
             Some(l) => ConstGauge::new(*v).encode(family.encode_family(&[*l])?)?,
-            None => ConstGauge::new(*v).encode(family.encode_family(&[("", ""); 0])?)?,
+            None => ConstGauge::new(*v).encode(family.encode_family(&NO_LABELS)?)?,
         }
     }
     Ok(())
