@@ -127,7 +127,6 @@ pub fn serve_bytes(data: &[u8], normalization: PathNormalization) -> Vec<u8> {
             client: SocketAddr::from(([10, 0, 0, 2], 40000)),
             dst: SocketAddr::from(([10, 96, 0, 1], 80)),
             source: Default::default(),
-            source_labels: Default::default(),
         };
         let serve = waypoint.clone().serve_connection(server, info);
         // Our write side stays open (a half-close would end an HTTP/1

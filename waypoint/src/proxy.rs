@@ -43,8 +43,6 @@ pub struct ConnInfo {
     pub dst: SocketAddr,
     /// The client's telemetry labels.
     pub source: Peer,
-    /// The client's labels as `sourceLabels` see them.
-    pub source_labels: BTreeMap<String, String>,
 }
 
 /// An answer the waypoint makes itself.
@@ -403,7 +401,6 @@ impl Waypoint {
             authority: authority_of(&req),
             headers: header_map(req.headers()),
             query: query_map(req.uri().query()),
-            source_labels: conn.source_labels.clone(),
             source_namespace: conn.source.namespace.clone(),
             port: u32::from(conn.dst.port()),
         };

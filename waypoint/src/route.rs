@@ -23,8 +23,6 @@ pub struct RequestFacts {
     pub headers: BTreeMap<String, String>,
     /// Query parameters.
     pub query: BTreeMap<String, String>,
-    /// The calling pod's labels.
-    pub source_labels: BTreeMap<String, String>,
     /// The calling workload's namespace (from its authenticated identity).
     pub source_namespace: String,
     /// The service port the request was sent to.
@@ -41,7 +39,9 @@ struct CompiledMatch {
     authority: Option<Matcher>,
     headers: Vec<(String, Matcher)>,
     query: Vec<(String, Matcher)>,
-    source_labels: BTreeMap<String, String>,
+    /// A `sourceLabels` match: a waypoint does not know its clients'
+    /// labels, so (as Istio's waypoint drops it) this match never holds.
+    never: bool,
     source_namespace: String,
     port: u32,
     /// `withoutHeaders`: holds when the header is absent or (with a
@@ -96,7 +96,7 @@ impl CompiledMatch {
             authority: opt(&m.authority)?,
             headers: map(&m.headers)?,
             query: map(&m.query_params)?,
-            source_labels: m.source_labels.clone().into_iter().collect(),
+            never: !m.source_labels.is_empty(),
             source_namespace: m.source_namespace.clone(),
             port: m.port,
             without_headers,
@@ -110,7 +110,8 @@ impl CompiledMatch {
         } else {
             one(&self.uri, &r.path)
         };
-        uri_ok
+        !self.never
+            && uri_ok
             && one(&self.method, &r.method)
             && one(&self.authority, &r.authority)
             && self
@@ -121,10 +122,6 @@ impl CompiledMatch {
                 .query
                 .iter()
                 .all(|(k, m)| r.query.get(k).is_some_and(|v| m.matches(v)))
-            && self
-                .source_labels
-                .iter()
-                .all(|(k, v)| r.source_labels.get(k) == Some(v))
             && (self.source_namespace.is_empty() || self.source_namespace == r.source_namespace)
             && (self.port == 0 || self.port == r.port)
             && self
@@ -413,6 +410,35 @@ mod tests {
                 "{method} {path} {user:?} r={random}"
             );
         }
+    }
+
+    /// A `sourceLabels` match never holds in a waypoint (Istio drops it):
+    /// the request falls through to the next route.
+    #[test]
+    fn source_label_matches_never_hold() {
+        let labelled = pb::HttpMatch {
+            source_labels: [("app".to_string(), "web".to_string())].into(),
+            ..Default::default()
+        };
+        let r = Router::new(pb::L7Service {
+            http: vec![
+                pb::HttpRoute {
+                    matches: vec![labelled],
+                    route: vec![dest("v2", 100)],
+                    ..Default::default()
+                },
+                pb::HttpRoute {
+                    route: vec![dest("v1", 100)],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            subset(&r.route(&facts(None, "GET", "/"), 0)),
+            (1, "v1".into())
+        );
     }
 
     #[test]

@@ -324,17 +324,11 @@ impl Waypoint {
             app: w.map(|w| w.canonical_name.clone()).unwrap_or_default(),
             version: w.map(|w| w.canonical_revision.clone()).unwrap_or_default(),
         };
-        let mut source_labels = std::collections::BTreeMap::new();
-        if let Some(w) = w {
-            source_labels.insert("app".to_string(), w.canonical_name.clone());
-            source_labels.insert("version".to_string(), w.canonical_revision.clone());
-        }
         ConnInfo {
             peer_identity: peer,
             client,
             dst,
             source,
-            source_labels,
         }
     }
 
