@@ -13,7 +13,7 @@ use ambit_hbone::HboneConfig;
 use ambit_identity::SpiffeId;
 use anyhow::Context;
 use tokio::task::JoinHandle;
-use waypoint::{Waypoint, WaypointConfig, WaypointXds};
+use waypoint::{Waypoint, WaypointConfig};
 use ztunnel::ca_client::CaClient;
 use ztunnel::certs::CertManager;
 use ztunnel::control::ControlPlane;
@@ -66,27 +66,20 @@ impl RunningWaypoint {
             options: Default::default(),
         });
         let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
-        let hbone = listen_in(&netns, any(15008)).context("waypoint 15008")?;
-        let mut tasks = vec![tokio::spawn(waypoint.hbone_server().serve(hbone))];
-        for port in [
-            waypoint::admin::READINESS,
-            waypoint::admin::METRICS,
-            waypoint::admin::ADMIN,
-        ] {
-            let l = listen_in(&netns, any(port)).with_context(|| format!("waypoint {port}"))?;
-            tasks.push(tokio::spawn(waypoint::admin::serve(waypoint.clone(), l)));
-        }
+        let bind = |port| listen_in(&netns, any(port)).with_context(|| format!("waypoint {port}"));
+        let listeners = waypoint::mesh::Listeners {
+            hbone: bind(15008)?,
+            readiness: bind(waypoint::admin::READINESS)?,
+            metrics: bind(waypoint::admin::METRICS)?,
+            admin: bind(waypoint::admin::ADMIN)?,
+        };
         let info = ztunnel::xds::NodeInfo {
             node_name: format!("node{}", pod.node),
             pod_name: pod.key.rsplit('/').next().unwrap_or_default().to_string(),
             pod_namespace: namespace.to_string(),
             instance_ip: pod.ip.to_string(),
         };
-        let w = waypoint.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut consumer = WaypointXds::new(w);
-            ztunnel::xds::run_client(&mut consumer, &cp, &info).await
-        }));
+        let tasks = waypoint::mesh::start(&waypoint, listeners, cp, info);
         Ok(RunningWaypoint { waypoint, tasks })
     }
 }

@@ -28,6 +28,7 @@ pub mod fuzzing;
 pub mod jwks_fetch;
 pub mod jwt;
 pub mod matcher;
+pub mod mesh;
 pub mod metrics;
 pub mod normalize;
 pub mod outlier;

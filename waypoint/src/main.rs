@@ -1,8 +1,16 @@
-//! `waypoint`: runs the L7 proxy from a directory of Istio YAML with a
-//! plaintext HTTP listener, as if every connection had been tunnelled to one
-//! Service destination. For debugging rules and for benchmarks against
-//! other proxies; in the mesh the waypoint runs from the controller's xDS
-//! (the local cluster runs it that way).
+//! `waypoint`: the L7 proxy.
+//!
+//! * `waypoint mesh`: production. Istio's environment says where the control
+//!   plane is (`XDS_ADDRESS`, `CA_ADDRESS`, `XDS_ROOT_CA`, `AUTH_TOKEN`,
+//!   `CLUSTER_ID`) and who this waypoint is (`POD_NAMESPACE`, `GATEWAY_NAME`
+//!   or `SERVICE_ACCOUNT`, `TRUST_DOMAIN`, `POD_NAME`, `INSTANCE_IP`,
+//!   `NODE_NAME`). It serves HBONE on 15008 and admin/metrics/readiness on
+//!   15000/15020/15021, takes its config over delta ADS and its certificate
+//!   from the CA for its own identity (dedicated mode), through the same
+//!   `waypoint::mesh` entry point the local cluster uses.
+//! * `waypoint --config-dir DIR ...`: a directory of Istio YAML on a
+//!   plaintext HTTP listener, as if every connection had been tunnelled to
+//!   one Service destination; for debugging rules and for benchmarks.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,8 +31,24 @@ use ztunnel::certs::{CertManager, LocalSigner};
 #[derive(clap::Parser, Debug)]
 #[command(
     name = "waypoint",
-    about = "Runs the L7 proxy from a directory of Istio YAML on a plaintext listener"
+    about = "The Ambit L7 proxy",
+    args_conflicts_with_subcommands = true
 )]
+struct Cli {
+    #[command(subcommand)]
+    mode: Option<Mode>,
+    #[command(flatten)]
+    local: Option<Args>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Mode {
+    /// Run in the mesh, configured by the control plane (Istio's environment).
+    Mesh,
+}
+
+/// The local mode's arguments.
+#[derive(clap::Args, Debug)]
 struct Args {
     /// Directory of Kubernetes/Istio YAML (its ConfigMap istio-system/istio
     /// is the mesh config).
@@ -53,11 +77,91 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    let args = <Args as clap::Parser>::parse();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(run(args))
+    let cli = <Cli as clap::Parser>::parse();
+    match (cli.mode, cli.local) {
+        (Some(Mode::Mesh), _) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(mesh()),
+        (None, Some(args)) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(run(args)),
+        (None, None) => {
+            bail!("give `mesh`, or --config-dir DIR --gateway NS/NAME --listen ... (see --help)")
+        }
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Production mode: see the module docs.
+async fn mesh() -> anyhow::Result<()> {
+    use ztunnel::ca_client::{CaClient, CaMode};
+    let xds_address = env("XDS_ADDRESS").unwrap_or_else(|| {
+        if env("KUBERNETES_SERVICE_HOST").is_some() {
+            "https://istiod.istio-system.svc:15012".into()
+        } else {
+            "https://localhost:15012".into()
+        }
+    });
+    let namespace = env("POD_NAMESPACE").context("POD_NAMESPACE is required")?;
+    let gateway = env("GATEWAY_NAME")
+        .or_else(|| env("SERVICE_ACCOUNT"))
+        .context("GATEWAY_NAME (or SERVICE_ACCOUNT) is required: the waypoint's Gateway")?;
+    let trust_domain = env("TRUST_DOMAIN").unwrap_or_else(|| "cluster.local".into());
+    let identity = SpiffeId::new(&trust_domain, &namespace, &gateway)?;
+    let xds = ztunnel::standalone::control_plane(xds_address.clone(), "XDS_ROOT_CA")?;
+    let ca_address = env("CA_ADDRESS").unwrap_or(xds_address);
+    let ca = CaClient::with_mode(
+        &ztunnel::standalone::control_plane(ca_address, "CA_ROOT_CA")?,
+        CaMode::Dedicated,
+    )?;
+    let ttl = ztunnel::standalone::secret_ttl()?;
+    let w = Waypoint::new(WaypointConfig {
+        name: format!("{namespace}/{gateway}"),
+        identity,
+        certs: CertManager::new(Arc::new(ca), ttl),
+        hbone: HboneConfig::default(),
+        socket: None,
+        options: HttpOptions::default(),
+    });
+    let ip = env("WAYPOINT_BIND")
+        .map(|v| v.parse().context("WAYPOINT_BIND is an IP address"))
+        .transpose()?
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    let bind = |port: u16| async move {
+        tokio::net::TcpListener::bind((ip, port))
+            .await
+            .with_context(|| format!("binding {ip}:{port}"))
+    };
+    let listeners = waypoint::mesh::Listeners {
+        hbone: bind(15008).await?,
+        readiness: bind(waypoint::admin::READINESS).await?,
+        metrics: bind(waypoint::admin::METRICS).await?,
+        admin: bind(waypoint::admin::ADMIN).await?,
+    };
+    let info = ztunnel::xds::NodeInfo {
+        node_name: env("NODE_NAME").unwrap_or_default(),
+        pod_name: env("POD_NAME").unwrap_or_else(|| gateway.clone()),
+        pod_namespace: namespace.clone(),
+        instance_ip: env("INSTANCE_IP").unwrap_or_else(|| "1.1.1.1".into()),
+    };
+    let tasks = waypoint::mesh::start(&w, listeners, xds, info);
+    tracing::info!(waypoint = %format!("{namespace}/{gateway}"), "waypoint running");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    w.shutdown();
+    for t in tasks {
+        t.abort();
+    }
+    Ok(())
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

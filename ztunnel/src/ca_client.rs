@@ -23,9 +23,25 @@ pub struct CaClient {
     requests: std::sync::Mutex<std_mpsc::Sender<(SpiffeId, Duration, Reply)>>,
 }
 
+/// Whose certificates a client asks for (docs/wire.md §3.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaMode {
+    /// A node proxy asking on behalf of the pods on its node
+    /// (`ImpersonatedIdentity`).
+    Shared,
+    /// A proxy asking for its own identity (no metadata): a waypoint, a
+    /// dedicated-mode proxy.
+    Dedicated,
+}
+
 impl CaClient {
-    /// Connects (lazily) to `cp`.
+    /// Connects (lazily) to `cp`, in shared mode.
     pub fn new(cp: &ControlPlane) -> Result<Self, ControlPlaneError> {
+        Self::with_mode(cp, CaMode::Shared)
+    }
+
+    /// Connects (lazily) to `cp`, asking as `mode` says.
+    pub fn with_mode(cp: &ControlPlane, mode: CaMode) -> Result<Self, ControlPlaneError> {
         let (tx, rx) = std_mpsc::channel::<(SpiffeId, Duration, Reply)>();
         let cp = cp.clone();
         // Build the channel inside the worker's runtime (tonic needs one).
@@ -59,7 +75,7 @@ impl CaClient {
                     }
                 };
                 while let Ok((id, ttl, reply)) = rx.recv() {
-                    let result = rt.block_on(fetch(&mut client, &id, ttl));
+                    let result = rt.block_on(fetch(&mut client, &id, ttl, mode));
                     let _ = reply.send(result);
                 }
             });
@@ -81,14 +97,17 @@ async fn fetch(
     client: &mut IstioCertificateServiceClient<InterceptedService<Channel, CredentialInterceptor>>,
     id: &SpiffeId,
     ttl: Duration,
+    mode: CaMode,
 ) -> Result<WorkloadCertificate, FetchError> {
     let req = csr::generate(id).map_err(ambit_hbone::cert::CertError::from)?;
-    let msg = IstioCertificateRequest {
+    let mut msg = IstioCertificateRequest {
         csr: req.csr_pem.clone(),
         validity_duration: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
         metadata: None,
+    };
+    if mode == CaMode::Shared {
+        msg = msg.with_impersonated_identity(&id.to_string());
     }
-    .with_impersonated_identity(&id.to_string());
     let call = client.create_certificate(msg);
     let resp = tokio::time::timeout(Duration::from_secs(10), call)
         .await

@@ -47,8 +47,8 @@ fn file_or_literal(v: String) -> anyhow::Result<String> {
     }
 }
 
-/// `SECRET_TTL`: seconds, or an Istio duration (`24h`, `90m`).
-fn secret_ttl() -> anyhow::Result<Duration> {
+/// `SECRET_TTL`: seconds, or an Istio duration (`24h`, `90m`); default 24 h.
+pub fn secret_ttl() -> anyhow::Result<Duration> {
     let Some(v) = env("SECRET_TTL") else {
         return Ok(Duration::from_secs(24 * 3600));
     };
@@ -75,7 +75,10 @@ fn existing(path: &str) -> Option<String> {
     Path::new(path).is_file().then(|| path.to_string())
 }
 
-fn control_plane(address: String, root_var: &str) -> anyhow::Result<ControlPlane> {
+/// The control plane at `address` as Istio's variables describe it: the
+/// root from `root_var` (or `XDS_ROOT_CA`, or the default file), `AUTH_TOKEN`,
+/// `ALT_XDS_HOSTNAME`, the cluster id (docs/wire.md §3.4).
+pub fn control_plane(address: String, root_var: &str) -> anyhow::Result<ControlPlane> {
     let root_pem = env(root_var)
         .or_else(|| env("XDS_ROOT_CA"))
         .or_else(|| existing(DEFAULT_ROOT))
