@@ -1,9 +1,12 @@
 //! Throwaway network namespaces for tests: created with `ip netns add`, removed on
 //! drop (also when the test panics), never routed anywhere outside the test.
+//! The namespace itself and the `ip` helpers are the local cluster's
+//! (`ambit_cluster::net`); here they panic with the command's error instead
+//! of returning it.
 
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use ambit_cluster::net::NamedNetns;
 use ztunnel::netns::Netns;
 
 /// Fails the test with a clear message unless running as root.
@@ -18,30 +21,17 @@ pub fn require_root() {
 
 /// Runs `ip` with `args`, panicking with its stderr on failure.
 pub fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("run ip (iproute2)");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ambit_cluster::net::ip(args).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Runs `ip` inside namespace `ns` (`ip -n`).
 pub fn ip_in(ns: &str, args: &[&str]) {
-    let mut full = vec!["-n", ns];
-    full.extend_from_slice(args);
-    ip(&full);
+    ambit_cluster::net::ip_in(ns, args).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// A named network namespace with loopback up; deleted on drop.
 #[derive(Debug)]
-pub struct TestNetns {
-    name: String,
-}
+pub struct TestNetns(NamedNetns);
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -55,20 +45,17 @@ impl TestNetns {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        ip(&["netns", "add", &name]);
-        let ns = TestNetns { name };
-        ip_in(&ns.name, &["link", "set", "lo", "up"]);
-        ns
+        TestNetns(NamedNetns::create(&name).unwrap_or_else(|e| panic!("{e}")))
     }
 
     /// The namespace name (for `ip -n`).
     pub fn name(&self) -> &str {
-        &self.name
+        self.0.name()
     }
 
     /// Opens it for `setns`.
     pub fn open(&self) -> Netns {
-        Netns::open(format!("/run/netns/{}", self.name)).expect("open netns")
+        self.0.open().expect("open netns")
     }
 }
 
@@ -77,12 +64,4 @@ impl TestNetns {
 pub fn sweep_stale() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| ambit_cluster::net::sweep_stale("ambit-t"));
-}
-
-impl Drop for TestNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
 }
