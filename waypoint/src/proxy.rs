@@ -22,6 +22,7 @@ use tracing::{debug, info};
 
 use crate::authz::{Mode, RequestAttributes};
 use crate::body::{Finish, Metered};
+use crate::jwt::{Authenticated, JwtError};
 use crate::metrics::{Peer, RequestLabels};
 use crate::route::{Decision, RequestFacts};
 use crate::state::{ServiceState, Subset};
@@ -410,85 +411,26 @@ impl Waypoint {
         let preflight = req.method() == Method::OPTIONS
             && facts.headers.contains_key("origin")
             && facts.headers.contains_key("access-control-request-method");
-        let authn = if preflight {
-            Ok(None)
-        } else {
-            let rules = crate::sync::read(&svc.jwt);
-            rules
-                .authenticate(&facts.headers, &facts.query)
-                .map(|a| a.map(|a| (a.clone(), rules.rule(a.rule).cloned())))
-        };
         let (mut req_parts, body) = req.into_parts();
-        let authenticated = match authn {
-            Err(crate::jwt::JwtError::AudienceNotAllowed) => {
-                debug!("JWT for another audience");
-                out.flags = "UAEX";
-                return (
-                    local(StatusCode::FORBIDDEN, "Audiences in Jwt are not allowed"),
-                    out,
-                );
-            }
-            Err(e) => {
-                debug!(error = %e, "JWT rejected");
-                out.flags = "UAEX";
-                let mut r = local(StatusCode::UNAUTHORIZED, "Jwt verification fails\n");
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"ambit\", error=\"invalid_token\""),
-                );
-                return (r, out);
-            }
+        let authenticated = match authenticate(svc, &facts, preflight) {
             Ok(a) => a,
+            Err(e) => {
+                out.flags = "UAEX";
+                return (jwt_refusal(&e), out);
+            }
         };
         if let Some((a, Some(rule))) = &authenticated {
-            if !rule.forward_original_token
-                && let Some(h) = &a.from_header
-            {
-                req_parts.headers.remove(h.as_str());
-            }
-            if !rule.output_payload_to_header.is_empty()
-                && let (Ok(k), Ok(v)) = (
-                    HeaderName::try_from(rule.output_payload_to_header.as_str()),
-                    HeaderValue::try_from(a.payload_b64.as_str()),
-                )
-            {
-                req_parts.headers.insert(k, v);
-            }
-            for (name, value) in &a.claim_headers {
-                if let (Ok(k), Ok(v)) = (
-                    HeaderName::try_from(name.as_str()),
-                    HeaderValue::try_from(value.as_str()),
-                ) {
-                    req_parts.headers.insert(k, v);
-                }
-            }
+            apply_jwt_outputs(&mut req_parts.headers, a, rule);
         }
-        // AuthorizationPolicy.
-        let attrs = RequestAttributes {
-            peer: conn.peer_identity.clone(),
-            request_auth: authenticated
-                .as_ref()
-                .map(|(a, _)| a.issuer_subject.clone()),
-            claims: authenticated
-                .as_ref()
-                .map(|(a, _)| a.claims.clone())
-                .unwrap_or_default(),
-            source_ip: Some(conn.client.ip()),
-            remote_ip: Some(remote_client(
-                conn.client.ip(),
-                facts.headers.get("x-forwarded-for").map(String::as_str),
-                options.num_trusted_proxies,
-            )),
-            destination_ip: Some(conn.dst.ip()),
-            port: conn.dst.port(),
-            sni: None,
-            authority: (!facts.authority.is_empty()).then(|| facts.authority.clone()),
-            method: facts.method.clone(),
-            path: path.clone(),
-            // As the RBAC filter sees them: after the JWT filter removed the
-            // token and added its outputs.
-            headers: header_values(&req_parts.headers),
-        };
+        // AuthorizationPolicy, on the headers as the RBAC filter sees them:
+        // after the JWT filter removed the token and added its outputs.
+        let attrs = request_attributes(
+            conn,
+            &facts,
+            authenticated.as_ref().map(|(a, _)| a),
+            options.num_trusted_proxies,
+            &req_parts.headers,
+        );
         let decision = svc.authz.authorize(Mode::Http, &attrs);
         if !decision.is_allowed() {
             debug!(?decision, "request denied");
@@ -884,6 +826,95 @@ impl Waypoint {
 }
 
 /// Envoy's answer when a connection-pool limit is hit (flag `UO`).
+/// RequestAuthentication (`preflight`: a CORS preflight, which skips it as
+/// Istio's `bypass_cors_preflight` does). No token is `Ok(None)`.
+fn authenticate(
+    svc: &ServiceState,
+    facts: &RequestFacts,
+    preflight: bool,
+) -> Result<Option<(Authenticated, Option<pb::JwtRule>)>, JwtError> {
+    if preflight {
+        return Ok(None);
+    }
+    let rules = crate::sync::read(&svc.jwt);
+    let found = rules.authenticate(&facts.headers, &facts.query)?;
+    Ok(found.map(|a| {
+        let rule = rules.rule(a.rule).cloned();
+        (a, rule)
+    }))
+}
+
+/// The answer to a refused token: 403 for an authentic token for another
+/// audience, else 401 with `www-authenticate`, as Envoy answers.
+fn jwt_refusal(e: &JwtError) -> Response<Body> {
+    debug!(error = %e, "JWT refused");
+    if *e == JwtError::AudienceNotAllowed {
+        return local(StatusCode::FORBIDDEN, "Audiences in Jwt are not allowed");
+    }
+    let mut r = local(StatusCode::UNAUTHORIZED, "Jwt verification fails\n");
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"ambit\", error=\"invalid_token\""),
+    );
+    r
+}
+
+/// What a validated token changes in the request, as Envoy's JWT filter
+/// does: the token goes unless `forwardOriginalToken`; the payload and the
+/// `outputClaimToHeaders` claims are added.
+fn apply_jwt_outputs(headers: &mut http::HeaderMap, a: &Authenticated, rule: &pb::JwtRule) {
+    if !rule.forward_original_token
+        && let Some(h) = &a.from_header
+    {
+        headers.remove(h.as_str());
+    }
+    let payload = (
+        rule.output_payload_to_header.as_str(),
+        a.payload_b64.as_str(),
+    );
+    let outputs = (!rule.output_payload_to_header.is_empty())
+        .then_some(payload)
+        .into_iter()
+        .chain(
+            a.claim_headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+    for (name, value) in outputs {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            headers.insert(k, v);
+        }
+    }
+}
+
+/// What AuthorizationPolicy sees of one request on `conn`.
+fn request_attributes(
+    conn: &ConnInfo,
+    facts: &RequestFacts,
+    authenticated: Option<&Authenticated>,
+    num_trusted_proxies: u32,
+    headers: &http::HeaderMap,
+) -> RequestAttributes {
+    RequestAttributes {
+        peer: conn.peer_identity.clone(),
+        request_auth: authenticated.map(|a| a.issuer_subject.clone()),
+        claims: authenticated.map(|a| a.claims.clone()).unwrap_or_default(),
+        source_ip: Some(conn.client.ip()),
+        remote_ip: Some(remote_client(
+            conn.client.ip(),
+            facts.headers.get("x-forwarded-for").map(String::as_str),
+            num_trusted_proxies,
+        )),
+        destination_ip: Some(conn.dst.ip()),
+        port: conn.dst.port(),
+        sni: None,
+        authority: (!facts.authority.is_empty()).then(|| facts.authority.clone()),
+        method: facts.method.clone(),
+        path: facts.path.clone(),
+        headers: header_values(headers),
+    }
+}
+
 fn overflowed() -> (&'static str, Response<Body>) {
     (
         "UO",
