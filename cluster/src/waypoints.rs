@@ -63,7 +63,6 @@ impl RunningWaypoint {
             certs,
             hbone: HboneConfig::default(),
             socket: Some(Arc::new(move |dst| marked_socket_in(&sockets, dst))),
-            options: Default::default(),
         });
         let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
         let bind = |port| listen_in(&netns, any(port)).with_context(|| format!("waypoint {port}"));

@@ -18,7 +18,7 @@ use ztunnel::certs::{CertManager, CertificateProvider, FetchError};
 
 use crate::normalize::PathNormalization;
 use crate::proxy::ConnInfo;
-use crate::waypoint::{HttpOptions, Waypoint, WaypointConfig};
+use crate::waypoint::{Waypoint, WaypointConfig};
 
 /// No CA: the fuzzed paths never dial upstream with a certificate.
 struct NoCa;
@@ -113,12 +113,13 @@ pub fn serve_bytes(data: &[u8], normalization: PathNormalization) -> Vec<u8> {
             certs: CertManager::new(Arc::new(NoCa), Duration::from_secs(3600)),
             hbone: HboneConfig::default(),
             socket: None,
-            options: HttpOptions {
-                path_normalization: normalization,
-                num_trusted_proxies: 1,
-            },
         });
-        if waypoint.apply_l7("fuzz/api", Some(service())).is_err() {
+        let service = pb::L7Service {
+            path_normalization: normalization.as_str().into(),
+            num_trusted_proxies: 1,
+            ..service()
+        };
+        if waypoint.apply_l7("fuzz/api", Some(service)).is_err() {
             return vec![];
         }
         let (mut client, server) = tokio::io::duplex(64 * 1024);

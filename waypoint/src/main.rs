@@ -24,7 +24,7 @@ use ambit_hbone::ca::{Authority, CertificateSigner, Validity};
 use ambit_identity::SpiffeId;
 use anyhow::{Context, bail};
 use waypoint::normalize::PathNormalization;
-use waypoint::{HttpOptions, Waypoint, WaypointConfig};
+use waypoint::{Waypoint, WaypointConfig};
 use ztunnel::certs::{CertManager, LocalSigner};
 
 /// Command line.
@@ -94,20 +94,11 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
 /// Production mode: see the module docs.
 async fn mesh() -> anyhow::Result<()> {
     use ztunnel::ca_client::{CaClient, CaMode};
-    let xds_address = env("XDS_ADDRESS").unwrap_or_else(|| {
-        if env("KUBERNETES_SERVICE_HOST").is_some() {
-            "https://istiod.istio-system.svc:15012".into()
-        } else {
-            "https://localhost:15012".into()
-        }
-    });
+    use ztunnel::standalone::{default_control_plane, env};
+    let xds_address = env("XDS_ADDRESS").unwrap_or_else(default_control_plane);
     let namespace = env("POD_NAMESPACE").context("POD_NAMESPACE is required")?;
     let gateway = env("GATEWAY_NAME")
         .or_else(|| env("SERVICE_ACCOUNT"))
@@ -127,7 +118,6 @@ async fn mesh() -> anyhow::Result<()> {
         certs: CertManager::new(Arc::new(ca), ttl),
         hbone: HboneConfig::default(),
         socket: None,
-        options: HttpOptions::default(),
     });
     let ip = env("WAYPOINT_BIND")
         .map(|v| v.parse().context("WAYPOINT_BIND is an IP address"))
@@ -188,7 +178,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         certs: CertManager::new(Arc::new(LocalSigner(root)), Duration::from_secs(86400)),
         hbone: HboneConfig::default(),
         socket: None,
-        options: HttpOptions::default(),
     });
     let mut served = 0;
     for mut s in t.l7 {

@@ -379,7 +379,7 @@ impl Waypoint {
         };
         // Path normalization first: every later stage, and the upstream,
         // sees the normalized path.
-        let options = svc.http_options.unwrap_or_else(|| self.options());
+        let options = svc.http_options.unwrap_or_default();
         let path = match options.path_normalization.apply(req.uri().path()) {
             Ok(p) => p,
             Err(e) => {

@@ -158,7 +158,7 @@ pub struct ServiceState {
     /// By hostname.
     pub backends: HashMap<String, Backend>,
     /// The mesh config's HTTP options for this Service; `None` when the
-    /// control plane sent none (the waypoint's own defaults apply).
+    /// control plane sent none (Istio's defaults apply: BASE, 0).
     pub http_options: Option<HttpOptions>,
 }
 

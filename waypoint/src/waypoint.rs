@@ -53,12 +53,11 @@ pub struct WaypointConfig {
     pub hbone: HboneConfig,
     /// Makes upstream sockets (e.g. inside the waypoint pod's namespace).
     pub socket: Option<Arc<SocketFactory>>,
-    /// Mesh-wide HTTP options (path normalization, trusted proxies).
-    pub options: HttpOptions,
 }
 
 /// The mesh options that change what policy sees of a request: Istio's
-/// `meshConfig.pathNormalization` and `gatewayTopology.numTrustedProxies`.
+/// `meshConfig.pathNormalization` and `gatewayTopology.numTrustedProxies`,
+/// sent with each `L7Service` (Istio's defaults when it carries none).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HttpOptions {
     /// How request paths are normalized before policy and routing.
@@ -74,7 +73,6 @@ pub struct Waypoint {
     identity: SpiffeId,
     certs: Arc<CertManager>,
     hbone: HboneConfig,
-    options: HttpOptions,
     relays: Arc<OpenRelays>,
     state: RwLock<Arc<WaypointState>>,
     addresses: RwLock<Arc<ProxyState>>,
@@ -107,7 +105,6 @@ impl Waypoint {
             identity: cfg.identity,
             certs: cfg.certs,
             hbone: cfg.hbone,
-            options: cfg.options,
             relays: Arc::default(),
             state: RwLock::default(),
             addresses: RwLock::default(),
@@ -126,11 +123,6 @@ impl Waypoint {
     /// The mesh's workloads and services (source telemetry, JWKS hosts).
     pub fn addresses(&self) -> Arc<ProxyState> {
         sync::read(&self.addresses).clone()
-    }
-
-    /// The mesh HTTP options in force.
-    pub fn options(&self) -> HttpOptions {
-        self.options
     }
 
     /// Request metrics.

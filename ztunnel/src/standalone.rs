@@ -34,8 +34,19 @@ use ambit_api::model::{LocalConfig, ProxyState};
 /// Where the `ztunnel` process pins capture unless `AMBIT_BPF_PIN_DIR` says.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ambit/ztunnel";
 
-fn env(name: &str) -> Option<String> {
+/// An environment variable, set and not empty.
+pub fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Istio's default control-plane address (docs/wire.md §3.4): istiod's
+/// Service inside Kubernetes, else localhost.
+pub fn default_control_plane() -> String {
+    if env("KUBERNETES_SERVICE_HOST").is_some() {
+        "https://istiod.istio-system.svc:15012".into()
+    } else {
+        "https://localhost:15012".into()
+    }
 }
 
 /// A value that is a file path when such a file exists, else the value itself.
@@ -185,10 +196,7 @@ pub async fn run() -> anyhow::Result<()> {
     let xds_address = match std::env::var("XDS_ADDRESS") {
         Ok(v) => Some(v).filter(|v| !v.is_empty()),
         Err(_) if local_path.is_some() => None,
-        Err(_) if env("KUBERNETES_SERVICE_HOST").is_some() => {
-            Some("https://istiod.istio-system.svc:15012".to_string())
-        }
-        Err(_) => Some("https://localhost:15012".to_string()),
+        Err(_) => Some(default_control_plane()),
     };
     let (initial, xds) = match (&xds_address, &local_path) {
         (Some(_), Some(_)) => bail!("set either XDS_ADDRESS or LOCAL_XDS_PATH, not both"),
