@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use ambit_api::translate::Severity;
-use ambit_telemetry::Registry;
+use ambit_telemetry::{Registry, gauge_family};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -18,7 +18,6 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -39,31 +38,11 @@ impl std::fmt::Debug for ControllerCollector {
     }
 }
 
-/// The label set of a series that has none.
-const NO_LABELS: [(&str, &str); 0] = [];
-
-/// One gauge family; each series has at most one label.
-fn gauge(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    series: &[(Option<(&str, &str)>, i64)],
-) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (label, v) in series {
-        match label {
-            Some(l) => ConstGauge::new(*v).encode(family.encode_family(&[*l])?)?,
-            None => ConstGauge::new(*v).encode(family.encode_family(&NO_LABELS)?)?,
-        }
-    }
-    Ok(())
-}
-
 impl Collector for ControllerCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        gauge(
+        gauge_family(
             &mut encoder,
             "pilot_xds",
             "Number of endpoints connected to this controller using xDS.",
@@ -91,13 +70,13 @@ impl Collector for ControllerCollector {
         }
         let snap = self.snapshots.borrow().clone();
         let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-        gauge(
+        gauge_family(
             &mut encoder,
             "ambit_model_generation",
             "Snapshots published.",
             &[(None, as_i64(snap.generation))],
         )?;
-        gauge(
+        gauge_family(
             &mut encoder,
             "ambit_model_resources",
             "Resources in the current snapshot.",
@@ -111,7 +90,7 @@ impl Collector for ControllerCollector {
             ],
         )?;
         let findings = |sev| count(snap.findings.iter().filter(|f| f.severity == sev).count());
-        gauge(
+        gauge_family(
             &mut encoder,
             "ambit_config_findings",
             "Validation findings in the current config.",

@@ -10,7 +10,7 @@
 pub mod process;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
 pub use prometheus_client::registry::Registry;
@@ -35,6 +35,34 @@ impl Collector for BuildInfo {
         ];
         ConstGauge::new(1i64).encode(metric.encode_family(&labels)?)
     }
+}
+
+/// Istio writes a label it does not know as `unknown`, never as empty.
+pub fn label_value(v: &str) -> &str {
+    if v.is_empty() { "unknown" } else { v }
+}
+
+/// The label set of a series that has none.
+const NO_LABELS: [(&str, &str); 0] = [];
+
+/// One gauge family; each series carries at most one label.
+pub fn gauge_family<N>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    series: &[(Option<(&str, &str)>, N)],
+) -> Result<(), std::fmt::Error>
+where
+    N: EncodeGaugeValue + Copy + std::fmt::Debug,
+{
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (label, v) in series {
+        match label {
+            Some(l) => ConstGauge::new(*v).encode(family.encode_family(&[*l])?)?,
+            None => ConstGauge::new(*v).encode(family.encode_family(&NO_LABELS)?)?,
+        }
+    }
+    Ok(())
 }
 
 /// A registry for `component` (`ztunnel`, `waypoint`, `pilot`) holding

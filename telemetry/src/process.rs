@@ -5,7 +5,6 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
 
 /// Reads `/proc/self` on each scrape; a value that cannot be read is left out.
 #[derive(Debug)]
@@ -114,9 +113,10 @@ fn gauge(
     help: &str,
     value: Option<f64>,
 ) -> Result<(), std::fmt::Error> {
-    let Some(v) = value else { return Ok(()) };
-    let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    ConstGauge::new(v).encode(metric)
+    match value {
+        Some(v) => crate::gauge_family(encoder, name, help, &[(None, v)]),
+        None => Ok(()),
+    }
 }
 
 impl Collector for ProcessCollector {

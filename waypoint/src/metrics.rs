@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use ambit_telemetry::label_value;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeLabel, EncodeLabelSet, EncodeMetric, LabelSetEncoder,
@@ -242,11 +243,6 @@ impl Collector for Metrics {
 /// Histograms here carry no exemplars.
 type NoExemplar = [(&'static str, &'static str); 0];
 
-/// Istio writes an unknown value as `unknown`, never as empty.
-fn or_unknown(v: &str) -> &str {
-    if v.is_empty() { "unknown" } else { v }
-}
-
 impl EncodeLabelSet for RequestLabels {
     fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
         let code = self.response_code.to_string();
@@ -268,18 +264,21 @@ impl EncodeLabelSet for RequestLabels {
             pairs.extend(
                 keys.iter()
                     .copied()
-                    .zip(values.iter().map(|v| or_unknown(v))),
+                    .zip(values.iter().map(|v| label_value(v))),
             );
         }
         pairs.extend([
-            ("destination_service", or_unknown(&self.destination_service)),
+            (
+                "destination_service",
+                label_value(&self.destination_service),
+            ),
             (
                 "destination_service_name",
-                or_unknown(&self.destination_service_name),
+                label_value(&self.destination_service_name),
             ),
             (
                 "destination_service_namespace",
-                or_unknown(&self.destination_service_namespace),
+                label_value(&self.destination_service_namespace),
             ),
             ("request_protocol", self.request_protocol),
             ("response_code", code.as_str()),

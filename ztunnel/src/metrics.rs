@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use ambit_telemetry::label_value;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeLabel, EncodeLabelSet, EncodeMetric, LabelSetEncoder,
@@ -140,11 +141,6 @@ const DESTINATION_KEYS: [&str; 8] = [
     "destination_cluster",
 ];
 
-/// Istio writes an unknown value as `unknown`, never as empty.
-fn or_unknown(v: &str) -> &str {
-    if v.is_empty() { "unknown" } else { v }
-}
-
 impl TrafficLabels {
     /// Sets the three destination_service labels from a service FQDN
     /// (`name.namespace.svc.cluster.local`).
@@ -188,7 +184,7 @@ impl EncodeLabelSet for TrafficLabels {
                 ),
             ]);
         for (k, v) in pairs {
-            (k, or_unknown(v)).encode(encoder.encode_label())?;
+            (k, label_value(v)).encode(encoder.encode_label())?;
         }
         Ok(())
     }
