@@ -10,6 +10,16 @@ pub const SPIFFE_PREFIX: &str = "spiffe://";
 /// The trust domain used when a workload does not name one.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
+/// A trust domain as the SPIFFE spec writes one: lowercase letters, digits,
+/// `.`, `-`, `_` (what a mesh config may name; ids read from certificates
+/// are parsed more leniently by [`SpiffeId`]).
+pub fn is_valid_trust_domain(td: &str) -> bool {
+    !td.is_empty()
+        && td.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        })
+}
+
 /// A workload identity. Equality is exact, the way the HBONE client compares
 /// the server's SAN against the ids it expects.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -6,14 +6,13 @@
 //! is set is a finding naming it; a value Istio would refuse is an Error
 //! (the controller then keeps the last good mesh config).
 
+use ambit_identity::DEFAULT_TRUST_DOMAIN;
 use serde_yaml::Value;
 
 use super::{Finding, Severity, Translation};
 use crate::k8s::{Resources, Source};
 use crate::xds::proto::l7 as pb;
 
-/// The trust domain when the mesh config names none (Istio's default).
-pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 /// The root namespace Ambit assumes (Istio's default `rootNamespace`).
 pub const ROOT_NAMESPACE: &str = "istio-system";
 
@@ -88,7 +87,9 @@ pub fn parse_mesh(
     for (path, value) in unread {
         match path.as_str() {
             "trustDomain" => match value.as_str() {
-                Some(td) if valid_trust_domain(td) => mesh.trust_domain = td.to_string(),
+                Some(td) if ambit_identity::is_valid_trust_domain(td) => {
+                    mesh.trust_domain = td.to_string()
+                }
                 _ => report(
                     Severity::Error,
                     &path,
@@ -101,7 +102,7 @@ pub fn parse_mesh(
                 Some(list) => {
                     for (i, v) in list.iter().enumerate() {
                         match v.as_str() {
-                            Some(td) if valid_trust_domain(td) => {
+                            Some(td) if ambit_identity::is_valid_trust_domain(td) => {
                                 mesh.trust_domain_aliases.push(td.to_string())
                             }
                             _ => report(
@@ -188,15 +189,6 @@ fn walk<'a>(value: &'a Value, prefix: &str, out: &mut Vec<(String, &'a Value)>) 
         }
         walk(v, &path, out);
     }
-}
-
-/// The SPIFFE spec's trust-domain characters: lowercase letters, digits,
-/// `.`, `-`, `_`.
-fn valid_trust_domain(td: &str) -> bool {
-    !td.is_empty()
-        && td.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
-        })
 }
 
 /// The mesh config of `res`, with findings. Two objects named
