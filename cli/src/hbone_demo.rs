@@ -99,7 +99,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let hbone_addr = listener.local_addr()?;
-    tokio::spawn(server.clone().serve(listener));
+    let (stop_accepting, accepting) = ambit_proxy_core::drain::channel();
+    let hbone = server.clone();
+    tokio::spawn(ambit_proxy_core::accept::serve(
+        listener,
+        "hbone",
+        accepting,
+        move |tcp, peer| {
+            tokio::spawn(hbone.clone().serve_tcp(tcp, peer));
+        },
+    ));
     println!("server  HBONE listener on {hbone_addr} as {server_id}; app on {app}");
 
     let pool = Pool::new(HboneConfig::default());
@@ -152,6 +161,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         Err(e) => println!("denied  wrong server identity: {e}"),
     }
     drop(tunnel);
+    stop_accepting.start();
     server.drain();
     println!("done    all checks passed");
     Ok(())

@@ -87,7 +87,7 @@ fn main() -> anyhow::Result<()> {
         ztunnel::standalone::tune_allocator();
         // Exactly the `ztunnel` binary's logging (`RUST_LOG` as per-target
         // levels, default `info`), on stderr like the rest of the CLI.
-        ztunnel::standalone::init_logging(std::io::stderr);
+        ambit_proxy_core::environment::init_logging(std::io::stderr, tracing::Level::INFO);
     } else {
         tracing_subscriber::fmt()
             .with_env_filter(

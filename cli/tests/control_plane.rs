@@ -238,8 +238,8 @@ async fn ca_signs_only_identities_on_the_callers_node() {
     let node2 = cluster.control.for_node(2);
     let id = echo_id.clone();
     let refused = tokio::task::spawn_blocking(move || {
-        let ca = ztunnel::ca_client::CaClient::new(&node1).expect("client");
-        ztunnel::certs::CertificateProvider::issue(&ca, &id, Duration::from_secs(3600))
+        let ca = ambit_proxy_core::ca_client::CaClient::new(&node1).expect("client");
+        ambit_proxy_core::certs::CertificateProvider::issue(&ca, &id, Duration::from_secs(3600))
     })
     .await
     .expect("join");
@@ -247,8 +247,8 @@ async fn ca_signs_only_identities_on_the_callers_node() {
     assert!(err.to_string().contains("PermissionDenied"), "{err}");
     let id = echo_id.clone();
     let granted = tokio::task::spawn_blocking(move || {
-        let ca = ztunnel::ca_client::CaClient::new(&node2).expect("client");
-        ztunnel::certs::CertificateProvider::issue(&ca, &id, Duration::from_secs(3600))
+        let ca = ambit_proxy_core::ca_client::CaClient::new(&node2).expect("client");
+        ambit_proxy_core::certs::CertificateProvider::issue(&ca, &id, Duration::from_secs(3600))
     })
     .await
     .expect("join")
@@ -258,8 +258,12 @@ async fn ca_signs_only_identities_on_the_callers_node() {
     let mut stranger = cluster.control.for_node(2);
     stranger.token = Some("not-a-token".into());
     let refused = tokio::task::spawn_blocking(move || {
-        let ca = ztunnel::ca_client::CaClient::new(&stranger).expect("client");
-        ztunnel::certs::CertificateProvider::issue(&ca, &echo_id, Duration::from_secs(3600))
+        let ca = ambit_proxy_core::ca_client::CaClient::new(&stranger).expect("client");
+        ambit_proxy_core::certs::CertificateProvider::issue(
+            &ca,
+            &echo_id,
+            Duration::from_secs(3600),
+        )
     })
     .await
     .expect("join");

@@ -150,7 +150,8 @@ async fn jwks_over_https_from_a_mesh_service() {
     .expect("server config");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let jwks_netns = cluster.pod("idp/jwks-0").expect("pod").netns.clone();
-    let ns = ztunnel::netns::Netns::open(format!("/run/netns/{jwks_netns}")).expect("netns");
+    let ns =
+        ambit_proxy_core::netns::Netns::open(format!("/run/netns/{jwks_netns}")).expect("netns");
     let std = ns
         .run(|| std::net::TcpListener::bind(("0.0.0.0", 8443)))
         .expect("enter netns")

@@ -1146,7 +1146,7 @@ spec:
 
 /// A listener inside pod `netns` (the test plays that pod's app).
 fn listen_in_pod(netns: &str, port: u16) -> tokio::net::TcpListener {
-    let ns = ztunnel::netns::Netns::open(format!("/run/netns/{netns}")).expect("netns");
+    let ns = ambit_proxy_core::netns::Netns::open(format!("/run/netns/{netns}")).expect("netns");
     let std = ns
         .run(|| std::net::TcpListener::bind(("0.0.0.0", port)))
         .expect("enter netns")

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ztunnel::netns::Netns;
+use ambit_proxy_core::netns::Netns;
 
 /// The ALPN extension of a ClientHello offering exactly `h2`.
 pub const ALPN_H2_EXT: &[u8] = &[0x00, 0x10, 0x00, 0x05, 0x00, 0x03, 0x02, b'h', b'2'];

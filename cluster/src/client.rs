@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use ambit_proxy_core::netns::Netns;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use ztunnel::netns::Netns;
 
 /// Connects from the namespace `/run/netns/<netns>` to `to`.
 pub async fn connect_from(netns: &str, to: SocketAddr) -> std::io::Result<TcpStream> {

@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use ambit_api::k8s::Resources;
 use ambit_hbone::ca::{Authority, ServerCert, Validity};
+use ambit_proxy_core::control::ControlPlane;
 use anyhow::Context;
 use controller::auth::BootstrapTokens;
 use controller::ca::RotatingAuthority;
 use controller::source::MemorySource;
 use controller::{Controller, ControllerConfig};
 use tokio::sync::watch;
-use ztunnel::control::ControlPlane;
 
 /// The name on the controller's serving certificate, as istiod's.
 pub const CONTROLLER_NAME: &str = "istiod.istio-system.svc";

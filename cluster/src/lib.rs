@@ -25,9 +25,9 @@ use ambit_api::k8s::{Resources, Source};
 use ambit_api::model::{LocalConfig, ProxyState};
 use ambit_api::translate::{Finding, Translation, expand_deployments, translate};
 use ambit_hbone::HboneConfig;
+use ambit_proxy_core::ca_client::CaClient;
 use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
-use ztunnel::ca_client::CaClient;
 use ztunnel::{Ztunnel, ZtunnelConfig};
 
 use process::{PodCgroup, PodProcess};
@@ -295,7 +295,7 @@ impl LocalCluster {
             cluster.xds_tasks.push(tokio::spawn(ztunnel::xds::run(
                 z.clone(),
                 cp,
-                ztunnel::xds::NodeInfo {
+                ambit_proxy_core::xds::NodeInfo {
                     node_name: format!("node{n}"),
                     pod_name: format!("ztunnel-node{n}"),
                     pod_namespace: "istio-system".into(),
@@ -519,7 +519,8 @@ impl LocalCluster {
                         .map_err(|e| anyhow::anyhow!("releasing {}: {e}", pod.key))?;
                 }
                 // Outside the mesh, but still a client of the Service load balancer.
-                let netns = ztunnel::netns::Netns::open(format!("/run/netns/{}", pod.netns))?;
+                let netns =
+                    ambit_proxy_core::netns::Netns::open(format!("/run/netns/{}", pod.netns))?;
                 self.balance_only(node, &netns)
                     .with_context(|| format!("load balancing for {}", pod.key))?;
             }
@@ -722,7 +723,11 @@ impl LocalCluster {
     /// Registers a pod outside the mesh with node `node`'s (0-based) Service
     /// load balancer: through the ztunnel in-process, or in the pinned maps a
     /// ztunnel process shares.
-    fn balance_only(&self, node: usize, netns: &ztunnel::netns::Netns) -> anyhow::Result<()> {
+    fn balance_only(
+        &self,
+        node: usize,
+        netns: &ambit_proxy_core::netns::Netns,
+    ) -> anyhow::Result<()> {
         if let Some(z) = self.ztunnels.get(node) {
             return Ok(z.balance_only(netns)?);
         }

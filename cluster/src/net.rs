@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use ztunnel::netns::Netns;
+use ambit_proxy_core::netns::Netns;
 
 /// Why a network step failed.
 #[derive(Debug, thiserror::Error)]

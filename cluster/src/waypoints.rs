@@ -11,14 +11,14 @@ use std::time::Duration;
 
 use ambit_hbone::HboneConfig;
 use ambit_identity::SpiffeId;
+use ambit_proxy_core::ca_client::CaClient;
+use ambit_proxy_core::certs::CertManager;
+use ambit_proxy_core::control::ControlPlane;
+use ambit_proxy_core::netns::Netns;
+use ambit_proxy_core::socket::{listen_in, marked_socket_in};
 use anyhow::Context;
 use tokio::task::JoinHandle;
 use waypoint::{Waypoint, WaypointConfig};
-use ztunnel::ca_client::CaClient;
-use ztunnel::certs::CertManager;
-use ztunnel::control::ControlPlane;
-use ztunnel::netns::Netns;
-use ztunnel::socket::{listen_in, marked_socket_in};
 
 use super::PlacedPod;
 
@@ -62,7 +62,9 @@ impl RunningWaypoint {
             identity,
             certs,
             hbone: HboneConfig::default(),
-            socket: Some(Arc::new(move |dst| marked_socket_in(&sockets, dst))),
+            socket: Some(Arc::new(move |dst| {
+                marked_socket_in(&sockets, dst, ambit_ebpf::ZTUNNEL_MARK)
+            })),
         });
         let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
         let bind = |port| listen_in(&netns, any(port)).with_context(|| format!("waypoint {port}"));
@@ -72,7 +74,7 @@ impl RunningWaypoint {
             metrics: bind(waypoint::admin::METRICS)?,
             admin: bind(waypoint::admin::ADMIN)?,
         };
-        let info = ztunnel::xds::NodeInfo {
+        let info = ambit_proxy_core::xds::NodeInfo {
             node_name: format!("node{}", pod.node),
             pod_name: pod.key.rsplit('/').next().unwrap_or_default().to_string(),
             pod_namespace: namespace.to_string(),

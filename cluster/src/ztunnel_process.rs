@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use ambit_proxy_core::control::ControlPlane;
 use anyhow::Context;
-use ztunnel::control::ControlPlane;
 
 /// How to start one node's ztunnel process.
 #[derive(Clone, Debug)]
@@ -179,7 +179,7 @@ impl Drop for ZtunnelProcess {
 /// nothing answers.
 pub fn admin_get(netns: &str, port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
-    let ns = ztunnel::netns::Netns::open(format!("/run/netns/{netns}")).ok()?;
+    let ns = ambit_proxy_core::netns::Netns::open(format!("/run/netns/{netns}")).ok()?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = ns
         .run(|| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)))

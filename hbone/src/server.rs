@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -310,34 +310,11 @@ impl<H: InboundHandler> HboneServer<H> {
         &self.stats
     }
 
-    /// Starts draining: the accept loop stops and every connection gets a graceful
-    /// GOAWAY; streams in flight go on until they end.
+    /// Starts draining: every connection gets a graceful GOAWAY; streams in
+    /// flight go on until they end. (The accept loop feeding
+    /// [`serve_tcp`](Self::serve_tcp) is the proxy's, with its own drain.)
     pub fn drain(&self) {
         self.drain_tx.send_replace(true);
-    }
-
-    /// Accepts connections on `listener` until [`drain`](Self::drain) is called.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        let mut drain_rx = self.drain_tx.subscribe();
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((tcp, peer)) => {
-                        let this = self.clone();
-                        tokio::spawn(async move { this.serve_tcp(tcp, peer).await });
-                    }
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-                _ = drained(&mut drain_rx) => {
-                    info!("HBONE listener draining");
-                    return;
-                }
-            }
-        }
     }
 
     /// Serves one accepted TCP connection: TLS, then HTTP/2.

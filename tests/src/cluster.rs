@@ -22,7 +22,7 @@ pub fn topology(tag: &str, nodes: u8) -> Topology {
 /// then echoes. Counts accepted connections.
 pub async fn echo_app(pod: &Pod, port: u16) -> Arc<AtomicU64> {
     let accepted = Arc::new(AtomicU64::new(0));
-    let listener = ztunnel::socket::listen_in(
+    let listener = ambit_proxy_core::socket::listen_in(
         &pod.ns.open().expect("pod netns"),
         SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
     )

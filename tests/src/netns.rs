@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use ambit_cluster::net::NamedNetns;
-use ztunnel::netns::Netns;
+use ambit_proxy_core::netns::Netns;
 
 /// Fails the test with a clear message unless running as root.
 pub fn require_root() {

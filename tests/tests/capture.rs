@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use ambit_e2e::netns::{TestNetns, ip_in};
 use ambit_ebpf::{Capture, ZTUNNEL_MARK};
+use ambit_proxy_core::netns::Netns;
 use socket2::{Domain, Socket, Type};
-use ztunnel::netns::Netns;
 
 /// Capture programs attach at the cgroup root, shared by every test in this
 /// binary: run them one at a time.

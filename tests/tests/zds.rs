@@ -50,7 +50,7 @@ async fn agent_enrols_over_zds_and_snapshot_reconciles_after_reconnect() {
         Ztunnel::new(
             ZtunnelConfig {
                 node: "node1".into(),
-                certs: Arc::new(ztunnel::certs::LocalSigner(signer)),
+                certs: Arc::new(ambit_proxy_core::certs::LocalSigner(signer)),
                 cert_ttl: Duration::from_secs(3600),
                 hbone: HboneConfig::default(),
                 cgroup_root: None,

@@ -79,7 +79,7 @@ fn ztunnel(node: u8, signer: Arc<dyn CertificateSigner>, st: ProxyState) -> Ztun
     Ztunnel::new(
         ZtunnelConfig {
             node: format!("node{node}"),
-            certs: Arc::new(ztunnel::certs::LocalSigner(signer)),
+            certs: Arc::new(ambit_proxy_core::certs::LocalSigner(signer)),
             cert_ttl: Duration::from_secs(3600),
             hbone: HboneConfig::default(),
             cgroup_root: None,
@@ -96,11 +96,11 @@ fn pod<'a>(t: &'a Topology, name: &str) -> &'a PodNet {
     t.pod(name).unwrap_or_else(|| panic!("no pod {name}"))
 }
 
-fn netns(t: &Topology, name: &str) -> ztunnel::netns::Netns {
+fn netns(t: &Topology, name: &str) -> ambit_proxy_core::netns::Netns {
     pod(t, name).ns.open().expect("pod netns")
 }
 
-fn node_netns(t: &Topology, n: u8) -> ztunnel::netns::Netns {
+fn node_netns(t: &Topology, n: u8) -> ambit_proxy_core::netns::Netns {
     t.node(n).expect("node").ns.open().expect("node netns")
 }
 

@@ -13,8 +13,8 @@ use ambit_api::xds::proto::l7 as pb;
 use ambit_hbone::HboneConfig;
 use ambit_hbone::WorkloadCertificate;
 use ambit_identity::SpiffeId;
+use ambit_proxy_core::certs::{CertManager, CertificateProvider, FetchError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use ztunnel::certs::{CertManager, CertificateProvider, FetchError};
 
 use crate::normalize::PathNormalization;
 use crate::proxy::ConnInfo;

@@ -42,4 +42,4 @@ pub mod sync;
 pub mod upstream;
 pub mod waypoint;
 
-pub use waypoint::{HttpOptions, Waypoint, WaypointConfig, WaypointXds};
+pub use waypoint::{HttpOptions, Waypoint, WaypointConfig};

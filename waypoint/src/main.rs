@@ -22,10 +22,10 @@ use ambit_api::translate::translate;
 use ambit_hbone::HboneConfig;
 use ambit_hbone::ca::{Authority, CertificateSigner, Validity};
 use ambit_identity::SpiffeId;
+use ambit_proxy_core::certs::{CertManager, LocalSigner};
 use anyhow::{Context, bail};
 use waypoint::normalize::PathNormalization;
 use waypoint::{Waypoint, WaypointConfig};
-use ztunnel::certs::{CertManager, LocalSigner};
 
 /// Command line.
 #[derive(clap::Parser, Debug)]
@@ -72,11 +72,8 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    // Envoy logs at warning and writes no access log unless asked.
+    ambit_proxy_core::environment::init_logging(std::io::stdout, tracing::Level::WARN);
     let cli = <Cli as clap::Parser>::parse();
     match (cli.mode, cli.local) {
         (Some(Mode::Mesh), _) => tokio::runtime::Builder::new_multi_thread()
@@ -96,8 +93,8 @@ fn main() -> anyhow::Result<()> {
 
 /// Production mode: see the module docs.
 async fn mesh() -> anyhow::Result<()> {
-    use ztunnel::ca_client::{CaClient, CaMode};
-    use ztunnel::standalone::{default_control_plane, env};
+    use ambit_proxy_core::ca_client::{CaClient, CaMode};
+    use ambit_proxy_core::environment::{control_plane, default_control_plane, env, secret_ttl};
     let xds_address = env("XDS_ADDRESS").unwrap_or_else(default_control_plane);
     let namespace = env("POD_NAMESPACE").context("POD_NAMESPACE is required")?;
     let gateway = env("GATEWAY_NAME")
@@ -105,13 +102,10 @@ async fn mesh() -> anyhow::Result<()> {
         .context("GATEWAY_NAME (or SERVICE_ACCOUNT) is required: the waypoint's Gateway")?;
     let trust_domain = env("TRUST_DOMAIN").unwrap_or_else(|| "cluster.local".into());
     let identity = SpiffeId::new(&trust_domain, &namespace, &gateway)?;
-    let xds = ztunnel::standalone::control_plane(xds_address.clone(), "XDS_ROOT_CA")?;
+    let xds = control_plane(xds_address.clone(), "XDS_ROOT_CA")?;
     let ca_address = env("CA_ADDRESS").unwrap_or(xds_address);
-    let ca = CaClient::with_mode(
-        &ztunnel::standalone::control_plane(ca_address, "CA_ROOT_CA")?,
-        CaMode::Dedicated,
-    )?;
-    let ttl = ztunnel::standalone::secret_ttl()?;
+    let ca = CaClient::with_mode(&control_plane(ca_address, "CA_ROOT_CA")?, CaMode::Dedicated)?;
+    let ttl = secret_ttl()?;
     let w = Waypoint::new(WaypointConfig {
         name: format!("{namespace}/{gateway}"),
         identity,
@@ -134,12 +128,7 @@ async fn mesh() -> anyhow::Result<()> {
         metrics: bind(waypoint::admin::METRICS).await?,
         admin: bind(waypoint::admin::ADMIN).await?,
     };
-    let info = ztunnel::xds::NodeInfo {
-        node_name: env("NODE_NAME").unwrap_or_default(),
-        pod_name: env("POD_NAME").unwrap_or_else(|| gateway.clone()),
-        pod_namespace: namespace.clone(),
-        instance_ip: env("INSTANCE_IP").unwrap_or_else(|| "1.1.1.1".into()),
-    };
+    let info = ambit_proxy_core::environment::node_info(&gateway, &namespace);
     let tasks = waypoint::mesh::start(&w, listeners, xds, info);
     tracing::info!(waypoint = %format!("{namespace}/{gateway}"), "waypoint running");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -6,12 +6,15 @@
 
 use std::sync::Arc;
 
+use ambit_proxy_core::admin::{self, Endpoints};
+use ambit_proxy_core::control::ControlPlane;
+use ambit_proxy_core::xds::NodeInfo;
+use ambit_proxy_core::{accept, drain};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use ztunnel::control::ControlPlane;
-use ztunnel::xds::NodeInfo;
 
-use crate::waypoint::{Waypoint, WaypointXds};
+use crate::admin::WaypointEndpoints;
+use crate::waypoint::Waypoint;
 
 /// The four sockets a waypoint serves on, already bound by the caller.
 #[derive(Debug)]
@@ -27,22 +30,40 @@ pub struct Listeners {
 }
 
 /// Serves `waypoint` on `listeners` and keeps it configured from the
-/// control plane `cp` (as node `info`). The tasks run until aborted; the
-/// waypoint reports ready once xDS has answered for every type.
+/// control plane `cp` (as node `info`). The HBONE listener and the xDS
+/// client end when the waypoint drains; the admin endpoints serve until
+/// their tasks are aborted. The waypoint reports ready once xDS has answered
+/// for every type and its certificate is issued.
 pub fn start(
     waypoint: &Arc<Waypoint>,
     listeners: Listeners,
     cp: ControlPlane,
     info: NodeInfo,
 ) -> Vec<JoinHandle<()>> {
-    let mut tasks = vec![tokio::spawn(waypoint.hbone_server().serve(listeners.hbone))];
-    for l in [listeners.readiness, listeners.metrics, listeners.admin] {
-        tasks.push(tokio::spawn(crate::admin::serve(waypoint.clone(), l)));
+    let server = waypoint.hbone_server();
+    let mut tasks = vec![tokio::spawn(accept::serve(
+        listeners.hbone,
+        "15008",
+        waypoint.drain_watch(),
+        move |tcp, peer| {
+            tokio::spawn(server.clone().serve_tcp(tcp, peer));
+        },
+    ))];
+    let endpoints: Arc<dyn Endpoints> = Arc::new(WaypointEndpoints(waypoint.clone()));
+    for (listener, port) in [
+        (listeners.readiness, admin::READINESS),
+        (listeners.metrics, admin::METRICS),
+        (listeners.admin, admin::ADMIN),
+    ] {
+        tasks.push(tokio::spawn(admin::serve(
+            endpoints.clone(),
+            listener,
+            port,
+            drain::Watch::never(),
+        )));
     }
-    let w = waypoint.clone();
-    tasks.push(tokio::spawn(async move {
-        let mut consumer = WaypointXds::new(w);
-        ztunnel::xds::run_client(&mut consumer, &cp, &info).await
-    }));
+    tasks.push(tokio::spawn(
+        waypoint.xds_client(info).run(cp, waypoint.drain_watch()),
+    ));
     tasks
 }

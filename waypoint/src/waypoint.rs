@@ -12,7 +12,6 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use ambit_api::model::ProxyState;
-use ambit_api::xds::proto::discovery::DeltaDiscoveryResponse;
 use ambit_api::xds::proto::l7 as pb;
 use ambit_api::xds::{ADDRESS_TYPE, L7_SERVICE_TYPE};
 use ambit_hbone::client::SocketFactory;
@@ -20,15 +19,15 @@ use ambit_hbone::server::{InboundHandler, InboundRequest, Refusal};
 use ambit_hbone::stream::H2Stream;
 use ambit_hbone::{HboneConfig, HboneServer, Pool};
 use ambit_identity::SpiffeId;
+use ambit_proxy_core::certs::{CertManager, PodServerTls};
+use ambit_proxy_core::xds::{NodeInfo, Rejected, Update, XdsClient};
+use ambit_proxy_core::{accept, drain, workloads};
 use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
-use ztunnel::certs::{CertManager, PodServerTls};
-use ztunnel::xds::{XdsCache, XdsConsumer};
 
 use crate::authz::{Mode, RequestAttributes};
 use crate::jwks_fetch::JwksLocation;
@@ -79,7 +78,8 @@ pub struct Waypoint {
     upstreams: Arc<Upstreams>,
     metrics: Arc<Metrics>,
     synced: AtomicBool,
-    shutting_down: AtomicBool,
+    /// Shutdown: stops the accept loops, the xDS client and fetch retries.
+    drain: drain::Trigger,
     self_ref: Weak<Waypoint>,
 }
 
@@ -110,7 +110,7 @@ impl Waypoint {
             addresses: RwLock::default(),
             metrics: Arc::default(),
             synced: AtomicBool::new(false),
-            shutting_down: AtomicBool::new(false),
+            drain: drain::channel().0,
             self_ref: me.clone(),
         })
     }
@@ -151,7 +151,7 @@ impl Waypoint {
         let me = self.self_ref.clone();
         tokio::task::spawn_blocking(move || {
             while let Some(w) = me.upgrade() {
-                if w.shutting_down.load(Ordering::Relaxed) {
+                if w.drain.is_draining() {
                     return;
                 }
                 match w.certs.get(&w.identity) {
@@ -164,9 +164,15 @@ impl Waypoint {
         });
     }
 
-    /// Stops reconnecting to the controller.
+    /// Starts the drain: accept loops end, the xDS client stops
+    /// reconnecting, certificate and JWKS retries stop.
     pub fn shutdown(&self) {
-        self.shutting_down.store(true, Ordering::Relaxed);
+        self.drain.start();
+    }
+
+    /// A watch on this waypoint's drain, for tasks that must end with it.
+    pub fn drain_watch(&self) -> drain::Watch {
+        self.drain.watch()
     }
 
     /// Applies one `L7Service` (or its removal).
@@ -331,16 +337,14 @@ impl Waypoint {
         listener: tokio::net::TcpListener,
         dst: SocketAddr,
     ) {
-        loop {
-            let Ok((tcp, peer)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            };
+        let drain = self.drain_watch();
+        accept::serve(listener, "plaintext", drain, |tcp, peer| {
             let _ = tcp.set_nodelay(true);
             let info = self.conn_info(None, peer, dst);
             let me = self.clone();
             tokio::spawn(async move { me.serve_connection(tcp, info).await });
-        }
+        })
+        .await
     }
 
     /// Serves one client connection: HTTP (detected) or TCP routes.
@@ -527,79 +531,37 @@ impl InboundHandler for WaypointHandler {
     }
 }
 
-/// The waypoint's xDS consumer: `L7Service` for its config, `Address` for
-/// source telemetry and JWKS hosts.
-pub struct WaypointXds {
-    waypoint: Arc<Waypoint>,
-    addresses: XdsCache,
-    l7_versions: HashMap<String, String>,
-}
-
-impl WaypointXds {
-    /// A consumer feeding `waypoint`.
-    pub fn new(waypoint: Arc<Waypoint>) -> Self {
-        WaypointXds {
-            waypoint,
-            addresses: XdsCache::default(),
-            l7_versions: HashMap::new(),
-        }
-    }
-}
-
-impl XdsConsumer for WaypointXds {
-    fn type_urls(&self) -> &'static [&'static str] {
-        &[ADDRESS_TYPE, L7_SERVICE_TYPE]
-    }
-
-    fn proxy_kind(&self) -> &'static str {
-        "waypoint"
-    }
-
-    fn versions(&self, type_url: &str) -> HashMap<String, String> {
-        if type_url == L7_SERVICE_TYPE {
-            self.l7_versions.clone()
-        } else {
-            self.addresses.versions(type_url)
-        }
-    }
-
-    fn apply(&mut self, resp: &DeltaDiscoveryResponse) -> Vec<String> {
-        if resp.type_url != L7_SERVICE_TYPE {
-            let errors = self.addresses.apply(resp);
-            self.waypoint.set_addresses(self.addresses.state());
-            return errors;
-        }
-        let mut errors = Vec::new();
-        for name in &resp.removed_resources {
-            self.l7_versions.remove(name);
-            if let Err(e) = self.waypoint.apply_l7(name, None) {
-                errors.push(format!("{name}: {e}"));
-            }
-        }
-        for r in &resp.resources {
-            let decoded = r
-                .resource
-                .as_ref()
-                .ok_or_else(|| "resource has no body".to_string())
-                .and_then(|b| pb::L7Service::decode(b.value.as_slice()).map_err(|e| e.to_string()))
-                .and_then(|s| self.waypoint.apply_l7(&r.name, Some(s)));
-            match decoded {
-                Ok(()) => {
-                    self.l7_versions.insert(r.name.clone(), r.version.clone());
+impl Waypoint {
+    /// The waypoint's xDS client (as node `info`): `L7Service` for its
+    /// config, `Address` for source telemetry and JWKS hosts. Once both have
+    /// answered, it asks the CA for its certificate (the CA signs only for a
+    /// workload it knows).
+    pub fn xds_client(self: &Arc<Self>, info: NodeInfo) -> XdsClient {
+        let target = self.clone();
+        let (addresses, _) =
+            workloads::handlers(Arc::new(move |state| target.set_addresses(state)));
+        let target = self.clone();
+        let l7 = move |updates: Vec<Update<pb::L7Service>>| {
+            let mut rejected = Vec::new();
+            for u in updates {
+                let (name, svc) = match u {
+                    Update::Remove(name) => (name, None),
+                    Update::Upsert(name, svc) => (name, Some(svc)),
+                };
+                if let Err(e) = target.apply_l7(&name, svc) {
+                    rejected.push(Rejected::new(name, e));
                 }
-                Err(e) => errors.push(format!("{}: {e}", r.name)),
             }
-        }
-        errors
-    }
-
-    fn synced(&mut self) {
-        if !self.waypoint.synced.swap(true, Ordering::Relaxed) {
-            self.waypoint.fetch_certificate();
-        }
-    }
-
-    fn is_shutting_down(&self) -> bool {
-        self.waypoint.shutting_down.load(Ordering::Relaxed)
+            rejected
+        };
+        let synced = self.clone();
+        XdsClient::new("waypoint", info)
+            .watch(ADDRESS_TYPE, addresses)
+            .watch(L7_SERVICE_TYPE, l7)
+            .on_synced(move || {
+                if !synced.synced.swap(true, Ordering::Relaxed) {
+                    synced.fetch_certificate();
+                }
+            })
     }
 }

@@ -14,9 +14,10 @@ use tracing::{debug, info};
 use crate::metrics::{PeerLabels, Series, TrafficLabels};
 use crate::proxy::{Pod, Shared};
 use crate::revoke::Admission;
-use crate::socket::marked_socket_in;
 use ambit_api::model::ProxyState;
 use ambit_api::model::authz::{self, Connection};
+use ambit_proxy_core::socket::marked_socket_in;
+use ambit_proxy_core::{accept, drain};
 
 /// The HBONE handler of one pod.
 pub struct PodInbound {
@@ -99,7 +100,7 @@ fn authorize(state: &ProxyState, conn: &Connection) -> authz::Decision {
 
 /// Connects to the app at `dst` from inside the pod's namespace.
 pub async fn connect_app(pod: &Pod, dst: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = marked_socket_in(&pod.netns, dst)?;
+    let socket = marked_socket_in(&pod.netns, dst, ambit_ebpf::ZTUNNEL_MARK)?;
     let stream = tokio::time::timeout(std::time::Duration::from_secs(10), socket.connect(dst))
         .await
         .map_err(|_| {
@@ -208,54 +209,65 @@ fn skips_waypoint(state: &ProxyState, uid: &str, peer: &SpiffeId) -> Option<Stri
 /// Serves plaintext steered into the pod's 15006: the accepted socket's local
 /// address is the original destination. No identity: only policies that admit
 /// unauthenticated peers let it through (STRICT mTLS is a DENY of those).
-pub async fn serve_plaintext(shared: Arc<Shared>, pod: Arc<Pod>, listener: TcpListener) {
-    loop {
-        let (mut client, peer) = crate::socket::accept(&listener, "15006").await;
-        let shared = shared.clone();
-        let pod = pod.clone();
-        tokio::spawn(async move {
-            let _active = shared.track();
-            let Ok(dst) = client.local_addr() else { return };
-            let state = shared.state();
-            let mut labels = inbound_labels(&state, peer.ip(), None, dst, None);
-            let conn = Connection {
-                src_identity: None,
-                src_ip: peer.ip(),
-                dst_ip: dst.ip(),
-                dst_port: dst.port(),
-            };
-            if let Err(why) = admit(&state, &pod.uid, &conn) {
-                labels.response_flags = "DENY";
-                shared.metrics.failed(&labels);
-                info!(target: "access", reporter = "destination", src.addr = %peer, dst.addr = %dst, "plaintext connection denied: {why}");
-                let _ = client.set_zero_linger();
-                return;
-            }
-            let mut app = match connect_app(&pod, dst).await {
-                Ok(a) => a,
-                Err(e) => {
-                    labels.response_flags = "CONNECT";
-                    shared.metrics.failed(&labels);
-                    return debug!(error = %e, "app connect failed");
-                }
-            };
-            let series = shared.metrics.series(&labels);
-            series.opened();
-            info!(target: "access", reporter = "destination", src.addr = %peer, dst.addr = %dst, "plaintext connection opened");
-            // As on the HBONE path: the connection keeps its series'
-            // counters, not its labels or a state snapshot, while it lasts.
-            drop((labels, state));
-            let admission = shared
-                .admitted
-                .register(Arc::from(pod.uid.as_str()), conn, admit);
-            let (up, down) = tokio::select! {
-                r = tokio::io::copy_bidirectional(&mut client, &mut app) => r.unwrap_or((0, 0)),
-                () = admission.revoked() => {
-                    let _ = client.set_zero_linger();
-                    (0, 0)
-                }
-            };
-            series.closed(up, down);
-        });
+pub async fn serve_plaintext(
+    shared: Arc<Shared>,
+    pod: Arc<Pod>,
+    listener: TcpListener,
+    drain: drain::Watch,
+) {
+    accept::serve(listener, "15006", drain, |client, peer| {
+        tokio::spawn(handle_plaintext(shared.clone(), pod.clone(), client, peer));
+    })
+    .await
+}
+
+/// One plaintext connection: authorize, connect to the app, relay.
+async fn handle_plaintext(
+    shared: Arc<Shared>,
+    pod: Arc<Pod>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+) {
+    let _active = shared.track();
+    let Ok(dst) = client.local_addr() else { return };
+    let state = shared.state();
+    let mut labels = inbound_labels(&state, peer.ip(), None, dst, None);
+    let conn = Connection {
+        src_identity: None,
+        src_ip: peer.ip(),
+        dst_ip: dst.ip(),
+        dst_port: dst.port(),
+    };
+    if let Err(why) = admit(&state, &pod.uid, &conn) {
+        labels.response_flags = "DENY";
+        shared.metrics.failed(&labels);
+        info!(target: "access", reporter = "destination", src.addr = %peer, dst.addr = %dst, "plaintext connection denied: {why}");
+        let _ = client.set_zero_linger();
+        return;
     }
+    let mut app = match connect_app(&pod, dst).await {
+        Ok(a) => a,
+        Err(e) => {
+            labels.response_flags = "CONNECT";
+            shared.metrics.failed(&labels);
+            return debug!(error = %e, "app connect failed");
+        }
+    };
+    let series = shared.metrics.series(&labels);
+    series.opened();
+    info!(target: "access", reporter = "destination", src.addr = %peer, dst.addr = %dst, "plaintext connection opened");
+    // As on the HBONE path: the connection keeps its series'
+    // counters, not its labels or a state snapshot, while it lasts.
+    drop((labels, state));
+    let admission = shared
+        .admitted
+        .register(Arc::from(pod.uid.as_str()), conn, admit);
+    let (up, down) = tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut app) => r.unwrap_or((0, 0)),
+        () = admission.revoked() => {
+            let _ = client.set_zero_linger();
+            (0, 0)
+        }
+    };
+    series.closed(up, down);
 }

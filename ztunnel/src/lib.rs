@@ -4,17 +4,12 @@
 //! (`ambit-hbone`) to the destination node, and enforces L4 authorization.
 
 pub mod admin;
-pub mod ca_client;
-pub mod certs;
-pub mod control;
 pub mod inbound;
 pub mod memory;
 pub mod metrics;
-pub mod netns;
 pub mod outbound;
 pub mod proxy;
 pub mod revoke;
-pub mod socket;
 pub mod standalone;
 pub mod xds;
 pub mod zds;

@@ -5,7 +5,7 @@ fn main() -> anyhow::Result<()> {
     // Started as the eBPF loader child (see `ZtunnelConfig::ebpf_loader`)?
     ambit_ebpf::loader::serve_if_asked();
     ztunnel::standalone::tune_allocator();
-    ztunnel::standalone::init_logging(std::io::stdout);
+    ambit_proxy_core::environment::init_logging(std::io::stdout, tracing::Level::INFO);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(ztunnel::standalone::worker_threads())
         .enable_all()

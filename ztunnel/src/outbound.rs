@@ -16,8 +16,9 @@ use tracing::{debug, info, warn};
 
 use crate::metrics::{PeerLabels, Series, TrafficLabels};
 use crate::proxy::{Pod, Shared, ports};
-use crate::socket::marked_socket_in;
 use ambit_api::model::{Protocol, ProxyState, Workload};
+use ambit_proxy_core::socket::marked_socket_in;
+use ambit_proxy_core::{accept, drain};
 
 /// Where an outbound connection goes.
 #[derive(Debug)]
@@ -105,13 +106,12 @@ fn route(state: &ProxyState, dst: SocketAddr) -> Route {
     }
 }
 
-/// Accepts on the pod's 15001 until the task is aborted.
-pub async fn serve(shared: Arc<Shared>, pod: Arc<Pod>, listener: TcpListener) {
-    loop {
-        let (app, peer) = crate::socket::accept(&listener, "15001").await;
-        let (shared, pod) = (shared.clone(), pod.clone());
-        tokio::spawn(async move { handle(shared, pod, app, peer).await });
-    }
+/// Accepts on the pod's 15001 until the drain starts (or the task is aborted).
+pub async fn serve(shared: Arc<Shared>, pod: Arc<Pod>, listener: TcpListener, drain: drain::Watch) {
+    accept::serve(listener, "15001", drain, |app, peer| {
+        tokio::spawn(handle(shared.clone(), pod.clone(), app, peer));
+    })
+    .await
 }
 
 /// What a connection carries once set up.
@@ -216,7 +216,7 @@ async fn set_up(
         }
         Route::Passthrough(to) => {
             let upstream = async {
-                let s = marked_socket_in(&pod.netns, to)?;
+                let s = marked_socket_in(&pod.netns, to, ambit_ebpf::ZTUNNEL_MARK)?;
                 s.connect(to).await
             };
             match upstream.await {
@@ -330,7 +330,9 @@ async fn open_tunnel(
         expected,
         src_ip: Some(pod.ip),
         head,
-        socket: Some(Arc::new(move |dst| marked_socket_in(&netns_pod.netns, dst))),
+        socket: Some(Arc::new(move |dst| {
+            marked_socket_in(&netns_pod.netns, dst, ambit_ebpf::ZTUNNEL_MARK)
+        })),
     };
     shared.pool.connect_with_data(&cert, &target, early).await
 }

@@ -14,13 +14,14 @@ use ambit_identity::SpiffeId;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::certs::{CertManager, CertificateProvider, PodServerTls};
 use crate::inbound::{self, PodInbound};
 use crate::metrics::Metrics;
-use crate::netns::Netns;
 use crate::outbound;
-use crate::socket::listen_in;
 use ambit_api::model::{ProxyState, Workload};
+use ambit_proxy_core::certs::{CertManager, CertificateProvider, PodServerTls};
+use ambit_proxy_core::netns::Netns;
+use ambit_proxy_core::socket::listen_in;
+use ambit_proxy_core::{accept, drain};
 
 /// ztunnel's ports inside each pod namespace.
 pub mod ports {
@@ -88,7 +89,7 @@ pub enum ZtunnelError {
         /// Pod uid.
         uid: String,
         /// Why.
-        source: crate::certs::FetchError,
+        source: ambit_proxy_core::certs::FetchError,
     },
     /// A socket or namespace operation failed.
     #[error("pod {uid}: {what}: {source}")]
@@ -215,20 +216,13 @@ type PodServer = Arc<HboneServer<PodInbound>>;
 
 struct PodRuntime {
     pod: Arc<Pod>,
-    /// The HBONE accept loop: on drain it stops by itself, after sending its
-    /// connections GOAWAY ([`HboneServer::drain`]).
-    hbone_task: JoinHandle<()>,
-    /// The 15001 and 15006 accept loops (connections they spawned are their
-    /// own tasks and outlive them).
-    accept_tasks: [JoinHandle<()>; 2],
+    /// The 15008, 15006 and 15001 accept loops: they end by themselves when
+    /// the ztunnel drains, and are aborted when the pod leaves (connections
+    /// they spawned are their own tasks and outlive them).
+    accept_tasks: [JoinHandle<()>; 3],
+    /// The pod's HBONE server: on drain its connections get a GOAWAY
+    /// ([`HboneServer::drain`]).
     server: PodServer,
-}
-
-impl PodRuntime {
-    /// Every task that serves the pod's listeners.
-    fn tasks(&self) -> impl Iterator<Item = &JoinHandle<()>> {
-        std::iter::once(&self.hbone_task).chain(&self.accept_tasks)
-    }
 }
 
 /// A running ztunnel.
@@ -238,7 +232,8 @@ pub struct Ztunnel {
     zds: Mutex<Option<bool>>,
     /// `None`: state is not from xDS. `Some(synced)`: every type ACKed once.
     xds: Mutex<Option<bool>>,
-    shutting_down: std::sync::atomic::AtomicBool,
+    /// Shutdown: stops the accept loops and the background clients.
+    drain: drain::Trigger,
     shared: Arc<Shared>,
     pods: Mutex<HashMap<String, PodRuntime>>,
 }
@@ -269,7 +264,7 @@ impl Ztunnel {
             node: config.node,
             zds: Mutex::new(None),
             xds: Mutex::new(None),
-            shutting_down: std::sync::atomic::AtomicBool::new(false),
+            drain: drain::channel().0,
             shared: Arc::new(Shared {
                 state: RwLock::new(Arc::new(state)),
                 capture: Mutex::new(capture),
@@ -430,17 +425,27 @@ impl Ztunnel {
             )),
             PodInbound::new(self.shared.clone(), pod.clone()),
         );
-        let hbone_task = tokio::spawn(server.clone().serve(hbone_l));
+        let hbone = server.clone();
         let accept_tasks = [
+            tokio::spawn(accept::serve(
+                hbone_l,
+                "15008",
+                self.drain.watch(),
+                move |tcp, peer| {
+                    tokio::spawn(hbone.clone().serve_tcp(tcp, peer));
+                },
+            )),
             tokio::spawn(inbound::serve_plaintext(
                 self.shared.clone(),
                 pod.clone(),
                 plain_l,
+                self.drain.watch(),
             )),
             tokio::spawn(outbound::serve(
                 self.shared.clone(),
                 pod.clone(),
                 outbound_l,
+                self.drain.watch(),
             )),
         ];
         info!(uid, %ip, identity = %pod.identity, "pod enrolled");
@@ -449,7 +454,6 @@ impl Ztunnel {
                 uid.to_string(),
                 PodRuntime {
                     pod,
-                    hbone_task,
                     accept_tasks,
                     server,
                 },
@@ -473,10 +477,15 @@ impl Ztunnel {
         }
     }
 
-    /// Asks background loops (ZDS) to stop.
+    /// Starts the drain: accept loops end, background clients (xDS, ZDS)
+    /// stop reconnecting.
     pub fn shutdown(&self) {
-        self.shutting_down
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.drain.start();
+    }
+
+    /// A watch on this ztunnel's drain, for tasks that must end with it.
+    pub fn drain_watch(&self) -> drain::Watch {
+        self.drain.watch()
     }
 
     /// Drains, as on SIGTERM: every pod's listeners close (HBONE connections
@@ -485,15 +494,12 @@ impl Ztunnel {
     /// flowing until they end or `within` passes. Returns how many were
     /// still open at the end.
     pub async fn drain(&self, within: std::time::Duration) -> usize {
+        // Every pod's accept loops end; connections they spawned go on.
         self.shutdown();
         if let Ok(pods) = self.pods.lock() {
             for rt in pods.values() {
-                // HBONE: GOAWAY to peers, its accept loop ends by itself.
+                // HBONE: GOAWAY to peers.
                 rt.server.drain();
-                // The plaintext accept loops end; connections they spawned go on.
-                for t in &rt.accept_tasks {
-                    t.abort();
-                }
             }
         }
         info!(open = self.shared.active_connections(), ?within, "draining");
@@ -508,8 +514,7 @@ impl Ztunnel {
 
     /// Has [`shutdown`](Self::shutdown) been called?
     pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.drain.is_draining()
     }
 
     /// Registers a pod that is not in the mesh for Service load balancing only
@@ -624,7 +629,7 @@ impl Ztunnel {
         let Some(rt) = self.pods.lock().ok().and_then(|mut p| p.remove(uid)) else {
             return Ok(());
         };
-        for t in rt.tasks() {
+        for t in &rt.accept_tasks {
             t.abort();
         }
         let mut capture = self
@@ -648,7 +653,7 @@ impl Drop for Ztunnel {
     fn drop(&mut self) {
         if let Ok(mut pods) = self.pods.lock() {
             for rt in pods.values() {
-                for t in rt.tasks() {
+                for t in &rt.accept_tasks {
                     t.abort();
                 }
             }

@@ -16,7 +16,7 @@
 //!   `AMBIT_ADMIN_NETNS` (a netns path to bind 15000/15020/15021 in; default
 //!   the process's own).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,89 +24,16 @@ use ambit_hbone::HboneConfig;
 use ambit_hbone::ca::{Authority, Validity};
 use anyhow::{Context, bail};
 
-use crate::ca_client::CaClient;
-use crate::certs::{CertificateProvider, LocalSigner};
-use crate::control::ControlPlane;
-use crate::netns::Netns;
+use ambit_proxy_core::ca_client::CaClient;
+use ambit_proxy_core::certs::{CertificateProvider, LocalSigner};
+use ambit_proxy_core::environment::{control_plane, default_control_plane, env, secret_ttl};
+use ambit_proxy_core::netns::Netns;
+
 use crate::{Ztunnel, ZtunnelConfig};
 use ambit_api::model::{LocalConfig, ProxyState};
 
 /// Where the `ztunnel` process pins capture unless `AMBIT_BPF_PIN_DIR` says.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ambit/ztunnel";
-
-/// An environment variable, set and not empty.
-pub fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-/// Istio's default control-plane address (docs/wire.md §3.4): istiod's
-/// Service inside Kubernetes, else localhost.
-pub fn default_control_plane() -> String {
-    if env("KUBERNETES_SERVICE_HOST").is_some() {
-        "https://istiod.istio-system.svc:15012".into()
-    } else {
-        "https://localhost:15012".into()
-    }
-}
-
-/// A value that is a file path when such a file exists, else the value itself.
-fn file_or_literal(v: String) -> anyhow::Result<String> {
-    if Path::new(&v).is_file() {
-        std::fs::read_to_string(&v).with_context(|| format!("reading {v}"))
-    } else {
-        Ok(v)
-    }
-}
-
-/// `SECRET_TTL`: seconds, or an Istio duration (`24h`, `90m`); default 24 h.
-pub fn secret_ttl() -> anyhow::Result<Duration> {
-    let Some(v) = env("SECRET_TTL") else {
-        return Ok(Duration::from_secs(24 * 3600));
-    };
-    v.parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
-        .or_else(|| ambit_api::duration::parse(&v))
-        .with_context(|| format!("SECRET_TTL={v:?}: want seconds, or a duration like 24h"))
-}
-
-fn with_scheme(a: String) -> String {
-    if a.contains("://") {
-        a
-    } else {
-        format!("https://{a}")
-    }
-}
-
-/// Istio's default locations, relative to the working directory (docs/wire.md §3.4).
-const DEFAULT_ROOT: &str = "./var/run/secrets/istio/root-cert.pem";
-const DEFAULT_TOKEN: &str = "./var/run/secrets/tokens/istio-token";
-
-fn existing(path: &str) -> Option<String> {
-    Path::new(path).is_file().then(|| path.to_string())
-}
-
-/// The control plane at `address` as Istio's variables describe it: the
-/// root from `root_var` (or `XDS_ROOT_CA`, or the default file), `AUTH_TOKEN`,
-/// `ALT_XDS_HOSTNAME`, the cluster id (docs/wire.md §3.4).
-pub fn control_plane(address: String, root_var: &str) -> anyhow::Result<ControlPlane> {
-    let root_pem = env(root_var)
-        .or_else(|| env("XDS_ROOT_CA"))
-        .or_else(|| existing(DEFAULT_ROOT))
-        .map(file_or_literal)
-        .transpose()?;
-    Ok(ControlPlane {
-        address: with_scheme(address),
-        root_pem,
-        tls_name: env("ALT_XDS_HOSTNAME"),
-        token: env("AUTH_TOKEN").filter(|t| !Path::new(t).is_file()),
-        token_file: env("AUTH_TOKEN")
-            .or_else(|| existing(DEFAULT_TOKEN))
-            .filter(|t| Path::new(t).is_file())
-            .map(PathBuf::from),
-        cluster_id: env("CLUSTER_ID").unwrap_or_else(|| "Kubernetes".into()),
-    })
-}
 
 /// Keeps the allocator's footprint in line with two worker threads: glibc
 /// would otherwise create up to eight arenas per core, each keeping its
@@ -119,44 +46,6 @@ pub fn tune_allocator() {
     #[allow(unsafe_code)]
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
-/// Installs the node proxy's logging: [`log_filter`] on a plain fmt layer
-/// writing to `writer`. The `ztunnel` binary logs to stdout (as Istio's
-/// does); `ambit ztunnel` to stderr, like the rest of the CLI.
-pub fn init_logging<W>(writer: W)
-where
-    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
-{
-    use tracing_subscriber::prelude::*;
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(writer)
-                .with_filter(log_filter()),
-        )
-        .init();
-}
-
-/// The log filter from `RUST_LOG` (`info`, `warn,access=info`,
-/// `ztunnel::inbound=debug`: a default level and per-target levels), default
-/// `info`. Plain targets only, no span or field filters: that keeps the
-/// regex engine out of the node proxy's binary (~0.4 MiB of code resident in
-/// every node's memory). An invalid value is reported and `info` is used.
-pub fn log_filter() -> tracing_subscriber::filter::Targets {
-    parse_log_filter(std::env::var("RUST_LOG").ok().as_deref())
-}
-
-fn parse_log_filter(value: Option<&str>) -> tracing_subscriber::filter::Targets {
-    use tracing_subscriber::filter::Targets;
-    let default = || Targets::new().with_default(tracing::Level::INFO);
-    match value {
-        None => default(),
-        Some(v) => v.parse().unwrap_or_else(|e| {
-            eprintln!("ztunnel: RUST_LOG={v:?} is not a valid filter ({e}); logging at info");
-            default()
-        }),
     }
 }
 
@@ -253,12 +142,7 @@ pub async fn run() -> anyhow::Result<()> {
     let _admin = crate::admin::start(&z, &admin_ns).context("binding 15000/15020/15021")?;
     let xds_task = xds.map(|cp| {
         z.set_xds_synced(false);
-        let info = crate::xds::NodeInfo {
-            node_name: node.clone(),
-            pod_name: env("POD_NAME").unwrap_or_else(|| "ztunnel".into()),
-            pod_namespace: env("POD_NAMESPACE").unwrap_or_else(|| "istio-system".into()),
-            instance_ip: env("INSTANCE_IP").unwrap_or_else(|| "1.1.1.1".into()),
-        };
+        let info = ambit_proxy_core::environment::node_info("ztunnel", "istio-system");
         tokio::spawn(crate::xds::run(z.clone(), cp, info))
     });
     let trim = tokio::spawn(trim_heap());
@@ -284,30 +168,4 @@ pub async fn run() -> anyhow::Result<()> {
     }
     let _ = tokio::task::spawn_blocking(move || zds.join()).await;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use tracing::Level;
-
-    use super::parse_log_filter;
-
-    #[test]
-    fn log_filter_takes_a_default_and_per_target_levels() {
-        let f = parse_log_filter(Some("warn,access=info,ztunnel::inbound=debug"));
-        assert!(f.would_enable("access", &Level::INFO));
-        assert!(!f.would_enable("access", &Level::DEBUG));
-        assert!(f.would_enable("ztunnel::inbound", &Level::DEBUG));
-        assert!(!f.would_enable("ztunnel::outbound", &Level::INFO));
-        assert!(f.would_enable("ztunnel::outbound", &Level::WARN));
-    }
-
-    #[test]
-    fn log_filter_falls_back_to_info() {
-        for value in [None, Some("access=loud")] {
-            let f = parse_log_filter(value);
-            assert!(f.would_enable("ztunnel", &Level::INFO), "{value:?}");
-            assert!(!f.would_enable("ztunnel", &Level::DEBUG), "{value:?}");
-        }
-    }
 }

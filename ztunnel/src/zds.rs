@@ -24,8 +24,8 @@ use nix::sys::socket::{
 use prost::Message;
 use tracing::{info, warn};
 
-use crate::netns::Netns;
 use crate::proxy::Ztunnel;
+use ambit_proxy_core::netns::Netns;
 
 fn nix_io(e: nix::Error) -> io::Error {
     io::Error::from_raw_os_error(e as i32)

@@ -1,13 +1,13 @@
-//! Sockets ztunnel makes inside a pod's network namespace: listeners for the
-//! pod's 15001/15006/15008, and marked sockets for connections it originates
-//! on the pod's behalf (the mark keeps the capture programs off them).
+//! Sockets a proxy makes inside a network namespace: listeners (a pod's
+//! 15001/15006/15008, a node's admin ports) and marked sockets for the
+//! connections it originates on a pod's behalf (the mark keeps the capture
+//! programs off them).
 
 use std::io;
 use std::net::SocketAddr;
 
-use ambit_ebpf::ZTUNNEL_MARK;
 use socket2::{Domain, Socket, Type};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket};
 
 use crate::netns::Netns;
 
@@ -26,28 +26,15 @@ pub fn listen_in(ns: &Netns, addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(std_listener)
 }
 
-/// An unconnected TCP socket inside `ns`, marked as ztunnel's, ready to dial `dst`.
-pub fn marked_socket_in(ns: &Netns, dst: SocketAddr) -> io::Result<TcpSocket> {
+/// An unconnected TCP socket inside `ns` carrying `mark` (`SO_MARK`), ready
+/// to dial `dst`.
+pub fn marked_socket_in(ns: &Netns, dst: SocketAddr, mark: u32) -> io::Result<TcpSocket> {
     let std_stream = ns.run(|| -> io::Result<std::net::TcpStream> {
         // Non-blocking from socket(2) on: no fcntl round trips per connection.
         let s = Socket::new(Domain::for_address(dst), Type::STREAM.nonblocking(), None)?;
-        s.set_mark(ZTUNNEL_MARK)?;
+        s.set_mark(mark)?;
         s.set_nodelay(true)?;
         Ok(s.into())
     })??;
     Ok(TcpSocket::from_std_stream(std_stream))
-}
-
-/// Accepts the next connection on `listener`; on an error (EMFILE and the like)
-/// logs it and backs off briefly instead of spinning.
-pub async fn accept(listener: &TcpListener, what: &str) -> (TcpStream, SocketAddr) {
-    loop {
-        match listener.accept().await {
-            Ok(x) => return x,
-            Err(e) => {
-                tracing::warn!(listener = what, error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
 }
