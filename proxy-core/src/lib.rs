@@ -13,6 +13,7 @@ pub mod control;
 pub mod drain;
 pub mod environment;
 pub mod netns;
+pub mod revoke;
 pub mod socket;
 pub mod workloads;
 pub mod xds;

@@ -186,7 +186,7 @@ impl Waypoint {
             let next = Arc::new(next);
             *guard = next.clone();
             drop(guard);
-            self.relays.recheck(&next);
+            crate::relays::recheck(&self.relays, &next);
             if let Some(s) = self.state().get(name) {
                 self.fetch_jwks(s);
             }
@@ -454,7 +454,10 @@ impl Waypoint {
             .dial(&target)
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let relay = self.relays.register(info.dst.ip(), attrs);
+        let relay = self.relays.register(crate::relays::Relay {
+            destination: info.dst.ip(),
+            attrs,
+        });
         tokio::select! {
             r = tokio::io::copy_bidirectional(&mut io, &mut up) => r,
             () = relay.revoked() => Err(std::io::Error::new(

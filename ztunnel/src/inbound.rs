@@ -13,9 +13,9 @@ use tracing::{debug, info};
 
 use crate::metrics::{PeerLabels, Series, TrafficLabels};
 use crate::proxy::{Pod, Shared};
-use crate::revoke::Admission;
 use ambit_api::model::ProxyState;
 use ambit_api::model::authz::{self, Connection};
+use ambit_proxy_core::revoke::{OpenConnections, Registration};
 use ambit_proxy_core::socket::marked_socket_in;
 use ambit_proxy_core::{accept, drain};
 
@@ -63,6 +63,30 @@ fn inbound_labels(
         ..Default::default()
     }
     .with_service(service_host)
+}
+
+/// What an open inbound connection was admitted on: re-checked with
+/// [`admit`] on every policy push.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The destination pod.
+    pub pod_uid: Arc<str>,
+    /// The connection's L4 facts.
+    pub conn: Connection,
+}
+
+/// Re-checks every open inbound connection against `state`; closes (and
+/// counts) those it no longer admits.
+pub fn recheck(open: &OpenConnections<Admitted>, state: &ProxyState) -> usize {
+    open.recheck(|a| match admit(state, &a.pod_uid, &a.conn) {
+        Ok(()) => true,
+        Err(why) => {
+            info!(target: "access", reporter = "destination",
+                src.addr = %a.conn.src_ip, dst.addr = %a.conn.dst_ip, dst.port = a.conn.dst_port,
+                "open connection closed by a policy change: {why}");
+            false
+        }
+    })
 }
 
 /// May a connection to the pod `uid` open, or stay open after a policy
@@ -115,7 +139,7 @@ pub struct AppUpstream {
     tcp: TcpStream,
     series: Arc<Series>,
     /// Closes the relay when a policy push denies it.
-    admission: Admission,
+    admission: Registration<Admitted>,
 }
 
 impl InboundHandler for PodInbound {
@@ -173,10 +197,10 @@ impl InboundHandler for PodInbound {
                 let series = self.shared.metrics.series(&labels);
                 series.opened();
                 info!(target: "access", reporter = "destination", src.addr = %req.peer_addr, src.identity = %req.peer_identity, dst.addr = %dst, dst.identity = %self.pod.identity, "connection opened");
-                let admission =
-                    self.shared
-                        .admitted
-                        .register(Arc::from(self.pod.uid.as_str()), conn, admit);
+                let admission = self.shared.admitted.register(Admitted {
+                    pod_uid: Arc::from(self.pod.uid.as_str()),
+                    conn,
+                });
                 Ok(AppUpstream {
                     tcp,
                     series,
@@ -259,9 +283,10 @@ async fn handle_plaintext(
     // As on the HBONE path: the connection keeps its series'
     // counters, not its labels or a state snapshot, while it lasts.
     drop((labels, state));
-    let admission = shared
-        .admitted
-        .register(Arc::from(pod.uid.as_str()), conn, admit);
+    let admission = shared.admitted.register(Admitted {
+        pod_uid: Arc::from(pod.uid.as_str()),
+        conn,
+    });
     let (up, down) = tokio::select! {
         r = tokio::io::copy_bidirectional(&mut client, &mut app) => r.unwrap_or((0, 0)),
         () = admission.revoked() => {

@@ -9,7 +9,6 @@ pub mod memory;
 pub mod metrics;
 pub mod outbound;
 pub mod proxy;
-pub mod revoke;
 pub mod standalone;
 pub mod xds;
 pub mod zds;

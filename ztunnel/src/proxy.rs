@@ -20,6 +20,7 @@ use crate::outbound;
 use ambit_api::model::{ProxyState, Workload};
 use ambit_proxy_core::certs::{CertManager, CertificateProvider, PodServerTls};
 use ambit_proxy_core::netns::Netns;
+use ambit_proxy_core::revoke::OpenConnections;
 use ambit_proxy_core::socket::listen_in;
 use ambit_proxy_core::{accept, drain};
 
@@ -133,7 +134,7 @@ pub struct Shared {
     /// Proxied connections in flight (both directions), for draining.
     active: std::sync::atomic::AtomicUsize,
     /// Open inbound connections, re-checked on every policy push.
-    pub(crate) admitted: Arc<crate::revoke::Admitted>,
+    pub(crate) admitted: Arc<OpenConnections<inbound::Admitted>>,
 }
 
 /// Counts one proxied connection while it lives.
@@ -300,7 +301,7 @@ impl Ztunnel {
             Ok(mut s) => *s = state.clone(),
             Err(p) => *p.into_inner() = state.clone(),
         }
-        let closed = self.shared.admitted.recheck(&state);
+        let closed = inbound::recheck(&self.shared.admitted, &state);
         if closed > 0 {
             tracing::info!(
                 closed,
