@@ -6,8 +6,8 @@ use ambit_api::xds::proto::l7 as pb;
 use http::header::HeaderValue;
 use http::{HeaderMap, Response, StatusCode};
 
+use crate::answer::full;
 use crate::matcher::Matcher;
-use crate::proxy::full;
 use crate::upstream::Body;
 
 /// A route's CORS policy with its `allowOrigins` compiled (once per config

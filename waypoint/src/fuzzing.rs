@@ -17,7 +17,6 @@ use ambit_proxy_core::certs::{CertManager, CertificateProvider, FetchError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::normalize::PathNormalization;
-use crate::proxy::ConnInfo;
 use crate::waypoint::{Waypoint, WaypointConfig};
 
 /// No CA: the fuzzed paths never dial upstream with a certificate.
@@ -123,12 +122,11 @@ pub fn serve_bytes(data: &[u8], normalization: PathNormalization) -> Vec<u8> {
             return vec![];
         }
         let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let info = ConnInfo {
-            peer_identity: SpiffeId::new("cluster.local", "fuzz", "client").ok(),
-            client: SocketAddr::from(([10, 0, 0, 2], 40000)),
-            dst: SocketAddr::from(([10, 96, 0, 1], 80)),
-            source: Default::default(),
-        };
+        let info = waypoint.conn_info(
+            SpiffeId::new("cluster.local", "fuzz", "client").ok(),
+            SocketAddr::from(([10, 0, 0, 2], 40000)),
+            SocketAddr::from(([10, 96, 0, 1], 80)),
+        );
         let serve = waypoint.clone().serve_connection(server, info);
         // Our write side stays open (a half-close would end an HTTP/1
         // connection before its answer); the virtual clock ends the rest.

@@ -14,15 +14,19 @@
 //! * [`cors`]: CORS preflight and response headers.
 //!
 //! The data path around them: [`waypoint`] (HBONE in, protocol detection,
-//! xDS, admin), [`proxy`] (one request end to end), [`upstream`] (pooled
+//! xDS, admin; the whole `impl Waypoint`), [`proxy`] (one request's stages,
+//! in Envoy's filter order), [`forward`] (endpoint, retries, timeouts,
+//! mirrors, the response back), [`answer`] (local answers), [`upstream`] (pooled
 //! upstream connections and their limits), [`state`] (compiled config with
 //! runtime state), [`metrics`] (Istio request metrics).
 
 pub mod admin;
+pub mod answer;
 pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod cors;
+pub mod forward;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod jwks_fetch;

@@ -323,9 +323,17 @@ pub struct WaypointState {
     by_vip: HashMap<IpAddr, Arc<ServiceState>>,
     by_host: HashMap<String, Arc<ServiceState>>,
     by_endpoint: HashMap<IpAddr, Arc<ServiceState>>,
+    /// Bumped by every change: a connection's resolved Service is current
+    /// while the state it came from is.
+    generation: u64,
 }
 
 impl WaypointState {
+    /// Which version of the config this is (every applied change bumps it).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Applies one resource: `Some` adds or replaces, `None` removes.
     /// Resources for other waypoints are ignored (`Ok(false)`).
     pub fn apply(
@@ -339,6 +347,7 @@ impl WaypointState {
             None => {
                 let removed = self.by_name.remove(name).is_some();
                 self.reindex();
+                self.generation += u64::from(removed);
                 Ok(removed)
             }
             Some(s) => {
@@ -346,6 +355,7 @@ impl WaypointState {
                 let state = ServiceState::new(s, previous.as_deref())?;
                 self.by_name.insert(name.to_string(), Arc::new(state));
                 self.reindex();
+                self.generation += 1;
                 Ok(true)
             }
         }

@@ -29,16 +29,25 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 
+use crate::answer::local;
 use crate::authz::{Mode, RequestAttributes};
+use crate::body::{Finish, Metered};
+use crate::forward::pick_target;
 use crate::jwks_fetch::JwksLocation;
+use crate::metrics::RequestLabels;
 use crate::metrics::{Metrics, Peer};
 use crate::normalize::PathNormalization;
-use crate::proxy::{ConnInfo, pick_target};
+use crate::proxy::{ConnInfo, Resolved};
 use crate::relays::OpenRelays;
 use crate::rewind::{Rewind, sniff_http};
 use crate::state::{ServiceState, WaypointState};
 use crate::sync;
+use crate::upstream::Body;
 use crate::upstream::{Target, Upstreams};
+use http::{Request, Response, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::time::Instant;
 
 /// How a waypoint is set up.
 pub struct WaypointConfig {
@@ -284,7 +293,7 @@ impl Waypoint {
         };
         let req = http::Request::get(loc.path.as_str())
             .header(http::header::HOST, host)
-            .body(crate::proxy::full(Bytes::new()))
+            .body(crate::answer::full(Bytes::new()))
             .map_err(|e| e.to_string())?;
         let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
         if !resp.status().is_success() {
@@ -308,7 +317,23 @@ impl Waypoint {
         )
     }
 
-    fn conn_info(&self, peer: Option<SpiffeId>, client: SocketAddr, dst: SocketAddr) -> ConnInfo {
+    /// What the waypoint knows of a connection from `client` (`peer`, when
+    /// authenticated) to `dst`: the client's labels and the Service `dst`
+    /// resolves to now.
+    pub fn conn_info(
+        &self,
+        peer: Option<SpiffeId>,
+        client: SocketAddr,
+        dst: SocketAddr,
+    ) -> ConnInfo {
+        let state = self.state();
+        let resolved = state
+            .for_destination(dst.ip())
+            .map(|(service, via_vip)| Resolved {
+                service: service.clone(),
+                via_vip,
+                generation: state.generation(),
+            });
         let addresses = self.addresses();
         let w = addresses.workload_by_ip(client.ip());
         let source = Peer {
@@ -327,6 +352,7 @@ impl Waypoint {
             client,
             dst,
             source,
+            resolved,
         }
     }
 
@@ -356,9 +382,9 @@ impl Waypoint {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let state = self.state();
-        let svc = state.for_destination(info.dst.ip()).map(|(s, _)| s.clone());
-        let declared = svc.as_ref().and_then(|s| {
+        let svc = info.resolved.clone();
+        let declared = svc.as_ref().and_then(|r| {
+            let s = &r.service;
             s.service()
                 .ports
                 .iter()
@@ -380,7 +406,7 @@ impl Waypoint {
         };
         let io = Rewind::new(prefix.freeze(), io);
         if !is_http {
-            return self.relay_tcp(svc, info, io).await;
+            return self.relay_tcp(info, io).await;
         }
         let info = Arc::new(info);
         let me = self.clone();
@@ -400,18 +426,124 @@ impl Waypoint {
         Ok((0, 0))
     }
 
+    /// Handles one request end to end. Never fails: errors become HTTP
+    /// answers with Envoy's response flags.
+    pub async fn handle(
+        self: Arc<Self>,
+        conn: Arc<ConnInfo>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, std::convert::Infallible> {
+        let started = Instant::now();
+        let state = self.state();
+        let protocol = if req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"))
+        {
+            "grpc"
+        } else {
+            "http"
+        };
+        let request_bytes = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0u64);
+        let Some((svc, via_vip)) = conn.service_now(&state) else {
+            let resp = local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no service for this destination\n",
+            );
+            return Ok(self.finish(
+                &conn,
+                None,
+                protocol,
+                started,
+                request_bytes,
+                resp,
+                "NR",
+                Peer::default(),
+            ));
+        };
+        let (resp, outcome) = crate::proxy::process(&self, &conn, &svc, via_vip, req).await;
+        Ok(self.finish(
+            &conn,
+            Some(&svc),
+            protocol,
+            started,
+            request_bytes,
+            resp,
+            outcome.flags,
+            outcome.destination,
+        ))
+    }
+
+    /// Wraps the response body so metrics are recorded when it ends.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        self: &Arc<Self>,
+        conn: &ConnInfo,
+        svc: Option<&Arc<ServiceState>>,
+        protocol: &'static str,
+        started: Instant,
+        request_bytes: u64,
+        resp: Response<Body>,
+        flags: &'static str,
+        destination: Peer,
+    ) -> Response<Body> {
+        let (service, name, namespace) = svc
+            .map(|s| {
+                let l7 = s.service();
+                (l7.hostname.clone(), l7.name.clone(), l7.namespace.clone())
+            })
+            .unwrap_or_default();
+        let labels = RequestLabels {
+            source: conn.source.clone(),
+            destination,
+            destination_service: service,
+            destination_service_name: name,
+            destination_service_namespace: namespace,
+            request_protocol: protocol,
+            response_code: resp.status().as_u16(),
+            response_flags: flags,
+        };
+        let this = self.clone();
+        let client = conn.client;
+        let dst = conn.dst;
+        let finish: Finish = Box::new(move |response_bytes| {
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            info!(
+                target: "access",
+                src_addr = %client,
+                dst_addr = %dst,
+                dst_service = %labels.destination_service,
+                code = labels.response_code,
+                flags = labels.response_flags,
+                duration_ms = ms,
+                "request"
+            );
+            this.metrics()
+                .record(labels, ms, request_bytes, response_bytes);
+        });
+        resp.map(|b| Metered::new(b, vec![], Some(finish)).boxed())
+    }
+
     /// VirtualService `tcp` routes (or the Service itself): bytes to one
     /// endpoint.
     async fn relay_tcp<IO>(
         self: Arc<Self>,
-        svc: Option<Arc<ServiceState>>,
         info: ConnInfo,
         mut io: IO,
     ) -> std::io::Result<(u64, u64)>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Some(svc) = svc else {
+        // Decided on the config in force now (detection may have taken a
+        // second since the connection opened).
+        let decided_in = self.state();
+        let Some((svc, _)) = info.service_now(&decided_in) else {
             return Err(std::io::Error::other(format!(
                 "no service for {}",
                 info.dst
@@ -456,8 +588,21 @@ impl Waypoint {
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let relay = self.relays.register(crate::relays::Relay {
             destination: info.dst.ip(),
-            attrs,
+            attrs: attrs.clone(),
         });
+        // A push between the decision and the registration re-checked
+        // every relay but this one: check it against that push too.
+        let now = self.state();
+        if now.generation() != decided_in.generation()
+            && !now
+                .for_destination(info.dst.ip())
+                .is_some_and(|(s, _)| s.authz.authorize(Mode::Tcp, &attrs).is_allowed())
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "closed: a policy change denies this connection",
+            ));
+        }
         tokio::select! {
             r = tokio::io::copy_bidirectional(&mut io, &mut up) => r,
             () = relay.revoked() => Err(std::io::Error::new(
@@ -492,49 +637,7 @@ impl Waypoint {
         }))
         .unwrap_or_default()
     }
-}
 
-/// What a TCP policy check sees of a connection: the L4 facts only.
-fn tcp_attributes(info: &ConnInfo) -> RequestAttributes {
-    RequestAttributes {
-        peer: info.peer_identity.clone(),
-        source_ip: Some(info.client.ip()),
-        remote_ip: Some(info.client.ip()),
-        destination_ip: Some(info.dst.ip()),
-        port: info.dst.port(),
-        ..Default::default()
-    }
-}
-
-/// The waypoint's HBONE handler: any CONNECT to a destination it serves is
-/// accepted and its stream handed to the HTTP server.
-pub struct WaypointHandler {
-    waypoint: Arc<Waypoint>,
-}
-
-impl InboundHandler for WaypointHandler {
-    type Upstream = ConnInfo;
-
-    async fn open(&self, req: InboundRequest) -> Result<ConnInfo, Refusal> {
-        let dst = ambit_hbone::server::address_target(&req.connect.target)?;
-        if self.waypoint.state().for_destination(dst.ip()).is_none() {
-            return Err(Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("{dst} is not a destination this waypoint serves"),
-            ));
-        }
-        let client = req.connect.forwarded_for.unwrap_or(req.peer_addr);
-        Ok(self
-            .waypoint
-            .conn_info(Some(req.peer_identity), client, dst))
-    }
-
-    async fn relay(&self, tunnel: H2Stream, info: ConnInfo) -> std::io::Result<(u64, u64)> {
-        self.waypoint.clone().serve_connection(tunnel, info).await
-    }
-}
-
-impl Waypoint {
     /// The waypoint's xDS client (as node `info`): `L7Service` for its
     /// config, `Address` for source telemetry and JWKS hosts. Once both have
     /// answered, it asks the CA for its certificate (the CA signs only for a
@@ -566,5 +669,46 @@ impl Waypoint {
                     synced.fetch_certificate();
                 }
             })
+    }
+}
+
+/// What a TCP policy check sees of a connection: the L4 facts only.
+fn tcp_attributes(info: &ConnInfo) -> RequestAttributes {
+    RequestAttributes {
+        peer: info.peer_identity.clone(),
+        source_ip: Some(info.client.ip()),
+        remote_ip: Some(info.client.ip()),
+        destination_ip: Some(info.dst.ip()),
+        port: info.dst.port(),
+        ..Default::default()
+    }
+}
+
+/// The waypoint's HBONE handler: any CONNECT to a destination it serves is
+/// accepted and its stream handed to the HTTP server.
+pub struct WaypointHandler {
+    waypoint: Arc<Waypoint>,
+}
+
+impl InboundHandler for WaypointHandler {
+    type Upstream = ConnInfo;
+
+    async fn open(&self, req: InboundRequest) -> Result<ConnInfo, Refusal> {
+        let dst = ambit_hbone::server::address_target(&req.connect.target)?;
+        let client = req.connect.forwarded_for.unwrap_or(req.peer_addr);
+        let info = self
+            .waypoint
+            .conn_info(Some(req.peer_identity), client, dst);
+        if info.resolved.is_none() {
+            return Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{dst} is not a destination this waypoint serves"),
+            ));
+        }
+        Ok(info)
+    }
+
+    async fn relay(&self, tunnel: H2Stream, info: ConnInfo) -> std::io::Result<(u64, u64)> {
+        self.waypoint.clone().serve_connection(tunnel, info).await
     }
 }
