@@ -3,17 +3,13 @@
 //! `pilot_xds_pushes_total`, `pilot_total_xds_rejects_total` (NACKs), plus
 //! Ambit's model gauges.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use ambit_api::translate::Severity;
+use ambit_proxy_core::admin::{self, Endpoints, Reply, Role};
+use ambit_proxy_core::drain;
 use ambit_telemetry::{Registry, gauge_family};
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -111,48 +107,33 @@ pub fn registry(stats: Arc<XdsStats>, snapshots: watch::Receiver<Arc<Snapshot>>)
     registry
 }
 
-/// Serves `/metrics` on `listener` until the task is aborted.
+/// The controller's registry as the shared admin server shows it (the
+/// metrics role only).
+struct ControllerEndpoints(Registry);
+
+impl Endpoints for ControllerEndpoints {
+    fn pending(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn metrics(&self) -> String {
+        ambit_telemetry::render(&self.0)
+    }
+    fn config_dump(&self) -> Reply {
+        Reply {
+            status: http::StatusCode::NOT_FOUND,
+            content_type: "text/plain",
+            body: "the controller has no config_dump; see `ambit analyze`\n".into(),
+        }
+    }
+}
+
+/// Serves `/metrics` on `listener` (the shared admin server in its metrics
+/// role) until the task is aborted.
 pub async fn serve(
     listener: TcpListener,
     stats: Arc<XdsStats>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
 ) {
-    let registry = Arc::new(registry(stats, snapshots));
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
-        let registry = registry.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: http::Request<Incoming>| {
-                let body =
-                    if req.uri().path() == "/metrics" || req.uri().path() == "/stats/prometheus" {
-                        Some(ambit_telemetry::render(&registry))
-                    } else {
-                        None
-                    };
-                async move {
-                    let mut resp = match body {
-                        Some(b) => http::Response::new(Full::new(Bytes::from(b))),
-                        None => {
-                            let mut r =
-                                http::Response::new(Full::new(Bytes::from_static(b"not found\n")));
-                            *r.status_mut() = http::StatusCode::NOT_FOUND;
-                            r
-                        }
-                    };
-                    resp.headers_mut().insert(
-                        http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static(
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        ),
-                    );
-                    Ok::<_, Infallible>(resp)
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
-        });
-    }
+    let endpoints = Arc::new(ControllerEndpoints(registry(stats, snapshots)));
+    admin::serve(endpoints, listener, Role::Metrics, drain::Watch::never()).await
 }

@@ -25,6 +25,28 @@ pub const METRICS: u16 = 15020;
 /// Readiness.
 pub const READINESS: u16 = 15021;
 
+/// What a listener serves: each of Istio's ports has its own paths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `/config_dump` and the proxy's other admin paths (15000).
+    Admin,
+    /// `/metrics`, `/stats/prometheus` (15020; istiod's 15014).
+    Metrics,
+    /// `/healthz/ready` (15021).
+    Readiness,
+}
+
+impl Role {
+    /// Istio's port for the role on a proxy.
+    pub fn port(self) -> u16 {
+        match self {
+            Role::Admin => ADMIN,
+            Role::Metrics => METRICS,
+            Role::Readiness => READINESS,
+        }
+    }
+}
+
 /// One response from an endpoint.
 #[derive(Debug)]
 pub struct Reply {
@@ -87,9 +109,9 @@ pub trait Endpoints: Send + Sync + 'static {
     }
 }
 
-fn route(e: &dyn Endpoints, req: &Request<Incoming>, port: u16) -> Reply {
-    match (port, req.uri().path()) {
-        (METRICS, "/metrics" | "/stats/prometheus") => {
+fn route(e: &dyn Endpoints, req: &Request<Incoming>, role: Role) -> Reply {
+    match (role, req.uri().path()) {
+        (Role::Metrics, "/metrics" | "/stats/prometheus") => {
             let open_metrics = req
                 .headers()
                 .get(header::ACCEPT)
@@ -102,15 +124,15 @@ fn route(e: &dyn Endpoints, req: &Request<Incoming>, port: u16) -> Reply {
             };
             Reply::ok(content_type, e.metrics())
         }
-        (READINESS, "/healthz/ready") => match e.pending() {
+        (Role::Readiness, "/healthz/ready") => match e.pending() {
             p if p.is_empty() => Reply::text(StatusCode::OK, "ready\n"),
             p => Reply::text(
                 e.not_ready_status(),
                 format!("not ready, pending: {}\n", p.join(", ")),
             ),
         },
-        (ADMIN, "/config_dump") => e.config_dump(),
-        (ADMIN, path) => e
+        (Role::Admin, "/config_dump") => e.config_dump(),
+        (Role::Admin, path) => e
             .admin(path)
             .unwrap_or_else(|| Reply::text(StatusCode::NOT_FOUND, "not found\n")),
         _ => Reply::text(StatusCode::NOT_FOUND, "not found\n"),
@@ -127,19 +149,18 @@ fn response(r: Reply) -> Response<Full<Bytes>> {
     resp
 }
 
-/// Serves the endpoints of `port` (one of [`ADMIN`], [`METRICS`],
-/// [`READINESS`]) on `listener` until `drain` starts.
+/// Serves the endpoints of `role` on `listener` until `drain` starts.
 pub async fn serve(
     endpoints: Arc<dyn Endpoints>,
     listener: TcpListener,
-    port: u16,
+    role: Role,
     drain: drain::Watch,
 ) {
     accept::serve(listener, "admin", drain, move |tcp, _| {
         let endpoints = endpoints.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
-                let reply = route(endpoints.as_ref(), &req, port);
+                let reply = route(endpoints.as_ref(), &req, role);
                 async move { Ok::<_, Infallible>(response(reply)) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use ambit_proxy_core::admin::{self, Endpoints};
+use ambit_proxy_core::admin::{self, Endpoints, Role};
 use ambit_proxy_core::control::ControlPlane;
 use ambit_proxy_core::xds::NodeInfo;
 use ambit_proxy_core::{accept, drain};
@@ -50,15 +50,15 @@ pub fn start(
         },
     ))];
     let endpoints: Arc<dyn Endpoints> = Arc::new(WaypointEndpoints(waypoint.clone()));
-    for (listener, port) in [
-        (listeners.readiness, admin::READINESS),
-        (listeners.metrics, admin::METRICS),
-        (listeners.admin, admin::ADMIN),
+    for (listener, role) in [
+        (listeners.readiness, Role::Readiness),
+        (listeners.metrics, Role::Metrics),
+        (listeners.admin, Role::Admin),
     ] {
         tasks.push(tokio::spawn(admin::serve(
             endpoints.clone(),
             listener,
-            port,
+            role,
             drain::Watch::never(),
         )));
     }

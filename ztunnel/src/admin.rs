@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ambit_proxy_core::admin::{self, Endpoints, Reply};
+use ambit_proxy_core::admin::{self, Endpoints, Reply, Role};
 use ambit_proxy_core::netns::Netns;
 use ambit_proxy_core::socket::listen_in;
 use http::StatusCode;
@@ -41,16 +41,16 @@ impl Endpoints for ZtunnelEndpoints {
 pub fn start(z: &Arc<Ztunnel>, node: &Netns) -> std::io::Result<Vec<JoinHandle<()>>> {
     let endpoints: Arc<dyn Endpoints> = Arc::new(ZtunnelEndpoints(z.clone()));
     let mut tasks = Vec::new();
-    for (ip, port) in [
-        ([127, 0, 0, 1], admin::ADMIN),
-        ([0, 0, 0, 0], admin::METRICS),
-        ([0, 0, 0, 0], admin::READINESS),
+    for (ip, role) in [
+        ([127, 0, 0, 1], Role::Admin),
+        ([0, 0, 0, 0], Role::Metrics),
+        ([0, 0, 0, 0], Role::Readiness),
     ] {
-        let l = listen_in(node, SocketAddr::from((ip, port)))?;
+        let l = listen_in(node, SocketAddr::from((ip, role.port())))?;
         tasks.push(tokio::spawn(admin::serve(
             endpoints.clone(),
             l,
-            port,
+            role,
             // Metrics and readiness answer through the drain until exit.
             ambit_proxy_core::drain::Watch::never(),
         )));
