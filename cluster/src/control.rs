@@ -66,7 +66,7 @@ impl ControlSetup {
                 Validity::starting_now(Duration::from_secs(7 * 86400)),
             )
             .context("controller serving certificate")?;
-        let mut tokens = BootstrapTokens::default();
+        let tokens = BootstrapTokens::default();
         let node_tokens = (1..=nodes)
             .map(|n| tokens.mint(&format!("node{n}")))
             .collect();
@@ -128,11 +128,22 @@ impl ControlSetup {
 
     /// How node `n`'s ztunnel reaches the controller.
     pub fn for_node(&self, n: u8) -> ControlPlane {
+        self.with_token(self.node_tokens.get(usize::from(n - 1)).cloned())
+    }
+
+    /// How a proxy running as service account `namespace/name` (a
+    /// waypoint) reaches the controller: its own token, as the projected
+    /// token a pod of that account would hold.
+    pub fn for_service_account(&self, namespace: &str, name: &str) -> ControlPlane {
+        self.with_token(Some(self.tokens.mint_service_account(namespace, name)))
+    }
+
+    fn with_token(&self, token: Option<String>) -> ControlPlane {
         ControlPlane {
             address: format!("https://{}", self.addr),
             root_pem: Some(self.root_pem.clone()),
             tls_name: Some(CONTROLLER_NAME.to_string()),
-            token: self.node_tokens.get(usize::from(n - 1)).cloned(),
+            token,
             token_file: None,
             cluster_id: "Kubernetes".into(),
         }

@@ -387,7 +387,9 @@ impl LocalCluster {
                 self.control.trust_domain(),
                 &ns,
                 gateway,
-                self.control.for_node(placed.node),
+                // Its own service account's token, as in a cluster: the
+                // controller signs only that identity (dedicated mode).
+                self.control.for_service_account(&ns, gateway),
                 self.cert_ttl,
             )
             .with_context(|| format!("starting waypoint {key}"))?;

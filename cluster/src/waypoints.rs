@@ -3,7 +3,9 @@
 //! like any other and runs its proxy in this process, with every socket
 //! inside the pod's network namespace: HBONE on 15008, readiness 15021,
 //! metrics 15020, admin 15000, and upstream connections. Its config and
-//! certificate come from the controller like a ztunnel's.
+//! certificate come from the controller as in a cluster: it authenticates
+//! as its own service account (the Gateway's name) and asks the CA for that
+//! identity in dedicated mode, as the production `waypoint mesh` does.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use ambit_hbone::HboneConfig;
 use ambit_identity::SpiffeId;
-use ambit_proxy_core::ca_client::CaClient;
+use ambit_proxy_core::ca_client::{CaClient, CaMode};
 use ambit_proxy_core::certs::CertManager;
 use ambit_proxy_core::control::ControlPlane;
 use ambit_proxy_core::netns::Netns;
@@ -54,7 +56,7 @@ impl RunningWaypoint {
         );
         let identity =
             SpiffeId::new(trust_domain, namespace, gateway).context("waypoint identity")?;
-        let ca = CaClient::new(&cp).context("waypoint CA client")?;
+        let ca = CaClient::with_mode(&cp, CaMode::Dedicated).context("waypoint CA client")?;
         let certs = CertManager::new(Arc::new(ca), cert_ttl);
         let sockets = netns.clone();
         let waypoint = Waypoint::new(WaypointConfig {

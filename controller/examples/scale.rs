@@ -217,7 +217,7 @@ async fn main() -> anyhow::Result<()> {
         "bench",
         Validity::starting_now(Duration::from_secs(3600)),
     )?;
-    let mut tokens = BootstrapTokens::default();
+    let tokens = BootstrapTokens::default();
     let token = tokens.mint("node0");
     let built = Instant::now();
     let ctl = Controller::start(

@@ -7,6 +7,7 @@
 //! projected service-account token with the Kubernetes TokenReview API.
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use tonic::Status;
 use tonic::metadata::MetadataMap;
@@ -77,23 +78,56 @@ pub fn bearer_token(metadata: &MetadataMap) -> Result<&str, Status> {
         .ok_or_else(|| Status::unauthenticated("authorization is not a Bearer token"))
 }
 
-/// Local-mode credentials: one random token per node.
+/// Local-mode credentials: one random token per node, and (for the local
+/// cluster's waypoints) per service account, standing in for the projected
+/// tokens a TokenReview would check. Clones share the table: a token minted
+/// after the controller started is accepted at once.
 #[derive(Clone, Debug, Default)]
 pub struct BootstrapTokens {
-    by_token: HashMap<String, String>,
+    by_token: Arc<RwLock<HashMap<String, Caller>>>,
 }
 
 impl BootstrapTokens {
+    fn add(&self, token: String, caller: Caller) {
+        self.by_token
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(token, caller);
+    }
+
     /// Accepts an existing `token` for `node` (a restarted controller keeps
     /// the tokens it handed out).
-    pub fn insert(&mut self, token: &str, node: &str) {
-        self.by_token.insert(token.to_string(), node.to_string());
+    pub fn insert(&self, token: &str, node: &str) {
+        self.add(
+            token.to_string(),
+            Caller {
+                node: Some(node.to_string()),
+                service_account: None,
+            },
+        );
     }
 
     /// Mints a token for `node` (32 random bytes, hex) and returns it.
-    pub fn mint(&mut self, node: &str) -> String {
+    pub fn mint(&self, node: &str) -> String {
         let token = hex_token();
-        self.by_token.insert(token.clone(), node.to_string());
+        self.insert(&token, node);
+        token
+    }
+
+    /// Mints a token proving service account `namespace/name` (a caller
+    /// acting as itself, as a waypoint does) and returns it.
+    pub fn mint_service_account(&self, namespace: &str, name: &str) -> String {
+        let token = hex_token();
+        self.add(
+            token.clone(),
+            Caller {
+                node: None,
+                service_account: Some(ServiceAccount {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                }),
+            },
+        );
         token
     }
 }
@@ -113,12 +147,11 @@ impl NodeAuthenticator for BootstrapTokens {
     async fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
         let token = bearer_token(metadata)?;
         self.by_token
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .iter()
             .find(|(t, _)| constant_time_eq(t.as_bytes(), token.as_bytes()))
-            .map(|(_, node)| Caller {
-                node: Some(node.clone()),
-                service_account: None,
-            })
+            .map(|(_, caller)| caller.clone())
             .ok_or_else(|| Status::unauthenticated("unknown bootstrap token"))
     }
 }
@@ -221,7 +254,7 @@ mod tests {
 
     #[tokio::test]
     async fn tokens_name_their_node() {
-        let mut t = BootstrapTokens::default();
+        let t = BootstrapTokens::default();
         let tok = t.mint("node1");
         let mut md = MetadataMap::new();
         md.insert("authorization", format!("Bearer {tok}").parse().unwrap());
@@ -236,6 +269,25 @@ mod tests {
             tonic::Code::Unauthenticated
         );
         assert!(t.authenticate(&MetadataMap::new()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn service_account_tokens_minted_after_start_are_accepted() {
+        let running = BootstrapTokens::default();
+        // The controller holds a clone; the local cluster mints later.
+        let minter = running.clone();
+        let tok = minter.mint_service_account("demo", "waypoint");
+        let mut md = MetadataMap::new();
+        md.insert("authorization", format!("Bearer {tok}").parse().unwrap());
+        let caller = running.authenticate(&md).await.unwrap();
+        assert_eq!(caller.node, None, "a service account may not impersonate");
+        assert_eq!(
+            caller.service_account,
+            Some(ServiceAccount {
+                namespace: "demo".into(),
+                name: "waypoint".into()
+            })
+        );
     }
 
     #[test]

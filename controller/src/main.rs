@@ -186,7 +186,9 @@ async fn trust_domain(args: &Args) -> anyhow::Result<String> {
     }
     let mut res = ambit_api::k8s::Resources::default();
     if let Some(dir) = &args.dir {
-        res = ambit_api::k8s::Resources::from_dir(dir)
+        // As the watch reads it: a file that does not parse is reported and
+        // left out, it does not stop the controller.
+        res = controller::source::read_dir_once(dir)
             .map_err(|e| anyhow::anyhow!("reading the mesh config in {}: {e}", dir.display()))?;
     } else if args.kube {
         use ambit_api::k8s::{MESH_CONFIG_NAME, MESH_CONFIG_NAMESPACE, Source};
@@ -241,7 +243,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("creating {}", args.token_dir.display()))?;
         std::fs::write(args.token_dir.join("root-cert.pem"), &root_pem)?;
         // A restart keeps each node's token, so running ztunnels reconnect.
-        let mut tokens = BootstrapTokens::default();
+        let tokens = BootstrapTokens::default();
         for node in &args.nodes {
             let file = args.token_dir.join(format!("{node}.token"));
             match std::fs::read_to_string(&file) {

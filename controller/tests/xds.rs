@@ -81,7 +81,7 @@ async fn setup() -> Setup {
             Validity::starting_now(Duration::from_secs(3600)),
         )
         .expect("server cert");
-    let mut tokens = BootstrapTokens::default();
+    let tokens = BootstrapTokens::default();
     let token = tokens.mint("node1");
     let (source, publish) = MemorySource::new(res(WORLD));
     let controller = Controller::start(

@@ -76,11 +76,14 @@ fn claim_headers(rule: &pb::JwtRule, claims: &serde_json::Value) -> Vec<(String,
 #[derive(Debug, Default)]
 pub struct JwtRules {
     rules: Vec<pb::JwtRule>,
+    /// Where each rule's token can be, worked out once per config.
+    locations: Vec<Locations>,
     keys: Vec<Option<JwkSet>>,
 }
 
 /// Where a token can be: headers (with prefix), query parameters, cookies.
 /// None written: Istio's defaults (`Authorization: Bearer`, `access_token`).
+#[derive(Debug)]
 struct Locations {
     headers: Vec<(String, String)>,
     params: Vec<String>,
@@ -182,6 +185,7 @@ impl JwtRules {
                         .filter(|_| !r.jwks.is_empty())
                 })
                 .collect(),
+            locations: rules.iter().map(locations).collect(),
             rules: rules.to_vec(),
         }
     }
@@ -222,8 +226,7 @@ impl JwtRules {
         headers: &BTreeMap<String, String>,
         query: &BTreeMap<String, String>,
     ) -> Result<Option<Authenticated>, JwtError> {
-        for rule in &self.rules {
-            let at = locations(rule);
+        for at in &self.locations {
             let found = at
                 .headers
                 .iter()

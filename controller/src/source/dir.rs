@@ -130,6 +130,16 @@ fn scan(dir: &Path, files: &mut BTreeMap<PathBuf, FileState>) -> Result<bool, Lo
     Ok(changed)
 }
 
+/// The directory's resources as the watch would first see them: every file
+/// that parses (one that does not is logged and left out, as the watch
+/// leaves it out). For what must be known before the watch starts (the
+/// trust domain in the mesh config).
+pub fn read_once(dir: &Path) -> Result<Resources, LoadError> {
+    let mut files = BTreeMap::new();
+    scan(dir, &mut files)?;
+    Ok(merge(&files))
+}
+
 impl ConfigSource for DirSource {
     fn run(
         self: Box<Self>,

@@ -8,7 +8,7 @@ mod dir;
 mod memory;
 
 pub use cluster::{KubeSource, WATCHED};
-pub use dir::DirSource;
+pub use dir::{DirSource, read_once as read_dir_once};
 pub use memory::MemorySource;
 
 use ambit_api::k8s::{LoadError, Resources};
