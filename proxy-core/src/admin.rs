@@ -173,3 +173,80 @@ pub async fn serve(
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    struct Fixed {
+        pending: Vec<String>,
+    }
+
+    impl Endpoints for Fixed {
+        fn pending(&self) -> Vec<String> {
+            self.pending.clone()
+        }
+        fn metrics(&self) -> String {
+            "up 1\n".into()
+        }
+        fn config_dump(&self) -> Reply {
+            Reply::json(&serde_json::json!({"ok": true}))
+        }
+        fn admin(&self, path: &str) -> Option<Reply> {
+            (path == "/extra").then(|| Reply::ok("text/plain", "extra"))
+        }
+    }
+
+    async fn get(endpoints: Arc<dyn Endpoints>, role: Role, path: &str) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(serve(endpoints, listener, role, drain::Watch::never()));
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        tcp.write_all(req.as_bytes()).await.expect("write");
+        let mut out = String::new();
+        tcp.read_to_string(&mut out).await.expect("read");
+        task.abort();
+        out
+    }
+
+    #[tokio::test]
+    async fn each_role_serves_only_its_paths() {
+        let ready: Arc<dyn Endpoints> = Arc::new(Fixed { pending: vec![] });
+        let metrics = get(ready.clone(), Role::Metrics, "/stats/prometheus").await;
+        assert!(
+            metrics.starts_with("HTTP/1.1 200") && metrics.ends_with("up 1\n"),
+            "{metrics}"
+        );
+        let dump = get(ready.clone(), Role::Admin, "/config_dump").await;
+        assert!(dump.contains("\"ok\": true"), "{dump}");
+        assert!(
+            get(ready.clone(), Role::Admin, "/extra")
+                .await
+                .ends_with("extra")
+        );
+        for (role, path) in [
+            (Role::Metrics, "/config_dump"),
+            (Role::Readiness, "/metrics"),
+            (Role::Admin, "/healthz/ready"),
+            (Role::Admin, "/nope"),
+        ] {
+            let r = get(ready.clone(), role, path).await;
+            assert!(r.starts_with("HTTP/1.1 404"), "{role:?} {path}: {r}");
+        }
+        assert!(
+            get(ready, Role::Readiness, "/healthz/ready")
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+        let waiting: Arc<dyn Endpoints> = Arc::new(Fixed {
+            pending: vec!["pod a".into()],
+        });
+        let r = get(waiting, Role::Readiness, "/healthz/ready").await;
+        assert!(
+            r.starts_with("HTTP/1.1 503") && r.contains("not ready, pending: pod a"),
+            "{r}"
+        );
+    }
+}
