@@ -100,14 +100,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let hbone_addr = listener.local_addr()?;
     let (stop_accepting, accepting) = ambit_proxy_core::drain::channel();
-    let hbone = server.clone();
-    tokio::spawn(ambit_proxy_core::accept::serve(
+    tokio::spawn(ambit_proxy_core::accept::serve_hbone(
         listener,
-        "hbone",
+        server.clone(),
         accepting,
-        move |tcp, peer| {
-            tokio::spawn(hbone.clone().serve_tcp(tcp, peer));
-        },
     ));
     println!("server  HBONE listener on {hbone_addr} as {server_id}; app on {app}");
 

@@ -9,6 +9,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use ambit_hbone::HboneServer;
+use ambit_hbone::server::InboundHandler;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
@@ -39,6 +43,19 @@ where
             },
         }
     }
+}
+
+/// Accepts HBONE connections on `listener` for `server` until `drain`
+/// starts; each connection is served on its own task (TLS, then HTTP/2).
+pub async fn serve_hbone<H: InboundHandler>(
+    listener: TcpListener,
+    server: Arc<HboneServer<H>>,
+    drain: drain::Watch,
+) {
+    serve(listener, "15008", drain, move |tcp, peer| {
+        tokio::spawn(server.clone().serve_tcp(tcp, peer));
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -78,17 +78,11 @@ pub async fn echo_server() -> SocketAddr {
 pub async fn serve_hbone<H: InboundHandler>(server: &Arc<HboneServer<H>>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind hbone");
     let addr = listener.local_addr().expect("hbone addr");
-    let server = server.clone();
-    let (trigger, watch) = ambit_proxy_core::drain::channel();
     // The loop serves for the rest of the test process.
-    std::mem::forget(trigger);
-    tokio::spawn(ambit_proxy_core::accept::serve(
+    tokio::spawn(ambit_proxy_core::accept::serve_hbone(
         listener,
-        "hbone",
-        watch,
-        move |tcp, peer| {
-            tokio::spawn(server.clone().serve_tcp(tcp, peer));
-        },
+        server.clone(),
+        ambit_proxy_core::drain::Watch::never(),
     ));
     addr
 }

@@ -40,14 +40,10 @@ pub fn start(
     cp: ControlPlane,
     info: NodeInfo,
 ) -> Vec<JoinHandle<()>> {
-    let server = waypoint.hbone_server();
-    let mut tasks = vec![tokio::spawn(accept::serve(
+    let mut tasks = vec![tokio::spawn(accept::serve_hbone(
         listeners.hbone,
-        "15008",
+        waypoint.hbone_server(),
         waypoint.drain_watch(),
-        move |tcp, peer| {
-            tokio::spawn(server.clone().serve_tcp(tcp, peer));
-        },
     ))];
     let endpoints: Arc<dyn Endpoints> = Arc::new(WaypointEndpoints(waypoint.clone()));
     for (listener, role) in [

@@ -426,15 +426,11 @@ impl Ztunnel {
             )),
             PodInbound::new(self.shared.clone(), pod.clone()),
         );
-        let hbone = server.clone();
         let accept_tasks = [
-            tokio::spawn(accept::serve(
+            tokio::spawn(accept::serve_hbone(
                 hbone_l,
-                "15008",
+                server.clone(),
                 self.drain.watch(),
-                move |tcp, peer| {
-                    tokio::spawn(hbone.clone().serve_tcp(tcp, peer));
-                },
             )),
             tokio::spawn(inbound::serve_plaintext(
                 self.shared.clone(),
