@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod capture;
 pub mod client;
+pub mod cni_agent;
 pub mod control;
 pub mod net;
 pub mod process;
