@@ -7,10 +7,8 @@
 //! starts their processes and hands the placed resources to the controller;
 //! the node agent (CNI side) enrols pods over ZDS.
 
-pub mod agent;
 pub mod capture;
 pub mod client;
-pub mod cni_agent;
 pub mod control;
 pub mod net;
 pub mod process;
@@ -63,7 +61,7 @@ pub struct LocalCluster {
     pub ztunnel_processes: Vec<ztunnel_process::ZtunnelProcess>,
     admin_tasks: Vec<tokio::task::JoinHandle<()>>,
     xds_tasks: Vec<tokio::task::JoinHandle<()>>,
-    agents: Vec<agent::NodeAgent>,
+    agents: Vec<ambit_node_agent::zds::NodeAgent>,
     zds_threads: Vec<std::thread::JoinHandle<()>>,
     /// Network (dropped last).
     pub topology: Topology,
@@ -248,9 +246,10 @@ impl LocalCluster {
             // from the node agent, with each pod's netns fd.
             let node_dir = std::path::PathBuf::from(format!("/run/ambit/{}/node{n}", cluster.run));
             let sock = node_dir.join("ztunnel.sock");
-            cluster
-                .agents
-                .push(agent::NodeAgent::start(&sock).context("starting the node agent")?);
+            cluster.agents.push(
+                ambit_node_agent::zds::NodeAgent::start(&sock)
+                    .context("starting the node agent")?,
+            );
             let cp = cluster.control.for_node(n);
             if let Some(exe) = &opts.ztunnel_exe {
                 let node_ns = cluster

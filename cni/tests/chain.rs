@@ -11,14 +11,14 @@ use std::time::Duration;
 
 use ambit_api::k8s::Resources;
 use ambit_api::model::{LocalConfig, ProxyState, pod_uid};
-use ambit_cluster::agent::NodeAgent;
-use ambit_cluster::cni_agent::CniEnroller;
 use ambit_cni::event::EventServer;
 use ambit_cni::runtime::{Attachment, Chain, DEBIAN_PLUGIN_DIR, RuntimeError};
 use ambit_cni::spec::codes;
 use ambit_e2e::netns::TestNetns;
 use ambit_hbone::HboneConfig;
 use ambit_hbone::ca::CertificateSigner;
+use ambit_node_agent::cni::CniEnroller;
+use ambit_node_agent::zds::NodeAgent;
 use serde_json::json;
 use ztunnel::{Ztunnel, ZtunnelConfig};
 

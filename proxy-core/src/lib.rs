@@ -17,3 +17,4 @@ pub mod revoke;
 pub mod socket;
 pub mod workloads;
 pub mod xds;
+pub mod zds;

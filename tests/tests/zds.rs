@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use ambit_api::model::{LocalConfig, ProxyState};
 use ambit_api::zds::WorkloadInfo;
-use ambit_cluster::agent::NodeAgent;
 use ambit_e2e::cluster::topology;
 use ambit_e2e::pki;
 use ambit_hbone::HboneConfig;
 use ambit_hbone::ca::CertificateSigner;
+use ambit_node_agent::zds::NodeAgent;
 use ztunnel::{Ztunnel, ZtunnelConfig};
 
 fn info(name: &str) -> WorkloadInfo {

@@ -19,7 +19,7 @@ use ambit_api::zds::WorkloadInfo;
 use ambit_cni::event::{PodEvent, PodEvents};
 use tracing::{info, warn};
 
-use crate::agent::NodeAgent;
+use crate::zds::NodeAgent;
 
 /// Answers CNI events from `resources` (kept current by the caller) through
 /// `agent`.

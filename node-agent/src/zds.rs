@@ -1,5 +1,4 @@
-//! The node agent's side of the enrolment channel (ZDS): the local cluster's
-//! stand-in for Istio's CNI node agent. It listens on a unix SEQPACKET socket;
+//! The node agent's side of the enrolment channel (ZDS). It listens on a unix SEQPACKET socket;
 //! when its node's ztunnel connects it sends the snapshot (an `add` with the
 //! pod's netns fd for each enrolled pod, then `snapshot_sent`), and afterwards
 //! one `add` or `del` per enrolment change, each answered by an ack.
@@ -15,8 +14,8 @@ use ambit_api::zds::{
     AddWorkload, DelWorkload, Payload, SnapshotSent, WorkloadInfo, WorkloadRequest,
     WorkloadResponse, ZdsHello,
 };
+use ambit_proxy_core::zds::{ZdsListener, ZdsSocket};
 use tracing::{debug, warn};
-use ztunnel::zds::{ZdsListener, ZdsSocket};
 
 enum Cmd {
     Add {
@@ -226,6 +225,11 @@ impl NodeAgent {
     /// and so in every later snapshot?
     pub fn is_enrolled(&self, uid: &str) -> bool {
         lock(&self.desired).contains_key(uid)
+    }
+
+    /// Every enrolled uid.
+    pub fn enrolled(&self) -> Vec<String> {
+        lock(&self.desired).keys().cloned().collect()
     }
 }
 

@@ -1,0 +1,110 @@
+//! Enrolment from the API's view, on real namespaces and a real ztunnel:
+//! labelling a namespace `istio.io/dataplane-mode=ambient` enrols its running
+//! pods (found by IP among the node's namespaces), removing the label
+//! releases them, a pod's own `none` opts it out, and pods of other nodes are
+//! not this agent's. Needs root.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambit_api::k8s::Resources;
+use ambit_api::model::{LocalConfig, ProxyState, pod_uid};
+use ambit_e2e::netns::{TestNetns, ip_in};
+use ambit_hbone::HboneConfig;
+use ambit_hbone::ca::CertificateSigner;
+use ambit_node_agent::netns_lookup;
+use ambit_node_agent::reconcile::Reconciler;
+use ambit_node_agent::zds::NodeAgent;
+use ztunnel::{Ztunnel, ZtunnelConfig};
+
+fn resources(namespace_label: &str, pod_label: &str) -> Resources {
+    let yaml = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: demo, labels: {{{namespace_label}}}}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: old, namespace: demo, labels: {{{pod_label}}}}}\n\
+         spec: {{nodeName: node1, serviceAccountName: sa-old, containers: [{{name: app, image: app}}]}}\n\
+         status: {{phase: Running, podIP: 10.79.1.5}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: elsewhere, namespace: demo}}\n\
+         spec: {{nodeName: node2, containers: [{{name: app, image: app}}]}}\n\
+         status: {{phase: Running, podIP: 10.79.1.6}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: lost, namespace: demo, labels: {{{pod_label}}}}}\n\
+         spec: {{nodeName: node1, containers: [{{name: app, image: app}}]}}\n\
+         status: {{phase: Running, podIP: 10.79.1.99}}\n"
+    );
+    let mut r = Resources::default();
+    r.add_yaml(&yaml, "reconcile-test.yaml").expect("resources");
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_labels_enrol_and_release_running_pods() {
+    ambit_e2e::init_tracing();
+    ambit_e2e::netns::require_root();
+    // A pod that was running before the agent: its own namespace and IP.
+    let pod = TestNetns::new("reconcile-old");
+    ip_in(pod.name(), &["link", "add", "eth0", "type", "veth", "peer", "name", "peer0"]);
+    ip_in(pod.name(), &["addr", "add", "10.79.1.5/24", "dev", "eth0"]);
+    ip_in(pod.name(), &["link", "set", "peer0", "up"]);
+    ip_in(pod.name(), &["link", "set", "eth0", "up"]);
+    let old = pod_uid("demo", "old");
+
+    let state_yaml = format!(
+        "workloads:\n- {{uid: \"{old}\", name: old, namespace: demo, serviceAccount: sa-old, workloadIps: [\"10.79.1.5\"], protocol: HBONE, node: node1, services: {{}}}}\n"
+    );
+    let state = ProxyState::from_config(&LocalConfig::parse(&state_yaml, "state").expect("state"));
+    let signer: Arc<dyn CertificateSigner> =
+        Arc::new(ambit_e2e::pki::root("cluster.local", "root"));
+    let z = Arc::new(
+        Ztunnel::new(
+            ZtunnelConfig {
+                node: "node1".into(),
+                certs: Arc::new(ambit_proxy_core::certs::LocalSigner(signer)),
+                cert_ttl: Duration::from_secs(3600),
+                hbone: HboneConfig::default(),
+                cgroup_root: None,
+                pin_dir: None,
+                sockmap_splice: false,
+                ebpf_loader: None,
+            },
+            state,
+        )
+        .expect("ztunnel"),
+    );
+    let sock = std::env::temp_dir().join(format!("ambit-reconcile-{}.sock", std::process::id()));
+    let agent = Arc::new(NodeAgent::start(&sock).expect("agent"));
+    let zds = ztunnel::zds::run_client(z.clone(), sock.clone(), tokio::runtime::Handle::current());
+    let reconciler = Reconciler::new("node1", agent.clone(), Arc::new(netns_lookup::find));
+
+    // Not in the mesh yet.
+    let pass = reconciler.reconcile(&resources("", ""));
+    assert_eq!(pass, Default::default());
+    assert!(z.enrolled().is_empty());
+
+    // `kubectl label namespace demo istio.io/dataplane-mode=ambient`.
+    let pass = reconciler.reconcile(&resources("istio.io/dataplane-mode: ambient", ""));
+    assert_eq!(pass.enrolled, vec![old.clone()], "{pass:?}");
+    assert_eq!(z.enrolled(), vec![old.clone()], "ztunnel has it");
+    // The pod whose IP no namespace here holds is reported, not guessed.
+    assert_eq!(pass.failed.len(), 1, "{pass:?}");
+    assert!(pass.failed[0].0.ends_with("/lost") && pass.failed[0].1.contains("10.79.1.99"));
+    // Idempotent.
+    let again = reconciler.reconcile(&resources("istio.io/dataplane-mode: ambient", ""));
+    assert!(again.enrolled.is_empty() && again.released.is_empty());
+
+    // The label goes: released.
+    let pass = reconciler.reconcile(&resources("", ""));
+    assert_eq!(pass.released, vec![old.clone()]);
+    assert!(z.enrolled().is_empty(), "{:?}", z.enrolled());
+
+    // The pod opts out in an ambient namespace.
+    let pass = reconciler.reconcile(&resources(
+        "istio.io/dataplane-mode: ambient",
+        "istio.io/dataplane-mode: none",
+    ));
+    assert!(pass.enrolled.is_empty(), "{pass:?}");
+    assert!(z.enrolled().is_empty());
+
+    z.shutdown();
+    drop(reconciler);
+    drop(agent);
+    let _ = zds.join();
+}
