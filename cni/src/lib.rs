@@ -11,9 +11,14 @@
 //!   server on a unix socket;
 //! * [`runtime`]: a CNI runtime (what libcni does for the kubelet's
 //!   container runtime): runs a plugin chain per the spec. The tests and the
-//!   local cluster create pods through it.
+//!   local cluster create pods through it;
+//! * [`install`]: puts the plugin into a node's CNI configuration.
+
+/// The plugin's `type` (and executable name).
+pub const PLUGIN_TYPE: &str = "ambit-cni";
 
 pub mod event;
+pub mod install;
 pub mod plugin;
 pub mod runtime;
 pub mod spec;

@@ -1,7 +1,8 @@
-//! `ambit-cni` exactly as a container runtime calls it: Debian's reference
-//! plugins (`loopback`, `bridge` with `host-local`) and `ambit-cni` chained
-//! after them, run per the CNI spec by `ambit_cni::runtime` inside a node
-//! namespace; the node agent's event server answers from the resources it
+//! `ambit-cni` exactly as a container runtime calls it: the installer
+//! chains it after the node's network config (Debian's reference `bridge`
+//! with `host-local`) and copies the binary into the plugin directory; the
+//! runtime (`ambit_cni::runtime`) loads that conflist and runs it per the
+//! CNI spec inside a node namespace, after `loopback`; the node agent's event server answers from the resources it
 //! follows and enrols mesh pods into a real ztunnel (eBPF capture) over ZDS.
 //! Needs root and `containernetworking-plugins` (in `.ci/deps`).
 
@@ -148,18 +149,31 @@ async fn a_runtime_chain_enrols_mesh_pods_through_the_node_agent() {
         plugin_dirs: plugin_dirs(),
         runtime_netns: runtime_ns.clone(),
     };
+    // The node's network plugin wrote its config; the installer chains
+    // ambit-cni after it and copies the binary where the runtime looks.
+    let net_d = scratch.join("net.d");
+    let bin_dir = scratch.join("bin");
+    std::fs::create_dir_all(&net_d).expect("net.d");
+    std::fs::write(
+        net_d.join("10-bridge.conf"),
+        json!({"cniVersion": "1.0.0", "name": "ambit-test", "type": "bridge",
+               "bridge": "ambcni0", "isGateway": true, "ipMasq": false,
+               "ipam": {"type": "host-local", "dataDir": scratch.join("ipam"),
+                        "ranges": [[{"subnet": "10.77.0.0/24", "rangeStart": "10.77.0.10"}]]}})
+        .to_string(),
+    )
+    .expect("primary conf");
+    ambit_cni::install::install_binary(Path::new(env!("CARGO_BIN_EXE_ambit-cni")), &bin_dir)
+        .expect("install binary");
+    let installed = ambit_cni::install::install(
+        &net_d,
+        &json!({"type": "ambit-cni", "agent_socket": cni_sock, "exclude_namespaces": ["kube-system"]}),
+    )
+    .expect("install conflist");
     let net = Chain {
-        conflist: json!({
-            "cniVersion": "1.0.0",
-            "name": "ambit-test",
-            "plugins": [
-                {"type": "bridge", "bridge": "ambcni0", "isGateway": true, "ipMasq": false,
-                 "ipam": {"type": "host-local", "dataDir": scratch.join("ipam"),
-                          "ranges": [[{"subnet": "10.77.0.0/24", "rangeStart": "10.77.0.10"}]]}},
-                {"type": "ambit-cni", "agent_socket": cni_sock, "exclude_namespaces": ["kube-system"]}
-            ]
-        }),
-        plugin_dirs: plugin_dirs(),
+        conflist: serde_json::from_str(&std::fs::read_to_string(&installed).expect("read"))
+            .expect("conflist"),
+        plugin_dirs: vec![bin_dir.clone(), PathBuf::from(DEBIAN_PLUGIN_DIR)],
         runtime_netns: runtime_ns,
     };
     let up = |netns: &TestNetns, ns: &str, name: &str| {

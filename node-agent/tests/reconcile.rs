@@ -41,7 +41,12 @@ async fn namespace_labels_enrol_and_release_running_pods() {
     ambit_e2e::netns::require_root();
     // A pod that was running before the agent: its own namespace and IP.
     let pod = TestNetns::new("reconcile-old");
-    ip_in(pod.name(), &["link", "add", "eth0", "type", "veth", "peer", "name", "peer0"]);
+    ip_in(
+        pod.name(),
+        &[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+        ],
+    );
     ip_in(pod.name(), &["addr", "add", "10.79.1.5/24", "dev", "eth0"]);
     ip_in(pod.name(), &["link", "set", "peer0", "up"]);
     ip_in(pod.name(), &["link", "set", "eth0", "up"]);
