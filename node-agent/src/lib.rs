@@ -9,9 +9,11 @@
 //!   namespace labelled (or unlabelled) `istio.io/dataplane-mode=ambient`
 //!   enrols (or releases) its running pods, and pods that existed before
 //!   install are enrolled;
-//! * [`netns_lookup`]: finds a running pod's network namespace by its IP.
+//! * [`netns_lookup`]: finds a running pod's network namespace by its IP;
+//! * [`run`]: the agent as a process, following a config source.
 
 pub mod cni;
 pub mod netns_lookup;
 pub mod reconcile;
+pub mod run;
 pub mod zds;

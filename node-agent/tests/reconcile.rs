@@ -35,30 +35,37 @@ fn resources(namespace_label: &str, pod_label: &str) -> Resources {
     r
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn namespace_labels_enrol_and_release_running_pods() {
-    ambit_e2e::init_tracing();
-    ambit_e2e::netns::require_root();
-    // A pod that was running before the agent: its own namespace and IP.
-    let pod = TestNetns::new("reconcile-old");
+/// The tests share one pod address: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A pod that was running before the agent: its own namespace holding `ip`.
+fn running_pod(tag: &str, ip: &str) -> TestNetns {
+    let pod = TestNetns::new(tag);
     ip_in(
         pod.name(),
         &[
             "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
         ],
     );
-    ip_in(pod.name(), &["addr", "add", "10.79.1.5/24", "dev", "eth0"]);
+    ip_in(
+        pod.name(),
+        &["addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+    );
     ip_in(pod.name(), &["link", "set", "peer0", "up"]);
     ip_in(pod.name(), &["link", "set", "eth0", "up"]);
-    let old = pod_uid("demo", "old");
+    pod
+}
 
+/// A ztunnel on node1 whose state knows demo/old at 10.79.1.5.
+fn ztunnel_knowing_old() -> Arc<Ztunnel> {
+    let old = pod_uid("demo", "old");
     let state_yaml = format!(
         "workloads:\n- {{uid: \"{old}\", name: old, namespace: demo, serviceAccount: sa-old, workloadIps: [\"10.79.1.5\"], protocol: HBONE, node: node1, services: {{}}}}\n"
     );
     let state = ProxyState::from_config(&LocalConfig::parse(&state_yaml, "state").expect("state"));
     let signer: Arc<dyn CertificateSigner> =
         Arc::new(ambit_e2e::pki::root("cluster.local", "root"));
-    let z = Arc::new(
+    Arc::new(
         Ztunnel::new(
             ZtunnelConfig {
                 node: "node1".into(),
@@ -73,7 +80,17 @@ async fn namespace_labels_enrol_and_release_running_pods() {
             state,
         )
         .expect("ztunnel"),
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_labels_enrol_and_release_running_pods() {
+    ambit_e2e::init_tracing();
+    ambit_e2e::netns::require_root();
+    let _serial = SERIAL.lock().await;
+    let _pod = running_pod("reconcile-old", "10.79.1.5");
+    let old = pod_uid("demo", "old");
+    let z = ztunnel_knowing_old();
     let sock = std::env::temp_dir().join(format!("ambit-reconcile-{}.sock", std::process::id()));
     let agent = Arc::new(NodeAgent::start(&sock).expect("agent"));
     let zds = ztunnel::zds::run_client(z.clone(), sock.clone(), tokio::runtime::Handle::current());
@@ -112,4 +129,74 @@ async fn namespace_labels_enrol_and_release_running_pods() {
     drop(reconciler);
     drop(agent);
     let _ = zds.join();
+}
+
+async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// The agent process's loop over a changing source (the binary gives it the
+/// Kubernetes watch; `controller`'s tests cover that against a fake API
+/// server): each snapshot reconciles, and the CNI event server answers from
+/// the same view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_follows_its_source() {
+    ambit_e2e::init_tracing();
+    ambit_e2e::netns::require_root();
+    let _serial = SERIAL.lock().await;
+    let _pod = running_pod("follow-old", "10.79.1.5");
+    let old = pod_uid("demo", "old");
+    let z = ztunnel_knowing_old();
+    let dir = std::env::temp_dir().join(format!("ambit-agent-run-{}", std::process::id()));
+    let config = ambit_node_agent::run::AgentConfig {
+        node: "node1".into(),
+        zds_socket: dir.join("zds.sock"),
+        cni_socket: dir.join("cni.sock"),
+    };
+    let agent = Arc::new(ambit_node_agent::run::Agent::start(&config, None).expect("agent"));
+    let zds = ztunnel::zds::run_client(
+        z.clone(),
+        config.zds_socket.clone(),
+        tokio::runtime::Handle::current(),
+    );
+    let (source, publish) = controller::source::MemorySource::new(resources("", ""));
+    let following = tokio::spawn({
+        let agent = agent.clone();
+        async move { ambit_node_agent::run::follow(&agent, Box::new(source)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(z.enrolled().is_empty());
+    publish.send_replace(resources("istio.io/dataplane-mode: ambient", ""));
+    wait_for("enrolled from the source", || {
+        z.enrolled() == vec![old.clone()]
+    })
+    .await;
+    // The CNI side sees the same view: a CHECK for the pod passes.
+    let reply = ambit_cni::event::send(
+        &config.cni_socket,
+        &ambit_cni::event::PodEvent {
+            command: "CHECK".into(),
+            container_id: "x".into(),
+            netns: String::new(),
+            pod_namespace: "demo".into(),
+            pod_name: "old".into(),
+            ips: vec!["10.79.1.5".into()],
+        },
+    )
+    .expect("event");
+    assert!(reply.ok && reply.enrolled, "{reply:?}");
+    publish.send_replace(resources("", ""));
+    wait_for("released", || z.enrolled().is_empty()).await;
+
+    following.abort();
+    z.shutdown();
+    drop(agent);
+    let _ = zds.join();
+    let _ = std::fs::remove_dir_all(&dir);
 }
