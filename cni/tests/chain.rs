@@ -8,7 +8,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use ambit_api::k8s::Resources;
 use ambit_api::model::{LocalConfig, ProxyState, pod_uid};
@@ -16,12 +15,10 @@ use ambit_cni::event::EventServer;
 use ambit_cni::runtime::{Attachment, Chain, DEBIAN_PLUGIN_DIR, RuntimeError};
 use ambit_cni::spec::codes;
 use ambit_e2e::netns::TestNetns;
-use ambit_hbone::HboneConfig;
 use ambit_hbone::ca::CertificateSigner;
 use ambit_node_agent::cni::CniEnroller;
 use ambit_node_agent::zds::NodeAgent;
 use serde_json::json;
-use ztunnel::{Ztunnel, ZtunnelConfig};
 
 const RESOURCES: &str = "\
 apiVersion: v1
@@ -112,22 +109,7 @@ async fn a_runtime_chain_enrols_mesh_pods_through_the_node_agent() {
         ProxyState::from_config(&LocalConfig::parse(&state_yaml, "cni state").expect("state"));
     let signer: Arc<dyn CertificateSigner> =
         Arc::new(ambit_e2e::pki::root("cluster.local", "root"));
-    let z = Arc::new(
-        Ztunnel::new(
-            ZtunnelConfig {
-                node: "node1".into(),
-                certs: Arc::new(ambit_proxy_core::certs::LocalSigner(signer)),
-                cert_ttl: Duration::from_secs(3600),
-                hbone: HboneConfig::default(),
-                cgroup_root: None,
-                pin_dir: None,
-                sockmap_splice: false,
-                ebpf_loader: None,
-            },
-            state,
-        )
-        .expect("ztunnel"),
-    );
+    let z = Arc::new(ambit_e2e::local_ztunnel("node1", signer, state));
     let agent = Arc::new(NodeAgent::start(&zds_sock).expect("ZDS agent"));
     let zds = ztunnel::zds::run_client(
         z.clone(),

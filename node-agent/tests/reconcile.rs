@@ -10,12 +10,11 @@ use std::time::Duration;
 use ambit_api::k8s::Resources;
 use ambit_api::model::{LocalConfig, ProxyState, pod_uid};
 use ambit_e2e::netns::{TestNetns, ip_in};
-use ambit_hbone::HboneConfig;
 use ambit_hbone::ca::CertificateSigner;
 use ambit_node_agent::netns_lookup;
 use ambit_node_agent::reconcile::Reconciler;
 use ambit_node_agent::zds::NodeAgent;
-use ztunnel::{Ztunnel, ZtunnelConfig};
+use ztunnel::Ztunnel;
 
 fn resources(namespace_label: &str, pod_label: &str) -> Resources {
     let yaml = format!(
@@ -65,22 +64,7 @@ fn ztunnel_knowing_old() -> Arc<Ztunnel> {
     let state = ProxyState::from_config(&LocalConfig::parse(&state_yaml, "state").expect("state"));
     let signer: Arc<dyn CertificateSigner> =
         Arc::new(ambit_e2e::pki::root("cluster.local", "root"));
-    Arc::new(
-        Ztunnel::new(
-            ZtunnelConfig {
-                node: "node1".into(),
-                certs: Arc::new(ambit_proxy_core::certs::LocalSigner(signer)),
-                cert_ttl: Duration::from_secs(3600),
-                hbone: HboneConfig::default(),
-                cgroup_root: None,
-                pin_dir: None,
-                sockmap_splice: false,
-                ebpf_loader: None,
-            },
-            state,
-        )
-        .expect("ztunnel"),
-    )
+    Arc::new(ambit_e2e::local_ztunnel("node1", signer, state))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,16 +115,6 @@ async fn namespace_labels_enrol_and_release_running_pods() {
     let _ = zds.join();
 }
 
-async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..100 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 /// The agent process's loop over a changing source (the binary gives it the
 /// Kubernetes watch; `controller`'s tests cover that against a fake API
 /// server): each snapshot reconciles, and the CNI event server answers from
@@ -173,7 +147,7 @@ async fn the_agent_follows_its_source() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(z.enrolled().is_empty());
     publish.send_replace(resources("istio.io/dataplane-mode: ambient", ""));
-    wait_for("enrolled from the source", || {
+    ambit_e2e::wait_for("enrolled from the source", || {
         z.enrolled() == vec![old.clone()]
     })
     .await;
@@ -192,7 +166,7 @@ async fn the_agent_follows_its_source() {
     .expect("event");
     assert!(reply.ok && reply.enrolled, "{reply:?}");
     publish.send_replace(resources("", ""));
-    wait_for("released", || z.enrolled().is_empty()).await;
+    ambit_e2e::wait_for("released", || z.enrolled().is_empty()).await;
 
     following.abort();
     z.shutdown();

@@ -148,3 +148,38 @@ pub fn fuzz_budget(default_secs: u64) -> std::time::Duration {
             .unwrap_or(default_secs),
     )
 }
+
+/// A ztunnel on `node` with an in-process CA signing for `signer`'s trust
+/// domain, serving `state`, capture not pinned (it ends with the test).
+/// Needs root.
+pub fn local_ztunnel(
+    node: &str,
+    signer: Arc<dyn ambit_hbone::ca::CertificateSigner>,
+    state: ambit_api::model::ProxyState,
+) -> ztunnel::Ztunnel {
+    ztunnel::Ztunnel::new(
+        ztunnel::ZtunnelConfig {
+            node: node.to_string(),
+            certs: Arc::new(ambit_proxy_core::certs::LocalSigner(signer)),
+            cert_ttl: std::time::Duration::from_secs(3600),
+            hbone: HboneConfig::default(),
+            cgroup_root: None,
+            pin_dir: None,
+            sockmap_splice: false,
+            ebpf_loader: None,
+        },
+        state,
+    )
+    .expect("start ztunnel (needs root)")
+}
+
+/// Polls `f` every 50 ms for up to 5 s; panics naming `what` if it never holds.
+pub async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}

@@ -3,16 +3,13 @@
 //! after a reconnect the snapshot decides which pods stay. Needs root.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use ambit_api::model::{LocalConfig, ProxyState};
 use ambit_api::zds::WorkloadInfo;
 use ambit_e2e::cluster::topology;
 use ambit_e2e::pki;
-use ambit_hbone::HboneConfig;
 use ambit_hbone::ca::CertificateSigner;
 use ambit_node_agent::zds::NodeAgent;
-use ztunnel::{Ztunnel, ZtunnelConfig};
 
 fn info(name: &str) -> WorkloadInfo {
     WorkloadInfo {
@@ -20,16 +17,6 @@ fn info(name: &str) -> WorkloadInfo {
         namespace: "demo".into(),
         service_account: "default".into(),
     }
-}
-
-async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..100 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,22 +33,7 @@ async fn agent_enrols_over_zds_and_snapshot_reconciles_after_reconnect() {
     );
     let state = ProxyState::from_config(&LocalConfig::parse(&yaml, "zds state").expect("state"));
     let signer: Arc<dyn CertificateSigner> = Arc::new(pki::root("cluster.local", "root"));
-    let z = Arc::new(
-        Ztunnel::new(
-            ZtunnelConfig {
-                node: "node1".into(),
-                certs: Arc::new(ambit_proxy_core::certs::LocalSigner(signer)),
-                cert_ttl: Duration::from_secs(3600),
-                hbone: HboneConfig::default(),
-                cgroup_root: None,
-                pin_dir: None,
-                sockmap_splice: false,
-                ebpf_loader: None,
-            },
-            state,
-        )
-        .expect("ztunnel"),
-    );
+    let z = Arc::new(ambit_e2e::local_ztunnel("node1", signer, state));
     let sock = std::env::temp_dir().join(format!("ambit-zds-test-{}.sock", std::process::id()));
     let netns_path = |name: &str| {
         std::path::PathBuf::from(format!(
@@ -76,8 +48,8 @@ async fn agent_enrols_over_zds_and_snapshot_reconciles_after_reconnect() {
     // Not ready until the snapshot arrives; the add is acked once ztunnel has it.
     agent.add("a", info("a"), netns_path("a")).expect("add a");
     agent.add("b", info("b"), netns_path("b")).expect("add b");
-    wait_for("a and b enrolled", || z.enrolled().len() == 2).await;
-    wait_for("ready", || z.pending().is_empty()).await;
+    ambit_e2e::wait_for("a and b enrolled", || z.enrolled().len() == 2).await;
+    ambit_e2e::wait_for("ready", || z.pending().is_empty()).await;
 
     // A pod unknown to the state is refused with an error ack, not a crash.
     let err = agent
@@ -91,7 +63,7 @@ async fn agent_enrols_over_zds_and_snapshot_reconciles_after_reconnect() {
 
     // The agent goes away: ztunnel reports not ready, keeps serving what it has.
     drop(agent);
-    wait_for("ZDS pending", || {
+    ambit_e2e::wait_for("ZDS pending", || {
         z.pending().iter().any(|p| p.contains("ZDS"))
     })
     .await;
@@ -99,7 +71,7 @@ async fn agent_enrols_over_zds_and_snapshot_reconciles_after_reconnect() {
 
     // A new agent whose snapshot no longer has `a`: ztunnel releases it.
     let agent = NodeAgent::start(&sock).expect("agent again");
-    wait_for("snapshot reconciled", || {
+    ambit_e2e::wait_for("snapshot reconciled", || {
         z.enrolled().is_empty() && z.pending().iter().all(|p| !p.contains("ZDS"))
     })
     .await;

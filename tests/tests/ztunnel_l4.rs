@@ -13,9 +13,8 @@ use ambit_e2e::cluster::{
     ALPN_H2_EXT, Exchange, LinkCapture, Pod as PodNet, Topology, contains, echo_app, talk, topology,
 };
 use ambit_e2e::pki;
-use ambit_hbone::HboneConfig;
 use ambit_hbone::ca::CertificateSigner;
-use ztunnel::{Ztunnel, ZtunnelConfig};
+use ztunnel::Ztunnel;
 
 fn marker() -> Vec<u8> {
     format!("MARKER-{:032x}", rand::random::<u128>()).into_bytes()
@@ -76,20 +75,7 @@ fn state_with_waypoint(pods: &[Pod<'_>], policies: &str, waypoint_for: Option<&s
 }
 
 fn ztunnel(node: u8, signer: Arc<dyn CertificateSigner>, st: ProxyState) -> Ztunnel {
-    Ztunnel::new(
-        ZtunnelConfig {
-            node: format!("node{node}"),
-            certs: Arc::new(ambit_proxy_core::certs::LocalSigner(signer)),
-            cert_ttl: Duration::from_secs(3600),
-            hbone: HboneConfig::default(),
-            cgroup_root: None,
-            pin_dir: None,
-            sockmap_splice: false,
-            ebpf_loader: None,
-        },
-        st,
-    )
-    .expect("start ztunnel (needs root)")
+    ambit_e2e::local_ztunnel(&format!("node{node}"), signer, st)
 }
 
 fn pod<'a>(t: &'a Topology, name: &str) -> &'a PodNet {
