@@ -891,6 +891,46 @@ async fn a_service_account_waypoint_cannot_be_skipped() {
         .expect("yaml");
     let cluster = LocalCluster::up(res, 2).await.expect("cluster up");
     assert_eq!(cluster.waypoints.len(), 1);
+    // The controller's deployer made the waypoint's objects and set the
+    // Gateway's status, as it does in a cluster.
+    let status = cluster
+        .deployer
+        .statuses()
+        .get(&controller::deployer::ObjectRef::gateway(
+            "shop",
+            "ratings-waypoint",
+        ))
+        .cloned()
+        .expect("status written");
+    let programmed = status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Programmed"))
+        .cloned()
+        .expect("Programmed condition");
+    assert_eq!(programmed["status"], "True", "{status}");
+    assert_eq!(
+        programmed["message"],
+        "Resource programmed, assigned to service(s) ratings-waypoint.shop.svc.cluster.local:15008"
+    );
+    let deployment = cluster
+        .resources
+        .deployments
+        .iter()
+        .find(|(_, d)| d.metadata.name.as_deref() == Some("ratings-waypoint"));
+    assert!(deployment.is_none(), "Deployments become placed pods");
+    let sa = cluster
+        .resources
+        .service_accounts
+        .iter()
+        .find(|(_, a)| a.metadata.name.as_deref() == Some("ratings-waypoint"))
+        .expect("waypoint service account");
+    assert_eq!(
+        sa.1.metadata
+            .owner_references
+            .as_ref()
+            .map(|o| o[0].kind.as_str()),
+        Some("Gateway")
+    );
     for p in ["shop/ratings-0", "shop/ratings-broken"] {
         let p = cluster.pod(p).expect("pod");
         assert!(wait_listening(&p.netns, 9080, Duration::from_secs(10)).await);

@@ -79,6 +79,8 @@ pub struct LocalCluster {
     cert_ttl: Duration,
     /// Waypoints running in-process, by pod key.
     pub waypoints: BTreeMap<String, waypoints::RunningWaypoint>,
+    /// The controller's waypoint deployer, with this cluster as its API.
+    pub deployer: waypoints::LocalDeployer,
 }
 
 impl std::fmt::Debug for LocalCluster {
@@ -206,7 +208,10 @@ impl LocalCluster {
         sweep_stale_pins();
         let run = format!("{PREFIX}{}", std::process::id());
         let topology = Topology::new(&run, nodes).context("building the node network")?;
-        ambit_api::translate::waypoints::deploy(&mut resources);
+        let mut deployer = waypoints::LocalDeployer::default();
+        for refused in deployer.apply(&mut resources) {
+            tracing::warn!(%refused, "waypoint object not created");
+        }
         let wanted = expand_deployments(&resources);
         resources.pods.clear();
         resources.deployments.clear();
@@ -237,6 +242,7 @@ impl LocalCluster {
             run,
             cert_ttl,
             waypoints: BTreeMap::new(),
+            deployer,
         };
         for (source, pod) in wanted {
             cluster.place(source, pod)?;
@@ -382,14 +388,20 @@ impl LocalCluster {
                 continue;
             }
             let placed = self.pod(&key)?.clone();
+            let service_account = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.clone())
+                .unwrap_or_else(|| "default".into());
             let w = waypoints::RunningWaypoint::start(
                 &placed,
                 self.control.trust_domain(),
                 &ns,
                 gateway,
+                &service_account,
                 // Its own service account's token, as in a cluster: the
                 // controller signs only that identity (dedicated mode).
-                self.control.for_service_account(&ns, gateway),
+                self.control.for_service_account(&ns, &service_account),
                 self.cert_ttl,
             )
             .with_context(|| format!("starting waypoint {key}"))?;
@@ -537,8 +549,7 @@ impl LocalCluster {
     /// removed ones are stopped and their namespaces deleted. Returns what
     /// happened to pods.
     pub fn reload(&mut self, mut new: Resources) -> anyhow::Result<Vec<String>> {
-        let mut notes = Vec::new();
-        ambit_api::translate::waypoints::deploy(&mut new);
+        let mut notes = self.deployer.apply(&mut new);
         let wanted = expand_deployments(&new);
         let wanted_keys: std::collections::BTreeSet<String> = wanted
             .iter()
@@ -666,6 +677,11 @@ impl LocalCluster {
             let Some(placed) = self.pods.get(&key) else {
                 continue;
             };
+            // A waypoint pod's proxy runs in this process (`waypoints`),
+            // not as its container's command.
+            if self.waypoints.contains_key(&key) {
+                continue;
+            }
             let Some(container) = pod.spec.as_ref().and_then(|s| s.containers.first()) else {
                 continue;
             };

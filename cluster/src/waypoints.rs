@@ -4,8 +4,12 @@
 //! inside the pod's network namespace: HBONE on 15008, readiness 15021,
 //! metrics 15020, admin 15000, and upstream connections. Its config and
 //! certificate come from the controller as in a cluster: it authenticates
-//! as its own service account (the Gateway's name) and asks the CA for that
-//! identity in dedicated mode, as the production `waypoint mesh` does.
+//! as its pod's service account and asks the CA for that identity in
+//! dedicated mode, as the production `waypoint mesh` does.
+//!
+//! [`LocalDeployer`] runs the controller's waypoint deployer with the
+//! cluster's memory as its API server, so the local cluster gets exactly
+//! the objects, ownership rules and Gateway status a real cluster gets.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +26,111 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 use waypoint::{Waypoint, WaypointConfig};
 
+use ambit_api::k8s::{Resources, Source};
+use controller::deployer::{Deployer, MemoryStore, ObjectRef, WaypointTemplate, is_managed};
+use futures_util::FutureExt;
+use serde_json::Value;
+
 use super::PlacedPod;
+
+/// The controller's waypoint deployer over the local cluster's objects.
+#[derive(Debug)]
+pub struct LocalDeployer {
+    deployer: Deployer,
+    /// What the deployer created (the cluster's API holds these).
+    deployed: Vec<Value>,
+    /// The last status written for each waypoint Gateway.
+    statuses: std::collections::BTreeMap<ObjectRef, Value>,
+}
+
+impl Default for LocalDeployer {
+    fn default() -> Self {
+        LocalDeployer {
+            deployer: Deployer::new(WaypointTemplate::default()),
+            deployed: Vec::new(),
+            statuses: Default::default(),
+        }
+    }
+}
+
+/// The user's objects of the kinds the deployer writes, as the API holds them.
+fn user_objects(res: &Resources) -> Vec<Value> {
+    let typed = |kind: &str, api_version: &str, o: Result<Value, serde_json::Error>| {
+        o.ok().map(|mut v| {
+            v["kind"] = Value::from(kind);
+            v["apiVersion"] = Value::from(api_version);
+            v
+        })
+    };
+    let ns_default = |mut v: Value| {
+        if v["metadata"]["namespace"].is_null() {
+            v["metadata"]["namespace"] = Value::from("default");
+        }
+        v
+    };
+    let services = res
+        .services
+        .iter()
+        .filter_map(|(_, o)| typed("Service", "v1", serde_json::to_value(o)));
+    let accounts = res
+        .service_accounts
+        .iter()
+        .filter_map(|(_, o)| typed("ServiceAccount", "v1", serde_json::to_value(o)));
+    let deployments = res
+        .deployments
+        .iter()
+        .filter_map(|(_, o)| typed("Deployment", "apps/v1", serde_json::to_value(o)));
+    services
+        .chain(accounts)
+        .chain(deployments)
+        .map(ns_default)
+        .collect()
+}
+
+impl LocalDeployer {
+    /// Applies the waypoint Gateways of `res`: the objects the deployer
+    /// creates are added to `res` (their Deployments' pods are then placed
+    /// like any other), each Gateway's `status` is set, and what it refused
+    /// is returned (an object of the same name that is the user's).
+    pub fn apply(&mut self, res: &mut Resources) -> Vec<String> {
+        let mut existing = user_objects(res);
+        existing.extend(self.deployed.iter().cloned());
+        let store = MemoryStore::with(existing);
+        let report = self
+            .deployer
+            .reconcile(res, &store)
+            .now_or_never()
+            .unwrap_or_default();
+        self.deployed = store.objects().into_iter().filter(is_managed).collect();
+        let source = Source {
+            file: "waypoint deployer".into(),
+            doc: 0,
+        };
+        for o in &self.deployed {
+            if let Err(e) = res.add_json(o.clone(), source.clone()) {
+                tracing::warn!(error = %e, "a deployed waypoint object did not load");
+            }
+        }
+        // With its Service in place, the status says Programmed.
+        let _ = self.deployer.reconcile(res, &store).now_or_never();
+        self.statuses = store.statuses();
+        for (_, g) in &mut res.gateways {
+            let at = ObjectRef::gateway(
+                g.metadata.namespace.as_deref().unwrap_or("default"),
+                g.metadata.name.as_deref().unwrap_or_default(),
+            );
+            if let Some(status) = self.statuses.get(&at) {
+                g.status = Some(status.clone());
+            }
+        }
+        report.refused
+    }
+
+    /// Each waypoint Gateway's status, as last written.
+    pub fn statuses(&self) -> &std::collections::BTreeMap<ObjectRef, Value> {
+        &self.statuses
+    }
+}
 
 /// A waypoint running for one placed pod; stopped on drop.
 pub struct RunningWaypoint {
@@ -41,12 +149,13 @@ impl std::fmt::Debug for RunningWaypoint {
 
 impl RunningWaypoint {
     /// Starts the waypoint of Gateway `namespace/gateway` in `pod`, as
-    /// `spiffe://<trust_domain>/ns/<namespace>/sa/<gateway>`.
+    /// `spiffe://<trust_domain>/ns/<namespace>/sa/<service_account>`.
     pub fn start(
         pod: &PlacedPod,
         trust_domain: &str,
         namespace: &str,
         gateway: &str,
+        service_account: &str,
         cp: ControlPlane,
         cert_ttl: Duration,
     ) -> anyhow::Result<Self> {
@@ -55,7 +164,7 @@ impl RunningWaypoint {
                 .with_context(|| format!("opening {}'s namespace", pod.key))?,
         );
         let identity =
-            SpiffeId::new(trust_domain, namespace, gateway).context("waypoint identity")?;
+            SpiffeId::new(trust_domain, namespace, service_account).context("waypoint identity")?;
         let ca = CaClient::with_mode(&cp, CaMode::Dedicated).context("waypoint CA client")?;
         let certs = CertManager::new(Arc::new(ca), cert_ttl);
         let sockets = netns.clone();

@@ -7,6 +7,9 @@
 //!   Ambit's L7 type for waypoints).
 //! * [`ca`]: `IstioCertificateService/CreateCertificate`, scoped to the caller's node.
 //! * [`auth`]: how a caller proves which node it is.
+//! * [`deployer`]: waypoint Gateways → ServiceAccount, Deployment, Service,
+//!   and the Gateway's status.
+//! * [`images`]: image names and tags (`deploy/images.env`).
 //! * [`metrics`]: the `/metrics` endpoint (15014).
 //! * [`run`]: the listeners and the update loop that tie them together.
 
@@ -16,6 +19,8 @@
 
 pub mod auth;
 pub mod ca;
+pub mod deployer;
+pub mod images;
 pub mod metrics;
 pub mod model;
 pub mod run;

@@ -7,6 +7,10 @@
 //!   authenticate with their projected service-account token (TokenReview),
 //!   and the root is published as ConfigMap `istio-ca-root-cert`.
 //!
+//! In cluster mode the controller also deploys waypoints: for each Gateway
+//! of class `istio-waypoint`, a ServiceAccount, Deployment and Service, and
+//! the Gateway's status (`--no-waypoint-deployer` turns it off).
+//!
 //! The mesh CA comes from `--ca-dir`: Istio's `cacerts` layout (`ca-cert.pem`,
 //! `ca-key.pem`, `root-cert.pem`, `cert-chain.pem`) as an operator plugs it
 //! into istiod, or a root this controller made (`root-cert.pem`,
@@ -72,6 +76,17 @@ struct Args {
     /// Cluster mode: namespace to publish the root ConfigMap in.
     #[arg(long, default_value = "istio-system")]
     namespace: String,
+    /// Cluster mode: do not create waypoint Deployments for Gateways of
+    /// class `istio-waypoint` (someone else deploys them).
+    #[arg(long)]
+    no_waypoint_deployer: bool,
+    /// Cluster mode: the image waypoint Deployments run (default from
+    /// deploy/images.env).
+    #[arg(long)]
+    waypoint_image: Option<String>,
+    /// Cluster mode: the address waypoints reach xDS and the CA at.
+    #[arg(long, default_value = "ambit-controller.istio-system.svc:15012")]
+    waypoint_control_plane: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -222,11 +237,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         &args.dns_names,
         Validity::starting_now(Duration::from_secs(365 * 86400)),
     )?;
+    let mut kube_client = None;
     let (source, auth): (Box<dyn ConfigSource>, Arc<dyn NodeAuthenticator>) = if args.kube {
         let client = kube::Client::try_default()
             .await
             .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
         publish_root(client.clone(), &args.namespace, root_pem.clone()).await?;
+        kube_client = Some(client.clone());
         (
             Box::new(KubeSource::new(client.clone())),
             Arc::new(TokenReviewAuthenticator::new(
@@ -269,10 +286,35 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await?;
     tracing::info!(addr = %controller.local_addr(), "ambit-controller running");
+    let deployer = match kube_client {
+        Some(client) if !args.no_waypoint_deployer => {
+            use controller::deployer::{self, Deployer, KubeStore, WaypointTemplate};
+            let template = WaypointTemplate {
+                image: args
+                    .waypoint_image
+                    .clone()
+                    .unwrap_or_else(|| controller::images::WAYPOINT.clone()),
+                control_plane: args.waypoint_control_plane.clone(),
+                trust_domain: trust_domain.clone(),
+                root_pem: Some(root_pem.clone()),
+                ..WaypointTemplate::default()
+            };
+            Some(tokio::spawn(deployer::run(
+                Deployer::new(template),
+                controller.resources(),
+                KubeStore::new(client),
+                Duration::from_secs(5),
+            )))
+        }
+        _ => None,
+    };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
+    }
+    if let Some(d) = deployer {
+        d.abort();
     }
     controller.stop().await;
     Ok(())

@@ -15,6 +15,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
 
+use ambit_api::k8s::Resources;
+
 use crate::auth::NodeAuthenticator;
 use crate::ca::CaService;
 use crate::model::{Model, Snapshot};
@@ -65,6 +67,7 @@ pub enum ControllerError {
 /// listener and ends every xDS stream.
 pub struct Controller {
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    resources: watch::Receiver<Arc<Resources>>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     local_addr: SocketAddr,
@@ -106,6 +109,7 @@ impl Controller {
         let Some(SourceEvent::Snapshot { resources, errors }) = events.recv().await else {
             return Err(ControllerError::SourceEnded);
         };
+        let (resources_tx, resources_rx) = watch::channel(Arc::new(resources.clone()));
         let first = Arc::new(model.apply(resources, None));
         log_findings(&first, &errors);
         let (snap_tx, snapshots) = watch::channel(first);
@@ -132,6 +136,7 @@ impl Controller {
                     }
                 }
                 let started = Instant::now();
+                resources_tx.send_replace(Arc::new(resources.clone()));
                 let previous = snap_tx.borrow().clone();
                 let snap = Arc::new(model.apply(resources, Some(&previous)));
                 log_findings(&snap, &errors);
@@ -216,6 +221,7 @@ impl Controller {
         info!(%local_addr, tls = config.tls.is_some(), "controller serving xDS and CA");
         Ok(Controller {
             snapshots,
+            resources: resources_rx,
             stop,
             tasks,
             local_addr,
@@ -242,6 +248,12 @@ impl Controller {
     /// Follows every published snapshot.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.snapshots.clone()
+    }
+
+    /// Follows the resources each published snapshot was built from (what
+    /// the waypoint deployer works from).
+    pub fn resources(&self) -> watch::Receiver<Arc<Resources>> {
+        self.resources.clone()
     }
 
     /// xDS counters.

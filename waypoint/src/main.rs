@@ -100,8 +100,11 @@ async fn mesh() -> anyhow::Result<()> {
     let gateway = env("GATEWAY_NAME")
         .or_else(|| env("SERVICE_ACCOUNT"))
         .context("GATEWAY_NAME (or SERVICE_ACCOUNT) is required: the waypoint's Gateway")?;
+    // Who it is: its pod's service account (the Gateway's name unless
+    // `gateway.istio.io/service-account` says otherwise).
+    let service_account = env("SERVICE_ACCOUNT").unwrap_or_else(|| gateway.clone());
     let trust_domain = env("TRUST_DOMAIN").unwrap_or_else(|| "cluster.local".into());
-    let identity = SpiffeId::new(&trust_domain, &namespace, &gateway)?;
+    let identity = SpiffeId::new(&trust_domain, &namespace, &service_account)?;
     let xds = control_plane(xds_address.clone(), "XDS_ROOT_CA")?;
     let ca_address = env("CA_ADDRESS").unwrap_or(xds_address);
     let ca = CaClient::with_mode(&control_plane(ca_address, "CA_ROOT_CA")?, CaMode::Dedicated)?;

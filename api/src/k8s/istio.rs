@@ -6,9 +6,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
-/// A namespaced custom resource: metadata and a typed spec (`apiVersion`,
-/// `kind` and `status` are accepted and ignored; the spec rejects unknown
-/// fields).
+/// A namespaced custom resource: metadata and a typed spec (`apiVersion`
+/// and `kind` are accepted and ignored; the spec rejects unknown fields).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Object<S> {
@@ -17,6 +16,11 @@ pub struct Object<S> {
     /// Spec.
     #[serde(default)]
     pub spec: S,
+    /// Status as the API server holds it, uninterpreted: translation never
+    /// reads it; the waypoint deployer compares the status it would write
+    /// with it (Gateway conditions keep their transition times).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
 }
 
 /// `spec.selector`.

@@ -817,6 +817,19 @@ pub(super) fn translate_l7(res: &Resources, waypoints: &Waypoints, out: &mut Tra
         }
     }
     for (source, gw) in &res.gateways {
+        if gw.spec.gateway_class_name == WAYPOINT_CLASS && gw.spec.listeners.is_empty() {
+            let mut ctx = Ctx {
+                findings: &mut out.findings,
+                source,
+                object: object_ref("Gateway", &gw.metadata),
+                errors: 0,
+            };
+            ctx.note(
+                Severity::Warning,
+                "spec.listeners".into(),
+                "empty: the Kubernetes API rejects a Gateway without listeners; Ambit gives this waypoint {name: mesh, port: 15008, protocol: HBONE}",
+            );
+        }
         if gw.spec.gateway_class_name != WAYPOINT_CLASS {
             let mut ctx = Ctx {
                 findings: &mut out.findings,

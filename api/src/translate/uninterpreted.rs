@@ -140,10 +140,10 @@ const REQUEST_AUTHENTICATION: &[Field] = &[warn(
     "a selector binds sidecars; in ambient mode bind with targetRefs to a waypoint or Service: this selector has no effect",
 )];
 
-const GATEWAY: &[Field] = &[
-    warn("addresses", NO_EFFECT),
-    warn("infrastructure", NO_EFFECT),
-];
+const GATEWAY: &[Field] = &[warn(
+    "infrastructure.parametersRef",
+    "not interpreted by Ambit: the waypoint's objects come from the controller's template, without overlays",
+)];
 
 /// Reports every set field of the tables above.
 pub(super) fn report(res: &Resources, out: &mut Translation) {

@@ -25,6 +25,101 @@ pub const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
 pub const FOR_SERVICE_ACCOUNT: &str = "istio.io/for-service-account";
 /// The label Gateway API puts on a Gateway's pods and Service.
 pub const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
+/// Gateway annotation naming its Deployment and Service (default: the
+/// Gateway's name), as istiod's deployer reads it.
+pub const NAME_OVERRIDE: &str = "gateway.istio.io/name-override";
+/// Gateway annotation naming the service account its pods run as (default:
+/// the Gateway's name).
+pub const SERVICE_ACCOUNT_OVERRIDE: &str = "gateway.istio.io/service-account";
+
+/// The name of a waypoint Gateway's Deployment and Service.
+pub fn deployment_name(gateway: &crate::k8s::networking::Gateway) -> String {
+    annotation(gateway, NAME_OVERRIDE)
+        .unwrap_or_else(|| gateway.metadata.name.clone().unwrap_or_default())
+}
+
+/// The service account a waypoint Gateway's pods run as.
+pub fn service_account(gateway: &crate::k8s::networking::Gateway) -> String {
+    annotation(gateway, SERVICE_ACCOUNT_OVERRIDE)
+        .unwrap_or_else(|| gateway.metadata.name.clone().unwrap_or_default())
+}
+
+/// A waypoint Gateway's listeners; when it has none (the API server
+/// rejects that, but a YAML directory may hold it), the one every waypoint
+/// has: `{name: mesh, port: 15008, protocol: HBONE}` (reported as a
+/// warning by translation).
+pub fn listeners(gateway: &crate::k8s::networking::Gateway) -> Vec<serde_json::Value> {
+    if gateway.spec.listeners.is_empty() {
+        vec![serde_json::json!({"name": "mesh", "port": 15008, "protocol": "HBONE"})]
+    } else {
+        gateway.spec.listeners.clone()
+    }
+}
+
+/// The cluster's DNS domain, as Service host names are written.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// Whether the deployer creates this Gateway's Deployment and Service, as
+/// istiod's `IsManaged` decides: no `spec.addresses`, or a single IP
+/// address. Anything else names existing Services that serve the Gateway.
+pub fn is_managed(gateway: &crate::k8s::networking::Gateway) -> bool {
+    let addresses = addresses(gateway);
+    match addresses.as_slice() {
+        [] => true,
+        [(kind, _)] => kind.as_deref().is_none_or(|t| t == "IPAddress"),
+        _ => false,
+    }
+}
+
+/// `spec.addresses` as (type, value) pairs.
+fn addresses(gateway: &crate::k8s::networking::Gateway) -> Vec<(Option<String>, String)> {
+    let Some(serde_json::Value::Array(list)) = &gateway.spec.addresses else {
+        return Vec::new();
+    };
+    list.iter()
+        .map(|a| {
+            let text = |k: &str| a.get(k).and_then(|v| v.as_str()).map(str::to_string);
+            (text("type"), text("value").unwrap_or_default())
+        })
+        .collect()
+}
+
+/// The Service host names serving a waypoint Gateway (istiod's
+/// `extractGatewayServices`): its own Service when managed, else each
+/// `Hostname` address, a short name taken as a Service in the Gateway's
+/// namespace. The second list holds addresses of other types, which
+/// cannot name a Service and are left out.
+pub fn service_hosts(gateway: &crate::k8s::networking::Gateway) -> (Vec<String>, Vec<String>) {
+    let ns = gateway.metadata.namespace.as_deref().unwrap_or("default");
+    if is_managed(gateway) {
+        let name = deployment_name(gateway);
+        return (
+            vec![format!("{name}.{ns}.svc.{CLUSTER_DOMAIN}")],
+            Vec::new(),
+        );
+    }
+    let (mut hosts, mut skipped) = (Vec::new(), Vec::new());
+    for (kind, value) in addresses(gateway) {
+        if kind.as_deref().is_some_and(|t| t != "Hostname") {
+            skipped.push(value);
+        } else if value.contains('.') {
+            hosts.push(value);
+        } else {
+            hosts.push(format!("{value}.{ns}.svc.{CLUSTER_DOMAIN}"));
+        }
+    }
+    (hosts, skipped)
+}
+
+fn annotation(gateway: &crate::k8s::networking::Gateway, key: &str) -> Option<String> {
+    gateway
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(key)
+        .filter(|v| !v.is_empty())
+        .cloned()
+}
 
 /// What traffic a waypoint takes (`istio.io/waypoint-for`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +156,9 @@ impl TrafficType {
 /// Every waypoint Gateway, by (namespace, name), and the namespaces' labels.
 #[derive(Clone, Debug, Default)]
 pub struct Waypoints {
-    gateways: BTreeMap<(String, String), TrafficType>,
+    /// (namespace, name) → what it takes and the host of the Service
+    /// serving it (none when its addresses name no Service).
+    gateways: BTreeMap<(String, String), (TrafficType, Option<String>)>,
     /// (namespace, service account) → waypoint name.
     by_service_account: BTreeMap<(String, String), String>,
     namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
@@ -93,7 +190,10 @@ impl Waypoints {
                             .unwrap_or_else(|| "default".into()),
                         g.metadata.name.clone().unwrap_or_default(),
                     ),
-                    TrafficType::parse(labels.get(WAYPOINT_FOR)),
+                    (
+                        TrafficType::parse(labels.get(WAYPOINT_FOR)),
+                        service_hosts(g).0.into_iter().next(),
+                    ),
                 )
             })
             .collect();
@@ -173,7 +273,7 @@ impl Waypoints {
         };
         match self.gateways.get(&(wns.clone(), name.clone())) {
             None => Err(Unbound::Missing(format!("{wns}/{name}"))),
-            Some(t) if !wants(*t) => Err(Unbound::WrongType(format!("{wns}/{name}"), *t)),
+            Some((t, _)) if !wants(*t) => Err(Unbound::WrongType(format!("{wns}/{name}"), *t)),
             Some(_) => Ok(Some((wns, name))),
         }
     }
@@ -217,9 +317,17 @@ impl Waypoints {
     }
 }
 
-/// How ztunnel reaches waypoint `name` in `ns`: its Service on 15008.
-pub fn gateway_ref(ns: &str, name: &str) -> GatewayRef {
-    GatewayRef::service(ns, &format!("{name}.{ns}.svc.cluster.local"))
+impl Waypoints {
+    /// How ztunnel reaches waypoint `name` in `ns`: the Service serving it,
+    /// on 15008 (see [`service_hosts`]).
+    pub fn gateway_ref(&self, ns: &str, name: &str) -> GatewayRef {
+        let host = self
+            .gateways
+            .get(&(ns.to_string(), name.to_string()))
+            .and_then(|(_, host)| host.clone())
+            .unwrap_or_else(|| format!("{name}.{ns}.svc.{CLUSTER_DOMAIN}"));
+        GatewayRef::service(ns, &host)
+    }
 }
 
 impl std::fmt::Display for Unbound {
@@ -235,96 +343,4 @@ impl std::fmt::Display for Unbound {
             ),
         }
     }
-}
-
-/// What istiod's waypoint deployer creates for each waypoint Gateway that
-/// lacks them: a Deployment (one replica, service account = the Gateway's
-/// name, left out of capture) and a Service on 15008 selecting its pods.
-/// The local cluster runs those pods' proxy itself.
-pub fn deploy(res: &mut Resources) {
-    use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-    use k8s_openapi::api::core::v1::{
-        Container, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec,
-    };
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-    let mut add_services = Vec::new();
-    let mut add_deployments = Vec::new();
-    for (source, g) in &res.gateways {
-        if g.spec.gateway_class_name != WAYPOINT_CLASS {
-            continue;
-        }
-        let ns = g
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let Some(name) = g.metadata.name.clone() else {
-            continue;
-        };
-        let labels = BTreeMap::from([(GATEWAY_NAME.to_string(), name.clone())]);
-        let meta = ObjectMeta {
-            name: Some(name.clone()),
-            namespace: Some(ns.clone()),
-            labels: Some(labels.clone()),
-            ..Default::default()
-        };
-        let same = |m: &ObjectMeta| {
-            m.name.as_deref() == Some(name.as_str())
-                && m.namespace.as_deref().unwrap_or("default") == ns
-        };
-        if !res.services.iter().any(|(_, s)| same(&s.metadata)) {
-            add_services.push((
-                source.clone(),
-                Service {
-                    metadata: meta.clone(),
-                    spec: Some(ServiceSpec {
-                        selector: Some(labels.clone()),
-                        ports: Some(vec![ServicePort {
-                            name: Some("mesh".into()),
-                            port: 15008,
-                            app_protocol: Some("all".into()),
-                            ..Default::default()
-                        }]),
-                        ..Default::default()
-                    }),
-                    status: None,
-                },
-            ));
-        }
-        if !res.deployments.iter().any(|(_, d)| same(&d.metadata)) {
-            let mut pod_labels = labels.clone();
-            pod_labels.insert(crate::k8s::DATAPLANE_MODE.into(), crate::k8s::NONE.into());
-            add_deployments.push((
-                source.clone(),
-                Deployment {
-                    metadata: meta,
-                    spec: Some(DeploymentSpec {
-                        replicas: Some(1),
-                        selector: LabelSelector {
-                            match_labels: Some(labels.clone()),
-                            ..Default::default()
-                        },
-                        template: PodTemplateSpec {
-                            metadata: Some(ObjectMeta {
-                                labels: Some(pod_labels),
-                                ..Default::default()
-                            }),
-                            spec: Some(PodSpec {
-                                service_account_name: Some(name.clone()),
-                                containers: vec![Container {
-                                    name: "istio-proxy".into(),
-                                    ..Default::default()
-                                }],
-                                ..Default::default()
-                            }),
-                        },
-                        ..Default::default()
-                    }),
-                    status: None,
-                },
-            ));
-        }
-    }
-    res.services.extend(add_services);
-    res.deployments.extend(add_deployments);
 }

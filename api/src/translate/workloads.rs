@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::l7::USE_WAYPOINT;
-use super::waypoints::{Unbound, Waypoints, gateway_ref};
+use super::waypoints::{Unbound, Waypoints};
 use super::{Finding, Severity, Translation};
 use crate::k8s::{AMBIENT, DATAPLANE_MODE, NONE, Resources, Source, object_ref};
 use crate::model::{HealthStatus, Protocol, Service as MeshService, Workload};
@@ -122,7 +122,7 @@ pub(super) fn translate_services(res: &Resources, waypoints: &Waypoints, out: &m
             });
         }
         let waypoint = match waypoints.for_service(&labels(&svc.metadata), &ns_of(&svc.metadata)) {
-            Ok(w) => w.map(|(ns, name)| gateway_ref(&ns, &name)),
+            Ok(w) => w.map(|(ns, name)| waypoints.gateway_ref(&ns, &name)),
             Err(why) => {
                 out.findings
                     .push(waypoint_finding(source, object.clone(), &why));
@@ -239,7 +239,7 @@ pub(super) fn translate_pods(res: &Resources, waypoints: &Waypoints, out: &mut T
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_else(|| "default".into());
         let waypoint = match waypoints.for_workload(&lbl, &ns, &service_account) {
-            Ok(w) => w.map(|(wns, wname)| gateway_ref(&wns, &wname)),
+            Ok(w) => w.map(|(wns, wname)| waypoints.gateway_ref(&wns, &wname)),
             Err(why) => {
                 // Only the pod's own label is worth a finding: a namespace
                 // label usually means "its Services", not every pod.

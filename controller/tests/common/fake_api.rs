@@ -1,0 +1,389 @@
+//! A Kubernetes API server on loopback, at the HTTP level: objects by path,
+//! list (with `labelSelector`/`fieldSelector` on `k=v`), watch (held open,
+//! no events), get, server-side apply (PATCH `application/apply-patch+yaml`,
+//! the body stored as the object), status apply, delete. API groups can be
+//! left "not installed" (404 under `/apis/GROUP/`). Every request is
+//! recorded with its body, for tests to assert on.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use serde_json::{Value, json};
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// One request as the server saw it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub content_type: String,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct State {
+    /// (api prefix, plural, namespace, name) → object.
+    objects: BTreeMap<(String, String, String, String), Value>,
+    requests: Vec<Recorded>,
+    missing_groups: Vec<String>,
+    version: u64,
+    /// Open watch streams (kept so they stay open).
+    watches: Vec<tokio::sync::mpsc::Sender<Result<Frame<Bytes>, Infallible>>>,
+}
+
+/// The running server.
+#[derive(Clone)]
+pub struct FakeApi {
+    state: Arc<Mutex<State>>,
+    pub addr: SocketAddr,
+}
+
+/// Where a path points.
+struct Target {
+    prefix: String,
+    plural: String,
+    namespace: Option<String>,
+    name: Option<String>,
+    status: bool,
+}
+
+fn parse(path: &str) -> Option<Target> {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (prefix, rest) = match segs.as_slice() {
+        ["api", v, rest @ ..] => (format!("/api/{v}"), rest),
+        ["apis", g, v, rest @ ..] => (format!("/apis/{g}/{v}"), rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, tail @ ..] if !tail.is_empty() => (Some(ns.to_string()), tail),
+        _ => (None, rest),
+    };
+    let (plural, name, status) = match rest {
+        [plural] => (plural.to_string(), None, false),
+        [plural, name] => (plural.to_string(), Some(name.to_string()), false),
+        [plural, name, "status"] => (plural.to_string(), Some(name.to_string()), true),
+        _ => return None,
+    };
+    Some(Target {
+        prefix,
+        plural,
+        namespace,
+        name,
+        status,
+    })
+}
+
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn matches_selector(object: &Value, selector: Option<&str>, at: &str) -> bool {
+    let Some(selector) = selector.filter(|s| !s.is_empty()) else {
+        return true;
+    };
+    selector.split(',').all(|term| {
+        let Some((k, v)) = term.split_once('=') else {
+            return false;
+        };
+        if at == "fields" {
+            k == "metadata.name" && object["metadata"]["name"] == v
+        } else {
+            object["metadata"]["labels"][k] == v
+        }
+    })
+}
+
+fn json_response(status: u16, body: Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())).boxed())
+        .expect("response")
+}
+
+fn not_found(what: &str) -> Response<Body> {
+    json_response(
+        404,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": format!("{what} not found")}),
+    )
+}
+
+impl FakeApi {
+    /// Starts the server on 127.0.0.1.
+    pub async fn start() -> FakeApi {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake API");
+        let addr = listener.local_addr().expect("addr");
+        let api = FakeApi {
+            state: Arc::new(Mutex::new(State::default())),
+            addr,
+        };
+        let served = api.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let api = served.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let api = api.clone();
+                        async move { Ok::<_, Infallible>(api.handle(req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        api
+    }
+
+    /// A kube client for this server.
+    pub fn client(&self) -> kube::Client {
+        let url = format!("http://{}", self.addr).parse().expect("url");
+        kube::Client::try_from(kube::Config::new(url)).expect("kube client")
+    }
+
+    /// A kubeconfig file pointing at this server.
+    pub fn kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("kubeconfig");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"http://{}\"}}}}]\n\
+             users: [{{name: fake, user: {{token: test}}}}]\n\
+             contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\ncurrent-context: fake\n",
+            self.addr
+        );
+        std::fs::write(&path, text).expect("write kubeconfig");
+        path
+    }
+
+    /// Answers 404 for everything under `/apis/GROUP/` (its CRDs are not
+    /// installed).
+    pub fn without_group(&self, group: &str) {
+        self.state
+            .lock()
+            .expect("state")
+            .missing_groups
+            .push(group.to_string());
+    }
+
+    /// Puts `object` at its collection `prefix`/`plural` (namespace and
+    /// name from its metadata).
+    pub fn insert(&self, prefix: &str, plural: &str, object: Value) {
+        let ns = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let mut s = self.state.lock().expect("state");
+        s.version += 1;
+        let mut object = object;
+        object["metadata"]["resourceVersion"] = json!(s.version.to_string());
+        s.objects
+            .insert((prefix.into(), plural.into(), ns, name), object);
+    }
+
+    /// The object at `prefix`/`plural`/`namespace`/`name`, if any.
+    pub fn object(&self, prefix: &str, plural: &str, namespace: &str, name: &str) -> Option<Value> {
+        self.state
+            .lock()
+            .expect("state")
+            .objects
+            .get(&(prefix.into(), plural.into(), namespace.into(), name.into()))
+            .cloned()
+    }
+
+    /// Removes the object at `prefix`/`plural`/`namespace`/`name`.
+    pub fn remove(&self, prefix: &str, plural: &str, namespace: &str, name: &str) {
+        self.state.lock().expect("state").objects.remove(&(
+            prefix.into(),
+            plural.into(),
+            namespace.into(),
+            name.into(),
+        ));
+    }
+
+    /// Every object in `prefix`/`plural`, any namespace.
+    pub fn list(&self, prefix: &str, plural: &str) -> Vec<Value> {
+        self.state
+            .lock()
+            .expect("state")
+            .objects
+            .iter()
+            .filter(|((p, pl, _, _), _)| p == prefix && pl == plural)
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
+
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.lock().expect("state").requests.clone()
+    }
+
+    /// Requests other than lists and watches.
+    pub fn writes(&self) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method != "GET")
+            .collect()
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let method = req.method().to_string();
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().unwrap_or("").to_string();
+        let content_type = req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let bytes = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                serde_yaml::from_slice(&bytes)
+                    .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+            })
+        };
+        let mut s = self.state.lock().expect("state");
+        s.requests.push(Recorded {
+            method: method.clone(),
+            path: path.clone(),
+            query: query.clone(),
+            content_type: content_type.clone(),
+            body: body.clone(),
+        });
+        if let Some(group) = path
+            .strip_prefix("/apis/")
+            .and_then(|p| p.split('/').next())
+            && s.missing_groups.iter().any(|g| g == group)
+        {
+            return not_found(&path);
+        }
+        let Some(t) = parse(&path) else {
+            return not_found(&path);
+        };
+        let ns = t.namespace.clone().unwrap_or_default();
+        match (method.as_str(), &t.name) {
+            ("GET", None) if query_param(&query, "watch").as_deref() == Some("true") => {
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                s.watches.push(tx);
+                Response::builder()
+                    .status(200)
+                    .header("content-type", "application/json")
+                    .body(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed())
+                    .expect("response")
+            }
+            ("GET", None) => {
+                let labels = query_param(&query, "labelSelector");
+                let fields = query_param(&query, "fieldSelector");
+                let items: Vec<Value> = s
+                    .objects
+                    .iter()
+                    .filter(|((p, pl, ons, _), _)| {
+                        *p == t.prefix && *pl == t.plural && (t.namespace.is_none() || *ons == ns)
+                    })
+                    .map(|(_, o)| o.clone())
+                    .filter(|o| matches_selector(o, labels.as_deref(), "labels"))
+                    .filter(|o| matches_selector(o, fields.as_deref(), "fields"))
+                    .collect();
+                json_response(
+                    200,
+                    json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": s.version.to_string()}, "items": items}),
+                )
+            }
+            ("GET", Some(name)) => {
+                match s
+                    .objects
+                    .get(&(t.prefix.clone(), t.plural.clone(), ns, name.clone()))
+                {
+                    Some(o) => json_response(200, o.clone()),
+                    None => not_found(&path),
+                }
+            }
+            ("PATCH", Some(name)) => {
+                let key = (t.prefix.clone(), t.plural.clone(), ns, name.clone());
+                s.version += 1;
+                let version = s.version.to_string();
+                if t.status {
+                    let Some(o) = s.objects.get_mut(&key) else {
+                        return not_found(&path);
+                    };
+                    o["status"] = body["status"].clone();
+                    o["metadata"]["resourceVersion"] = json!(version);
+                    return json_response(200, o.clone());
+                }
+                let mut stored = body;
+                if let Some(existing) = s.objects.get(&key) {
+                    let want = stored["metadata"]["resourceVersion"].as_str();
+                    if want.is_some() && want != existing["metadata"]["resourceVersion"].as_str() {
+                        return json_response(
+                            409,
+                            json!({"kind": "Status", "code": 409, "reason": "Conflict", "message": "the object has been modified"}),
+                        );
+                    }
+                }
+                stored["metadata"]["resourceVersion"] = json!(version);
+                s.objects.insert(key, stored.clone());
+                json_response(200, stored)
+            }
+            ("DELETE", Some(name)) => {
+                match s
+                    .objects
+                    .remove(&(t.prefix.clone(), t.plural.clone(), ns, name.clone()))
+                {
+                    Some(o) => json_response(200, o),
+                    None => not_found(&path),
+                }
+            }
+            ("POST", None) if t.plural == "tokenreviews" => json_response(
+                201,
+                json!({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1", "status": {"authenticated": false}}),
+            ),
+            _ => not_found(&path),
+        }
+    }
+}
