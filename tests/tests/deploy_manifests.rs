@@ -88,10 +88,49 @@ fn kustomization_lists_every_manifest() {
 #[test]
 fn rbac_is_least_privilege() {
     let rbac = docs(&deploy_dir().join("rbac.yaml"));
-    let cluster_role = rbac
-        .iter()
-        .find(|d| d["kind"] == "ClusterRole")
-        .expect("ClusterRole");
+    let role = |name: &str| {
+        rbac.iter()
+            .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("ClusterRole {name}"))
+    };
+    let strings = |v: &serde_yaml::Value| -> Vec<String> {
+        v.as_sequence()
+            .map(|s| {
+                s.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // The waypoint deployer writes exactly the objects it renders, and
+    // never updates (server-side apply only), reads secrets or touches pods.
+    for rule in role("ambit-waypoint-deployer")["rules"]
+        .as_sequence()
+        .expect("rules")
+    {
+        let resources = strings(&rule["resources"]);
+        let verbs = strings(&rule["verbs"]);
+        let allowed: &[&str] = if resources == ["gateways/status"] {
+            &["patch"]
+        } else {
+            assert!(
+                resources.iter().all(|r| [
+                    "serviceaccounts",
+                    "services",
+                    "configmaps",
+                    "deployments"
+                ]
+                .contains(&r.as_str())),
+                "deployer writes only what it renders: {resources:?}"
+            );
+            &["get", "list", "create", "patch", "delete"]
+        };
+        assert!(
+            verbs.iter().all(|v| allowed.contains(&v.as_str())),
+            "{resources:?}: {verbs:?}"
+        );
+    }
+    let cluster_role = role("ambit-controller");
     for rule in cluster_role["rules"].as_sequence().expect("rules") {
         let verbs: Vec<&str> = rule["verbs"]
             .as_sequence()

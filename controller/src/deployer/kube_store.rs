@@ -64,7 +64,7 @@ impl ObjectStore for KubeStore {
             .await
             .map_err(|e| failed(at, e))?;
         found
-            .map(|o| serde_json::to_value(o))
+            .map(serde_json::to_value)
             .transpose()
             .map_err(|e| StoreError::Api {
                 object: at.to_string(),

@@ -6,6 +6,13 @@
 //! objects deleted while the watch was broken disappear. Snapshots start only
 //! once every kind has listed (like an informer's HasSynced). An object that
 //! stops converting is reported and keeps its last good version.
+//!
+//! A kind whose API is not served (its CRD is not installed: the list
+//! answers 404) counts as listed and empty, so a cluster without the
+//! Gateway API, ServiceEntry or Telemetry still gets its config pushed;
+//! the watch keeps retrying and picks the kind up once it is installed. A
+//! kind that had listed and then answers 404 keeps its last objects (a
+//! policy never disappears because its API hiccuped).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -95,6 +102,25 @@ struct KindStore {
     relisting: Option<BTreeMap<String, Resources>>,
     errors: BTreeMap<String, LoadError>,
     synced: bool,
+    /// The kind's API answered 404 (not installed) the last time it listed.
+    absent: bool,
+}
+
+/// What a kind's watch task reports.
+enum KindEvent {
+    /// A watch event.
+    Watch(Box<Event<DynamicObject>>),
+    /// The list answered 404: the kind's API is not served.
+    NotServed,
+}
+
+/// Whether a watch error says the kind's API is not served.
+fn not_served(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s.code == 404,
+        _ => false,
+    }
 }
 
 fn key(obj: &DynamicObject) -> String {
@@ -150,7 +176,26 @@ impl KindStore {
         }
     }
 
-    fn apply(&mut self, ar: &ApiResource, event: Event<DynamicObject>) {
+    /// Applies one event; false when it changed nothing (a repeated 404).
+    fn apply(&mut self, ar: &ApiResource, event: KindEvent) -> bool {
+        let event = match event {
+            KindEvent::Watch(e) => *e,
+            KindEvent::NotServed => {
+                if self.absent {
+                    return false;
+                }
+                if self.synced {
+                    warn!(kind = %ar.kind, objects = self.live.len(), "its API answers 404 now; keeping the last objects until it lists again");
+                } else {
+                    info!(kind = %ar.kind, group = %ar.group, "not installed (404): treated as empty until it is");
+                }
+                self.absent = true;
+                self.relisting = None;
+                self.synced = true;
+                return true;
+            }
+        };
+        self.absent = false;
         match event {
             Event::Init => self.relisting = Some(BTreeMap::new()),
             Event::InitApply(o) => self.upsert(ar, &o, true),
@@ -170,6 +215,7 @@ impl KindStore {
                 self.errors.remove(&k);
             }
         }
+        true
     }
 }
 
@@ -179,7 +225,7 @@ impl ConfigSource for KubeSource {
         tx: mpsc::Sender<SourceEvent>,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(async move {
-            let (events_tx, mut events) = mpsc::channel::<(usize, Event<DynamicObject>)>(1024);
+            let (events_tx, mut events) = mpsc::channel::<(usize, KindEvent)>(1024);
             let mut tasks = Vec::new();
             for (i, ar) in self.kinds.iter().enumerate() {
                 let (api, config) = watch_scope(&self.client, ar);
@@ -188,13 +234,16 @@ impl ConfigSource for KubeSource {
                 tasks.push(tokio::spawn(async move {
                     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
                     while let Some(ev) = stream.next().await {
-                        match ev {
-                            Ok(ev) => {
-                                if events_tx.send((i, ev)).await.is_err() {
-                                    return;
-                                }
+                        let event = match ev {
+                            Ok(ev) => KindEvent::Watch(Box::new(ev)),
+                            Err(e) if not_served(&e) => KindEvent::NotServed,
+                            Err(e) => {
+                                warn!(%kind, error = %e, "watch failed; restarting");
+                                continue;
                             }
-                            Err(e) => warn!(%kind, error = %e, "watch failed; restarting"),
+                        };
+                        if events_tx.send((i, event)).await.is_err() {
+                            return;
                         }
                     }
                 }));
@@ -203,12 +252,12 @@ impl ConfigSource for KubeSource {
             let mut stores: Vec<KindStore> =
                 self.kinds.iter().map(|_| KindStore::default()).collect();
             while let Some((i, ev)) = events.recv().await {
-                stores[i].apply(&self.kinds[i], ev);
+                let mut changed = stores[i].apply(&self.kinds[i], ev);
                 // Take whatever else is queued before building a snapshot.
                 while let Ok((i, ev)) = events.try_recv() {
-                    stores[i].apply(&self.kinds[i], ev);
+                    changed |= stores[i].apply(&self.kinds[i], ev);
                 }
-                if !stores.iter().all(|s| s.synced) {
+                if !changed || !stores.iter().all(|s| s.synced) {
                     continue;
                 }
                 let mut resources = Resources::default();

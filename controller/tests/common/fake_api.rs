@@ -1,3 +1,5 @@
+#![allow(dead_code)] // shared by test binaries that each use part of it
+
 //! A Kubernetes API server on loopback, at the HTTP level: objects by path,
 //! list (with `labelSelector`/`fieldSelector` on `k=v`), watch (held open,
 //! no events), get, server-side apply (PATCH `application/apply-patch+yaml`,
