@@ -140,6 +140,24 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// A Gateway status's `Programmed` condition as one line, as `istioctl
+/// waypoint status` shows it: status, reason, message.
+fn condition_line(status: &serde_json::Value) -> String {
+    status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Programmed"))
+        .map(|c| {
+            let text = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+            format!(
+                "Programmed={} {}: {}",
+                text("status"),
+                text("reason"),
+                text("message")
+            )
+        })
+        .unwrap_or_else(|| "no status".into())
+}
+
 async fn up(dir: PathBuf, nodes: u8, ztunnel_processes: bool) -> anyhow::Result<()> {
     let res = Resources::from_dir(&dir)?;
     let opts = ambit_cluster::UpOptions {
@@ -165,6 +183,14 @@ async fn up(dir: PathBuf, nodes: u8, ztunnel_processes: bool) -> anyhow::Result<
             } else {
                 "-"
             }
+        );
+    }
+    for (gateway, status) in cluster.deployer.statuses() {
+        println!(
+            "waypoint {}/{}: {}",
+            gateway.namespace,
+            gateway.name,
+            condition_line(status)
         );
     }
     for f in &cluster.findings {

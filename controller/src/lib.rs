@@ -10,6 +10,8 @@
 //! * [`deployer`]: waypoint Gateways → ServiceAccount, Deployment, Service,
 //!   and the Gateway's status.
 //! * [`images`]: image names and tags (`deploy/images.env`).
+//! * [`lease`]: leader election (what only one replica may do).
+//! * [`ca_secret`]: the mesh root shared by replicas (`istio-ca-secret`).
 //! * [`metrics`]: the `/metrics` endpoint (15014).
 //! * [`run`]: the listeners and the update loop that tie them together.
 
@@ -19,8 +21,10 @@
 
 pub mod auth;
 pub mod ca;
+pub mod ca_secret;
 pub mod deployer;
 pub mod images;
+pub mod lease;
 pub mod metrics;
 pub mod model;
 pub mod run;

@@ -9,7 +9,10 @@
 //!
 //! In cluster mode the controller also deploys waypoints: for each Gateway
 //! of class `istio-waypoint`, a ServiceAccount, Deployment and Service, and
-//! the Gateway's status (`--no-waypoint-deployer` turns it off).
+//! the Gateway's status (`--no-waypoint-deployer` turns it off). Replicas
+//! all serve xDS and sign; only the holder of Lease
+//! `ambit-waypoint-deployer` deploys. Without a plugged-in CA, replicas
+//! share the root in Secret `istio-ca-secret` (created by the first).
 //!
 //! The mesh CA comes from `--ca-dir`: Istio's `cacerts` layout (`ca-cert.pem`,
 //! `ca-key.pem`, `root-cert.pem`, `cert-chain.pem`) as an operator plugs it
@@ -227,10 +230,44 @@ async fn trust_domain(args: &Args) -> anyhow::Result<String> {
     Ok(mesh_config(&res, &MeshConfig::default()).trust_domain)
 }
 
+/// The mesh CA: plugged-in `cacerts` or a root in `--ca-dir` when there is
+/// one; else, in cluster mode, the root every replica shares (Secret
+/// `istio-ca-secret`); else a root created and saved in `--ca-dir`.
+async fn mesh_ca(args: &Args, trust_domain: &str) -> anyhow::Result<Authority> {
+    let dir = &args.ca_dir;
+    let in_dir = dir.join("ca-key.pem").is_file()
+        || (dir.join("root-cert.pem").is_file() && dir.join("root-key.pem").is_file());
+    if args.kube && !in_dir {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
+        return Ok(
+            controller::ca_secret::shared_root(client, &args.namespace, trust_domain).await?,
+        );
+    }
+    load_or_create_root(dir, trust_domain)
+}
+
+/// This replica's name for leader election: the pod's name.
+fn replica_identity() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(hostname)
+        .unwrap_or_else(|| format!("ambit-controller-{}", std::process::id()))
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let trust_domain = trust_domain(&args).await?;
     tracing::info!(%trust_domain, "trust domain");
-    let authority = load_or_create_root(&args.ca_dir, &trust_domain)?;
+    let authority = mesh_ca(&args, &trust_domain).await?;
     // The bundle exactly as loaded: every root in a plugged `root-cert.pem`.
     let root_pem = authority.trust_bundle().to_pem();
     let tls = authority.issue_server(
@@ -286,35 +323,49 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await?;
     tracing::info!(addr = %controller.local_addr(), "ambit-controller running");
-    let deployer = match kube_client {
-        Some(client) if !args.no_waypoint_deployer => {
-            use controller::deployer::{self, Deployer, KubeStore, WaypointTemplate};
-            let template = WaypointTemplate {
-                image: args
-                    .waypoint_image
-                    .clone()
-                    .unwrap_or_else(|| controller::images::WAYPOINT.clone()),
-                control_plane: args.waypoint_control_plane.clone(),
-                trust_domain: trust_domain.clone(),
-                root_pem: Some(root_pem.clone()),
-                ..WaypointTemplate::default()
-            };
-            Some(tokio::spawn(deployer::run(
-                Deployer::new(template),
-                controller.resources(),
-                KubeStore::new(client),
+    let mut leader_tasks = Vec::new();
+    if let Some(client) = kube_client
+        && !args.no_waypoint_deployer
+    {
+        use controller::deployer::{self, Deployer, KubeStore, WaypointTemplate};
+        use controller::lease::{LeaderElector, Timings, while_leader};
+        let template = WaypointTemplate {
+            image: args
+                .waypoint_image
+                .clone()
+                .unwrap_or_else(|| controller::images::WAYPOINT.clone()),
+            control_plane: args.waypoint_control_plane.clone(),
+            trust_domain: trust_domain.clone(),
+            root_pem: Some(root_pem.clone()),
+            ..WaypointTemplate::default()
+        };
+        // Every replica serves xDS and signs; only the leader deploys.
+        let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
+        let elector = LeaderElector::new(
+            client.clone(),
+            &args.namespace,
+            "ambit-waypoint-deployer",
+            &replica_identity(),
+            Timings::default(),
+        );
+        leader_tasks.push(tokio::spawn(elector.run(leader_tx)));
+        let resources = controller.resources();
+        leader_tasks.push(tokio::spawn(while_leader(leader_rx, move || {
+            deployer::run(
+                Deployer::new(template.clone()),
+                resources.clone(),
+                KubeStore::new(client.clone()),
                 Duration::from_secs(5),
-            )))
-        }
-        _ => None,
-    };
+            )
+        })));
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
     }
-    if let Some(d) = deployer {
-        d.abort();
+    for t in leader_tasks {
+        t.abort();
     }
     controller.stop().await;
     Ok(())

@@ -39,6 +39,10 @@ fn free_port() -> u16 {
 }
 
 fn start(api: &FakeApi, dir: &std::path::Path, port: u16) -> Running {
+    start_replica(api, dir, port, "replica-0")
+}
+
+fn start_replica(api: &FakeApi, dir: &std::path::Path, port: u16, pod: &str) -> Running {
     let child = Command::new(env!("CARGO_BIN_EXE_ambit-controller"))
         .args(["--kube", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--metrics", "127.0.0.1:0"])
@@ -46,6 +50,7 @@ fn start(api: &FakeApi, dir: &std::path::Path, port: u16) -> Running {
         .arg(dir.join("ca"))
         .env("KUBECONFIG", api.kubeconfig(dir))
         .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("POD_NAME", pod)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -95,9 +100,7 @@ async fn pushes_without_the_optional_apis() {
     );
 }
 
-#[tokio::test]
-async fn deploys_a_waypoint_from_its_gateway() {
-    let api = FakeApi::start().await;
+fn waypoint_cluster(api: &FakeApi) {
     api.insert(
         "/api/v1",
         "namespaces",
@@ -112,10 +115,18 @@ async fn deploys_a_waypoint_from_its_gateway() {
             "spec": {"gatewayClassName": "istio-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
         }),
     );
+}
+
+const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/demo/deployments/waypoint";
+
+#[tokio::test]
+async fn deploys_a_waypoint_from_its_gateway() {
+    let api = FakeApi::start().await;
+    waypoint_cluster(&api);
     let dir = scratch("waypoint");
     let port = free_port();
     let _controller = start(&api, &dir, port);
-    let deployment = "/apis/apps/v1/namespaces/demo/deployments/waypoint";
+    let deployment = DEPLOYMENT;
     let status = "/apis/gateway.networking.k8s.io/v1/namespaces/demo/gateways/waypoint/status";
     until("waypoint deployed and its status written", || {
         let w = api.writes();
@@ -151,4 +162,46 @@ async fn deploys_a_waypoint_from_its_gateway() {
     };
     assert!(root_in("istio-system").is_some());
     assert_eq!(root_in("demo"), root_in("istio-system"));
+}
+
+#[tokio::test]
+async fn two_replicas_share_one_root_and_one_deploys() {
+    let api = FakeApi::start().await;
+    waypoint_cluster(&api);
+    let (dir_a, dir_b) = (scratch("replica-a"), scratch("replica-b"));
+    let (port_a, port_b) = (free_port(), free_port());
+    let _a = start_replica(&api, &dir_a, port_a, "replica-a");
+    let _b = start_replica(&api, &dir_b, port_b, "replica-b");
+    until("both replicas serve", || serving(port_a) && serving(port_b)).await;
+    until("the waypoint deployed", || {
+        api.writes().iter().any(|r| r.path == DEPLOYMENT)
+    })
+    .await;
+    // Give the follower time to do anything it should not.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let writes = api.writes();
+    let applies = writes.iter().filter(|r| r.path == DEPLOYMENT).count();
+    assert_eq!(applies, 1, "only the leader deploys");
+    let lease = api
+        .object(
+            "/apis/coordination.k8s.io/v1",
+            "leases",
+            "istio-system",
+            "ambit-waypoint-deployer",
+        )
+        .expect("lease");
+    let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or_default();
+    assert!(["replica-a", "replica-b"].contains(&holder), "{holder}");
+    // One root: created once, published identically by both.
+    let roots: Vec<_> = writes
+        .iter()
+        .filter(|r| r.path == "/api/v1/namespaces/istio-system/configmaps/istio-ca-root-cert")
+        .map(|r| r.body["data"]["root-cert.pem"].clone())
+        .collect();
+    assert_eq!(roots.len(), 2, "each replica publishes the root");
+    assert_eq!(roots[0], roots[1], "the same root");
+    let secret = api
+        .object("/api/v1", "secrets", "istio-system", "istio-ca-secret")
+        .expect("shared root stored");
+    assert!(secret["data"]["ca-cert.pem"].is_string());
 }

@@ -2,8 +2,10 @@
 
 //! A Kubernetes API server on loopback, at the HTTP level: objects by path,
 //! list (with `labelSelector`/`fieldSelector` on `k=v`), watch (held open,
-//! no events), get, server-side apply (PATCH `application/apply-patch+yaml`,
-//! the body stored as the object), status apply, delete. API groups can be
+//! no events), get, create (409 when it exists), replace (409 unless the
+//! `resourceVersion` matches), server-side apply (PATCH
+//! `application/apply-patch+yaml`, the body stored as the object), status
+//! apply, delete. API groups can be
 //! left "not installed" (404 under `/apis/GROUP/`). Every request is
 //! recorded with its body, for tests to assert on.
 
@@ -380,6 +382,41 @@ impl FakeApi {
                     Some(o) => json_response(200, o),
                     None => not_found(&path),
                 }
+            }
+            ("POST", None) if t.plural != "tokenreviews" => {
+                let name = body["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let key = (t.prefix.clone(), t.plural.clone(), ns, name);
+                if s.objects.contains_key(&key) {
+                    return json_response(
+                        409,
+                        json!({"kind": "Status", "code": 409, "reason": "AlreadyExists", "message": "already exists"}),
+                    );
+                }
+                s.version += 1;
+                let mut stored = body;
+                stored["metadata"]["resourceVersion"] = json!(s.version.to_string());
+                s.objects.insert(key, stored.clone());
+                json_response(201, stored)
+            }
+            ("PUT", Some(name)) => {
+                let key = (t.prefix.clone(), t.plural.clone(), ns, name.clone());
+                let Some(existing) = s.objects.get(&key) else {
+                    return not_found(&path);
+                };
+                if body["metadata"]["resourceVersion"] != existing["metadata"]["resourceVersion"] {
+                    return json_response(
+                        409,
+                        json!({"kind": "Status", "code": 409, "reason": "Conflict", "message": "the object has been modified"}),
+                    );
+                }
+                s.version += 1;
+                let mut stored = body;
+                stored["metadata"]["resourceVersion"] = json!(s.version.to_string());
+                s.objects.insert(key, stored.clone());
+                json_response(200, stored)
             }
             ("POST", None) if t.plural == "tokenreviews" => json_response(
                 201,
