@@ -1,7 +1,8 @@
 //! `deploy/` checked against the Kubernetes OpenAPI schemas
 //! (`kubernetes-validate --strict`, PyPI, installed by `.ci/deps`), plus the
 //! properties the manifests promise: every file in the kustomization, least
-//! privilege RBAC, and a DaemonSet with what eBPF capture needs.
+//! privilege RBAC, a DaemonSet with what eBPF capture needs, and images
+//! named by deploy/images.env.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -197,4 +198,40 @@ fn daemonset_has_what_ebpf_capture_needs() {
         ds["spec"]["template"]["metadata"]["labels"]["istio.io/dataplane-mode"], "none",
         "ztunnel itself is never captured"
     );
+}
+
+/// Every image the manifests run is one `deploy/images.sh` builds, named
+/// and tagged as `deploy/images.env` says (the one place they are set).
+#[test]
+fn images_come_from_images_env() {
+    use controller::images::reference;
+    let expected = |key: &str| reference(key);
+    let wanted = [
+        ("daemonset.yaml", expected("ZTUNNEL")),
+        ("controller.yaml", expected("CONTROLLER")),
+        ("node-agent.yaml", expected("CNI")),
+    ];
+    for (file, image) in wanted {
+        let found: Vec<String> = docs(&deploy_dir().join(file))
+            .iter()
+            .filter(|d| d["kind"] == "Deployment" || d["kind"] == "DaemonSet")
+            .flat_map(|d| {
+                d["spec"]["template"]["spec"]["containers"]
+                    .as_sequence()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter_map(|c| c["image"].as_str().map(String::from))
+            .collect();
+        assert_eq!(found, [image], "{file}");
+    }
+    // The waypoint image the controller deploys is the one images.sh builds.
+    assert_eq!(controller::images::WAYPOINT.as_str(), expected("WAYPOINT"));
+    let script = std::fs::read_to_string(deploy_dir().join("images.sh")).expect("images.sh");
+    for key in ["ZTUNNEL", "CONTROLLER", "WAYPOINT", "CNI"] {
+        assert!(
+            script.contains(&format!("image \"${key}\"")),
+            "images.sh builds {key}"
+        );
+    }
 }

@@ -14,7 +14,8 @@
 //! * Ambit's own: `AMBIT_BPF_PIN_DIR` (where capture is pinned, default
 //!   [`DEFAULT_PIN_DIR`]; a restarted ztunnel picks it up) and
 //!   `AMBIT_ADMIN_NETNS` (a netns path to bind 15000/15020/15021 in; default
-//!   the process's own).
+//!   the process's own) and `AMBIT_CGROUP_ROOT` (the cgroup-v2 subtree
+//!   capture attaches to; default the cgroup-v2 root, the whole node).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -123,7 +124,9 @@ pub async fn run() -> anyhow::Result<()> {
             certs,
             cert_ttl: ttl,
             hbone: HboneConfig::default(),
-            cgroup_root: None,
+            // The cgroup-v2 subtree to capture in (default: the whole
+            // node, the cgroup-v2 root).
+            cgroup_root: env("AMBIT_CGROUP_ROOT").map(PathBuf::from),
             pin_dir: Some(PathBuf::from(
                 env("AMBIT_BPF_PIN_DIR").unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
             )),

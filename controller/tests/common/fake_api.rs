@@ -149,6 +149,11 @@ impl FakeApi {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind fake API");
+        Self::serve(listener)
+    }
+
+    /// Serves on `listener` (one bound in a test's network namespace).
+    pub fn serve(listener: tokio::net::TcpListener) -> FakeApi {
         let addr = listener.local_addr().expect("addr");
         let api = FakeApi {
             state: Arc::new(Mutex::new(State::default())),
@@ -183,9 +188,29 @@ impl FakeApi {
 
     /// A kubeconfig file pointing at this server.
     pub fn kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        self.kubeconfig_with_ca(dir, None)
+    }
+
+    /// A kubeconfig file pointing at this server, naming `ca_pem` as the
+    /// cluster's CA (a client in an image without a CA bundle needs one to
+    /// build its TLS settings, though this server speaks plain HTTP).
+    pub fn kubeconfig_with_ca(
+        &self,
+        dir: &std::path::Path,
+        ca_pem: Option<&str>,
+    ) -> std::path::PathBuf {
+        use base64::Engine;
         let path = dir.join("kubeconfig");
+        let ca = ca_pem
+            .map(|pem| {
+                format!(
+                    ", certificate-authority-data: {}",
+                    base64::engine::general_purpose::STANDARD.encode(pem)
+                )
+            })
+            .unwrap_or_default();
         let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"http://{}\"}}}}]\n\
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"http://{}\"{ca}}}}}]\n\
              users: [{{name: fake, user: {{token: test}}}}]\n\
              contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\ncurrent-context: fake\n",
             self.addr
