@@ -2,6 +2,9 @@
 //! the local cluster (`ambit-cluster`). The binary (`src/main.rs`) is a thin
 //! CLI.
 
+pub mod chart;
 pub mod demo;
 pub mod echo;
+pub mod install;
+pub mod precheck;
 pub mod waypoint_cmd;

@@ -56,12 +56,28 @@ enum Command {
     /// Run one node's ztunnel, configured by Istio ztunnel's environment
     /// variables (what `ambit up --ztunnel-processes` starts per node).
     Ztunnel,
+    /// Install Ambit into the cluster (KUBECONFIG or in-cluster): the chart
+    /// in deploy/helm/ambit with your values, by server-side apply.
+    /// `--dry-run` prints the manifests instead.
+    Install(ambit::install::InstallArgs),
+    /// Experimental commands.
+    X {
+        #[command(subcommand)]
+        action: XAction,
+    },
     /// Print a shell completion script, e.g.
     /// `ambit completion bash > /etc/bash_completion.d/ambit`.
     Completion {
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum XAction {
+    /// Check that this node can run Ambit (kernel, cgroup v2, bpffs, BTF,
+    /// capabilities, eBPF programs loading) and say what is missing.
+    Precheck(ambit::precheck::PrecheckArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -132,6 +148,29 @@ fn main() -> anyhow::Result<()> {
                     println!("wrote {}", f.display());
                 }
                 Ok(())
+            }
+        },
+        Command::Install(args) => {
+            let manifests = ambit::install::render(&args)?;
+            if args.dry_run {
+                print!("{manifests}");
+                return Ok(());
+            }
+            rt.block_on(async {
+                let client = kube::Client::try_default().await.map_err(|e| {
+                    anyhow::anyhow!("connecting to Kubernetes (KUBECONFIG or in-cluster): {e}; `ambit install --dry-run` prints the manifests without a cluster")
+                })?;
+                for object in ambit::install::apply(client, &manifests).await? {
+                    println!("applied {object}");
+                }
+                anyhow::Ok(())
+            })
+        }
+        Command::X { action } => match action {
+            XAction::Precheck(args) => {
+                let report = ambit::precheck::run(&args);
+                print!("{}", report.table());
+                std::process::exit(if report.ok() { 0 } else { 1 })
             }
         },
         Command::Echo(args) => rt.block_on(ambit::echo::run(args)),

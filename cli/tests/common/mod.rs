@@ -1,3 +1,5 @@
+#![allow(dead_code)] // each test binary uses part of it
+
 //! Helpers shared by the local-cluster test binaries.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
