@@ -52,7 +52,8 @@ impl Agent {
     /// Starts the ZDS listener and the event server; namespaces are found
     /// with `locate` (normally [`netns_lookup::find`]).
     pub fn start(config: &AgentConfig, locate: Option<Locate>) -> std::io::Result<Self> {
-        let zds = Arc::new(NodeAgent::start(&config.zds_socket)?);
+        // ztunnel gets its snapshot once the API's pods have been reconciled.
+        let zds = Arc::new(NodeAgent::start_unsynced(&config.zds_socket)?);
         let resources = Arc::new(RwLock::new(Resources::default()));
         let events = EventServer::start(
             &config.cni_socket,
@@ -77,6 +78,7 @@ impl Agent {
         for (uid, why) in &pass.failed {
             warn!(%uid, "not enrolled: {why}");
         }
+        self.zds.mark_synced();
     }
 }
 

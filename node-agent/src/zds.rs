@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
@@ -38,6 +39,10 @@ pub struct NodeAgent {
     /// The pods the agent wants enrolled (what every snapshot carries), shared
     /// with the agent's thread.
     desired: Arc<Mutex<Desired>>,
+    /// Whether the desired set is whole (the pods of the node are known):
+    /// until then no snapshot is sent, since a snapshot tells ztunnel that
+    /// pods missing from it are gone.
+    synced: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -114,12 +119,25 @@ fn apply(cmd: Cmd, desired: &Mutex<Desired>, sock: Option<&ZdsSocket>) -> bool {
 }
 
 impl NodeAgent {
-    /// Listens at `path` and serves whichever ztunnel connects.
+    /// Listens at `path` and serves whichever ztunnel connects; the desired
+    /// set is whole from the start (the caller enrols everything itself).
     pub fn start(path: &Path) -> std::io::Result<Self> {
+        let agent = Self::start_unsynced(path)?;
+        agent.mark_synced();
+        Ok(agent)
+    }
+
+    /// As [`start`](Self::start), but a connecting ztunnel gets its
+    /// snapshot only after [`mark_synced`](Self::mark_synced): a node agent
+    /// that restarts must not tell ztunnel its pods are gone before it has
+    /// listed them (istio-cni waits for its pod cache the same way).
+    pub fn start_unsynced(path: &Path) -> std::io::Result<Self> {
         let listener = ZdsListener::bind(path)?;
         let (tx, rx) = mpsc::channel::<Cmd>();
         let desired = Arc::new(Mutex::new(Desired::new()));
+        let synced = Arc::new(AtomicBool::new(false));
         let shared = desired.clone();
+        let gate = synced.clone();
         let thread = std::thread::spawn(move || {
             let desired = shared;
             loop {
@@ -146,6 +164,25 @@ impl NodeAgent {
                 match sock.recv::<ZdsHello>() {
                     Ok(Some(_)) => {}
                     _ => continue,
+                }
+                // Hold the snapshot until the desired set is whole.
+                let mut logged = false;
+                while !gate.load(Ordering::Acquire) {
+                    if !logged {
+                        debug!(
+                            "ztunnel connected; snapshot waits for the node's pods to be listed"
+                        );
+                        logged = true;
+                    }
+                    match rx.recv_timeout(Duration::from_millis(50)) {
+                        Ok(cmd) => {
+                            if !apply(cmd, &desired, None) {
+                                return;
+                            }
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    }
                 }
                 let mut ok = true;
                 let snapshot = lock(&desired).clone();
@@ -185,8 +222,15 @@ impl NodeAgent {
         Ok(NodeAgent {
             tx,
             desired,
+            synced,
             thread: Some(thread),
         })
+    }
+
+    /// The desired set is whole: a connected or connecting ztunnel gets its
+    /// snapshot now.
+    pub fn mark_synced(&self) {
+        self.synced.store(true, Ordering::Release);
     }
 
     fn call(
@@ -239,5 +283,57 @@ impl Drop for NodeAgent {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ambit_api::zds::{Ack, WorkloadResponse};
+
+    /// A ztunnel stand-in: connects, says hello, and returns what it gets.
+    fn connect(path: &Path) -> ZdsSocket {
+        let sock = ZdsSocket::connect(path).expect("connect");
+        sock.send(&ZdsHello { version: 1 }, None).expect("hello");
+        sock.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        sock
+    }
+
+    fn next(sock: &ZdsSocket) -> Option<WorkloadRequest> {
+        match sock.recv::<WorkloadRequest>() {
+            Ok(Some((req, _))) => Some(req),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn no_snapshot_before_the_pods_are_known() {
+        let dir = std::env::temp_dir().join(format!("ambit-zds-gate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("zds.sock");
+        let agent = NodeAgent::start_unsynced(&path).expect("agent");
+        let sock = connect(&path);
+        assert!(
+            next(&sock).is_none(),
+            "an agent that has not listed its pods sends no snapshot"
+        );
+        agent.mark_synced();
+        let got = next(&sock).expect("snapshot once synced");
+        assert!(
+            matches!(got.payload, Some(Payload::SnapshotSent(_))),
+            "{got:?}"
+        );
+        sock.send(
+            &WorkloadResponse {
+                ack: Some(Ack {
+                    error: String::new(),
+                }),
+            },
+            None,
+        )
+        .expect("ack");
+        drop(agent);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
