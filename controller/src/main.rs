@@ -93,12 +93,9 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    // The proxies' logging: `RUST_LOG` as a level and per-target levels,
+    // plain text unless on a terminal.
+    ambit_proxy_core::environment::init_logging(std::io::stdout, tracing::Level::INFO);
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -53,13 +53,15 @@ fn create_gateways(api: &FakeApi, yaml: &str) {
 }
 
 /// What the controller's watches would deliver now: the API server's
-/// Gateways (with the status written to them) and Services.
+/// Gateways (with the status written to them), Services and
+/// ServiceAccounts.
 fn watched(api: &FakeApi) -> Resources {
     let mut r = Resources::default();
     for o in api
         .list("/apis/gateway.networking.k8s.io/v1", "gateways")
         .into_iter()
         .chain(api.list("/api/v1", "services"))
+        .chain(api.list("/api/v1", "serviceaccounts"))
     {
         r.add_json(o, ambit_api::k8s::Source::default())
             .expect("object");

@@ -108,10 +108,17 @@ pub fn init_logging<W>(writer: W, default: tracing::Level)
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
+    use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;
+    // Colours only for a person at a terminal: a container's log (what
+    // `kubectl logs` shows) gets plain text.
+    let ansi = std::env::var_os("NO_COLOR").is_none()
+        && std::io::stdout().is_terminal()
+        && std::io::stderr().is_terminal();
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
+                .with_ansi(ansi)
                 .with_writer(writer)
                 .with_filter(log_filter(default)),
         )

@@ -117,7 +117,7 @@ impl Deployer {
         let mut report = Report::default();
         let desired = self.desired(res);
         for (at, object) in &desired {
-            if self.applied.get(at) == Some(object) {
+            if self.applied.get(at) == Some(object) && !observed_missing(at, res) {
                 continue;
             }
             self.apply_one(at, object, store, &mut report).await;
@@ -246,6 +246,21 @@ impl Deployer {
     }
 }
 
+/// Whether `res` shows that an object this deployer applied is gone (a
+/// watched kind, deleted by someone): applied again at once rather than at
+/// the next resync. Deployments and ConfigMaps are not watched.
+fn observed_missing(at: &ObjectRef, res: &Resources) -> bool {
+    let named = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        m.name.as_deref() == Some(at.name.as_str())
+            && m.namespace.as_deref().unwrap_or("default") == at.namespace
+    };
+    match at.kind {
+        "Service" => !res.services.iter().any(|(_, s)| named(&s.metadata)),
+        "ServiceAccount" => !res.service_accounts.iter().any(|(_, s)| named(&s.metadata)),
+        _ => false,
+    }
+}
+
 /// Runs `deployer` against `store`: reconciles on every change of
 /// `resources`, retries failures after `retry`, and resyncs every
 /// [`RESYNC`]. Ends when `resources` closes.
@@ -324,8 +339,22 @@ spec:
         );
         assert_eq!(first.statuses.len(), 1);
         assert_eq!(store.objects().len(), 3);
-        let again = reconcile(&mut d, &res, &store);
+        // The watch now shows what was applied: nothing to do.
+        let mut watched = res.clone();
+        for o in store.objects() {
+            watched
+                .add_json(o, ambit_api::k8s::Source::default())
+                .expect("object");
+        }
+        let again = reconcile(&mut d, &watched, &store);
         assert!(again.applied.is_empty() && again.deleted.is_empty());
+        // Someone deletes the Service: applied again at once.
+        watched
+            .services
+            .retain(|(_, s)| s.metadata.name.as_deref() != Some("waypoint"));
+        let repaired = reconcile(&mut d, &watched, &store);
+        let names: Vec<String> = repaired.applied.iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["Service demo/waypoint"]);
     }
 
     #[test]
