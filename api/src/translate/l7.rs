@@ -817,31 +817,28 @@ pub(super) fn translate_l7(res: &Resources, waypoints: &Waypoints, out: &mut Tra
         }
     }
     for (source, gw) in &res.gateways {
-        if gw.spec.gateway_class_name == WAYPOINT_CLASS && gw.spec.listeners.is_empty() {
-            let mut ctx = Ctx {
-                findings: &mut out.findings,
-                source,
-                object: object_ref("Gateway", &gw.metadata),
-                errors: 0,
-            };
-            ctx.note(
+        let waypoint = gw.spec.gateway_class_name == WAYPOINT_CLASS;
+        let note = match (waypoint, gw.spec.listeners.is_empty()) {
+            (true, true) => Some((
                 Severity::Warning,
-                "spec.listeners".into(),
+                "spec.listeners",
                 "empty: the Kubernetes API rejects a Gateway without listeners; Ambit gives this waypoint {name: mesh, port: 15008, protocol: HBONE}",
-            );
-        }
-        if gw.spec.gateway_class_name != WAYPOINT_CLASS {
+            )),
+            (true, false) => None,
+            (false, _) => Some((
+                Severity::Info,
+                "spec.gatewayClassName",
+                "not a waypoint (istio-waypoint); ignored",
+            )),
+        };
+        if let Some((severity, field, message)) = note {
             let mut ctx = Ctx {
                 findings: &mut out.findings,
                 source,
                 object: object_ref("Gateway", &gw.metadata),
                 errors: 0,
             };
-            ctx.note(
-                Severity::Info,
-                "spec.gatewayClassName".into(),
-                "not a waypoint (istio-waypoint); ignored",
-            );
+            ctx.note(severity, field.into(), message);
         }
     }
     let mut http_policies: Vec<Bound<pb::HttpPolicy>> = Vec::new();
