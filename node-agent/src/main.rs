@@ -57,7 +57,8 @@ fn main() -> anyhow::Result<()> {
             let source = controller::source::KubeSource::with_kinds(
                 client,
                 &[("", "v1", "Namespace"), ("", "v1", "Pod")],
-            );
+            )
+            .pods_of_node(&config.node);
             tracing::info!(node = %config.node, "node agent running");
             tokio::select! {
                 () = follow(&agent, Box::new(source)) => {}

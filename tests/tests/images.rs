@@ -377,10 +377,16 @@ async fn images_are_reproducible_and_run_under_podman() {
     let conflist = std::fs::read_to_string(net_d.join("10-node.conflist")).expect("conflist");
     assert!(conflist.contains("ambit-cni"), "{conflist}");
     assert!(cni_bin.join("ambit-cni").is_file());
-    // It listed the pods it follows from the API server.
+    // It listed the pods it follows from the API server: its node's only.
     assert!(
+        api.requests().iter().any(|r| r.path == "/api/v1/pods"
+            && !r.query.contains("watch=true")
+            && r.query.contains("fieldSelector=spec.nodeName%3Dnode1")),
+        "{:?}",
         api.requests()
             .iter()
-            .any(|r| r.path == "/api/v1/pods" && !r.query.contains("watch=true"))
+            .filter(|r| r.path == "/api/v1/pods")
+            .map(|r| r.query.clone())
+            .collect::<Vec<_>>()
     );
 }

@@ -49,24 +49,34 @@ pub const WATCHED: &[(&str, &str, &str)] = &[
 ];
 
 /// Where a kind is watched: everywhere, except ConfigMaps, of which only
-/// the mesh config is read (namespace `istio-system`, name `istio`).
-fn watch_scope(client: &kube::Client, ar: &ApiResource) -> (Api<DynamicObject>, watcher::Config) {
+/// the mesh config is read (namespace `istio-system`, name `istio`), and
+/// Pods when `pod_fields` narrows them (a node agent's own node).
+fn watch_scope(
+    client: &kube::Client,
+    ar: &ApiResource,
+    pod_fields: Option<&str>,
+) -> (Api<DynamicObject>, watcher::Config) {
     if ar.group.is_empty() && ar.kind == "ConfigMap" {
         return (
             Api::namespaced_with(client.clone(), MESH_CONFIG_NAMESPACE, ar),
             watcher::Config::default().fields(&format!("metadata.name={MESH_CONFIG_NAME}")),
         );
     }
-    (
-        Api::all_with(client.clone(), ar),
-        watcher::Config::default(),
-    )
+    let config = match pod_fields {
+        Some(fields) if ar.group.is_empty() && ar.kind == "Pod" => {
+            watcher::Config::default().fields(fields)
+        }
+        _ => watcher::Config::default(),
+    };
+    (Api::all_with(client.clone(), ar), config)
 }
 
 /// Watches a cluster through `client`.
 pub struct KubeSource {
     client: kube::Client,
     kinds: Vec<ApiResource>,
+    /// A field selector for the Pod watch (`spec.nodeName=NODE`).
+    pod_fields: Option<String>,
 }
 
 impl std::fmt::Debug for KubeSource {
@@ -91,7 +101,15 @@ impl KubeSource {
                 .iter()
                 .map(|(g, v, k)| ApiResource::from_gvk(&GroupVersionKind::gvk(g, v, k)))
                 .collect(),
+            pod_fields: None,
         }
+    }
+
+    /// Watches only the pods of node `node` (`spec.nodeName`): what a node
+    /// agent needs, without every pod of the cluster in its memory.
+    pub fn pods_of_node(mut self, node: &str) -> Self {
+        self.pod_fields = Some(format!("spec.nodeName={node}"));
+        self
     }
 }
 
@@ -228,7 +246,7 @@ impl ConfigSource for KubeSource {
             let (events_tx, mut events) = mpsc::channel::<(usize, KindEvent)>(1024);
             let mut tasks = Vec::new();
             for (i, ar) in self.kinds.iter().enumerate() {
-                let (api, config) = watch_scope(&self.client, ar);
+                let (api, config) = watch_scope(&self.client, ar, self.pod_fields.as_deref());
                 let events_tx = events_tx.clone();
                 let kind = ar.kind.clone();
                 tasks.push(tokio::spawn(async move {

@@ -121,7 +121,11 @@ fn matches_selector(object: &Value, selector: Option<&str>, at: &str) -> bool {
             return false;
         };
         if at == "fields" {
-            k == "metadata.name" && object["metadata"]["name"] == v
+            let mut field = object;
+            for part in k.split('.') {
+                field = &field[part];
+            }
+            field == v
         } else {
             object["metadata"]["labels"][k] == v
         }
