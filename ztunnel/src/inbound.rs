@@ -2,6 +2,7 @@
 //! its 15006 by sk_lookup. Both authorize (L4 policy) and then connect to the app
 //! from inside the pod's namespace.
 
+use crate::access::ConnectionLog;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -140,6 +141,8 @@ pub struct AppUpstream {
     series: Arc<Series>,
     /// Closes the relay when a policy push denies it.
     admission: Registration<Admitted>,
+    /// The access log's `connection complete` line.
+    log: ConnectionLog,
 }
 
 impl InboundHandler for PodInbound {
@@ -160,6 +163,7 @@ impl InboundHandler for PodInbound {
         };
         let (to_app, from_app) = *r.as_ref().unwrap_or(&(0, 0));
         up.series.closed(to_app, from_app);
+        up.log.complete(&self.pod.identity, None, from_app, to_app);
         r
     }
 
@@ -201,10 +205,13 @@ impl InboundHandler for PodInbound {
                     pod_uid: Arc::from(self.pod.uid.as_str()),
                     conn,
                 });
+                let log =
+                    ConnectionLog::inbound(req.peer_addr, Some(req.peer_identity.to_string()), dst);
                 Ok(AppUpstream {
                     tcp,
                     series,
                     admission,
+                    log,
                 })
             }
             Err(e) => {
@@ -280,6 +287,7 @@ async fn handle_plaintext(
     let series = shared.metrics.series(&labels);
     series.opened();
     info!(target: "access", reporter = "destination", src.addr = %peer, dst.addr = %dst, "plaintext connection opened");
+    let log = ConnectionLog::inbound(peer, None, dst);
     // As on the HBONE path: the connection keeps its series'
     // counters, not its labels or a state snapshot, while it lasts.
     drop((labels, state));
@@ -295,4 +303,5 @@ async fn handle_plaintext(
         }
     };
     series.closed(up, down);
+    log.complete(&pod.identity, None, down, up);
 }

@@ -3,6 +3,7 @@
 //! Receives pod traffic captured by eBPF (`ambit-ebpf`), carries it in HBONE
 //! (`ambit-hbone`) to the destination node, and enforces L4 authorization.
 
+pub mod access;
 pub mod admin;
 pub mod inbound;
 pub mod memory;

@@ -3,6 +3,7 @@
 //! VIP is resolved to a healthy endpoint; mesh (HBONE) endpoints are reached
 //! through a tunnel as the pod's identity, others with plain TCP.
 
+use crate::access::ConnectionLog;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -117,10 +118,10 @@ pub async fn serve(shared: Arc<Shared>, pod: Arc<Pod>, listener: TcpListener, dr
 /// What a connection carries once set up.
 enum Carry {
     /// Plain TCP to a destination outside the mesh.
-    Passthrough(TcpStream),
-    /// An HBONE tunnel, the source reporter's series it closes into, and how
-    /// many request bytes went out with the CONNECT.
-    Tunnel(Box<Tunnel>, Arc<Series>, u64),
+    Passthrough(TcpStream, Box<ConnectionLog>),
+    /// An HBONE tunnel and its access log line, the source reporter's series
+    /// it closes into, and how many request bytes went out with the CONNECT.
+    Tunnel(Box<(Tunnel, ConnectionLog)>, Arc<Series>, u64),
 }
 
 async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, mut app: TcpStream, peer: SocketAddr) {
@@ -132,13 +133,23 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, mut app: TcpStream, peer: So
         return;
     };
     match carry {
-        Carry::Passthrough(mut up) => {
-            let _ = tokio::io::copy_bidirectional(&mut app, &mut up).await;
+        Carry::Passthrough(mut up, log) => {
+            let (sent, received) = tokio::io::copy_bidirectional(&mut app, &mut up)
+                .await
+                .unwrap_or((0, 0));
+            log.complete(&pod.identity, None, sent, received);
         }
-        Carry::Tunnel(mut t, series, early) => {
+        Carry::Tunnel(t, series, early) => {
+            let (mut tunnel, log) = *t;
             // (app → tunnel: the request direction, tunnel → app).
-            let (request, response) = t.relay_tcp(&mut app).await.unwrap_or((0, 0));
+            let (request, response) = tunnel.relay_tcp(&mut app).await.unwrap_or((0, 0));
             series.closed(early + request, response);
+            log.complete(
+                &pod.identity,
+                Some(tunnel.peer_identity()),
+                early + request,
+                response,
+            );
         }
     }
 }
@@ -222,7 +233,8 @@ async fn set_up(
             match upstream.await {
                 Ok(up) => {
                     debug!(%client, %to, "passthrough");
-                    Some(Carry::Passthrough(up))
+                    let log = ConnectionLog::outbound(client, to, None);
+                    Some(Carry::Passthrough(up, Box::new(log)))
                 }
                 Err(e) => {
                     debug!(%to, error = %e, "passthrough connect failed");
@@ -268,7 +280,8 @@ async fn set_up(
                     let series = shared.metrics.series(&l);
                     series.opened();
                     info!(target: "access", reporter = "source", src.addr = %client, src.identity = %pod.identity, dst.addr = %endpoint, dst.identity = %t.peer_identity(), dst.service = service_host.as_deref().unwrap_or("-"), "connection opened");
-                    Some(Carry::Tunnel(Box::new(t), series, early_len))
+                    let log = ConnectionLog::outbound(client, endpoint, service_host.clone());
+                    Some(Carry::Tunnel(Box::new((t, log)), series, early_len))
                 }
                 Err(e) => {
                     l.response_flags = match &e {
