@@ -1,6 +1,7 @@
-//! ztunnel's access log on a local cluster: when a meshed connection ends,
-//! both ztunnels write Istio ztunnel's `connection complete` line with the
-//! two identities, the bytes each way and the duration.
+//! The access log on a local cluster: when a meshed connection ends, both
+//! ztunnels write Istio ztunnel's `connection complete` line with the two
+//! identities, the bytes each way and the duration; the waypoint writes a
+//! line per request with Envoy's fields.
 
 mod common;
 
@@ -29,7 +30,30 @@ metadata: {name: web-0, namespace: shop, labels: {app: web}}
 spec:
   nodeName: node2
   serviceAccountName: web
-  containers: [{name: w, image: ambit, command: [ambit, echo, --port, "9000"]}]
+  containers: [{name: w, image: ambit, command: [ambit, echo, --port, "9000", --port, "8080"]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: shop}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop, labels: {istio.io/use-waypoint: waypoint}}
+spec:
+  clusterIP: 10.96.0.60
+  selector: {app: web}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: shop}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
 "#;
 
 /// Everything the process logs, kept for the test to read.
@@ -124,4 +148,47 @@ async fn both_ztunnels_log_connection_complete() {
     let answer = reply.len();
     assert!(src.contains(&format!("bytes_recv={answer}")), "{src}");
     assert!(dst.contains(&format!("bytes_sent={answer}")), "{dst}");
+
+    // Through the waypoint: one line per request, Envoy's fields.
+    let vip: SocketAddr = "10.96.0.60:8080".parse().expect("vip");
+    for (path, id) in [("/ok?x=1", "req-ok"), ("/admin/x", "req-denied")] {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nhost: web\r\nuser-agent: access-test\r\nx-request-id: {id}\r\nconnection: close\r\n\r\n"
+        );
+        let reply = exchange(&client, vip, request.as_bytes()).await;
+        assert!(reply.starts_with("HTTP/1.1"), "{reply:?}");
+    }
+    let mut requests = Vec::new();
+    for _ in 0..50 {
+        requests = log.lines(" request ");
+        if requests.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let line = |id: &str| {
+        requests
+            .iter()
+            .find(|l| l.contains(&format!("request_id=\"{id}\"")))
+            .cloned()
+            .unwrap_or_else(|| panic!("no line for {id} in {requests:#?}"))
+    };
+    let ok = line("req-ok");
+    for field in [
+        "reporter=\"waypoint\"",
+        "method=GET",
+        "path=/ok?x=1",
+        "protocol=\"HTTP/1.1\"",
+        "authority=web",
+        "user_agent=\"access-test\"",
+        "code=200",
+        "src.principal=spiffe://cluster.local/ns/shop/sa/client",
+        "dst.service=web.shop.svc.cluster.local",
+        "dst.workload=web-0",
+    ] {
+        assert!(ok.contains(field), "{field} missing: {ok}");
+    }
+    let denied = line("req-denied");
+    assert!(denied.contains("code=403"), "{denied}");
+    assert!(denied.contains("path=/admin/x"), "{denied}");
 }

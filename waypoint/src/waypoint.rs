@@ -451,48 +451,42 @@ impl Waypoint {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0u64);
+        let head = RequestHead::of(&req, protocol, request_bytes, started);
         let Some((svc, via_vip)) = conn.service_now(&state) else {
             let resp = local(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no service for this destination\n",
             );
-            return Ok(self.finish(
-                &conn,
-                None,
-                protocol,
-                started,
-                request_bytes,
-                resp,
-                "NR",
-                Peer::default(),
-            ));
+            return Ok(self.finish(&conn, None, head, resp, "NR", Peer::default()));
         };
         let (resp, outcome) = crate::proxy::process(&self, &conn, &svc, via_vip, req).await;
         Ok(self.finish(
             &conn,
             Some(&svc),
-            protocol,
-            started,
-            request_bytes,
+            head,
             resp,
             outcome.flags,
             outcome.destination,
         ))
     }
 
-    /// Wraps the response body so metrics are recorded when it ends.
-    #[allow(clippy::too_many_arguments)]
+    /// Wraps the response body so metrics are recorded and the access log
+    /// line written when it ends.
     fn finish(
         self: &Arc<Self>,
         conn: &ConnInfo,
         svc: Option<&Arc<ServiceState>>,
-        protocol: &'static str,
-        started: Instant,
-        request_bytes: u64,
+        head: RequestHead,
         resp: Response<Body>,
         flags: &'static str,
         destination: Peer,
     ) -> Response<Body> {
+        let RequestHead {
+            protocol,
+            request_bytes,
+            started,
+            ..
+        } = head;
         let (service, name, namespace) = svc
             .map(|s| {
                 let l7 = s.service();
@@ -514,13 +508,25 @@ impl Waypoint {
         let dst = conn.dst;
         let finish: Finish = Box::new(move |response_bytes| {
             let ms = started.elapsed().as_secs_f64() * 1000.0;
+            // Envoy's access log fields, as Istio's waypoints write them.
             info!(
                 target: "access",
-                src_addr = %client,
-                dst_addr = %dst,
-                dst_service = %labels.destination_service,
+                reporter = "waypoint",
+                src.addr = %client,
+                src.principal = %labels.source.principal,
+                dst.addr = %dst,
+                dst.service = %labels.destination_service,
+                dst.workload = %labels.destination.workload,
+                method = %head.method,
+                path = %head.path,
+                protocol = head.version,
+                authority = %head.authority,
+                user_agent = head.user_agent.as_deref().unwrap_or("-"),
+                request_id = head.request_id.as_deref().unwrap_or("-"),
                 code = labels.response_code,
                 flags = labels.response_flags,
+                bytes_received = request_bytes,
+                bytes_sent = response_bytes,
                 duration_ms = ms,
                 "request"
             );
@@ -710,5 +716,58 @@ impl InboundHandler for WaypointHandler {
 
     async fn relay(&self, tunnel: H2Stream, info: ConnInfo) -> std::io::Result<(u64, u64)> {
         self.waypoint.clone().serve_connection(tunnel, info).await
+    }
+}
+
+/// What the access log says about a request, taken from its head before
+/// the request is processed.
+struct RequestHead {
+    method: http::Method,
+    path: String,
+    version: &'static str,
+    authority: String,
+    user_agent: Option<String>,
+    request_id: Option<String>,
+    protocol: &'static str,
+    request_bytes: u64,
+    started: Instant,
+}
+
+impl RequestHead {
+    fn of<B>(
+        req: &Request<B>,
+        protocol: &'static str,
+        request_bytes: u64,
+        started: Instant,
+    ) -> Self {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        RequestHead {
+            method: req.method().clone(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), ToString::to_string),
+            version: match req.version() {
+                http::Version::HTTP_2 => "HTTP/2",
+                http::Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            authority: req
+                .uri()
+                .authority()
+                .map(ToString::to_string)
+                .or_else(|| header("host"))
+                .unwrap_or_else(|| "-".into()),
+            user_agent: header("user-agent"),
+            request_id: header("x-request-id"),
+            protocol,
+            request_bytes,
+            started,
+        }
     }
 }
