@@ -377,7 +377,10 @@ async fn dashboards_query_only_what_ambit_exports() {
     res.add_yaml(CLUSTER, "grafana.yaml").expect("yaml");
     let cluster = LocalCluster::up(res, 2).await.expect("cluster up");
     let web = cluster.pod("shop/web-0").expect("web");
-    assert!(common_wait(&web.netns, 8080).await, "web listening");
+    assert!(
+        ambit_cluster::client::wait_listening(&web.netns, 8080, Duration::from_secs(10)).await,
+        "web listening"
+    );
     let client = cluster.pod("shop/client").expect("client").netns.clone();
     let vip: SocketAddr = "10.96.0.50:8080".parse().expect("vip");
     for path in ["/", "/ok", "/admin/x"] {
@@ -432,19 +435,4 @@ async fn dashboards_query_only_what_ambit_exports() {
         "dashboards ask for what Ambit does not export:\n{}",
         problems.join("\n")
     );
-}
-
-/// Waits until something listens on `port` in `netns`.
-async fn common_wait(netns: &str, port: u16) -> bool {
-    for _ in 0..100 {
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        if ambit_cluster::client::connect_from(netns, addr)
-            .await
-            .is_ok()
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
 }
