@@ -100,8 +100,9 @@ pub fn node_info(pod_name: &str, pod_namespace: &str) -> NodeInfo {
     }
 }
 
-/// Installs a proxy's logging: [`log_filter`] on a plain fmt layer writing
-/// to `writer`, `default` when `RUST_LOG` is unset. The `ztunnel` and
+/// Installs a proxy's logging: [`log_filter`] on a fmt layer writing to
+/// `writer` (plain text, or JSON with `LOG_FORMAT=json`), `default` when
+/// `RUST_LOG` is unset. The `ztunnel` and
 /// `waypoint` binaries log to stdout (as Istio's do); `ambit ztunnel` to
 /// stderr, like the rest of the CLI.
 pub fn init_logging<W>(writer: W, default: tracing::Level)
@@ -115,14 +116,22 @@ where
     let ansi = std::env::var_os("NO_COLOR").is_none()
         && std::io::stdout().is_terminal()
         && std::io::stderr().is_terminal();
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_ansi(ansi)
-                .with_writer(writer)
-                .with_filter(log_filter(default)),
-        )
-        .init();
+    // `LOG_FORMAT=json`: one JSON object per line (Istio ztunnel's setting).
+    let json = env("LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("json"));
+    let layer = tracing_subscriber::fmt::layer().with_writer(writer);
+    if json {
+        tracing_subscriber::registry()
+            .with(
+                layer
+                    .event_format(crate::json_log::JsonFormat)
+                    .with_filter(log_filter(default)),
+            )
+            .init();
+    } else {
+        tracing_subscriber::registry()
+            .with(layer.with_ansi(ansi).with_filter(log_filter(default)))
+            .init();
+    }
 }
 
 /// The log filter from `RUST_LOG` (`info`, `warn,access=info`,

@@ -12,6 +12,7 @@ pub mod certs;
 pub mod control;
 pub mod drain;
 pub mod environment;
+pub mod json_log;
 pub mod netns;
 pub mod revoke;
 pub mod socket;
