@@ -211,7 +211,9 @@ fn object_keys(findings: &[Finding]) -> HashSet<String> {
 /// last good version of any object that fails validation.
 #[derive(Debug, Default)]
 pub struct Model {
-    last_good: Resources,
+    /// What the last snapshot was built from (objects with errors at their
+    /// last good version).
+    last_good: Arc<Resources>,
     generation: u64,
     /// The CA's trust domain: a mesh config naming another is refused.
     trust_domain: Option<String>,
@@ -262,6 +264,12 @@ impl Model {
         });
     }
 
+    /// The resources the last snapshot was built from, as accepted: what
+    /// the waypoint deployer works from.
+    pub fn accepted(&self) -> Arc<Resources> {
+        self.last_good.clone()
+    }
+
     /// Validates and translates `incoming`; objects with errors are replaced by
     /// their last good version (or left out if they never were good). The
     /// returned snapshot carries every finding, so nothing is silently lost.
@@ -288,7 +296,7 @@ impl Model {
             accepted
         };
         findings.extend(translation.findings);
-        self.last_good = accepted;
+        self.last_good = Arc::new(accepted);
         self.generation += 1;
         build_snapshot(
             self.generation,

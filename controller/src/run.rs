@@ -109,8 +109,8 @@ impl Controller {
         let Some(SourceEvent::Snapshot { resources, errors }) = events.recv().await else {
             return Err(ControllerError::SourceEnded);
         };
-        let (resources_tx, resources_rx) = watch::channel(Arc::new(resources.clone()));
         let first = Arc::new(model.apply(resources, None));
+        let (resources_tx, resources_rx) = watch::channel(model.accepted());
         log_findings(&first, &errors);
         let (snap_tx, snapshots) = watch::channel(first);
         let (stop, stop_rx) = watch::channel(false);
@@ -136,9 +136,9 @@ impl Controller {
                     }
                 }
                 let started = Instant::now();
-                resources_tx.send_replace(Arc::new(resources.clone()));
                 let previous = snap_tx.borrow().clone();
                 let snap = Arc::new(model.apply(resources, Some(&previous)));
+                resources_tx.send_replace(model.accepted());
                 log_findings(&snap, &errors);
                 info!(
                     generation = snap.generation,
@@ -250,8 +250,8 @@ impl Controller {
         self.snapshots.clone()
     }
 
-    /// Follows the resources each published snapshot was built from (what
-    /// the waypoint deployer works from).
+    /// Follows the resources each published snapshot was built from, as the
+    /// model accepted them (what the waypoint deployer works from).
     pub fn resources(&self) -> watch::Receiver<Arc<Resources>> {
         self.resources.clone()
     }
