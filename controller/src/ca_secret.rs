@@ -53,8 +53,18 @@ fn load(secret: &Secret, namespace: &str, trust_domain: &str) -> Result<Authorit
     Authority::load_root(trust_domain, &cert, &key).map_err(|e| invalid(e.to_string()))
 }
 
-/// The root in Secret `namespace/istio-ca-secret`, created (with a new
-/// ten-year root) if there is none.
+/// A new self-signed mesh root, valid for ten years: what a controller
+/// creates when it is given no CA.
+pub fn new_mesh_root(trust_domain: &str) -> Result<Authority, ambit_hbone::ca::AuthorityError> {
+    Authority::new_root(
+        trust_domain,
+        "ambit mesh root",
+        Validity::starting_now(Duration::from_secs(10 * 365 * 86400)),
+    )
+}
+
+/// The root in Secret `namespace/istio-ca-secret`, created (with
+/// [`new_mesh_root`]) if there is none.
 pub async fn shared_root(
     client: kube::Client,
     namespace: &str,
@@ -69,12 +79,7 @@ pub async fn shared_root(
         tracing::info!(%namespace, secret = CA_SECRET, "mesh root loaded");
         return load(&existing, namespace, trust_domain);
     }
-    let authority = Authority::new_root(
-        trust_domain,
-        "ambit mesh root",
-        Validity::starting_now(Duration::from_secs(10 * 365 * 86400)),
-    )
-    .map_err(|e| CaSecretError::Invalid {
+    let authority = new_mesh_root(trust_domain).map_err(|e| CaSecretError::Invalid {
         namespace: namespace.to_string(),
         message: format!("creating a root: {e}"),
     })?;

@@ -109,11 +109,11 @@ fn read_pem(dir: &Path, name: &str) -> anyhow::Result<String> {
     std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
 }
 
-/// The mesh CA from `dir`: an Istio `cacerts` layout (`ca-cert.pem`,
-/// `ca-key.pem`, `root-cert.pem`, optional `cert-chain.pem`) when
-/// `ca-key.pem` is there; else a root this controller created before
-/// (`root-cert.pem`, `root-key.pem`); else a new root, saved there.
-fn load_or_create_root(dir: &Path, trust_domain: &str) -> anyhow::Result<Authority> {
+/// The mesh CA kept in `dir`, if there is one: an Istio `cacerts` layout
+/// (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`, optional
+/// `cert-chain.pem`) when `ca-key.pem` is there; else a root this
+/// controller created before (`root-cert.pem`, `root-key.pem`).
+fn load_from_dir(dir: &Path, trust_domain: &str) -> anyhow::Result<Option<Authority>> {
     if dir.join("ca-key.pem").is_file() {
         let chain = dir.join("cert-chain.pem");
         let files = PluggedCaFiles {
@@ -129,10 +129,9 @@ fn load_or_create_root(dir: &Path, trust_domain: &str) -> anyhow::Result<Authori
         let authority = Authority::load_plugged(trust_domain, &files)
             .with_context(|| format!("loading the plugged-in CA from {}", dir.display()))?;
         tracing::info!(dir = %dir.display(), "plugged-in CA loaded (Istio cacerts layout)");
-        return Ok(authority);
+        return Ok(Some(authority));
     }
-    let (cert, key) = (dir.join("root-cert.pem"), dir.join("root-key.pem"));
-    if cert.is_file() && key.is_file() {
+    if dir.join("root-cert.pem").is_file() && dir.join("root-key.pem").is_file() {
         let authority = Authority::load_root(
             trust_domain,
             &read_pem(dir, "root-cert.pem")?,
@@ -140,13 +139,16 @@ fn load_or_create_root(dir: &Path, trust_domain: &str) -> anyhow::Result<Authori
         )
         .with_context(|| format!("loading the mesh root from {}", dir.display()))?;
         tracing::info!(dir = %dir.display(), "mesh root loaded");
-        return Ok(authority);
+        return Ok(Some(authority));
     }
-    let authority = Authority::new_root(
-        trust_domain,
-        "ambit mesh root",
-        Validity::starting_now(Duration::from_secs(10 * 365 * 86400)),
-    )?;
+    Ok(None)
+}
+
+/// A new mesh root, saved in `dir` (`root-cert.pem`, `root-key.pem`) when
+/// the directory is writable, so a restart keeps it.
+fn create_in_dir(dir: &Path, trust_domain: &str) -> anyhow::Result<Authority> {
+    let authority = controller::ca_secret::new_mesh_root(trust_domain)?;
+    let (cert, key) = (dir.join("root-cert.pem"), dir.join("root-key.pem"));
     let saved = std::fs::create_dir_all(dir)
         .and_then(|()| std::fs::write(&cert, authority.certificate_pem()))
         .and_then(|()| {
@@ -194,7 +196,7 @@ async fn publish_root(
 
 /// The trust domain: `--trust-domain`, else the mesh config's, as istiod
 /// takes it from `meshConfig.trustDomain`.
-async fn trust_domain(args: &Args) -> anyhow::Result<String> {
+async fn trust_domain(args: &Args, kube: Option<&kube::Client>) -> anyhow::Result<String> {
     use ambit_api::translate::{MeshConfig, mesh::mesh_config};
     if let Some(td) = &args.trust_domain {
         return Ok(td.clone());
@@ -205,13 +207,11 @@ async fn trust_domain(args: &Args) -> anyhow::Result<String> {
         // left out, it does not stop the controller.
         res = controller::source::read_dir_once(dir)
             .map_err(|e| anyhow::anyhow!("reading the mesh config in {}: {e}", dir.display()))?;
-    } else if args.kube {
+    } else if let Some(client) = kube {
         use ambit_api::k8s::{MESH_CONFIG_NAME, MESH_CONFIG_NAMESPACE, Source};
         use k8s_openapi::api::core::v1::ConfigMap;
-        let client = kube::Client::try_default()
-            .await
-            .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
-        let api: kube::Api<ConfigMap> = kube::Api::namespaced(client, MESH_CONFIG_NAMESPACE);
+        let api: kube::Api<ConfigMap> =
+            kube::Api::namespaced(client.clone(), MESH_CONFIG_NAMESPACE);
         if let Some(cm) = api
             .get_opt(MESH_CONFIG_NAME)
             .await
@@ -230,19 +230,23 @@ async fn trust_domain(args: &Args) -> anyhow::Result<String> {
 /// The mesh CA: plugged-in `cacerts` or a root in `--ca-dir` when there is
 /// one; else, in cluster mode, the root every replica shares (Secret
 /// `istio-ca-secret`); else a root created and saved in `--ca-dir`.
-async fn mesh_ca(args: &Args, trust_domain: &str) -> anyhow::Result<Authority> {
-    let dir = &args.ca_dir;
-    let in_dir = dir.join("ca-key.pem").is_file()
-        || (dir.join("root-cert.pem").is_file() && dir.join("root-key.pem").is_file());
-    if args.kube && !in_dir {
-        let client = kube::Client::try_default()
-            .await
-            .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
-        return Ok(
-            controller::ca_secret::shared_root(client, &args.namespace, trust_domain).await?,
-        );
+async fn mesh_ca(
+    args: &Args,
+    kube: Option<&kube::Client>,
+    trust_domain: &str,
+) -> anyhow::Result<Authority> {
+    if let Some(authority) = load_from_dir(&args.ca_dir, trust_domain)? {
+        return Ok(authority);
     }
-    load_or_create_root(dir, trust_domain)
+    match kube {
+        Some(client) => {
+            Ok(
+                controller::ca_secret::shared_root(client.clone(), &args.namespace, trust_domain)
+                    .await?,
+            )
+        }
+        None => create_in_dir(&args.ca_dir, trust_domain),
+    }
 }
 
 /// This replica's name for leader election: the pod's name.
@@ -262,51 +266,57 @@ fn hostname() -> Option<String> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let trust_domain = trust_domain(&args).await?;
+    // One client for everything cluster mode asks the API server.
+    let kube_client = if args.kube {
+        Some(
+            kube::Client::try_default()
+                .await
+                .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?,
+        )
+    } else {
+        None
+    };
+    let trust_domain = trust_domain(&args, kube_client.as_ref()).await?;
     tracing::info!(%trust_domain, "trust domain");
-    let authority = mesh_ca(&args, &trust_domain).await?;
+    let authority = mesh_ca(&args, kube_client.as_ref(), &trust_domain).await?;
     // The bundle exactly as loaded: every root in a plugged `root-cert.pem`.
     let root_pem = authority.trust_bundle().to_pem();
     let tls = authority.issue_server(
         &args.dns_names,
         Validity::starting_now(Duration::from_secs(365 * 86400)),
     )?;
-    let mut kube_client = None;
-    let (source, auth): (Box<dyn ConfigSource>, Arc<dyn NodeAuthenticator>) = if args.kube {
-        let client = kube::Client::try_default()
-            .await
-            .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
-        publish_root(client.clone(), &args.namespace, root_pem.clone()).await?;
-        kube_client = Some(client.clone());
-        (
-            Box::new(KubeSource::new(client.clone())),
-            Arc::new(TokenReviewAuthenticator::new(
-                client,
-                args.node_identities.clone(),
-                "istio-ca",
-            )),
-        )
-    } else {
-        let Some(dir) = &args.dir else {
-            bail!("give --dir DIR (a directory of YAML) or --kube");
-        };
-        std::fs::create_dir_all(&args.token_dir)
-            .with_context(|| format!("creating {}", args.token_dir.display()))?;
-        std::fs::write(args.token_dir.join("root-cert.pem"), &root_pem)?;
-        // A restart keeps each node's token, so running ztunnels reconnect.
-        let tokens = BootstrapTokens::default();
-        for node in &args.nodes {
-            let file = args.token_dir.join(format!("{node}.token"));
-            match std::fs::read_to_string(&file) {
-                Ok(t) if !t.trim().is_empty() => tokens.insert(t.trim(), node),
-                _ => std::fs::write(&file, tokens.mint(node))?,
+    let (source, auth): (Box<dyn ConfigSource>, Arc<dyn NodeAuthenticator>) =
+        if let Some(client) = &kube_client {
+            publish_root(client.clone(), &args.namespace, root_pem.clone()).await?;
+            (
+                Box::new(KubeSource::new(client.clone())),
+                Arc::new(TokenReviewAuthenticator::new(
+                    client.clone(),
+                    args.node_identities.clone(),
+                    "istio-ca",
+                )),
+            )
+        } else {
+            let Some(dir) = &args.dir else {
+                bail!("give --dir DIR (a directory of YAML) or --kube");
+            };
+            std::fs::create_dir_all(&args.token_dir)
+                .with_context(|| format!("creating {}", args.token_dir.display()))?;
+            std::fs::write(args.token_dir.join("root-cert.pem"), &root_pem)?;
+            // A restart keeps each node's token, so running ztunnels reconnect.
+            let tokens = BootstrapTokens::default();
+            for node in &args.nodes {
+                let file = args.token_dir.join(format!("{node}.token"));
+                match std::fs::read_to_string(&file) {
+                    Ok(t) if !t.trim().is_empty() => tokens.insert(t.trim(), node),
+                    _ => std::fs::write(&file, tokens.mint(node))?,
+                }
             }
-        }
-        (
-            Box::new(DirSource::new(dir, Duration::from_millis(100))),
-            Arc::new(tokens),
-        )
-    };
+            (
+                Box::new(DirSource::new(dir, Duration::from_millis(100))),
+                Arc::new(tokens),
+            )
+        };
     let controller = Controller::start(
         ControllerConfig {
             listen: args.listen,
