@@ -433,25 +433,8 @@ impl Waypoint {
         conn: Arc<ConnInfo>,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, std::convert::Infallible> {
-        let started = Instant::now();
+        let head = RequestHead::of(&req);
         let state = self.state();
-        let protocol = if req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/grpc"))
-        {
-            "grpc"
-        } else {
-            "http"
-        };
-        let request_bytes = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0u64);
-        let head = RequestHead::of(&req, protocol, request_bytes, started);
         let Some((svc, via_vip)) = conn.service_now(&state) else {
             let resp = local(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -719,8 +702,8 @@ impl InboundHandler for WaypointHandler {
     }
 }
 
-/// What the access log says about a request, taken from its head before
-/// the request is processed.
+/// What metrics and the access log say about a request, taken from its
+/// head before the request is processed.
 struct RequestHead {
     method: http::Method,
     path: String,
@@ -734,18 +717,19 @@ struct RequestHead {
 }
 
 impl RequestHead {
-    fn of<B>(
-        req: &Request<B>,
-        protocol: &'static str,
-        request_bytes: u64,
-        started: Instant,
-    ) -> Self {
-        let header = |name: &str| {
+    /// Reads the head of `req` as it arrives (the clock starts here).
+    fn of<B>(req: &Request<B>) -> Self {
+        let started = Instant::now();
+        let text = |name: &str| {
             req.headers()
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
         RequestHead {
             method: req.method().clone(),
             path: req
@@ -761,12 +745,21 @@ impl RequestHead {
                 .uri()
                 .authority()
                 .map(ToString::to_string)
-                .or_else(|| header("host"))
+                .or_else(|| text("host"))
                 .unwrap_or_else(|| "-".into()),
-            user_agent: header("user-agent"),
-            request_id: header("x-request-id"),
-            protocol,
-            request_bytes,
+            user_agent: text("user-agent"),
+            request_id: text("x-request-id"),
+            protocol: if content_type.is_some_and(|v| v.starts_with("application/grpc")) {
+                "grpc"
+            } else {
+                "http"
+            },
+            request_bytes: req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
             started,
         }
     }
