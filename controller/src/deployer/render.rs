@@ -215,18 +215,21 @@ fn annotations(gateway: &Gateway) -> BTreeMap<String, String> {
     a
 }
 
-fn merged(
-    base: &BTreeMap<String, String>,
-    extra: &[(&str, &str)],
+/// Key/value layers as one JSON map, a later value winning over an earlier
+/// one for the same key (Helm's `toJsonMap a b c`, as istiod's template
+/// layers labels and annotations).
+fn layered<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> serde_json::Map<String, Value> {
-    let mut m: serde_json::Map<String, Value> = base
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    for (k, v) in extra {
-        m.insert((*k).to_string(), Value::String((*v).to_string()));
-    }
-    m
+    pairs
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), Value::from(v)))
+        .collect()
+}
+
+/// A map's pairs, borrowed, for [`layered`].
+fn pairs(map: &BTreeMap<String, String>) -> impl Iterator<Item = (&str, &str)> {
+    map.iter().map(|(k, v)| (k.as_str(), v.as_str()))
 }
 
 /// The Service's ports: the status port, then one per distinct listener
@@ -286,39 +289,29 @@ pub fn render(gateway: &Gateway, template: &WaypointTemplate) -> Vec<Value> {
         "name": name,
         "uid": uid,
     }]);
-    let object_labels = merged(
-        &infra_labels,
-        &[
-            (GATEWAY_NAME, name),
-            (GATEWAY_CLASS_LABEL, class),
-            (MANAGED_LABEL, MANAGED_BY_MESH_CONTROLLER),
-        ],
+    let fixed_labels = [
+        (GATEWAY_NAME, name),
+        (GATEWAY_CLASS_LABEL, class),
+        (MANAGED_LABEL, MANAGED_BY_MESH_CONTROLLER),
+    ];
+    let object_labels = layered(pairs(&infra_labels).chain(fixed_labels));
+    let pod_labels = layered(
+        [
+            ("sidecar.istio.io/inject", "false"),
+            ("istio.io/dataplane-mode", "none"),
+            ("service.istio.io/canonical-name", deployment.as_str()),
+            ("service.istio.io/canonical-revision", "latest"),
+        ]
+        .into_iter()
+        .chain(pairs(&infra_labels))
+        .chain(fixed_labels),
     );
-    let mut pod_labels = merged(
-        &BTreeMap::from([
-            ("sidecar.istio.io/inject".to_string(), "false".to_string()),
-            ("istio.io/dataplane-mode".to_string(), "none".to_string()),
-            (
-                "service.istio.io/canonical-name".to_string(),
-                deployment.clone(),
-            ),
-            (
-                "service.istio.io/canonical-revision".to_string(),
-                "latest".to_string(),
-            ),
-        ]),
-        &[],
-    );
-    pod_labels.extend(object_labels.clone());
-    let pod_annotations = merged(
-        &infra_annotations,
-        &[
-            ("istio.io/rev", "default"),
-            ("prometheus.io/path", "/stats/prometheus"),
-            ("prometheus.io/port", "15020"),
-            ("prometheus.io/scrape", "true"),
-        ],
-    );
+    let pod_annotations = layered(pairs(&infra_annotations).chain([
+        ("istio.io/rev", "default"),
+        ("prometheus.io/path", "/stats/prometheus"),
+        ("prometheus.io/port", "15020"),
+        ("prometheus.io/scrape", "true"),
+    ]));
     let service_type = meta
         .annotations
         .as_ref()
@@ -336,10 +329,9 @@ pub fn render(gateway: &Gateway, template: &WaypointTemplate) -> Vec<Value> {
             "ownerReferences": owner,
         },
     });
-    let mut service_annotations = merged(&infra_annotations, &[]);
-    service_annotations.insert(
-        "networking.istio.io/traffic-distribution".into(),
-        "PreferClose".into(),
+    let service_annotations = layered(
+        pairs(&infra_annotations)
+            .chain([("networking.istio.io/traffic-distribution", "PreferClose")]),
     );
     let mut service_spec = json!({
         "ipFamilyPolicy": "PreferDualStack",
