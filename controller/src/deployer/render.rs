@@ -329,9 +329,11 @@ pub fn render(gateway: &Gateway, template: &WaypointTemplate) -> Vec<Value> {
             "ownerReferences": owner,
         },
     });
+    // istiod's order: the default first, the Gateway's annotations over it.
     let service_annotations = layered(
-        pairs(&infra_annotations)
-            .chain([("networking.istio.io/traffic-distribution", "PreferClose")]),
+        [("networking.istio.io/traffic-distribution", "PreferClose")]
+            .into_iter()
+            .chain(pairs(&infra_annotations)),
     );
     let mut service_spec = json!({
         "ipFamilyPolicy": "PreferDualStack",
@@ -568,6 +570,11 @@ spec:
                 .is_none()
         );
         assert_eq!(objects[1]["metadata"]["annotations"]["a"], "b");
+        assert_eq!(
+            objects[1]["metadata"]["annotations"]["networking.istio.io/traffic-distribution"],
+            "PreferClose",
+            "istiod's default"
+        );
         assert!(
             objects[1]["metadata"]["annotations"]
                 .get("gateway.istio.io/name-override")
@@ -579,6 +586,25 @@ spec:
         assert_eq!(
             objects[2]["spec"]["template"]["spec"]["serviceAccountName"],
             "runner"
+        );
+    }
+
+    #[test]
+    fn gateway_annotations_override_the_service_default() {
+        let g = gateway(
+            "
+metadata:
+  name: wp
+  namespace: demo
+  annotations: {networking.istio.io/traffic-distribution: Any}
+spec:
+  gatewayClassName: istio-waypoint
+",
+        );
+        let objects = render(&g, &WaypointTemplate::default());
+        assert_eq!(
+            objects[1]["metadata"]["annotations"]["networking.istio.io/traffic-distribution"],
+            "Any"
         );
     }
 
