@@ -244,6 +244,16 @@ impl Context {
         }
     }
 
+    /// A `.Values...` path, or a literal (a quoted string, a number, a
+    /// boolean).
+    fn operand(&self, word: &str) -> Result<Value, String> {
+        if word.starts_with('.') {
+            self.lookup(word)
+        } else {
+            serde_json::from_str(word).map_err(|e| format!("`{word}`: {e}"))
+        }
+    }
+
     /// Evaluates a pipeline to a value (strings for formatted output).
     fn eval(&self, pipeline: &str) -> Result<Value, String> {
         let mut stages = pipeline.split('|').map(str::trim);
@@ -253,9 +263,7 @@ impl Context {
             [path] if path.starts_with('.') => self.lookup(path)?,
             ["toYaml", path] => Value::String(to_yaml(&self.lookup(path)?)?),
             ["not", path] => Value::Bool(!truthy(&self.lookup(path)?)),
-            [lit] if lit.starts_with('"') => {
-                serde_json::from_str(lit).map_err(|e| e.to_string())?
-            }
+            [lit] if lit.starts_with('"') => self.operand(lit)?,
             _ => return Err(format!("unsupported expression `{first}`")),
         };
         for stage in stages {
@@ -279,15 +287,11 @@ impl Context {
                         body
                     })
                 }
-                ["default", lit] => {
+                ["default", operand] => {
                     if truthy(&value) {
                         value
-                    } else if lit.starts_with('"') {
-                        serde_json::from_str(lit).map_err(|e| e.to_string())?
-                    } else if lit.starts_with('.') {
-                        self.lookup(lit)?
                     } else {
-                        serde_json::from_str(lit).map_err(|e| e.to_string())?
+                        self.operand(operand)?
                     }
                 }
                 _ => return Err(format!("unsupported function `{stage}`")),

@@ -58,12 +58,10 @@ pub struct Deployer {
     list_pending: bool,
 }
 
+/// Now, as Kubernetes writes a condition's `lastTransitionTime`.
 fn now() -> String {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    serde_json::to_value(Time(k8s_openapi::chrono::Utc::now()))
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
+    use k8s_openapi::chrono::{SecondsFormat, Utc};
+    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
 impl Deployer {
