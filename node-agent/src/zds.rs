@@ -118,6 +118,17 @@ fn apply(cmd: Cmd, desired: &Mutex<Desired>, sock: Option<&ZdsSocket>) -> bool {
     }
 }
 
+/// While no snapshot has been sent to a ztunnel: applies the next command
+/// (waiting up to `wait`) to the desired set only. False when the agent is
+/// to stop.
+fn apply_offline(rx: &mpsc::Receiver<Cmd>, desired: &Mutex<Desired>, wait: Duration) -> bool {
+    match rx.recv_timeout(wait) {
+        Ok(cmd) => apply(cmd, desired, None),
+        Err(mpsc::RecvTimeoutError::Timeout) => true,
+        Err(mpsc::RecvTimeoutError::Disconnected) => false,
+    }
+}
+
 impl NodeAgent {
     /// Listens at `path` and serves whichever ztunnel connects; the desired
     /// set is whole from the start (the caller enrols everything itself).
@@ -143,14 +154,8 @@ impl NodeAgent {
             loop {
                 // Wait for ztunnel, applying commands to the desired set meanwhile.
                 let sock = loop {
-                    match rx.try_recv() {
-                        Ok(cmd) => {
-                            if !apply(cmd, &desired, None) {
-                                return;
-                            }
-                        }
-                        Err(mpsc::TryRecvError::Disconnected) => return,
-                        Err(mpsc::TryRecvError::Empty) => {}
+                    if !apply_offline(&rx, &desired, Duration::ZERO) {
+                        return;
                     }
                     match listener.accept_timeout(Duration::from_millis(100)) {
                         Ok(Some(s)) => break s,
@@ -174,14 +179,8 @@ impl NodeAgent {
                         );
                         logged = true;
                     }
-                    match rx.recv_timeout(Duration::from_millis(50)) {
-                        Ok(cmd) => {
-                            if !apply(cmd, &desired, None) {
-                                return;
-                            }
-                        }
-                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    if !apply_offline(&rx, &desired, Duration::from_millis(50)) {
+                        return;
                     }
                 }
                 let mut ok = true;
