@@ -145,9 +145,13 @@ fn require_tools() {
 }
 
 /// Waits until `f` holds, showing the containers' logs if it never does.
-async fn until(scratch: &Scratch, what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+async fn until<F, Fut>(scratch: &Scratch, what: &str, within: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
     let deadline = tokio::time::Instant::now() + within;
-    while !f() {
+    while !f().await {
         if tokio::time::Instant::now() > deadline {
             let mut logs = String::new();
             for c in ["controller", "node-agent", "ztunnel"] {
@@ -160,22 +164,12 @@ async fn until(scratch: &Scratch, what: &str, within: Duration, mut f: impl FnMu
 }
 
 /// An HTTP GET to `127.0.0.1:port` inside `ns`: the status code.
-fn http_status(ns: &TestNetns, port: u16, path: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let netns = ns.open();
-    let mut s = netns
-        .run(|| std::net::TcpStream::connect(("127.0.0.1", port)))
-        .ok()?
-        .ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut head = String::new();
-    s.read_to_string(&mut head).ok()?;
-    head.split_whitespace().nth(1)?.parse().ok()
+async fn http_status(ns: &TestNetns, port: u16, path: &str) -> Option<u16> {
+    let to = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let reply = ambit_cluster::client::http_get(ns.name(), to, path)
+        .await
+        .ok()??;
+    reply.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,7 +287,7 @@ async fn images_are_reproducible_and_run_under_podman() {
         &scratch,
         "controller metrics",
         Duration::from_secs(30),
-        || http_status(&ns, 15014, "/metrics") == Some(200),
+        || async { http_status(&ns, 15014, "/metrics").await == Some(200) },
     )
     .await;
 
@@ -368,9 +362,12 @@ async fn images_are_reproducible_and_run_under_podman() {
     let o = scratch.podman(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "podman run ztunnel:\n{}", text(&o));
 
-    until(&scratch, "ztunnel ready", Duration::from_secs(60), || {
-        http_status(&ns, 15021, "/healthz/ready") == Some(200)
-    })
+    until(
+        &scratch,
+        "ztunnel ready",
+        Duration::from_secs(60),
+        || async { http_status(&ns, 15021, "/healthz/ready").await == Some(200) },
+    )
     .await;
     // The node agent chained ambit-cni into the node's config and put the
     // plugin where the runtime looks for it.
