@@ -30,7 +30,7 @@ metadata: {name: web-0, namespace: shop, labels: {app: web}}
 spec:
   nodeName: node2
   serviceAccountName: web
-  containers: [{name: w, image: ambit, command: [ambit, echo, --port, "9000", --port, "8080"]}]
+  containers: [{name: w, image: ambit, command: [ambit, echo, --port, "9000", --port, "8080", --port, "7000"]}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -54,6 +54,14 @@ spec:
   targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
   action: DENY
   rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-7000, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  action: DENY
+  rules: [{to: [{operation: {ports: ["7000"]}}]}]
 "#;
 
 /// Everything the process logs, kept for the test to read.
@@ -188,7 +196,60 @@ async fn both_ztunnels_log_connection_complete() {
     ] {
         assert!(ok.contains(field), "{field} missing: {ok}");
     }
+    assert!(ok.contains("details=via_upstream"), "{ok}");
+    // A refusal names the policy and rule that decided it, as Envoy's
+    // RBAC filter does in Istio's waypoints, with no response flag.
     let denied = line("req-denied");
     assert!(denied.contains("code=403"), "{denied}");
     assert!(denied.contains("path=/admin/x"), "{denied}");
+    assert!(denied.contains("flags=\"-\""), "{denied}");
+    assert!(
+        denied.contains(
+            "details=rbac_access_denied_matched_policy[ns[shop]-policy[no-admin]-rule[0]]"
+        ),
+        "{denied}"
+    );
+
+    // An L4 refusal: both ztunnels write `connection complete` at level
+    // error, the destination with the policy that refused it (Istio
+    // ztunnel's words), the source with the tunnel's answer.
+    let refused = SocketAddr::new(web.ip.into(), 7000);
+    let reply = exchange(&client, refused, b"hello\n").await;
+    assert!(
+        !reply.contains("saw"),
+        "port 7000 must be refused: {reply:?}"
+    );
+    let mut errors = Vec::new();
+    for _ in 0..50 {
+        errors = log
+            .lines("connection complete")
+            .into_iter()
+            .filter(|l| l.contains("ERROR"))
+            .collect();
+        if errors.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let find = |reporter: &str| {
+        errors
+            .iter()
+            .find(|l| l.contains(&format!("reporter=\"{reporter}\"")))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {reporter} error line in {errors:#?}"))
+    };
+    let dst = find("destination");
+    assert!(
+        dst.contains(
+            "error=connection closed due to policy rejection: explicitly denied by: shop/no-7000"
+        ),
+        "{dst}"
+    );
+    assert!(dst.contains("bytes_recv=0"), "{dst}");
+    assert!(
+        dst.contains("src.identity=\"spiffe://cluster.local/ns/shop/sa/client\""),
+        "{dst}"
+    );
+    let src = find("source");
+    assert!(src.contains("error=http status: 401 Unauthorized"), "{src}");
 }

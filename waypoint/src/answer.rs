@@ -1,6 +1,8 @@
 //! Answers the waypoint makes itself, with Envoy's bodies and codes: local
 //! replies, `directResponse`, redirects, JWT refusals, pool overflow.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
@@ -12,22 +14,30 @@ use ambit_api::xds::proto::l7 as pb;
 use crate::jwt::JwtError;
 use crate::upstream::Body;
 
-/// A request path stage's early answer: the response and Envoy's response
-/// flags for it (`-` when Envoy sets none).
+/// A request path stage's early answer: the response, Envoy's response
+/// flags for it (`-` when Envoy sets none) and its response code details.
 #[derive(Debug)]
 pub struct Answer {
     /// `response_flags`.
     pub flags: &'static str,
+    /// Envoy's `%RESPONSE_CODE_DETAILS%`: what made the answer, e.g.
+    /// `rbac_access_denied_matched_policy[ns[demo]-policy[deny-post]-rule[0]]`.
+    pub details: Cow<'static, str>,
     /// What the client gets (boxed: an early answer is the cold path, and
     /// every stage's `Result` stays small).
     pub response: Box<Response<Body>>,
 }
 
 impl Answer {
-    /// `response`, reported with `flags`.
-    pub fn new(flags: &'static str, response: Response<Body>) -> Self {
+    /// `response`, reported with `flags` and `details`.
+    pub fn new(
+        flags: &'static str,
+        details: impl Into<Cow<'static, str>>,
+        response: Response<Body>,
+    ) -> Self {
         Answer {
             flags,
+            details: details.into(),
             response: Box::new(response),
         }
     }
@@ -48,24 +58,33 @@ pub fn full(b: Bytes) -> Body {
 }
 
 /// The answer to a refused token: 403 for an authentic token for another
-/// audience, else 401 with `www-authenticate`, as Envoy answers.
-pub fn jwt_refusal(e: &JwtError) -> Response<Body> {
+/// audience, else 401 with `www-authenticate`, as Envoy's `jwt_authn`
+/// answers (no response flag; the details name the failure, e.g.
+/// `jwt_authn_access_denied{Jwt_verification_fails}`).
+pub fn jwt_refusal(e: &JwtError) -> Answer {
     debug!(error = %e, "JWT refused");
-    if *e == JwtError::AudienceNotAllowed {
-        return local(StatusCode::FORBIDDEN, "Audiences in Jwt are not allowed");
+    let (status, message) = if *e == JwtError::AudienceNotAllowed {
+        (StatusCode::FORBIDDEN, "Audiences in Jwt are not allowed")
+    } else {
+        (StatusCode::UNAUTHORIZED, "Jwt verification fails")
+    };
+    let details = format!("jwt_authn_access_denied{{{}}}", message.replace(' ', "_"));
+    if status == StatusCode::FORBIDDEN {
+        return Answer::new("-", details, local(status, message));
     }
-    let mut r = local(StatusCode::UNAUTHORIZED, "Jwt verification fails\n");
+    let mut r = local(status, "Jwt verification fails\n");
     r.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer realm=\"ambit\", error=\"invalid_token\""),
     );
-    r
+    Answer::new("-", details, r)
 }
 
 /// Envoy's answer when a connection-pool limit is hit (flag `UO`).
 pub fn overflowed() -> Answer {
     Answer::new(
         "UO",
+        "upstream_reset_before_response_started{overflow}",
         local(
             StatusCode::SERVICE_UNAVAILABLE,
             "upstream connect error or disconnect/reset before headers. reset reason: overflow",

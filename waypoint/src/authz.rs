@@ -144,6 +144,41 @@ impl Authorizer {
     }
 }
 
+impl Authorizer {
+    /// Envoy's response code details for a refusal, naming the policy and
+    /// rule as Istio names them in the RBAC filter it builds
+    /// (`rbac_access_denied_matched_policy[ns[NS]-policy[NAME]-rule[N]]`,
+    /// or `[none]` when ALLOW policies exist and none matched). Computed on
+    /// the refusal path only: the allow path never builds it.
+    pub fn refusal_details(
+        &self,
+        mode: Mode,
+        r: &RequestAttributes,
+        decision: &Decision,
+    ) -> String {
+        let matched = match decision {
+            Decision::DeniedBy(key) => self
+                .policies
+                .iter()
+                .filter(|p| p.enforced() && &p.key == key)
+                .find_map(|p| p.matching_rule(mode, r))
+                .map(|rule| rule_name(key, rule)),
+            Decision::Allow(_) | Decision::NoAllowMatched => None,
+        };
+        format!(
+            "rbac_access_denied_matched_policy[{}]",
+            matched.as_deref().unwrap_or("none")
+        )
+    }
+}
+
+/// A policy rule's name in Istio's RBAC config: `ns[NS]-policy[NAME]-rule[N]`
+/// for policy `NS/NAME`, rule `N` of `spec.rules`.
+pub fn rule_name(key: &str, rule: usize) -> String {
+    let (ns, name) = key.split_once('/').unwrap_or(("", key));
+    format!("ns[{ns}]-policy[{name}]-rule[{rule}]")
+}
+
 /// Decides `r` against `policies` in one go (tests and one-off checks; the
 /// proxy keeps an [`Authorizer`] per Service).
 pub fn authorize(policies: &[pb::HttpPolicy], mode: Mode, r: &RequestAttributes) -> Decision {

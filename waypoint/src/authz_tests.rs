@@ -457,3 +457,82 @@ fn repeated_headers_match_on_any_value() {
     );
     assert!(authorize(&[deny], Mode::Http, &r).is_allowed());
 }
+
+/// A refusal names the policy and the rule as Istio's RBAC config names
+/// them (the rule's index in `spec.rules`), or `none` for an ALLOW miss.
+#[test]
+fn refusal_details_name_policy_and_rule() {
+    let deny = policy(
+        "deny-writes",
+        Action::Deny,
+        vec![
+            // Rule 0: never matches a GET.
+            pb::HttpRule {
+                to: vec![pb::HttpOperation {
+                    methods: strings(&["DELETE"]),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            // Rule 1: from namespace evil.
+            pb::HttpRule {
+                from: vec![pb::HttpSource {
+                    namespaces: strings(&["evil"]),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        ],
+    );
+    let authz = Authorizer::new(std::slice::from_ref(&deny));
+    let r = req("evil", "GET", "/", false);
+    let d = authz.authorize(Mode::Http, &r);
+    assert_eq!(d, Decision::DeniedBy("bookinfo/deny-writes".into()));
+    assert_eq!(
+        authz.refusal_details(Mode::Http, &r, &d),
+        "rbac_access_denied_matched_policy[ns[bookinfo]-policy[deny-writes]-rule[1]]"
+    );
+    // On TCP an ALLOW rule with an HTTP-only field is dropped (allows
+    // nothing) and a DENY rule loses the field (denies more).
+    let allow = policy(
+        "allow-get",
+        Action::Allow,
+        vec![
+            pb::HttpRule {
+                to: vec![pb::HttpOperation {
+                    methods: strings(&["GET"]),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            pb::HttpRule {
+                from: vec![pb::HttpSource {
+                    namespaces: strings(&["shop"]),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        ],
+    );
+    let both = Authorizer::new(&[allow.clone(), deny]);
+    let tcp = req("evil", "", "", false);
+    let d = both.authorize(Mode::Tcp, &tcp);
+    // On TCP the DENY's rule 0 loses its HTTP-only `methods` and so matches
+    // every connection (a DENY can only deny more): it is the one named.
+    assert_eq!(
+        both.refusal_details(Mode::Tcp, &tcp, &d),
+        "rbac_access_denied_matched_policy[ns[bookinfo]-policy[deny-writes]-rule[0]]"
+    );
+    let allow_only = Authorizer::new(&[allow]);
+    let other = req("other", "GET", "/", false);
+    let d = allow_only.authorize(Mode::Tcp, &other);
+    assert_eq!(d, Decision::NoAllowMatched);
+    assert_eq!(
+        allow_only.refusal_details(Mode::Tcp, &other, &d),
+        "rbac_access_denied_matched_policy[none]"
+    );
+    assert_eq!(
+        super::rule_name("ns/name", 3),
+        "ns[ns]-policy[name]-rule[3]"
+    );
+}

@@ -179,6 +179,7 @@ pub async fn forward(
     ) else {
         return Err(Answer::new(
             "NR",
+            "cluster_not_found",
             local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
         ));
     };
@@ -208,6 +209,7 @@ pub async fn forward(
             Err(_) => {
                 return Err(Answer::new(
                     "DC",
+                    "downstream_remote_disconnect",
                     local(StatusCode::BAD_REQUEST, "request body"),
                 ));
             }
@@ -243,6 +245,7 @@ pub async fn forward(
             ) else {
                 return Err(Answer::new(
                     "UH",
+                    "no_healthy_upstream",
                     local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
                 ));
             };
@@ -276,6 +279,7 @@ pub async fn forward(
                     if attempts_left == 0 {
                         return Err(Answer::new(
                             "UT",
+                            "upstream_per_try_timeout",
                             local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
                         ));
                     }
@@ -302,8 +306,14 @@ pub async fn forward(
                         } else {
                             "UR"
                         };
+                        let details = if e.is_connect() {
+                            "upstream_reset_before_response_started{connection_failure}"
+                        } else {
+                            "upstream_reset_before_response_started{remote_reset}"
+                        };
                         return Err(Answer::new(
                             flags,
+                            details,
                             local(
                                 StatusCode::SERVICE_UNAVAILABLE,
                                 "upstream connect error or disconnect/reset before headers",
@@ -322,6 +332,7 @@ pub async fn forward(
             Err(_) => {
                 return Err(Answer::new(
                     "UT",
+                    "response_timeout",
                     local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
                 ));
             }

@@ -58,7 +58,7 @@ pub struct RequestLabels {
     pub request_protocol: &'static str,
     /// The status sent to the client.
     pub response_code: u16,
-    /// Envoy response flags (`-`, `NR`, `UO`, `UF`, `URX`, `UT`, `FI`, `DI`, `RL`, `UH`, `UAEX`).
+    /// Envoy response flags (`-`, `NR`, `UO`, `UF`, `UR`, `URX`, `UT`, `FI`, `DI`, `DC`, `RL`, `UH`).
     pub response_flags: &'static str,
 }
 

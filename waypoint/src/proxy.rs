@@ -18,6 +18,7 @@
 //! A stage that answers early returns an [`Answer`] carrying Envoy's
 //! response flags.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -90,6 +91,9 @@ impl ConnInfo {
 pub struct Outcome {
     /// Envoy's `response_flags`.
     pub flags: &'static str,
+    /// Envoy's response code details (`via_upstream`, `direct_response`,
+    /// `rbac_access_denied_matched_policy[...]`, ...).
+    pub details: Cow<'static, str>,
     /// The endpoint the request went to (last tried).
     pub destination: Peer,
 }
@@ -105,12 +109,14 @@ pub async fn process(
 ) -> (Response<Body>, Outcome) {
     let mut out = Outcome {
         flags: "-",
+        details: Cow::Borrowed("via_upstream"),
         destination: Peer::default(),
     };
     let response = match stages(w, conn, svc, via_vip, req, &mut out).await {
         Ok(r) => r,
         Err(a) => {
             out.flags = a.flags;
+            out.details = a.details;
             *a.response
         }
     };
@@ -135,12 +141,14 @@ async fn stages(
     let origin = facts.headers.get("origin").cloned();
     let cors = selected.cors(svc).zip(origin.as_deref());
     if let Some(r) = cors_preflight(cors, &parts, &facts) {
+        out.details = Cow::Borrowed("cors_response");
         return Ok(r);
     }
     if inject_faults(selected.route).await? {
         out.flags = "DI";
     }
     if let Some(r) = answer_locally(selected.route, &parts, &facts) {
+        out.details = Cow::Borrowed("direct_response");
         return Ok(r);
     }
     rewrite_request(svc, &selected, &paths, &mut parts, &mut facts);
@@ -176,7 +184,13 @@ pub fn normalize(
     req: Request<Incoming>,
     normalization: PathNormalization,
 ) -> Result<(Request<Incoming>, Paths), Answer> {
-    let bad = || Answer::new("-", local(StatusCode::BAD_REQUEST, "Bad Request"));
+    let bad = || {
+        Answer::new(
+            "-",
+            "path_normalization_failed",
+            local(StatusCode::BAD_REQUEST, "Bad Request"),
+        )
+    };
     let path = normalization.apply(req.uri().path()).map_err(|e| {
         debug!(error = %e, "request refused");
         bad()
@@ -222,8 +236,7 @@ pub fn admit(
     let preflight = parts.method == Method::OPTIONS
         && facts.headers.contains_key("origin")
         && facts.headers.contains_key("access-control-request-method");
-    let authenticated =
-        authenticate(svc, facts, preflight).map_err(|e| Answer::new("UAEX", jwt_refusal(&e)))?;
+    let authenticated = authenticate(svc, facts, preflight).map_err(|e| jwt_refusal(&e))?;
     if let Some((a, Some(rule))) = &authenticated {
         apply_jwt_outputs(&mut parts.headers, a, rule);
     }
@@ -237,8 +250,11 @@ pub fn admit(
     let decision = svc.authz.authorize(Mode::Http, &attrs);
     if !decision.is_allowed() {
         debug!(?decision, "request denied");
+        // Envoy's RBAC filter sets no response flag; the details name the
+        // policy and rule (or `none`), as Istio's access logs show them.
         return Err(Answer::new(
             "-",
+            svc.authz.refusal_details(Mode::Http, &attrs, &decision),
             local(StatusCode::FORBIDDEN, "RBAC: access denied"),
         ));
     }
@@ -281,7 +297,11 @@ pub fn select_route<'a>(
         Decision::Default
     };
     match routed {
-        Decision::NoMatch => Err(Answer::new("NR", local(StatusCode::NOT_FOUND, ""))),
+        Decision::NoMatch => Err(Answer::new(
+            "NR",
+            "route_not_found",
+            local(StatusCode::NOT_FOUND, ""),
+        )),
         Decision::Default => Ok(Selected::default()),
         Decision::Route {
             route,
@@ -307,7 +327,7 @@ pub fn rate_limit(svc: &ServiceState, route: Option<&pb::HttpRoute>) -> Result<(
             if let Ok(v) = HeaderValue::try_from(limit.config.name.as_str()) {
                 r.headers_mut().insert("x-ambit-ratelimited", v);
             }
-            return Err(Answer::new("RL", r));
+            return Err(Answer::new("RL", "local_rate_limited", r));
         }
     }
     Ok(())
@@ -345,7 +365,11 @@ pub async fn inject_faults(route: Option<&pb::HttpRoute>) -> Result<bool, Answer
             .ok()
             .and_then(|s| StatusCode::from_u16(s).ok())
             .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        return Err(Answer::new("FI", local(status, "fault filter abort")));
+        return Err(Answer::new(
+            "FI",
+            "fault_filter_abort",
+            local(status, "fault filter abort"),
+        ));
     }
     Ok(delayed)
 }

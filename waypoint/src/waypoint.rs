@@ -440,17 +440,15 @@ impl Waypoint {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no service for this destination\n",
             );
-            return Ok(self.finish(&conn, None, head, resp, "NR", Peer::default()));
+            let outcome = crate::proxy::Outcome {
+                flags: "NR",
+                details: "cluster_not_found".into(),
+                destination: Peer::default(),
+            };
+            return Ok(self.finish(&conn, None, head, resp, outcome));
         };
         let (resp, outcome) = crate::proxy::process(&self, &conn, &svc, via_vip, req).await;
-        Ok(self.finish(
-            &conn,
-            Some(&svc),
-            head,
-            resp,
-            outcome.flags,
-            outcome.destination,
-        ))
+        Ok(self.finish(&conn, Some(&svc), head, resp, outcome))
     }
 
     /// Wraps the response body so metrics are recorded and the access log
@@ -461,9 +459,13 @@ impl Waypoint {
         svc: Option<&Arc<ServiceState>>,
         head: RequestHead,
         resp: Response<Body>,
-        flags: &'static str,
-        destination: Peer,
+        outcome: crate::proxy::Outcome,
     ) -> Response<Body> {
+        let crate::proxy::Outcome {
+            flags,
+            details,
+            destination,
+        } = outcome;
         let RequestHead {
             protocol,
             request_bytes,
@@ -508,6 +510,7 @@ impl Waypoint {
                 request_id = head.request_id.as_deref().unwrap_or("-"),
                 code = labels.response_code,
                 flags = labels.response_flags,
+                details = %details,
                 bytes_received = request_bytes,
                 bytes_sent = response_bytes,
                 duration_ms = ms,
@@ -543,8 +546,13 @@ impl Waypoint {
         let attrs = tcp_attributes(&info);
         let decision = svc.authz.authorize(Mode::Tcp, &attrs);
         if !decision.is_allowed() {
-            info!(target: "access", src_addr = %info.client, dst_addr = %info.dst,
-                %decision, "tcp connection denied");
+            // Envoy's network RBAC filter: the connection's termination
+            // details name the policy and rule.
+            let details = svc.authz.refusal_details(Mode::Tcp, &attrs, &decision);
+            tracing::error!(target: "access", reporter = "waypoint", src.addr = %info.client,
+                src.principal = %info.source.principal, dst.addr = %info.dst,
+                dst.service = %svc.service().hostname, %details, error = %decision,
+                "tcp connection denied");
             self.metrics
                 .tcp_denied
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

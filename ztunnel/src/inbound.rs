@@ -2,7 +2,7 @@
 //! its 15006 by sk_lookup. Both authorize (L4 policy) and then connect to the app
 //! from inside the pod's namespace.
 
-use crate::access::ConnectionLog;
+use crate::access::{ConnectionLog, POLICY_CHANGE, policy_rejection};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -163,7 +163,10 @@ impl InboundHandler for PodInbound {
         };
         let (to_app, from_app) = *r.as_ref().unwrap_or(&(0, 0));
         up.series.closed(to_app, from_app);
-        up.log.complete(&self.pod.identity, None, from_app, to_app);
+        let revoked = matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied);
+        let error: Option<&dyn std::fmt::Display> = revoked.then_some(&POLICY_CHANGE);
+        up.log
+            .complete(&self.pod.identity, None, from_app, to_app, error);
         r
     }
 
@@ -193,7 +196,14 @@ impl InboundHandler for PodInbound {
         if let Err(why) = admit(&state, &self.pod.uid, &conn) {
             labels.response_flags = "DENY";
             self.shared.metrics.failed(&labels);
-            info!(target: "access", reporter = "destination", src.addr = %req.peer_addr, src.identity = %req.peer_identity, dst.addr = %dst, "connection denied: {why}");
+            ConnectionLog::inbound(req.peer_addr, Some(req.peer_identity.to_string()), dst)
+                .complete(
+                    &self.pod.identity,
+                    None,
+                    0,
+                    0,
+                    Some(&policy_rejection(&why)),
+                );
             return Err(Refusal::new(StatusCode::UNAUTHORIZED, why));
         }
         match connect_app(&self.pod, dst).await {
@@ -272,7 +282,13 @@ async fn handle_plaintext(
     if let Err(why) = admit(&state, &pod.uid, &conn) {
         labels.response_flags = "DENY";
         shared.metrics.failed(&labels);
-        info!(target: "access", reporter = "destination", src.addr = %peer, dst.addr = %dst, "plaintext connection denied: {why}");
+        ConnectionLog::inbound(peer, None, dst).complete(
+            &pod.identity,
+            None,
+            0,
+            0,
+            Some(&policy_rejection(&why)),
+        );
         let _ = client.set_zero_linger();
         return;
     }
@@ -295,13 +311,16 @@ async fn handle_plaintext(
         pod_uid: Arc::from(pod.uid.as_str()),
         conn,
     });
-    let (up, down) = tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut client, &mut app) => r.unwrap_or((0, 0)),
+    let (up, down, error) = tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut app) => {
+            let (up, down) = r.unwrap_or((0, 0));
+            (up, down, None)
+        }
         () = admission.revoked() => {
             let _ = client.set_zero_linger();
-            (0, 0)
+            (0, 0, Some(&POLICY_CHANGE as &dyn std::fmt::Display))
         }
     };
     series.closed(up, down);
-    log.complete(&pod.identity, None, down, up);
+    log.complete(&pod.identity, None, down, up, error);
 }

@@ -137,7 +137,7 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, mut app: TcpStream, peer: So
             let (sent, received) = tokio::io::copy_bidirectional(&mut app, &mut up)
                 .await
                 .unwrap_or((0, 0));
-            log.complete(&pod.identity, None, sent, received);
+            log.complete(&pod.identity, None, sent, received, None);
         }
         Carry::Tunnel(t, series, early) => {
             let (mut tunnel, log) = *t;
@@ -149,6 +149,7 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, mut app: TcpStream, peer: So
                 Some(tunnel.peer_identity()),
                 early + request,
                 response,
+                None,
             );
         }
     }
@@ -295,7 +296,15 @@ async fn set_up(
                         _ => "CONNECT",
                     };
                     shared.metrics.failed(&l);
-                    info!(target: "access", reporter = "source", src.addr = %client, dst.addr = %endpoint, error = %e, "connection failed");
+                    // Istio's source-side line for a refused tunnel:
+                    // `error="http status: 401 Unauthorized"`.
+                    ConnectionLog::outbound(client, endpoint, service_host.clone()).complete(
+                        &pod.identity,
+                        None,
+                        0,
+                        0,
+                        Some(&e),
+                    );
                     None
                 }
             }

@@ -239,10 +239,11 @@ impl fmt::Display for Decision {
         match self {
             Decision::Allow { by: Some(p) } => write!(f, "allowed by {p}"),
             Decision::Allow { by: None } => write!(f, "allowed (no ALLOW policy applies)"),
-            Decision::DeniedBy(p) => write!(f, "denied by DENY policy {p}"),
-            Decision::NoAllowMatched => write!(f, "denied: no ALLOW policy matched"),
+            // The refusals in Istio ztunnel's words, so logs read the same.
+            Decision::DeniedBy(p) => write!(f, "explicitly denied by: {p}"),
+            Decision::NoAllowMatched => write!(f, "allow policies exist, but none allowed"),
             Decision::UnknownDestination => {
-                write!(f, "denied: the destination is not a known workload")
+                write!(f, "the destination is not a known workload")
             }
         }
     }

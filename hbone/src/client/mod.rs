@@ -77,7 +77,8 @@ pub enum ClientError {
     #[error("HTTP/2: {0}")]
     H2(h2::Error),
     /// The peer answered the CONNECT with a non-200 status.
-    #[error("CONNECT refused with status {0}")]
+    /// (Worded as Istio's ztunnel logs it: `http status: 401 Unauthorized`.)
+    #[error("http status: {0}")]
     Refused(StatusCode),
     /// The request head could not be encoded.
     #[error("bad CONNECT request: {0}")]

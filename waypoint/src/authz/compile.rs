@@ -252,8 +252,10 @@ pub(super) struct Policy {
     pub(super) key: String,
     pub(super) action: PolicyAction,
     pub(super) dry_run: bool,
-    http: Vec<Rule>,
-    tcp: Vec<Rule>,
+    /// Compiled rules with their index in `spec.rules` (a rule that cannot
+    /// be checked is dropped, so positions differ from indexes).
+    http: Vec<(usize, Rule)>,
+    tcp: Vec<(usize, Rule)>,
 }
 
 impl Policy {
@@ -282,6 +284,7 @@ impl Policy {
                             tracing::debug!(policy = %key, rule = i, ?mode, "rule skipped: {e}")
                         })
                         .ok()
+                        .map(|compiled| (i, compiled))
                 })
                 .collect()
         };
@@ -300,11 +303,19 @@ impl Policy {
     }
 
     pub(super) fn matches(&self, mode: Mode, r: &RequestAttributes) -> bool {
+        self.matching_rule(mode, r).is_some()
+    }
+
+    /// The index in `spec.rules` of the first rule `r` matches.
+    pub(super) fn matching_rule(&self, mode: Mode, r: &RequestAttributes) -> Option<usize> {
         let rules = match mode {
             Mode::Http => &self.http,
             Mode::Tcp => &self.tcp,
         };
-        rules.iter().any(|rule| rule.matches(r))
+        rules
+            .iter()
+            .find(|(_, rule)| rule.matches(r))
+            .map(|(i, _)| *i)
     }
 }
 
