@@ -5,6 +5,8 @@
 pub mod chart;
 pub mod demo;
 pub mod echo;
+pub mod explain;
+pub mod inspect;
 pub mod install;
 pub mod precheck;
 pub mod waypoint_cmd;

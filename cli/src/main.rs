@@ -60,6 +60,38 @@ enum Command {
     /// in deploy/helm/ambit with your values, by server-side apply.
     /// `--dry-run` prints the manifests instead.
     Install(ambit::install::InstallArgs),
+    /// What a ztunnel holds (its `/config_dump`), as `istioctl ztunnel-config`:
+    /// workloads, services, policies, certificates (or `all`).
+    ZtunnelConfig {
+        /// What to show.
+        #[arg(value_enum)]
+        section: ambit::inspect::ZtunnelSection,
+        /// Which node's ztunnel (`node1`, ...).
+        #[arg(long, default_value = "node1")]
+        node: String,
+        /// Which local cluster (`ambit-<pid>`; default: the newest).
+        #[arg(long)]
+        run: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: ambit::inspect::Output,
+    },
+    /// Every proxy of the cluster (ztunnels, waypoints): ready, what config
+    /// it holds, its version; as `istioctl proxy-status`.
+    ProxyStatus {
+        /// Which local cluster (`ambit-<pid>`; default: the newest).
+        #[arg(long)]
+        run: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: ambit::inspect::Output,
+    },
+    /// The client's version and, with a running cluster, each proxy's.
+    Version {
+        /// Which local cluster (`ambit-<pid>`; default: the newest).
+        #[arg(long)]
+        run: Option<String>,
+    },
     /// Experimental commands.
     X {
         #[command(subcommand)]
@@ -78,6 +110,10 @@ enum XAction {
     /// Check that this node can run Ambit (kernel, cgroup v2, bpffs, BTF,
     /// capabilities, eBPF programs loading) and say what is missing.
     Precheck(ambit::precheck::PrecheckArgs),
+    /// Why a request from a pod to a destination is delivered or refused,
+    /// hop by hop (source ztunnel, waypoint, destination ztunnel), naming
+    /// the policy and rule that decide it.
+    Explain(ambit::explain::ExplainArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -172,7 +208,63 @@ fn main() -> anyhow::Result<()> {
                 print!("{}", report.table());
                 std::process::exit(if report.ok() { 0 } else { 1 })
             }
+            XAction::Explain(args) => {
+                let e = ambit::explain::explain(&args)?;
+                print!("{}", e.text());
+                std::process::exit(if e.delivered { 0 } else { 1 })
+            }
         },
+        Command::ZtunnelConfig {
+            section,
+            node,
+            run,
+            output,
+        } => rt.block_on(async {
+            let cluster = ambit::inspect::local_cluster(run.as_deref())?;
+            let n = cluster
+                .nodes
+                .iter()
+                .find(|n| n.name == node)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
+                    anyhow::anyhow!(
+                        "no node {node} in {}: nodes are {}",
+                        cluster.run,
+                        names.join(", ")
+                    )
+                })?;
+            let dump = ambit::inspect::ztunnel_dump(n).await?;
+            print!(
+                "{}",
+                ambit::inspect::ztunnel_section(&dump, section, output)?
+            );
+            anyhow::Ok(())
+        }),
+        Command::ProxyStatus { run, output } => rt.block_on(async {
+            let cluster = ambit::inspect::local_cluster(run.as_deref())?;
+            let rows = ambit::inspect::proxy_status(&cluster).await;
+            match output {
+                ambit::inspect::Output::Table => {
+                    print!("{}", ambit::inspect::proxy_status_table(&rows))
+                }
+                other => print!(
+                    "{}",
+                    ambit::inspect::render(&serde_json::to_value(&rows)?, other)?
+                ),
+            }
+            anyhow::Ok(())
+        }),
+        Command::Version { run } => {
+            println!("client version: {}", env!("CARGO_PKG_VERSION"));
+            let Ok(cluster) = ambit::inspect::local_cluster(run.as_deref()) else {
+                println!("no local cluster running (data plane versions need one)");
+                return Ok(());
+            };
+            for p in rt.block_on(ambit::inspect::proxy_status(&cluster)) {
+                println!("{} version: {}", p.name, p.version);
+            }
+            Ok(())
+        }
         Command::Echo(args) => rt.block_on(ambit::echo::run(args)),
         Command::HboneDemo(args) => rt.block_on(hbone_demo::run(args)),
         Command::Ztunnel => rt.block_on(ztunnel::standalone::run()),
@@ -208,6 +300,7 @@ async fn up(dir: PathBuf, nodes: u8, ztunnel_processes: bool) -> anyhow::Result<
         ..Default::default()
     };
     let mut cluster = LocalCluster::up_opts(res, nodes, opts).await?;
+    let info = cluster.publish_info(Some(&std::fs::canonicalize(&dir)?))?;
     for p in cluster.pods.values() {
         let mesh = cluster.is_enrolled(p.node, &p.uid);
         println!(
@@ -251,7 +344,9 @@ async fn up(dir: PathBuf, nodes: u8, ztunnel_processes: bool) -> anyhow::Result<
         );
     }
     println!(
-        "local cluster up; watching {} for changes; Ctrl-C to tear down",
+        "local cluster up ({}); `ambit proxy-status`, `ambit ztunnel-config workloads` and \
+         `ambit x explain` read it; watching {} for changes; Ctrl-C to tear down",
+        info.display(),
         dir.display()
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -294,6 +389,9 @@ async fn up(dir: PathBuf, nodes: u8, ztunnel_processes: bool) -> anyhow::Result<
                 }
                 match cluster.reload(resources) {
                     Ok(notes) => {
+                        if let Err(e) = cluster.publish_info(std::fs::canonicalize(&dir).ok().as_deref()) {
+                            eprintln!("cluster.json not updated: {e}");
+                        }
                         println!("applied changes from {}", dir.display());
                         for n in notes {
                             println!("note: {n}");

@@ -10,6 +10,7 @@
 pub mod capture;
 pub mod client;
 pub mod control;
+pub mod info;
 pub mod net;
 pub mod process;
 pub mod topology;
@@ -730,6 +731,60 @@ impl LocalCluster {
             .get_mut(usize::from(n.checked_sub(1)?))
     }
 
+    /// What other `ambit` commands need to reach this cluster's proxies
+    /// ([`info::ClusterInfo`]); `config_dir` is the directory it follows.
+    pub fn info(&self, config_dir: Option<&std::path::Path>) -> info::ClusterInfo {
+        let waypoint_of = |key: &str| {
+            self.waypoints
+                .get(key)
+                .map(|w| w.waypoint.name().to_string())
+        };
+        info::ClusterInfo {
+            run: self.run.clone(),
+            pid: std::process::id(),
+            config_dir: config_dir.map(std::path::Path::to_path_buf),
+            nodes: (1..=self.nodes)
+                .map(|n| {
+                    let on = |port| std::net::SocketAddr::from(([172, 30, 0, n], port));
+                    info::NodeInfo {
+                        name: format!("node{n}"),
+                        netns: self
+                            .topology
+                            .node(n)
+                            .map(|node| node.ns.name().to_string())
+                            .unwrap_or_default(),
+                        admin: std::net::SocketAddr::from(([127, 0, 0, 1], 15000)),
+                        metrics: on(15020),
+                        readiness: on(15021),
+                    }
+                })
+                .collect(),
+            pods: self
+                .pods
+                .values()
+                .map(|p| info::PodInfo {
+                    key: p.key.clone(),
+                    node: p.node,
+                    ip: p.ip,
+                    netns: p.netns.clone(),
+                    uid: p.uid.clone(),
+                    waypoint_for: waypoint_of(&p.key),
+                    ambient: self.is_enrolled(p.node, &p.uid),
+                })
+                .collect(),
+        }
+    }
+
+    /// Writes [`Self::info`] into the run directory (`/run/ambit/<run>/cluster.json`),
+    /// where `ambit ztunnel-config`, `ambit proxy-status` and the others find it.
+    pub fn publish_info(
+        &self,
+        config_dir: Option<&std::path::Path>,
+    ) -> std::io::Result<std::path::PathBuf> {
+        self.info(config_dir)
+            .write(&std::path::Path::new(info::RUN_ROOT).join(&self.run))
+    }
+
     /// Is the pod `uid` on node `n` enrolled in the mesh?
     pub fn is_enrolled(&self, n: u8, uid: &str) -> bool {
         usize::from(n)
@@ -788,6 +843,6 @@ impl Drop for LocalCluster {
         self.ztunnels.clear();
         self.ztunnel_processes.clear();
         let _ = ambit_ebpf::pins::remove(&pin_root(&self.run));
-        let _ = std::fs::remove_dir_all(format!("/run/ambit/{}", self.run));
+        let _ = std::fs::remove_dir_all(std::path::Path::new(info::RUN_ROOT).join(&self.run));
     }
 }

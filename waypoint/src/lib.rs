@@ -26,6 +26,7 @@ pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod cors;
+pub mod explain;
 pub mod forward;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

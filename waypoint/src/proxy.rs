@@ -210,7 +210,7 @@ pub fn normalize(
 }
 
 /// What route matching and authentication read of a request.
-fn request_facts(req: &Request<Incoming>, conn: &ConnInfo, path: &str) -> RequestFacts {
+pub(crate) fn request_facts<B>(req: &Request<B>, conn: &ConnInfo, path: &str) -> RequestFacts {
     RequestFacts {
         method: req.method().as_str().to_string(),
         path: path.to_string(),
@@ -232,7 +232,7 @@ pub fn admit(
     facts: &RequestFacts,
     num_trusted_proxies: u32,
     parts: &mut http::request::Parts,
-) -> Result<(), Answer> {
+) -> Result<crate::authz::Decision, Answer> {
     let preflight = parts.method == Method::OPTIONS
         && facts.headers.contains_key("origin")
         && facts.headers.contains_key("access-control-request-method");
@@ -258,7 +258,7 @@ pub fn admit(
             local(StatusCode::FORBIDDEN, "RBAC: access denied"),
         ));
     }
-    Ok(())
+    Ok(decision)
 }
 
 /// The VirtualService route a request took, if any, and its destination.

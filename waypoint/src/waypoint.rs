@@ -631,6 +631,7 @@ impl Waypoint {
             "identity": self.identity.to_string(),
             "ready": self.is_ready(),
             "services": services,
+            "version": {"version": env!("CARGO_PKG_VERSION")},
         }))
         .unwrap_or_default()
     }

@@ -539,6 +539,15 @@ impl Ztunnel {
             .workloads()
             .filter(|w| w.node == self.node && w.protocol == ambit_api::model::Protocol::Hbone)
             .filter(|w| !enrolled.contains(&w.uid))
+            // A waypoint's pod takes HBONE itself and is never captured
+            // (Istio labels it dataplane-mode none): nothing to wait for. It
+            // is the endpoint of a Service on the HBONE port, as every
+            // waypoint's Service is.
+            .filter(|w| {
+                !w.services
+                    .values()
+                    .any(|ports| ports.contains_key(&ports::HBONE))
+            })
             .map(|w| format!("pod {}/{}", w.namespace, w.name))
             .collect();
         p.sort();

@@ -1,0 +1,343 @@
+//! The debugging commands against a running `ambit up` (a separate
+//! process, as a user runs them from a second terminal): `proxy-status`,
+//! `ztunnel-config`, `version` read the proxies' admin endpoints, and
+//! `x explain` names the hop, policy and rule that refuse a request — the
+//! same request sent for real is refused the same way.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{exchange, require_root, status_of};
+
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: shop}
+spec: {nodeName: node1, serviceAccountName: client, containers: [{name: c, image: ambit}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: shop, labels: {app: web}}
+spec:
+  nodeName: node2
+  serviceAccountName: web
+  containers: [{name: w, image: ambit, command: [ambit, echo, --port, "8080", --port, "7000"]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: shop}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop, labels: {istio.io/use-waypoint: waypoint}}
+spec:
+  clusterIP: 10.96.0.61
+  selector: {app: web}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: shop}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  action: DENY
+  rules:
+  - to: [{operation: {methods: [DELETE]}}]
+  - to: [{operation: {paths: ["/admin*"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-7000, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  action: DENY
+  rules: [{to: [{operation: {ports: ["7000"]}}]}]
+"#;
+
+/// `ambit up` in its own process; interrupted (Ctrl-C) when dropped.
+struct Up(Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn ambit(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ambit"))
+        .args(args)
+        .output()
+        .expect("run ambit");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let err = String::from_utf8_lossy(&out.stderr);
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{text}{}",
+            if err.is_empty() {
+                String::new()
+            } else {
+                format!("\n[stderr]\n{err}")
+            }
+        ),
+    )
+}
+
+/// Rows of `proxy-status` (header skipped) that say READY.
+fn ready_rows(table: &str) -> usize {
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| l.contains(" READY "))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debugging_a_denied_request() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("ambit-debug-tools-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("cluster.yaml"), CLUSTER).expect("yaml");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ambit"))
+        .args(["up", "-f"])
+        .arg(&dir)
+        .env("AMBIT_BIN", env!("CARGO_BIN_EXE_ambit"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("ambit up");
+    let stdout = child.stdout.take().expect("stdout");
+    let run = format!("ambit-{}", child.id());
+    let up = Up(child);
+    // Wait for "local cluster up" (the cluster file is written just before).
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seen = Vec::new();
+    loop {
+        let line = tokio::task::block_in_place(|| lines.next())
+            .unwrap_or_else(|| panic!("ambit up ended early:\n{}", seen.join("\n")))
+            .expect("read");
+        seen.push(line.clone());
+        if line.starts_with("local cluster up") {
+            break;
+        }
+    }
+    // Keep draining its output so it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+
+    // proxy-status: both ztunnels and the waypoint, ready, with config.
+    let mut status = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        status = ambit(&["proxy-status", "--run", &run]).1;
+        if ready_rows(&status) == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("$ ambit proxy-status\n{status}");
+    assert_eq!(ready_rows(&status), 3, "{status}");
+    assert!(
+        status.contains("ztunnel node1") && status.contains("shop/waypoint-0"),
+        "{status}"
+    );
+    assert!(status.contains("1 policies"), "{status}");
+
+    let (code, workloads) = ambit(&[
+        "ztunnel-config",
+        "workloads",
+        "--run",
+        &run,
+        "--node",
+        "node2",
+    ]);
+    println!("$ ambit ztunnel-config workloads --node node2\n{workloads}");
+    assert_eq!(code, 0, "{workloads}");
+    let web = workloads
+        .lines()
+        .find(|l| l.contains("web-0"))
+        .unwrap_or_else(|| panic!("{workloads}"));
+    assert!(web.contains("node2") && web.contains("HBONE"), "{web}");
+    let (_, policies) = ambit(&["ztunnel-config", "policies", "--run", &run, "-o", "json"]);
+    let parsed: serde_json::Value = serde_json::from_str(&policies).expect("json");
+    assert_eq!(parsed[0]["name"], "no-7000", "{policies}");
+    let (_, certs) = ambit(&[
+        "ztunnel-config",
+        "certificates",
+        "--run",
+        &run,
+        "--node",
+        "node2",
+    ]);
+    assert!(
+        certs.contains("spiffe://cluster.local/ns/shop/sa/web") && certs.contains("Available"),
+        "{certs}"
+    );
+    let (code, bad) = ambit(&[
+        "ztunnel-config",
+        "workloads",
+        "--run",
+        &run,
+        "--node",
+        "node9",
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        bad.contains("no node node9") && bad.contains("node1, node2"),
+        "{bad}"
+    );
+    let (_, version) = ambit(&["version", "--run", &run]);
+    assert!(
+        version.contains("client version") && version.contains("ztunnel node2 version"),
+        "{version}"
+    );
+
+    // The request, for real: a 403 from the waypoint.
+    let info: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(format!("/run/ambit/{run}/cluster.json")).expect("cluster.json"),
+    )
+    .expect("parse");
+    let client_ns = info["pods"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["key"] == "shop/client"))
+        .and_then(|p| p["netns"].as_str())
+        .expect("client netns")
+        .to_string();
+    let vip: SocketAddr = "10.96.0.61:8080".parse().expect("vip");
+    let mut reply = String::new();
+    for _ in 0..50 {
+        reply = exchange(
+            &client_ns,
+            vip,
+            b"GET /admin/users HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        if reply.starts_with("HTTP/1.1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status_of(&reply), 403, "{reply}");
+
+    // Explained: refused at the waypoint by rule 1 of shop/no-admin.
+    let (code, why) = ambit(&[
+        "x",
+        "explain",
+        "--run",
+        &run,
+        "--from",
+        "shop/client",
+        "--to",
+        "web:8080",
+        "--path",
+        "/admin/users",
+    ]);
+    println!("$ ambit x explain --from shop/client --to web:8080 --path /admin/users\n{why}");
+    assert_eq!(code, 1, "{why}");
+    assert!(
+        why.contains("DENIED at hop 2 (waypoint shop/waypoint"),
+        "{why}"
+    );
+    assert!(
+        why.contains("AuthorizationPolicy shop/no-admin (DENY), spec.rules[1] matched"),
+        "{why}"
+    );
+    assert!(
+        why.contains("rbac_access_denied_matched_policy[ns[shop]-policy[no-admin]-rule[1]]"),
+        "{why}"
+    );
+    // An allowed request goes through all three hops.
+    let (code, ok) = ambit(&[
+        "x",
+        "explain",
+        "--run",
+        &run,
+        "--from",
+        "shop/client",
+        "--to",
+        "web:8080",
+        "--path",
+        "/ok",
+    ]);
+    assert_eq!(code, 0, "{ok}");
+    assert!(
+        ok.contains("hop 3  ztunnel node2 (destination, pod shop/web-0)")
+            && ok.contains("DELIVERED"),
+        "{ok}"
+    );
+    let real = exchange(
+        &client_ns,
+        vip,
+        b"GET /ok HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&real), 200, "{real}");
+    // L4: the destination ztunnel refuses port 7000, named as in its log.
+    let (code, l4) = ambit(&[
+        "x",
+        "explain",
+        "--run",
+        &run,
+        "--from",
+        "shop/client",
+        "--to",
+        "shop/web-0:7000",
+    ]);
+    println!("$ ambit x explain --from shop/client --to shop/web-0:7000\n{l4}");
+    assert_eq!(code, 1, "{l4}");
+    assert!(
+        l4.contains(
+            "REFUSED: connection closed due to policy rejection: explicitly denied by: shop/no-7000"
+        ),
+        "{l4}"
+    );
+    let web_ip = info["pods"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["key"] == "shop/web-0"))
+        .and_then(|p| p["ip"].as_str())
+        .expect("web ip")
+        .to_string();
+    let refused = exchange(
+        &client_ns,
+        format!("{web_ip}:7000").parse().expect("addr"),
+        b"hi\n",
+    )
+    .await;
+    assert!(
+        !refused.contains("saw"),
+        "port 7000 must be refused: {refused:?}"
+    );
+
+    drop(up);
+    assert!(
+        !std::path::Path::new(&format!("/run/ambit/{run}")).exists(),
+        "the cluster file goes with the cluster"
+    );
+    let (code, none) = ambit(&["proxy-status", "--run", &run]);
+    assert_ne!(code, 0);
+    assert!(
+        none.contains(&format!("no running local cluster named {run}")),
+        "{none}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
