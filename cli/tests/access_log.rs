@@ -14,55 +14,7 @@ use ambit_api::k8s::Resources;
 use ambit_cluster::LocalCluster;
 use common::{exchange, require_root, set_ambit_bin};
 
-const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: shop}
-spec: {nodeName: node1, serviceAccountName: client, containers: [{name: c, image: ambit}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: web-0, namespace: shop, labels: {app: web}}
-spec:
-  nodeName: node2
-  serviceAccountName: web
-  containers: [{name: w, image: ambit, command: [ambit, echo, --port, "9000", --port, "8080", --port, "7000"]}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: shop}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: shop, labels: {istio.io/use-waypoint: waypoint}}
-spec:
-  clusterIP: 10.96.0.60
-  selector: {app: web}
-  ports: [{name: http, port: 8080}]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: no-admin, namespace: shop}
-spec:
-  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
-  action: DENY
-  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: no-7000, namespace: shop}
-spec:
-  selector: {matchLabels: {app: web}}
-  action: DENY
-  rules: [{to: [{operation: {ports: ["7000"]}}]}]
-"#;
+const CLUSTER: &str = include_str!("fixtures/shop_waypoint.yaml");
 
 /// Everything the process logs, kept for the test to read.
 #[derive(Clone, Default)]
@@ -205,7 +157,7 @@ async fn both_ztunnels_log_connection_complete() {
     assert!(denied.contains("flags=\"-\""), "{denied}");
     assert!(
         denied.contains(
-            "details=rbac_access_denied_matched_policy[ns[shop]-policy[no-admin]-rule[0]]"
+            "details=rbac_access_denied_matched_policy[ns[shop]-policy[no-admin]-rule[1]]"
         ),
         "{denied}"
     );

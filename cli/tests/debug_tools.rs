@@ -13,57 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{exchange, require_root, status_of};
 
-const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: shop}
-spec: {nodeName: node1, serviceAccountName: client, containers: [{name: c, image: ambit}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: web-0, namespace: shop, labels: {app: web}}
-spec:
-  nodeName: node2
-  serviceAccountName: web
-  containers: [{name: w, image: ambit, command: [ambit, echo, --port, "8080", --port, "7000"]}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: shop}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: shop, labels: {istio.io/use-waypoint: waypoint}}
-spec:
-  clusterIP: 10.96.0.61
-  selector: {app: web}
-  ports: [{name: http, port: 8080}]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: no-admin, namespace: shop}
-spec:
-  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
-  action: DENY
-  rules:
-  - to: [{operation: {methods: [DELETE]}}]
-  - to: [{operation: {paths: ["/admin*"]}}]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: no-7000, namespace: shop}
-spec:
-  selector: {matchLabels: {app: web}}
-  action: DENY
-  rules: [{to: [{operation: {ports: ["7000"]}}]}]
-"#;
+const CLUSTER: &str = include_str!("fixtures/shop_waypoint.yaml");
 
 /// `ambit up` in its own process; interrupted (Ctrl-C) when dropped.
 struct Up(Child);
@@ -102,6 +52,25 @@ fn ambit(args: &[&str]) -> (i32, String) {
             }
         ),
     )
+}
+
+/// `ambit x explain --run RUN ARGS...`, printed as a transcript line.
+fn explain(run: &str, args: &str) -> (i32, String) {
+    let mut argv = vec!["x", "explain", "--run", run];
+    argv.extend(args.split_whitespace());
+    let (code, out) = ambit(&argv);
+    println!("$ ambit x explain {args}\n{out}");
+    (code, out)
+}
+
+/// A field of pod `key` in `cluster.json`.
+fn pod_field(info: &serde_json::Value, key: &str, field: &str) -> String {
+    info["pods"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["key"] == key))
+        .and_then(|p| p[field].as_str())
+        .unwrap_or_else(|| panic!("no {field} for pod {key} in {info}"))
+        .to_string()
 }
 
 /// Rows of `proxy-status` (header skipped) that say READY.
@@ -217,13 +186,8 @@ async fn debugging_a_denied_request() {
         &std::fs::read(format!("/run/ambit/{run}/cluster.json")).expect("cluster.json"),
     )
     .expect("parse");
-    let client_ns = info["pods"]
-        .as_array()
-        .and_then(|p| p.iter().find(|p| p["key"] == "shop/client"))
-        .and_then(|p| p["netns"].as_str())
-        .expect("client netns")
-        .to_string();
-    let vip: SocketAddr = "10.96.0.61:8080".parse().expect("vip");
+    let client_ns = pod_field(&info, "shop/client", "netns");
+    let vip: SocketAddr = "10.96.0.60:8080".parse().expect("vip");
     let mut reply = String::new();
     for _ in 0..50 {
         reply = exchange(
@@ -240,19 +204,7 @@ async fn debugging_a_denied_request() {
     assert_eq!(status_of(&reply), 403, "{reply}");
 
     // Explained: refused at the waypoint by rule 1 of shop/no-admin.
-    let (code, why) = ambit(&[
-        "x",
-        "explain",
-        "--run",
-        &run,
-        "--from",
-        "shop/client",
-        "--to",
-        "web:8080",
-        "--path",
-        "/admin/users",
-    ]);
-    println!("$ ambit x explain --from shop/client --to web:8080 --path /admin/users\n{why}");
+    let (code, why) = explain(&run, "--from shop/client --to web:8080 --path /admin/users");
     assert_eq!(code, 1, "{why}");
     assert!(
         why.contains("DENIED at hop 2 (waypoint shop/waypoint"),
@@ -267,18 +219,7 @@ async fn debugging_a_denied_request() {
         "{why}"
     );
     // An allowed request goes through all three hops.
-    let (code, ok) = ambit(&[
-        "x",
-        "explain",
-        "--run",
-        &run,
-        "--from",
-        "shop/client",
-        "--to",
-        "web:8080",
-        "--path",
-        "/ok",
-    ]);
+    let (code, ok) = explain(&run, "--from shop/client --to web:8080 --path /ok");
     assert_eq!(code, 0, "{ok}");
     assert!(
         ok.contains("hop 3  ztunnel node2 (destination, pod shop/web-0)")
@@ -293,17 +234,7 @@ async fn debugging_a_denied_request() {
     .await;
     assert_eq!(status_of(&real), 200, "{real}");
     // L4: the destination ztunnel refuses port 7000, named as in its log.
-    let (code, l4) = ambit(&[
-        "x",
-        "explain",
-        "--run",
-        &run,
-        "--from",
-        "shop/client",
-        "--to",
-        "shop/web-0:7000",
-    ]);
-    println!("$ ambit x explain --from shop/client --to shop/web-0:7000\n{l4}");
+    let (code, l4) = explain(&run, "--from shop/client --to shop/web-0:7000");
     assert_eq!(code, 1, "{l4}");
     assert!(
         l4.contains(
@@ -311,12 +242,7 @@ async fn debugging_a_denied_request() {
         ),
         "{l4}"
     );
-    let web_ip = info["pods"]
-        .as_array()
-        .and_then(|p| p.iter().find(|p| p["key"] == "shop/web-0"))
-        .and_then(|p| p["ip"].as_str())
-        .expect("web ip")
-        .to_string();
+    let web_ip = pod_field(&info, "shop/web-0", "ip");
     let refused = exchange(
         &client_ns,
         format!("{web_ip}:7000").parse().expect("addr"),
