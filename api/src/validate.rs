@@ -232,6 +232,14 @@ pub fn keep_last_good(
             |o| &o.metadata,
             false,
         ),
+        telemetries: replace_bad(
+            "Telemetry",
+            incoming.telemetries,
+            &last_good.telemetries,
+            bad,
+            |o| &o.metadata,
+            false,
+        ),
         mesh_configs: replace_bad(
             "ConfigMap",
             incoming.mesh_configs,

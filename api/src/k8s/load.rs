@@ -11,6 +11,7 @@ use super::istio::{AuthorizationPolicy, PeerAuthentication};
 use super::networking::{
     DestinationRule, Gateway, RateLimitPolicy, RequestAuthentication, VirtualService,
 };
+use super::telemetry::Telemetry;
 
 /// Where an object came from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -66,6 +67,8 @@ pub struct Resources {
     pub gateways: Vec<(Source, Gateway)>,
     /// Ambit RateLimitPolicies.
     pub rate_limits: Vec<(Source, RateLimitPolicy)>,
+    /// Istio Telemetry resources.
+    pub telemetries: Vec<(Source, Telemetry)>,
     /// The mesh config: ConfigMap `istio` in `istio-system`, as istiod reads
     /// it (key `mesh`). Other ConfigMaps are `ignored`.
     pub mesh_configs: Vec<(Source, ConfigMap)>,
@@ -108,6 +111,7 @@ impl Resources {
             .extend(other.request_authentications);
         self.gateways.extend(other.gateways);
         self.rate_limits.extend(other.rate_limits);
+        self.telemetries.extend(other.telemetries);
         self.mesh_configs.extend(other.mesh_configs);
         self.ignored.extend(other.ignored);
     }
@@ -234,6 +238,9 @@ impl Resources {
                 .push((source.clone(), typed(value, &source, &object)?)),
             ("gateway.networking.k8s.io", "Gateway") => self
                 .gateways
+                .push((source.clone(), typed(value, &source, &object)?)),
+            ("telemetry.istio.io", "Telemetry") => self
+                .telemetries
                 .push((source.clone(), typed(value, &source, &object)?)),
             ("ambit.dev", "RateLimitPolicy") => self
                 .rate_limits

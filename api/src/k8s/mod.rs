@@ -5,6 +5,7 @@
 pub mod istio;
 mod load;
 pub mod networking;
+pub mod telemetry;
 
 pub use load::{LoadError, MESH_CONFIG_NAME, MESH_CONFIG_NAMESPACE, Resources, Source};
 

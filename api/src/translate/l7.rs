@@ -30,7 +30,22 @@ pub(super) struct Ctx<'a> {
     errors: usize,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// Findings about `object` (from `source`) go into `findings`.
+    pub(super) fn new(findings: &'a mut Vec<Finding>, source: &'a Source, object: String) -> Self {
+        Ctx {
+            findings,
+            source,
+            object,
+            errors: 0,
+        }
+    }
+
+    /// A warning: accepted, with the effect (or none) the message says.
+    pub(super) fn warn(&mut self, field: String, message: impl Into<String>) {
+        self.note(Severity::Warning, field, message);
+    }
+
     pub(super) fn error(&mut self, field: String, message: impl Into<String>) {
         self.errors += 1;
         self.note(Severity::Error, field, message);
@@ -677,6 +692,7 @@ pub(super) fn translate_l7(res: &Resources, waypoints: &Waypoints, out: &mut Tra
             rules.insert(host, (policy, subs, ctx.object.clone()));
         }
     }
+    let tracing = super::telemetry::TracingPolicies::new(res, out);
     let mut routes: BTreeMap<String, HostRoutes> = BTreeMap::new();
     for (source, vs) in &res.virtual_services {
         let ns = ns_of(&vs.metadata);
@@ -928,6 +944,7 @@ pub(super) fn translate_l7(res: &Resources, waypoints: &Waypoints, out: &mut Tra
                 b.value.clone()
             })
             .collect();
+        let tracing = tracing.for_service(&ns, &name, &waypoint, &out.mesh, &out.config);
         let mesh = out.config.services.iter().find(|s| s.hostname == hostname);
         let service_backends = backends.for_service(&hostname, &http, &tcp);
         out.l7.push(pb::L7Service {
@@ -960,6 +977,7 @@ pub(super) fn translate_l7(res: &Resources, waypoints: &Waypoints, out: &mut Tra
             num_trusted_proxies: out.mesh.num_trusted_proxies,
             rate_limits,
             sources,
+            tracing,
         });
     }
 }

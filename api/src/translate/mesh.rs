@@ -36,6 +36,24 @@ pub struct MeshConfig {
     pub path_normalization: String,
     /// `defaultConfig.gatewayTopology.numTrustedProxies`.
     pub num_trusted_proxies: u32,
+    /// `extensionProviders`: the OpenTelemetry tracing providers.
+    pub extension_providers: Vec<TracingProvider>,
+    /// `defaultProviders.tracing`: providers used when a Telemetry names none.
+    pub default_tracing_providers: Vec<String>,
+    /// `defaultConfig.tracing.sampling` in thousandths of a percent (Istio's
+    /// default 1%).
+    pub tracing_sampling_millipercent: u32,
+}
+
+/// One `extensionProviders[]` entry with an `opentelemetry` collector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TracingProvider {
+    /// `name`, as Telemetry resources refer to it.
+    pub name: String,
+    /// `opentelemetry.service`: the collector's Service (`host` or `ns/host`).
+    pub service: String,
+    /// `opentelemetry.port` (OTLP over gRPC).
+    pub port: u16,
 }
 
 impl Default for MeshConfig {
@@ -45,6 +63,9 @@ impl Default for MeshConfig {
             trust_domain_aliases: vec![],
             path_normalization: "BASE".into(),
             num_trusted_proxies: 0,
+            extension_providers: vec![],
+            default_tracing_providers: vec![],
+            tracing_sampling_millipercent: 1000,
         }
     }
 }
@@ -147,6 +168,46 @@ pub fn parse_mesh(
                     ),
                 }
             }
+            "extensionProviders" => match value.as_sequence() {
+                Some(list) => {
+                    for (i, p) in list.iter().enumerate() {
+                        match extension_provider(p) {
+                            Ok(Some(provider)) => mesh.extension_providers.push(provider),
+                            Ok(None) => report(
+                                Severity::Warning,
+                                &format!("{path}[{i}]"),
+                                "only opentelemetry (OTLP over gRPC) providers are interpreted: this provider has no effect".into(),
+                            ),
+                            Err(e) => report(Severity::Error, &format!("{path}[{i}]"), e),
+                        }
+                    }
+                }
+                None => report(Severity::Error, &path, "must be a list".into()),
+            },
+            "defaultProviders.tracing" => match value.as_sequence() {
+                Some(list) => {
+                    mesh.default_tracing_providers = list
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                }
+                None => report(
+                    Severity::Error,
+                    &path,
+                    "must be a list of provider names".into(),
+                ),
+            },
+            "defaultConfig.tracing.sampling" => match value.as_f64() {
+                Some(p) if (0.0..=100.0).contains(&p) => {
+                    mesh.tracing_sampling_millipercent = (p * 1000.0).round() as u32
+                }
+                _ => report(
+                    Severity::Error,
+                    &path,
+                    format!("{value:?} is not a percentage (0 to 100)"),
+                ),
+            },
             _ => report(
                 Severity::Warning,
                 &path,
@@ -157,6 +218,39 @@ pub fn parse_mesh(
     mesh
 }
 
+/// An `extensionProviders[]` entry: `Ok(None)` for a kind Ambit does not
+/// export to (zipkin, envoyFileAccessLog, ...).
+fn extension_provider(p: &Value) -> Result<Option<TracingProvider>, String> {
+    let name = p["name"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .ok_or("name is required")?
+        .to_string();
+    let Some(otel) = p.get("opentelemetry") else {
+        return Ok(None);
+    };
+    let service = otel["service"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .ok_or("opentelemetry.service is required")?
+        .to_string();
+    let port = otel["port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0)
+        .ok_or("opentelemetry.port must be a port number")?;
+    if otel.get("http").is_some() {
+        return Err(
+            "opentelemetry.http (OTLP over HTTP) is not supported: use the gRPC port".into(),
+        );
+    }
+    Ok(Some(TracingProvider {
+        name,
+        service,
+        port,
+    }))
+}
+
 /// Leaf fields of the mesh config, as dotted paths; the interpreted maps
 /// are walked into, every other value is a leaf (lists included).
 fn walk<'a>(value: &'a Value, prefix: &str, out: &mut Vec<(String, &'a Value)>) {
@@ -165,6 +259,8 @@ fn walk<'a>(value: &'a Value, prefix: &str, out: &mut Vec<(String, &'a Value)>) 
         "pathNormalization",
         "defaultConfig",
         "defaultConfig.gatewayTopology",
+        "defaultConfig.tracing",
+        "defaultProviders",
     ];
     let Value::Mapping(map) = value else {
         out.push((prefix.to_string(), value));
@@ -338,7 +434,9 @@ mod tests {
         let (mesh, findings) = parse(
             "trustDomain: example.org\ntrustDomainAliases: [old.example]\nrootNamespace: istio-system\n\
              pathNormalization: {normalization: MERGE_SLASHES}\n\
-             defaultConfig: {gatewayTopology: {numTrustedProxies: 2}}\n",
+             defaultConfig: {gatewayTopology: {numTrustedProxies: 2}, tracing: {sampling: 2.5}}\n\
+             defaultProviders: {tracing: [otel]}\n\
+             extensionProviders: [{name: otel, opentelemetry: {service: otel.o.svc.cluster.local, port: 4317}}]\n",
         );
         assert!(findings.is_empty(), "{findings:?}");
         assert_eq!(
@@ -348,7 +446,20 @@ mod tests {
                 trust_domain_aliases: vec!["old.example".into()],
                 path_normalization: "MERGE_SLASHES".into(),
                 num_trusted_proxies: 2,
+                extension_providers: vec![TracingProvider {
+                    name: "otel".into(),
+                    service: "otel.o.svc.cluster.local".into(),
+                    port: 4317,
+                }],
+                default_tracing_providers: vec!["otel".into()],
+                tracing_sampling_millipercent: 2500,
             }
+        );
+        let (_, bad) = parse("extensionProviders: [{name: x, opentelemetry: {service: s}}]");
+        assert!(
+            bad.iter().any(|f| f.field == "data.mesh.extensionProviders[0]"
+                && f.message.contains("port")),
+            "{bad:?}"
         );
         assert_eq!(
             parse("pathNormalization: {normalization: DEFAULT}")

@@ -12,6 +12,7 @@ pub mod l7;
 mod l7_policy;
 pub mod mesh;
 mod policy;
+mod telemetry;
 mod uninterpreted;
 pub mod waypoints;
 mod workloads;
