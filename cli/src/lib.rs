@@ -9,4 +9,5 @@ pub mod explain;
 pub mod inspect;
 pub mod install;
 pub mod precheck;
+pub mod trace_sink;
 pub mod waypoint_cmd;

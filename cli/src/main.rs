@@ -114,6 +114,9 @@ enum XAction {
     /// hop by hop (source ztunnel, waypoint, destination ztunnel), naming
     /// the policy and rule that decide it.
     Explain(ambit::explain::ExplainArgs),
+    /// A small OpenTelemetry collector: receives OTLP/gRPC spans and
+    /// prints each as a JSON line (point a mesh config extensionProvider at it).
+    TraceSink(ambit::trace_sink::TraceSinkArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -208,6 +211,7 @@ fn main() -> anyhow::Result<()> {
                 print!("{}", report.table());
                 std::process::exit(if report.ok() { 0 } else { 1 })
             }
+            XAction::TraceSink(args) => rt.block_on(ambit::trace_sink::run(args)),
             XAction::Explain(args) => {
                 let e = ambit::explain::explain(&args)?;
                 print!("{}", e.text());

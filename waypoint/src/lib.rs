@@ -44,6 +44,7 @@ pub mod rewind;
 pub mod route;
 pub mod state;
 pub mod sync;
+pub mod trace;
 pub mod upstream;
 pub mod waypoint;
 

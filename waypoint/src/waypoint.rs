@@ -26,6 +26,7 @@ use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use opentelemetry::KeyValue;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 
@@ -90,6 +91,17 @@ pub struct Waypoint {
     /// Shutdown: stops the accept loops, the xDS client and fetch retries.
     drain: drain::Trigger,
     self_ref: Weak<Waypoint>,
+    /// OTLP exporters for the Services' Telemetry tracing.
+    tracers: crate::trace::Tracers,
+}
+
+/// The `service.name` of a waypoint's spans, as Istio names a waypoint's
+/// (`<gateway>.<namespace>`), from its name `namespace/gateway`.
+fn span_service_name(name: &str) -> String {
+    match name.split_once('/') {
+        Some((ns, gw)) => format!("{gw}.{ns}"),
+        None => name.to_string(),
+    }
 }
 
 impl std::fmt::Debug for Waypoint {
@@ -108,6 +120,7 @@ impl Waypoint {
         let certs = cfg.certs.clone();
         let id = cfg.identity.clone();
         let cert_source = Arc::new(move || certs.get(&id).map_err(|e| e.to_string()));
+        let name_for_spans = cfg.name.clone();
         Arc::new_cyclic(|me| Waypoint {
             upstreams: Upstreams::new(pool, cert_source, cfg.socket.clone()),
             name: cfg.name,
@@ -121,6 +134,10 @@ impl Waypoint {
             synced: AtomicBool::new(false),
             drain: drain::channel().0,
             self_ref: me.clone(),
+            tracers: crate::trace::Tracers::new(
+                span_service_name(&name_for_spans),
+                cfg.socket.clone(),
+            ),
         })
     }
 
@@ -431,8 +448,11 @@ impl Waypoint {
     pub async fn handle(
         self: Arc<Self>,
         conn: Arc<ConnInfo>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
     ) -> Result<Response<Body>, std::convert::Infallible> {
+        // Envoy adds an x-request-id when the client sent none; the access
+        // log, the span and the upstream all see the same one.
+        crate::trace::ensure_request_id(req.headers_mut());
         let head = RequestHead::of(&req);
         let state = self.state();
         let Some((svc, via_vip)) = conn.service_now(&state) else {
@@ -445,10 +465,20 @@ impl Waypoint {
                 details: "cluster_not_found".into(),
                 destination: Peer::default(),
             };
-            return Ok(self.finish(&conn, None, head, resp, outcome));
+            return Ok(self.finish(&conn, None, head, resp, outcome, None));
         };
+        // Telemetry tracing: continue or start the trace; the upstream gets
+        // this span as its parent.
+        let span = svc.service().tracing.as_ref().map(|t| {
+            let span = crate::trace::RequestSpan::start(
+                crate::trace::parent_of(req.headers()),
+                t.sampling_percentage,
+            );
+            span.inject(req.headers_mut());
+            span
+        });
         let (resp, outcome) = crate::proxy::process(&self, &conn, &svc, via_vip, req).await;
-        Ok(self.finish(&conn, Some(&svc), head, resp, outcome))
+        Ok(self.finish(&conn, Some(&svc), head, resp, outcome, span))
     }
 
     /// Wraps the response body so metrics are recorded and the access log
@@ -460,6 +490,7 @@ impl Waypoint {
         head: RequestHead,
         resp: Response<Body>,
         outcome: crate::proxy::Outcome,
+        span: Option<crate::trace::RequestSpan>,
     ) -> Response<Body> {
         let crate::proxy::Outcome {
             flags,
@@ -491,6 +522,9 @@ impl Waypoint {
         let this = self.clone();
         let client = conn.client;
         let dst = conn.dst;
+        let traced = span
+            .filter(crate::trace::RequestSpan::sampled)
+            .zip(svc.and_then(|s| s.service().tracing.clone()));
         let finish: Finish = Box::new(move |response_bytes| {
             let ms = started.elapsed().as_secs_f64() * 1000.0;
             // Envoy's access log fields, as Istio's waypoints write them.
@@ -516,6 +550,49 @@ impl Waypoint {
                 duration_ms = ms,
                 "request"
             );
+            if let Some((span, tracing)) = traced {
+                // Envoy's span for Istio: `<host>:<port>/*`, its HTTP and
+                // Istio tags, an error status for 5xx.
+                let name = format!("{}:{}/*", labels.destination_service, dst.port());
+                let text = |v: &str| opentelemetry::Value::from(v.to_string());
+                let attributes = vec![
+                    KeyValue::new("http.method", text(head.method.as_str())),
+                    KeyValue::new(
+                        "http.url",
+                        text(&format!("http://{}{}", head.authority, head.path)),
+                    ),
+                    KeyValue::new("http.protocol", text(head.version)),
+                    KeyValue::new("http.status_code", i64::from(labels.response_code)),
+                    KeyValue::new(
+                        "user_agent",
+                        text(head.user_agent.as_deref().unwrap_or("-")),
+                    ),
+                    KeyValue::new(
+                        "guid:x-request-id",
+                        text(head.request_id.as_deref().unwrap_or("-")),
+                    ),
+                    KeyValue::new("response_flags", text(labels.response_flags)),
+                    KeyValue::new("response_code_details", text(&details)),
+                    KeyValue::new(
+                        "upstream_cluster",
+                        text(&format!(
+                            "outbound|{}||{}",
+                            dst.port(),
+                            labels.destination_service
+                        )),
+                    ),
+                    KeyValue::new("peer.address", text(&client.ip().to_string())),
+                    KeyValue::new(
+                        "istio.namespace",
+                        text(&labels.destination_service_namespace),
+                    ),
+                    KeyValue::new("istio.canonical_service", text(&labels.destination.app)),
+                    KeyValue::new("component", text("proxy")),
+                ];
+                let failed = labels.response_code >= 500;
+                this.tracers
+                    .export(&tracing, span.finish(name, attributes, failed));
+            }
             this.metrics()
                 .record(labels, ms, request_bytes, response_bytes);
         });
@@ -623,6 +700,13 @@ impl Waypoint {
                     "policies": l7.authorization.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect::<Vec<_>>(),
                     "backends": s.backends.iter().map(|(h, b)| (h.clone(), b.subsets.iter().map(|(n, ss)| (n.clone(), ss.endpoints.iter().map(|e| e.address.clone()).collect::<Vec<_>>())).collect::<HashMap<_, _>>())).collect::<HashMap<_, _>>(),
                     "sources": l7.sources,
+                    "tracing": l7.tracing.as_ref().map(|t| serde_json::json!({
+                        "provider": t.provider,
+                        "service": t.service,
+                        "endpoints": t.endpoints,
+                        "samplingPercentage": t.sampling_percentage,
+                        "source": t.source,
+                    })),
                 })
             })
             .collect();
