@@ -132,8 +132,34 @@ fn world(dir: Option<&PathBuf>, run: Option<&str>) -> anyhow::Result<World> {
             "no local cluster is running and no -f DIR given: `ambit x explain -f DIR ...` explains a directory of YAML"
         ),
     };
-    let mut res =
-        Resources::from_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
+    let (res, placement_notes) = placed(&dir, cluster.as_ref())?;
+    notes.extend(placement_notes);
+    let t = translate(&res);
+    for f in t
+        .findings
+        .iter()
+        .filter(|f| f.severity == ambit_api::translate::Severity::Error)
+    {
+        notes.push(format!("config error (fails closed): {f}"));
+    }
+    Ok(World {
+        state: ProxyState::from_config(&t.config),
+        l7: t.l7,
+        notes,
+    })
+}
+
+/// The resources of `dir` as the cluster runs them: waypoint objects added
+/// (as the deployer makes them), Deployments expanded into pods, and every
+/// pod placed where `cluster` placed it, else at the address `ambit up`
+/// would give it (the notes say so). Findings about missing pod addresses
+/// then do not drown the real ones.
+pub fn placed(
+    dir: &std::path::Path,
+    cluster: Option<&ambit_cluster::info::ClusterInfo>,
+) -> anyhow::Result<(Resources, Vec<String>)> {
+    let mut notes = Vec::new();
+    let mut res = Resources::from_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
     let mut deployer = ambit_cluster::waypoints::LocalDeployer::default();
     for refused in deployer.apply(&mut res) {
         notes.push(format!("waypoint object not created: {refused}"));
@@ -149,7 +175,7 @@ fn world(dir: Option<&PathBuf>, run: Option<&str>) -> anyhow::Result<World> {
             .clone()
             .unwrap_or_else(|| "default".into());
         let key = format!("{ns}/{}", pod.metadata.name.clone().unwrap_or_default());
-        let placed = cluster.as_ref().and_then(|c| c.pod(&key));
+        let placed = cluster.and_then(|c| c.pod(&key));
         let has_ip = pod
             .status
             .as_ref()
@@ -184,19 +210,7 @@ fn world(dir: Option<&PathBuf>, run: Option<&str>) -> anyhow::Result<World> {
         ));
     }
     res.pods = pods;
-    let t = translate(&res);
-    for f in t
-        .findings
-        .iter()
-        .filter(|f| f.severity == ambit_api::translate::Severity::Error)
-    {
-        notes.push(format!("config error (fails closed): {f}"));
-    }
-    Ok(World {
-        state: ProxyState::from_config(&t.config),
-        l7: t.l7,
-        notes,
-    })
+    Ok((res, notes))
 }
 
 /// Where the client sends to.

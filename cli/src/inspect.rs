@@ -54,7 +54,7 @@ pub fn local_cluster(run: Option<&str>) -> anyhow::Result<ClusterInfo> {
 
 /// GETs `path` from `addr` inside the network namespace `netns` and returns
 /// the body of a 200 answer.
-async fn admin_get(netns: &str, addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+pub async fn admin_text(netns: &str, addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     let reply = ambit_cluster::client::http_get(netns, addr, path)
         .await
         .with_context(|| format!("GET {addr}{path} in netns {netns}"))?
@@ -71,14 +71,14 @@ async fn admin_get(netns: &str, addr: SocketAddr, path: &str) -> anyhow::Result<
 
 /// The node's ztunnel `/config_dump`.
 pub async fn ztunnel_dump(node: &NodeInfo) -> anyhow::Result<Value> {
-    let body = admin_get(&node.netns, node.admin, "/config_dump").await?;
+    let body = admin_text(&node.netns, node.admin, "/config_dump").await?;
     serde_json::from_str(&body).with_context(|| format!("ztunnel {} /config_dump", node.name))
 }
 
 /// A waypoint pod's `/config_dump`.
 pub async fn waypoint_dump(pod: &PodInfo) -> anyhow::Result<Value> {
     let addr = SocketAddr::from(([127, 0, 0, 1], waypoint::admin::ADMIN));
-    let body = admin_get(&pod.netns, addr, "/config_dump").await?;
+    let body = admin_text(&pod.netns, addr, "/config_dump").await?;
     serde_json::from_str(&body).with_context(|| format!("waypoint {} /config_dump", pod.key))
 }
 
@@ -292,7 +292,7 @@ pub struct ProxyStatus {
 pub async fn proxy_status(cluster: &ClusterInfo) -> Vec<ProxyStatus> {
     let mut out = Vec::new();
     for node in &cluster.nodes {
-        let ready = admin_get(&node.netns, node.readiness, "/healthz/ready")
+        let ready = admin_text(&node.netns, node.readiness, "/healthz/ready")
             .await
             .is_ok();
         let (config, version) = match ztunnel_dump(node).await {
@@ -322,7 +322,7 @@ pub async fn proxy_status(cluster: &ClusterInfo) -> Vec<ProxyStatus> {
     }
     for pod in cluster.pods.iter().filter(|p| p.waypoint_for.is_some()) {
         let readiness = SocketAddr::from(([127, 0, 0, 1], waypoint::admin::READINESS));
-        let ready = admin_get(&pod.netns, readiness, "/healthz/ready")
+        let ready = admin_text(&pod.netns, readiness, "/healthz/ready")
             .await
             .is_ok();
         let (config, version) = match waypoint_dump(pod).await {

@@ -3,6 +3,7 @@
 //! CLI.
 
 pub mod chart;
+pub mod dashboard;
 pub mod demo;
 pub mod echo;
 pub mod explain;

@@ -86,6 +86,10 @@ enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: ambit::inspect::Output,
     },
+    /// A web view of the running local cluster, as Kiali shows it: the live
+    /// service graph (rate, errors, p99, mTLS), each workload's policies, the
+    /// config findings.
+    Dashboard(ambit::dashboard::DashboardArgs),
     /// The client's version and, with a running cluster, each proxy's.
     Version {
         /// Which local cluster (`ambit-<pid>`; default: the newest).
@@ -258,6 +262,7 @@ fn main() -> anyhow::Result<()> {
             }
             anyhow::Ok(())
         }),
+        Command::Dashboard(args) => rt.block_on(ambit::dashboard::run(args)),
         Command::Version { run } => {
             println!("client version: {}", env!("CARGO_PKG_VERSION"));
             let Ok(cluster) = ambit::inspect::local_cluster(run.as_deref()) else {

@@ -6,53 +6,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::up::{Up, ambit};
 use common::{exchange, require_root, status_of};
 
 const CLUSTER: &str = include_str!("fixtures/shop_waypoint.yaml");
-
-/// `ambit up` in its own process; interrupted (Ctrl-C) when dropped.
-struct Up(Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn ambit(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ambit"))
-        .args(args)
-        .output()
-        .expect("run ambit");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let err = String::from_utf8_lossy(&out.stderr);
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{text}{}",
-            if err.is_empty() {
-                String::new()
-            } else {
-                format!("\n[stderr]\n{err}")
-            }
-        ),
-    )
-}
 
 /// `ambit x explain --run RUN ARGS...`, printed as a transcript line.
 fn explain(run: &str, args: &str) -> (i32, String) {
@@ -61,16 +21,6 @@ fn explain(run: &str, args: &str) -> (i32, String) {
     let (code, out) = ambit(&argv);
     println!("$ ambit x explain {args}\n{out}");
     (code, out)
-}
-
-/// A field of pod `key` in `cluster.json`.
-fn pod_field(info: &serde_json::Value, key: &str, field: &str) -> String {
-    info["pods"]
-        .as_array()
-        .and_then(|p| p.iter().find(|p| p["key"] == key))
-        .and_then(|p| p[field].as_str())
-        .unwrap_or_else(|| panic!("no {field} for pod {key} in {info}"))
-        .to_string()
 }
 
 /// Rows of `proxy-status` (header skipped) that say READY.
@@ -85,34 +35,8 @@ fn ready_rows(table: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debugging_a_denied_request() {
     require_root();
-    let dir = std::env::temp_dir().join(format!("ambit-debug-tools-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    std::fs::write(dir.join("cluster.yaml"), CLUSTER).expect("yaml");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ambit"))
-        .args(["up", "-f"])
-        .arg(&dir)
-        .env("AMBIT_BIN", env!("CARGO_BIN_EXE_ambit"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("ambit up");
-    let stdout = child.stdout.take().expect("stdout");
-    let run = format!("ambit-{}", child.id());
-    let up = Up(child);
-    // Wait for "local cluster up" (the cluster file is written just before).
-    let mut lines = BufReader::new(stdout).lines();
-    let mut seen = Vec::new();
-    loop {
-        let line = tokio::task::block_in_place(|| lines.next())
-            .unwrap_or_else(|| panic!("ambit up ended early:\n{}", seen.join("\n")))
-            .expect("read");
-        seen.push(line.clone());
-        if line.starts_with("local cluster up") {
-            break;
-        }
-    }
-    // Keep draining its output so it never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
+    let up = tokio::task::block_in_place(|| Up::start("debug-tools", CLUSTER));
+    let run = up.run.clone();
 
     // proxy-status: both ztunnels and the waypoint, ready, with config.
     let mut status = String::new();
@@ -182,11 +106,7 @@ async fn debugging_a_denied_request() {
     );
 
     // The request, for real: a 403 from the waypoint.
-    let info: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(format!("/run/ambit/{run}/cluster.json")).expect("cluster.json"),
-    )
-    .expect("parse");
-    let client_ns = pod_field(&info, "shop/client", "netns");
+    let client_ns = up.pod_field("shop/client", "netns");
     let vip: SocketAddr = "10.96.0.60:8080".parse().expect("vip");
     let mut reply = String::new();
     for _ in 0..50 {
@@ -242,7 +162,7 @@ async fn debugging_a_denied_request() {
         ),
         "{l4}"
     );
-    let web_ip = pod_field(&info, "shop/web-0", "ip");
+    let web_ip = up.pod_field("shop/web-0", "ip");
     let refused = exchange(
         &client_ns,
         format!("{web_ip}:7000").parse().expect("addr"),
@@ -265,5 +185,4 @@ async fn debugging_a_denied_request() {
         none.contains(&format!("no running local cluster named {run}")),
         "{none}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

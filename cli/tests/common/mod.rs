@@ -84,3 +84,4 @@ pub fn status_of(reply: &str) -> u16 {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
 }
+pub mod up;

@@ -1,0 +1,339 @@
+//! `ambit dashboard`: what Kiali shows, built in. A web page served on
+//! loopback by the CLI with the live service graph of a running local
+//! cluster (workloads, traffic with rate, error share, p99 and the mTLS
+//! lock, refusals), a panel per workload (identity, node, the L4 policies
+//! that apply and the waypoint's L7 ones), and the config findings.
+//!
+//! Everything comes from the proxies' own endpoints (metrics `:15020`,
+//! `/config_dump`) and the cluster's directory, read when the page asks:
+//! `/api/graph`, `/api/workload?id=ns/name`, `/api/findings`.
+
+pub mod graph;
+pub mod prom;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ambit_cluster::info::ClusterInfo;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+use graph::{Counters, Graph};
+
+/// The page (plain HTML, CSS and JavaScript; no build step).
+const PAGE: &str = include_str!("page.html");
+
+/// Rates are over the scrapes of the last this many seconds.
+const WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
+/// The dashboard scrapes this often even with no page open, so a page
+/// opened later has rates at once.
+const SCRAPE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Where the dashboard listens.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DashboardArgs {
+    /// Address to serve on (loopback by default: the page shows identities
+    /// and policies).
+    #[arg(long, default_value = "127.0.0.1:20001")]
+    pub address: SocketAddr,
+    /// Which local cluster (`ambit-<pid>`; default: the newest).
+    #[arg(long)]
+    pub run: Option<String>,
+}
+
+/// The dashboard's state: the cluster and the recent scrapes rates are
+/// computed from.
+struct Dashboard {
+    run: Option<String>,
+    history: Mutex<VecDeque<(Instant, Counters)>>,
+}
+
+/// Serves until the process ends (or the listener fails).
+pub async fn run(args: DashboardArgs) -> anyhow::Result<()> {
+    // Fail early and clearly when there is nothing to show.
+    let cluster = crate::inspect::local_cluster(args.run.as_deref())?;
+    let listener = tokio::net::TcpListener::bind(args.address)
+        .await
+        .map_err(|e| anyhow::anyhow!("listening on {}: {e}", args.address))?;
+    println!(
+        "ambit dashboard for {} on http://{}/ (Ctrl-C to stop)",
+        cluster.run,
+        listener.local_addr()?
+    );
+    let dashboard = Arc::new(Dashboard {
+        run: args.run.clone(),
+        history: Mutex::new(VecDeque::new()),
+    });
+    let scraper = dashboard.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SCRAPE_EVERY);
+        loop {
+            tick.tick().await;
+            if let Ok(c) = crate::inspect::local_cluster(scraper.run.as_deref()) {
+                let _ = scraper.graph(&c).await;
+            }
+        }
+    });
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let d = dashboard.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let d = d.clone();
+                async move { Ok::<_, std::convert::Infallible>(d.answer(req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+fn json_reply(v: &Value) -> Response<Full<Bytes>> {
+    reply(StatusCode::OK, "application/json", v.to_string())
+}
+
+impl Dashboard {
+    async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let cluster = match crate::inspect::local_cluster(self.run.as_deref()) {
+            Ok(c) => c,
+            Err(e) => {
+                return reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("{e:#}"),
+                );
+            }
+        };
+        let query = req.uri().query().unwrap_or_default().to_string();
+        match req.uri().path() {
+            "/" => reply(StatusCode::OK, "text/html; charset=utf-8", PAGE),
+            "/api/graph" => match self.graph(&cluster).await {
+                Ok(g) => json_reply(&json!({"cluster": cluster.run, "graph": g})),
+                Err(e) => reply(StatusCode::BAD_GATEWAY, "text/plain", format!("{e:#}")),
+            },
+            "/api/workload" => {
+                let id = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("id="))
+                    .map(percent_decode)
+                    .unwrap_or_default();
+                match workload_detail(&cluster, &id).await {
+                    Ok(v) => json_reply(&v),
+                    Err(e) => reply(StatusCode::NOT_FOUND, "text/plain", format!("{e:#}")),
+                }
+            }
+            "/api/findings" => json_reply(&findings(&cluster)),
+            _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found"),
+        }
+    }
+
+    /// Nodes from node1's ztunnel; edges from every proxy's metrics, with
+    /// rates against the baseline scrape.
+    async fn graph(&self, cluster: &ClusterInfo) -> anyhow::Result<Graph> {
+        let first = cluster
+            .nodes
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("the cluster has no nodes"))?;
+        let dump = crate::inspect::ztunnel_dump(first).await?;
+        let waypoint_pods: Vec<String> = cluster
+            .pods
+            .iter()
+            .filter(|p| p.waypoint_for.is_some())
+            .map(|p| p.key.clone())
+            .collect();
+        let nodes = graph::nodes(&dump, &waypoint_pods);
+        let mut ztunnels = Vec::new();
+        for n in &cluster.nodes {
+            let text = crate::inspect::admin_text(&n.netns, n.metrics, "/metrics").await?;
+            ztunnels.push(prom::parse(&text));
+        }
+        let mut waypoints = Vec::new();
+        for p in cluster.pods.iter().filter(|p| p.waypoint_for.is_some()) {
+            let addr = SocketAddr::from(([127, 0, 0, 1], waypoint::admin::METRICS));
+            let text = crate::inspect::admin_text(&p.netns, addr, "/metrics").await?;
+            // The waypoint's own workload id, as the metrics name it.
+            let id = nodes
+                .iter()
+                .find(|n| n.waypoint && p.key.starts_with(&format!("{}/", n.namespace)))
+                .map_or_else(|| p.key.clone(), |n| n.id.clone());
+            waypoints.push((id, prom::parse(&text)));
+        }
+        let now = Counters::read(&ztunnels, &waypoints);
+        let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        while history.len() > 1 && history.front().is_some_and(|(at, _)| at.elapsed() > WINDOW) {
+            history.pop_front();
+        }
+        // Against the oldest scrape of the window (at least a second old).
+        let previous = history
+            .front()
+            .map(|(at, c)| (c, at.elapsed().as_secs_f64()))
+            .filter(|(_, secs)| *secs >= 1.0);
+        let edges = now.edges(previous);
+        let window_seconds = previous.map(|(_, s)| s);
+        history.push_back((Instant::now(), now));
+        Ok(Graph {
+            nodes,
+            edges,
+            window_seconds,
+        })
+    }
+}
+
+/// `%2F` and friends in a query value (`+` is a space); a `%` not
+/// followed by two hex digits stays as it is.
+fn percent_decode(s: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let decoded = (bytes[i] == b'%')
+            .then(|| Some(hex(*bytes.get(i + 1)?)? * 16 + hex(*bytes.get(i + 2)?)?))
+            .flatten();
+        match (decoded, bytes[i]) {
+            (Some(b), _) => {
+                out.push(b);
+                i += 3;
+            }
+            (None, b'+') => {
+                out.push(b' ');
+                i += 1;
+            }
+            (None, b) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One workload: where it runs, its identity, the L4 policies ztunnel
+/// applies to it and, for Services behind a waypoint, the L7 ones.
+async fn workload_detail(cluster: &ClusterInfo, id: &str) -> anyhow::Result<Value> {
+    let (ns, name) = id
+        .split_once('/')
+        .ok_or_else(|| anyhow::anyhow!("id {id:?}: write namespace/workload"))?;
+    let first = cluster
+        .nodes
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("the cluster has no nodes"))?;
+    let dump = crate::inspect::ztunnel_dump(first).await?;
+    let workload = dump["workloads"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|w| {
+            w["namespace"] == ns
+                && (w["workloadName"] == name || (w["workloadName"] == "" && w["name"] == name))
+        })
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no workload {id}"))?;
+    let listed: Vec<&str> = workload["authorizationPolicies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let l4: Vec<Value> = dump["policies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            let key = format!(
+                "{}/{}",
+                p["namespace"].as_str().unwrap_or_default(),
+                p["name"].as_str().unwrap_or_default()
+            );
+            match p["scope"].as_str() {
+                Some("Global") => true,
+                Some("Namespace") => p["namespace"] == ns,
+                _ => listed.contains(&key.as_str()),
+            }
+        })
+        .map(|p| json!({"name": format!("{}/{}", p["namespace"].as_str().unwrap_or_default(), p["name"].as_str().unwrap_or_default()), "action": p["action"], "scope": p["scope"]}))
+        .collect();
+    let services: Vec<String> = workload["services"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    // L7 policies from the waypoints serving this workload's Services.
+    let mut l7 = Vec::new();
+    for p in cluster.pods.iter().filter(|p| p.waypoint_for.is_some()) {
+        let Ok(d) = crate::inspect::waypoint_dump(p).await else {
+            continue;
+        };
+        for s in d["services"].as_array().into_iter().flatten() {
+            let host = s["hostname"].as_str().unwrap_or_default();
+            if services.iter().any(|k| k.ends_with(&format!("/{host}"))) {
+                for policy in s["policies"].as_array().into_iter().flatten() {
+                    l7.push(json!({"service": host, "waypoint": d["waypoint"], "name": policy}));
+                }
+            }
+        }
+    }
+    Ok(json!({
+        "id": id,
+        "workload": workload,
+        "services": services,
+        "l4Policies": l4,
+        "l7Policies": l7,
+    }))
+}
+
+/// The config findings of the cluster's directory, as `ambit analyze`.
+fn findings(cluster: &ClusterInfo) -> Value {
+    let Some(dir) = &cluster.config_dir else {
+        return json!([]);
+    };
+    let res = match crate::explain::placed(dir, Some(cluster)) {
+        Ok((r, _)) => r,
+        Err(e) => return json!([{"severity": "Error", "message": format!("{e:#}")}]),
+    };
+    let t = ambit_api::translate::translate(&res);
+    Value::Array(
+        t.findings
+            .iter()
+            .map(|f| {
+                json!({
+                    "severity": format!("{:?}", f.severity),
+                    "object": f.object,
+                    "field": f.field,
+                    "file": f.source.to_string(),
+                    "message": f.message,
+                })
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn query_values_are_decoded() {
+        assert_eq!(super::percent_decode("shop%2Fweb-0"), "shop/web-0");
+        assert_eq!(super::percent_decode("a+b%zz"), "a b%zz");
+        assert_eq!(super::percent_decode("%2"), "%2");
+    }
+}
