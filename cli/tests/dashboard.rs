@@ -19,14 +19,14 @@ use serde_json::{Value, json};
 
 const CLUSTER: &str = include_str!("fixtures/shop_waypoint.yaml");
 
-/// A finding the dashboard must list (Telemetry accessLogging is reported,
-/// not applied).
+/// A finding the dashboard must list (Telemetry metrics overrides are
+/// reported, not applied).
 const WITH_FINDING: &str = "---
 apiVersion: telemetry.istio.io/v1
 kind: Telemetry
-metadata: {name: logs, namespace: shop}
+metadata: {name: metrics, namespace: shop}
 spec:
-  accessLogging: [{providers: [{name: envoy}]}]
+  metrics: [{overrides: [{disabled: true}]}]
 ";
 
 /// A process killed when dropped.
@@ -331,7 +331,7 @@ async fn the_graph_shows_the_traffic_in_a_real_browser() {
         b.wait_text("#l4-policies", "shop/no-7000");
         b.wait_text("#l7-policies", "shop/no-admin");
         // The config findings.
-        b.wait_text("#findings", "spec.accessLogging");
+        b.wait_text("#findings", "spec.metrics");
         let shot =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/dashboard-test.png");
         b.screenshot(&shot);

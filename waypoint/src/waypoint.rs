@@ -525,10 +525,14 @@ impl Waypoint {
         let traced = span
             .filter(crate::trace::RequestSpan::sampled)
             .zip(svc.and_then(|s| s.service().tracing.clone()));
+        // Telemetry `accessLogging` (or the mesh config) decides per Service;
+        // a request no Service took is always logged.
+        let access_log = svc.is_none_or(|s| s.service().access_log.is_some());
         let finish: Finish = Box::new(move |response_bytes| {
             let ms = started.elapsed().as_secs_f64() * 1000.0;
             // Envoy's access log fields, as Istio's waypoints write them.
-            info!(
+            if access_log {
+                info!(
                 target: "access",
                 reporter = "waypoint",
                 src.addr = %client,
@@ -549,7 +553,8 @@ impl Waypoint {
                 bytes_sent = response_bytes,
                 duration_ms = ms,
                 "request"
-            );
+                );
+            }
             if let Some((span, tracing)) = traced {
                 // Envoy's span for Istio: `<host>:<port>/*`, its HTTP and
                 // Istio tags, an error status for 5xx.

@@ -1,7 +1,8 @@
 //! Istio `telemetry.istio.io` `Telemetry`, as users write it. Ambit
 //! interprets `tracing` (providers, `randomSamplingPercentage`,
-//! `disableSpanReporting`) for waypoints; other fields are accepted and
-//! reported by translation as having no effect. Unknown fields are refused.
+//! `disableSpanReporting`) and `accessLogging` (providers, `disabled`) for
+//! waypoints; other fields are accepted and reported by translation as
+//! having no effect. Unknown fields are refused.
 
 use serde::{Deserialize, Serialize};
 
@@ -27,9 +28,9 @@ pub struct TelemetrySpec {
     /// Tracing: which providers, how much is sampled.
     #[serde(default)]
     pub tracing: Vec<Tracing>,
-    /// Access logging (reported, not interpreted yet).
+    /// Access logging: which providers, or off.
     #[serde(default)]
-    pub access_logging: Raw,
+    pub access_logging: Vec<AccessLogging>,
     /// Metrics overrides (reported, not interpreted).
     #[serde(default)]
     pub metrics: Raw,
@@ -61,6 +62,25 @@ pub struct Tracing {
     /// Trace context propagation choice (reported, not interpreted).
     #[serde(default)]
     pub enable_istio_tags: Raw,
+}
+
+/// One `spec.accessLogging[]` entry.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessLogging {
+    /// `CLIENT_AND_SERVER` (default), `CLIENT`, `SERVER` (reported).
+    #[serde(default, rename = "match")]
+    pub match_: Raw,
+    /// Providers (`envoy`, or mesh config `extensionProviders` with
+    /// `envoyFileAccessLog`); none: `defaultProviders.accessLogging`.
+    #[serde(default)]
+    pub providers: Vec<ProviderRef>,
+    /// Turns access logging off.
+    #[serde(default)]
+    pub disabled: Option<bool>,
+    /// A CEL filter on what is logged (reported, not interpreted).
+    #[serde(default)]
+    pub filter: Raw,
 }
 
 /// `providers[]`.

@@ -692,7 +692,7 @@ pub(super) fn translate_l7(res: &Resources, waypoints: &Waypoints, out: &mut Tra
             rules.insert(host, (policy, subs, ctx.object.clone()));
         }
     }
-    let tracing = super::telemetry::TracingPolicies::new(res, out);
+    let telemetry = super::telemetry::TelemetryPolicies::new(res, out);
     let mut routes: BTreeMap<String, HostRoutes> = BTreeMap::new();
     for (source, vs) in &res.virtual_services {
         let ns = ns_of(&vs.metadata);
@@ -944,7 +944,8 @@ pub(super) fn translate_l7(res: &Resources, waypoints: &Waypoints, out: &mut Tra
                 b.value.clone()
             })
             .collect();
-        let tracing = tracing.for_service(&ns, &name, &waypoint, &out.mesh, &out.config);
+        let access_log = telemetry.access_log_for(&ns, &name, &waypoint, &out.mesh);
+        let tracing = telemetry.for_service(&ns, &name, &waypoint, &out.mesh, &out.config);
         let mesh = out.config.services.iter().find(|s| s.hostname == hostname);
         let service_backends = backends.for_service(&hostname, &http, &tcp);
         out.l7.push(pb::L7Service {
@@ -978,6 +979,7 @@ pub(super) fn translate_l7(res: &Resources, waypoints: &Waypoints, out: &mut Tra
             rate_limits,
             sources,
             tracing,
+            access_log,
         });
     }
 }

@@ -43,6 +43,13 @@ pub struct MeshConfig {
     /// `defaultConfig.tracing.sampling` in thousandths of a percent (Istio's
     /// default 1%).
     pub tracing_sampling_millipercent: u32,
+    /// `accessLogFile`: set (any path), waypoints log every request unless a
+    /// Telemetry turns it off (the line goes to the proxy's log).
+    pub access_log_file: String,
+    /// `extensionProviders[]` names with `envoyFileAccessLog`.
+    pub access_log_providers: Vec<String>,
+    /// `defaultProviders.accessLogging`.
+    pub default_access_log_providers: Vec<String>,
 }
 
 /// One `extensionProviders[]` entry with an `opentelemetry` collector.
@@ -66,6 +73,9 @@ impl Default for MeshConfig {
             extension_providers: vec![],
             default_tracing_providers: vec![],
             tracing_sampling_millipercent: 1000,
+            access_log_file: String::new(),
+            access_log_providers: vec![],
+            default_access_log_providers: vec![],
         }
     }
 }
@@ -172,17 +182,40 @@ pub fn parse_mesh(
                 Some(list) => {
                     for (i, p) in list.iter().enumerate() {
                         match extension_provider(p) {
-                            Ok(Some(provider)) => mesh.extension_providers.push(provider),
-                            Ok(None) => report(
+                            Ok(Provider::Tracing(provider)) => {
+                                mesh.extension_providers.push(provider)
+                            }
+                            Ok(Provider::AccessLog(name)) => mesh.access_log_providers.push(name),
+                            Ok(Provider::Other) => report(
                                 Severity::Warning,
                                 &format!("{path}[{i}]"),
-                                "only opentelemetry (OTLP over gRPC) providers are interpreted: this provider has no effect".into(),
+                                "only opentelemetry (OTLP over gRPC) tracing and envoyFileAccessLog providers are interpreted: this provider has no effect".into(),
                             ),
                             Err(e) => report(Severity::Error, &format!("{path}[{i}]"), e),
                         }
                     }
                 }
                 None => report(Severity::Error, &path, "must be a list".into()),
+            },
+            "accessLogFile" => match value.as_str() {
+                Some(f) => mesh.access_log_file = f.to_string(),
+                None => report(Severity::Error, &path, "must be a file path".into()),
+            },
+            "accessLogEncoding" => match value.as_str() {
+                Some("TEXT") => {}
+                Some("JSON") => report(
+                    Severity::Warning,
+                    &path,
+                    "the access log's encoding is the proxy's log format: set LOG_FORMAT=json in the waypoint's environment (one format per process)".into(),
+                ),
+                _ => report(Severity::Error, &path, format!("{value:?} is not TEXT or JSON")),
+            },
+            "defaultProviders.accessLogging" => match value.as_sequence() {
+                Some(list) => {
+                    mesh.default_access_log_providers =
+                        list.iter().filter_map(Value::as_str).map(str::to_string).collect()
+                }
+                None => report(Severity::Error, &path, "must be a list of provider names".into()),
             },
             "defaultProviders.tracing" => match value.as_sequence() {
                 Some(list) => {
@@ -218,16 +251,28 @@ pub fn parse_mesh(
     mesh
 }
 
-/// An `extensionProviders[]` entry: `Ok(None)` for a kind Ambit does not
-/// export to (zipkin, envoyFileAccessLog, ...).
-fn extension_provider(p: &Value) -> Result<Option<TracingProvider>, String> {
+/// What an `extensionProviders[]` entry is to Ambit.
+enum Provider {
+    /// An OpenTelemetry collector for spans.
+    Tracing(TracingProvider),
+    /// `envoyFileAccessLog`: access lines (in the proxy's log; the path and
+    /// format are the process's).
+    AccessLog(String),
+    /// A kind Ambit does not export to (zipkin, envoyExtAuthz, ...).
+    Other,
+}
+
+fn extension_provider(p: &Value) -> Result<Provider, String> {
     let name = p["name"]
         .as_str()
         .filter(|n| !n.is_empty())
         .ok_or("name is required")?
         .to_string();
+    if p.get("envoyFileAccessLog").is_some() {
+        return Ok(Provider::AccessLog(name));
+    }
     let Some(otel) = p.get("opentelemetry") else {
-        return Ok(None);
+        return Ok(Provider::Other);
     };
     let service = otel["service"]
         .as_str()
@@ -244,7 +289,7 @@ fn extension_provider(p: &Value) -> Result<Option<TracingProvider>, String> {
             "opentelemetry.http (OTLP over HTTP) is not supported: use the gRPC port".into(),
         );
     }
-    Ok(Some(TracingProvider {
+    Ok(Provider::Tracing(TracingProvider {
         name,
         service,
         port,
@@ -435,8 +480,9 @@ mod tests {
             "trustDomain: example.org\ntrustDomainAliases: [old.example]\nrootNamespace: istio-system\n\
              pathNormalization: {normalization: MERGE_SLASHES}\n\
              defaultConfig: {gatewayTopology: {numTrustedProxies: 2}, tracing: {sampling: 2.5}}\n\
-             defaultProviders: {tracing: [otel]}\n\
-             extensionProviders: [{name: otel, opentelemetry: {service: otel.o.svc.cluster.local, port: 4317}}]\n",
+             defaultProviders: {tracing: [otel], accessLogging: [file]}\n\
+             extensionProviders: [{name: otel, opentelemetry: {service: otel.o.svc.cluster.local, port: 4317}}, {name: file, envoyFileAccessLog: {path: /dev/stdout}}]\n\
+             accessLogFile: /dev/stdout\naccessLogEncoding: TEXT\n",
         );
         assert!(findings.is_empty(), "{findings:?}");
         assert_eq!(
@@ -453,6 +499,9 @@ mod tests {
                 }],
                 default_tracing_providers: vec!["otel".into()],
                 tracing_sampling_millipercent: 2500,
+                access_log_file: "/dev/stdout".into(),
+                access_log_providers: vec!["file".into()],
+                default_access_log_providers: vec!["file".into()],
             }
         );
         let (_, bad) = parse("extensionProviders: [{name: x, opentelemetry: {service: s}}]");

@@ -1,18 +1,28 @@
-//! Telemetry `tracing` for waypoints: which OpenTelemetry collector gets a
-//! Service's spans and how many traces are sampled.
+//! Telemetry for waypoints: which OpenTelemetry collector gets a Service's
+//! spans and how many traces are sampled, and whether its requests are
+//! access-logged.
 //!
-//! As Istio, the most specific Telemetry wins: one whose `targetRefs` name
-//! the Service or its waypoint (Gateway), then one in the waypoint's
-//! namespace without a selector, then one in the root namespace; with none,
-//! the mesh config's `defaultProviders.tracing`. Its first `tracing` entry
-//! names providers (mesh config `extensionProviders`, OpenTelemetry only) and
-//! `randomSamplingPercentage` (default: `defaultConfig.tracing.sampling`,
+//! As Istio, for each of the two the most specific Telemetry that speaks
+//! about it wins: one whose `targetRefs` name the Service or its waypoint
+//! (Gateway), then one in the waypoint's namespace without a selector, then
+//! one in the root namespace; with none, the mesh config.
+//!
+//! Tracing: the first `tracing` entry names providers (mesh config
+//! `extensionProviders`, OpenTelemetry only; none: `defaultProviders.tracing`)
+//! and `randomSamplingPercentage` (default `defaultConfig.tracing.sampling`,
 //! 1%); `disableSpanReporting` turns spans off. The controller resolves the
 //! collector Service to its endpoints, as Envoy's cluster would.
 //!
-//! Everything else in a Telemetry is reported: `accessLogging` and `metrics`
-//! (not interpreted yet), `selector` (selects pods, which waypoints are not),
-//! `customTags` and the other tracing knobs.
+//! Access logging: the first `accessLogging` entry turns it on (providers
+//! `envoy` or an `envoyFileAccessLog` extension provider; none:
+//! `defaultProviders.accessLogging`) or off (`disabled: true`). With no
+//! Telemetry it is on when the mesh config sets `accessLogFile` or
+//! `defaultProviders.accessLogging`, as Istio's Envoy logs. Lines go to the
+//! waypoint's own log (target `access`).
+//!
+//! Everything else in a Telemetry is reported: `metrics` (not interpreted),
+//! `selector` (selects pods, which waypoints are not), `customTags`,
+//! `filter` and the other knobs.
 
 use super::Translation;
 use super::l7::Ctx;
@@ -33,22 +43,25 @@ enum Scope {
     Targets(Vec<(String, String, String)>),
 }
 
-/// One Telemetry's tracing, checked.
+/// One Telemetry, checked.
 #[derive(Clone, Debug)]
 struct Entry {
     scope: Scope,
-    /// `None`: span reporting disabled (or no usable provider).
-    tracing: Option<(crate::translate::mesh::TracingProvider, f64)>,
+    /// `None`: says nothing about tracing; `Some(None)`: spans off (or no
+    /// usable provider).
+    tracing: Option<Option<(crate::translate::mesh::TracingProvider, f64)>>,
+    /// `None`: says nothing about access logging; `Some(on)`.
+    access_log: Option<bool>,
     source: String,
 }
 
 /// Every Telemetry with a `tracing` entry, checked once.
 #[derive(Debug, Default)]
-pub(super) struct TracingPolicies {
+pub(super) struct TelemetryPolicies {
     entries: Vec<Entry>,
 }
 
-impl TracingPolicies {
+impl TelemetryPolicies {
     /// Reads every Telemetry of `res`, reporting what Ambit does not
     /// interpret.
     pub(super) fn new(res: &Resources, out: &mut Translation) -> Self {
@@ -64,19 +77,18 @@ impl TracingPolicies {
                 entries.push(e);
             }
         }
-        TracingPolicies { entries }
+        TelemetryPolicies { entries }
     }
 
-    /// The tracing of Service `name` in `ns`, served by `waypoints`
-    /// (`(namespace, gateway)`), with its collector resolved in `config`.
-    pub(super) fn for_service(
+    /// The most specific entry for Service `name` in `ns` served by
+    /// `waypoints` among those `speaks` about the field.
+    fn most_specific(
         &self,
         ns: &str,
         name: &str,
         waypoints: &[(String, String)],
-        mesh: &MeshConfig,
-        config: &LocalConfig,
-    ) -> Option<pb::Tracing> {
+        speaks: impl Fn(&Entry) -> bool,
+    ) -> Option<&Entry> {
         let targeted = |e: &&Entry| match &e.scope {
             Scope::Targets(t) => t.iter().any(|(kind, tns, tname)| {
                 (kind == "Service" && tns == ns && tname == name)
@@ -89,15 +101,47 @@ impl TracingPolicies {
             Scope::Namespace(n) => waypoints.iter().any(|(wns, _)| wns == n) || n == ns,
             _ => false,
         };
-        let chosen = self
-            .entries
-            .iter()
+        let candidates = || self.entries.iter().filter(|e| speaks(e));
+        candidates()
             .find(targeted)
-            .or_else(|| self.entries.iter().find(in_namespace))
-            .or_else(|| self.entries.iter().find(|e| e.scope == Scope::Mesh));
+            .or_else(|| candidates().find(in_namespace))
+            .or_else(|| candidates().find(|e| e.scope == Scope::Mesh))
+    }
+
+    /// Whether Service `name` in `ns`, served by `waypoints`, is access-logged.
+    pub(super) fn access_log_for(
+        &self,
+        ns: &str,
+        name: &str,
+        waypoints: &[(String, String)],
+        mesh: &MeshConfig,
+    ) -> Option<pb::AccessLog> {
+        match self.most_specific(ns, name, waypoints, |e| e.access_log.is_some()) {
+            Some(e) => (e.access_log == Some(true)).then(|| pb::AccessLog {
+                source: e.source.clone(),
+            }),
+            None => (!mesh.access_log_file.is_empty()
+                || !mesh.default_access_log_providers.is_empty())
+            .then(|| pb::AccessLog {
+                source: "mesh config".into(),
+            }),
+        }
+    }
+
+    /// The tracing of Service `name` in `ns`, served by `waypoints`
+    /// (`(namespace, gateway)`), with its collector resolved in `config`.
+    pub(super) fn for_service(
+        &self,
+        ns: &str,
+        name: &str,
+        waypoints: &[(String, String)],
+        mesh: &MeshConfig,
+        config: &LocalConfig,
+    ) -> Option<pb::Tracing> {
+        let chosen = self.most_specific(ns, name, waypoints, |e| e.tracing.is_some());
         let (provider, sampling, source) = match chosen {
             Some(e) => {
-                let (p, s) = e.tracing.clone()?;
+                let (p, s) = e.tracing.clone().flatten()?;
                 (p, s, e.source.clone())
             }
             None => {
@@ -131,12 +175,6 @@ fn entry(ctx: &mut Ctx<'_>, t: &Telemetry, mesh: &MeshConfig) -> Option<Entry> {
         .namespace
         .clone()
         .unwrap_or_else(|| "default".into());
-    if spec.access_logging.is_some() {
-        ctx.warn(
-            "spec.accessLogging".into(),
-            "not interpreted yet: proxies write their access log as configured by RUST_LOG",
-        );
-    }
     if spec.metrics.is_some() {
         ctx.warn(
             "spec.metrics".into(),
@@ -166,6 +204,85 @@ fn entry(ctx: &mut Ctx<'_>, t: &Telemetry, mesh: &MeshConfig) -> Option<Entry> {
             return None;
         }
     }
+    let scope = if !targets.is_empty() {
+        Scope::Targets(
+            targets
+                .iter()
+                .map(|r| {
+                    (
+                        r.kind.clone(),
+                        r.namespace.clone().unwrap_or_else(|| ns.clone()),
+                        r.name.clone(),
+                    )
+                })
+                .collect(),
+        )
+    } else if ns == ROOT_NAMESPACE {
+        Scope::Mesh
+    } else {
+        Scope::Namespace(ns.clone())
+    };
+    let source = format!("{ns}/{}", t.metadata.name.clone().unwrap_or_default());
+    let access_log = access_logging(ctx, t, mesh);
+    let tracing = tracing(ctx, t, mesh);
+    (tracing.is_some() || access_log.is_some()).then_some(Entry {
+        scope,
+        tracing,
+        access_log,
+        source,
+    })
+}
+
+/// The first `accessLogging` entry: on or off (`None`: none given).
+fn access_logging(ctx: &mut Ctx<'_>, t: &Telemetry, mesh: &MeshConfig) -> Option<bool> {
+    let first = t.spec.access_logging.first()?;
+    if t.spec.access_logging.len() > 1 {
+        ctx.warn(
+            "spec.accessLogging[1]".into(),
+            "only the first accessLogging entry is interpreted",
+        );
+    }
+    for (field, set) in [
+        ("match", first.match_.is_some()),
+        ("filter", first.filter.is_some()),
+    ] {
+        if set {
+            ctx.warn(
+                format!("spec.accessLogging[0].{field}"),
+                "not interpreted: every request is logged",
+            );
+        }
+    }
+    if first.disabled == Some(true) {
+        return Some(false);
+    }
+    let names: Vec<String> = if first.providers.is_empty() {
+        mesh.default_access_log_providers.clone()
+    } else {
+        first.providers.iter().map(|p| p.name.clone()).collect()
+    };
+    let known = |n: &String| n == "envoy" || mesh.access_log_providers.contains(n);
+    if !names.is_empty() && !names.iter().any(known) {
+        ctx.error(
+            "spec.accessLogging[0].providers".into(),
+            format!(
+                "{names:?}: not `envoy` nor an envoyFileAccessLog extensionProvider in the mesh config: no access log"
+            ),
+        );
+        return Some(false);
+    }
+    Some(true)
+}
+
+/// The first `tracing` entry: the provider and sampling, or spans off
+/// (`None`: none given).
+#[allow(clippy::type_complexity)]
+fn tracing(
+    ctx: &mut Ctx<'_>,
+    t: &Telemetry,
+    mesh: &MeshConfig,
+) -> Option<Option<(crate::translate::mesh::TracingProvider, f64)>> {
+    let spec = &t.spec;
     let first = spec.tracing.first()?;
     if spec.tracing.len() > 1 {
         ctx.warn(
@@ -189,25 +306,6 @@ fn entry(ctx: &mut Ctx<'_>, t: &Telemetry, mesh: &MeshConfig) -> Option<Entry> {
             );
         }
     }
-    let scope = if !targets.is_empty() {
-        Scope::Targets(
-            targets
-                .iter()
-                .map(|r| {
-                    (
-                        r.kind.clone(),
-                        r.namespace.clone().unwrap_or_else(|| ns.clone()),
-                        r.name.clone(),
-                    )
-                })
-                .collect(),
-        )
-    } else if ns == ROOT_NAMESPACE {
-        Scope::Mesh
-    } else {
-        Scope::Namespace(ns.clone())
-    };
-    let source = format!("{ns}/{}", t.metadata.name.clone().unwrap_or_default());
     let sampling = match first.random_sampling_percentage {
         Some(p) if (0.0..=100.0).contains(&p) => p,
         Some(p) => {
@@ -215,20 +313,12 @@ fn entry(ctx: &mut Ctx<'_>, t: &Telemetry, mesh: &MeshConfig) -> Option<Entry> {
                 "spec.tracing[0].randomSamplingPercentage".into(),
                 format!("{p} is not a percentage (0 to 100): no spans are reported"),
             );
-            return Some(Entry {
-                scope,
-                tracing: None,
-                source,
-            });
+            return Some(None);
         }
         None => f64::from(mesh.tracing_sampling_millipercent) / 1000.0,
     };
     if first.disable_span_reporting == Some(true) {
-        return Some(Entry {
-            scope,
-            tracing: None,
-            source,
-        });
+        return Some(None);
     }
     let names: Vec<String> = if first.providers.is_empty() {
         mesh.default_tracing_providers.clone()
@@ -247,11 +337,7 @@ fn entry(ctx: &mut Ctx<'_>, t: &Telemetry, mesh: &MeshConfig) -> Option<Entry> {
             ),
         );
     }
-    Some(Entry {
-        scope,
-        tracing: provider.map(|p| (p, sampling)),
-        source,
-    })
+    Some(provider.map(|p| (p, sampling)))
 }
 
 /// The collector Service's endpoints (`ip:targetPort`): `service` is
@@ -396,7 +482,7 @@ spec:
     #[test]
     fn unknown_providers_and_uninterpreted_fields_are_findings() {
         let bad = "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: shop, namespace: shop}\n\
-                   spec: {accessLogging: [{providers: [{name: envoy}]}], tracing: [{providers: [{name: jaeger}], customTags: {a: {literal: {value: b}}}}]}\n";
+                   spec: {metrics: [{overrides: []}], accessLogging: [{providers: [{name: splunk}]}], tracing: [{providers: [{name: jaeger}], customTags: {a: {literal: {value: b}}}}]}\n";
         let t = run(bad);
         let field = |f: &str| {
             t.findings
@@ -406,9 +492,47 @@ spec:
         };
         assert_eq!(field("spec.tracing[0].providers"), Some(Severity::Error));
         assert_eq!(field("spec.tracing[0].customTags"), Some(Severity::Warning));
-        assert_eq!(field("spec.accessLogging"), Some(Severity::Warning));
+        assert_eq!(field("spec.metrics"), Some(Severity::Warning));
+        assert_eq!(
+            field("spec.accessLogging[0].providers"),
+            Some(Severity::Error)
+        );
         // The broken namespace Telemetry is the most specific: no spans
         // rather than the mesh's choice.
         assert_eq!(web_tracing(&t), None);
+    }
+
+    fn web_access_log(t: &crate::translate::Translation) -> Option<String> {
+        t.l7.iter()
+            .find(|s| s.name == "web")
+            .expect("web bound to the waypoint")
+            .access_log
+            .as_ref()
+            .map(|a| a.source.clone())
+    }
+
+    #[test]
+    fn access_logging_follows_the_most_specific_telemetry() {
+        // No Telemetry says anything and no accessLogFile: off, as Envoy.
+        assert_eq!(web_access_log(&run("")), None);
+        // The mesh turns it on...
+        let on = "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: logs, namespace: istio-system}\n\
+                  spec: {accessLogging: [{providers: [{name: envoy}]}]}\n";
+        assert_eq!(
+            web_access_log(&run(on)).as_deref(),
+            Some("istio-system/logs")
+        );
+        // ...the waypoint's own Telemetry turns it off, without touching
+        // tracing (each field has its own most specific Telemetry).
+        let off = format!(
+            "{on}---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: quiet, namespace: shop}}\n\
+             spec: {{targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}], accessLogging: [{{disabled: true}}]}}\n"
+        );
+        let t = run(&off);
+        assert_eq!(web_access_log(&t), None);
+        assert_eq!(
+            web_tracing(&t).map(|t| t.source),
+            Some("istio-system/mesh-default".into())
+        );
     }
 }
