@@ -42,6 +42,24 @@ pub fn analyze(dir: &Path) -> anyhow::Result<Vec<Finding>> {
     Ok(findings)
 }
 
+/// The findings for a cluster's objects (`errors`: those that did not
+/// load), as the controller would report them.
+pub fn analyze_live(all: &Resources, errors: &[ambit_api::k8s::LoadError]) -> Vec<Finding> {
+    let mut findings: Vec<Finding> = errors
+        .iter()
+        .map(|e| Finding {
+            severity: Severity::Error,
+            code: ambit_api::translate::codes::SCHEMA_VALIDATION_ERROR,
+            source: e.source_ref.clone(),
+            object: e.object.clone(),
+            field: String::new(),
+            message: e.message.clone(),
+        })
+        .collect();
+    findings.extend(ambit_api::validate::validate(all));
+    findings
+}
+
 /// How findings are printed (`istioctl analyze -o`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -131,15 +149,14 @@ impl From<&Finding> for Message {
 }
 
 /// The findings in `output` form.
-pub fn format(findings: &[Finding], output: Output, dir: &Path) -> anyhow::Result<String> {
+pub fn format(findings: &[Finding], output: Output, what: &str) -> anyhow::Result<String> {
     let messages: Vec<Message> = findings.iter().map(Message::from).collect();
     Ok(match output {
         Output::Json => serde_json::to_string_pretty(&messages)? + "\n",
         Output::Yaml => serde_yaml::to_string(&messages)?,
-        Output::Log if findings.is_empty() => format!(
-            "\u{2714} No validation issues found when analyzing {}.\n",
-            dir.display()
-        ),
+        Output::Log if findings.is_empty() => {
+            format!("\u{2714} No validation issues found when analyzing {what}.\n")
+        }
         Output::Log => findings.iter().map(|f| render(f) + "\n").collect(),
     })
 }
@@ -147,7 +164,13 @@ pub fn format(findings: &[Finding], output: Output, dir: &Path) -> anyhow::Resul
 /// Runs the command; returns the exit status.
 pub fn run(dir: &Path, output: Output) -> anyhow::Result<i32> {
     let findings = analyze(dir)?;
-    print!("{}", format(&findings, output, dir)?);
+    report(&findings, output, &dir.display().to_string())
+}
+
+/// Prints `findings` and returns the exit status (79 with errors, as
+/// `istioctl analyze`).
+pub fn report(findings: &[Finding], output: Output, what: &str) -> anyhow::Result<i32> {
+    print!("{}", format(findings, output, what)?);
     let errors = findings
         .iter()
         .filter(|f| f.severity == Severity::Error)

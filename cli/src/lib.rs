@@ -9,6 +9,7 @@ pub mod echo;
 pub mod explain;
 pub mod inspect;
 pub mod install;
+pub mod live;
 pub mod precheck;
 pub mod trace_sink;
 pub mod waypoint_cmd;

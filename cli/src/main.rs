@@ -34,12 +34,16 @@ enum Command {
         #[arg(long)]
         ztunnel_processes: bool,
     },
-    /// Validate a directory of Kubernetes/Istio YAML the way the controller
-    /// will (exit 79 on errors, as `istioctl analyze`).
+    /// Validate a directory of Kubernetes/Istio YAML, or without `-f` the
+    /// objects of the Kubernetes cluster (KUBECONFIG, `--context`), the way
+    /// the controller will (exit 79 on errors, as `istioctl analyze`).
     Analyze {
-        /// Directory of YAML files.
+        /// Directory of YAML files (default: the Kubernetes cluster).
         #[arg(short = 'f', long = "file")]
-        dir: PathBuf,
+        dir: Option<PathBuf>,
+        /// Kubeconfig context (without `-f`).
+        #[arg(long)]
+        context: Option<String>,
         /// Output format (istioctl's: `log`, `json`, `yaml`).
         #[arg(short = 'o', long = "output", value_enum, default_value = "log")]
         output: analyze::Output,
@@ -118,9 +122,31 @@ enum XAction {
     /// hop by hop (source ztunnel, waypoint, destination ztunnel), naming
     /// the policy and rule that decide it.
     Explain(ambit::explain::ExplainArgs),
+    /// Which policies apply to a pod and where they are enforced (ztunnel
+    /// L4, waypoint L7), as `istioctl x authz check`.
+    Authz {
+        #[command(subcommand)]
+        action: AuthzAction,
+    },
     /// A small OpenTelemetry collector: receives OTLP/gRPC spans and
     /// prints each as a JSON line (point a mesh config extensionProvider at it).
     TraceSink(ambit::trace_sink::TraceSinkArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum AuthzAction {
+    /// The policies that apply to pod `NAMESPACE/POD` of the running local
+    /// cluster.
+    Check {
+        /// The pod, `namespace/name`.
+        pod: String,
+        /// Which local cluster (`ambit-<pid>`; default: the newest).
+        #[arg(long)]
+        run: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: ambit::inspect::Output,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -134,6 +160,32 @@ enum WaypointAction {
         dir: PathBuf,
         #[command(flatten)]
         args: ambit::waypoint_cmd::WaypointArgs,
+    },
+    /// The waypoints (Gateways of class istio-waypoint) and whether each is
+    /// programmed: of the running local cluster, or with `--context`/`--kube`
+    /// of the Kubernetes cluster.
+    List {
+        #[command(flatten)]
+        at: ambit::waypoint_cmd::Where,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: ambit::inspect::Output,
+    },
+    /// One waypoint's Programmed condition (reason and message).
+    Status {
+        /// The waypoint (Gateway) name.
+        #[arg(default_value = "waypoint")]
+        name: String,
+        #[command(flatten)]
+        at: ambit::waypoint_cmd::Where,
+    },
+    /// Delete a waypoint: the Gateway in the Kubernetes cluster, or its file
+    /// in the local cluster's directory (as `waypoint apply` wrote it).
+    Delete {
+        /// The waypoint (Gateway) name.
+        name: String,
+        #[command(flatten)]
+        at: ambit::waypoint_cmd::Where,
     },
 }
 
@@ -154,6 +206,7 @@ fn main() -> anyhow::Result<()> {
                     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
             )
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
     let workers = if matches!(cli.command, Command::Ztunnel) {
@@ -177,8 +230,20 @@ fn main() -> anyhow::Result<()> {
             nodes,
             ztunnel_processes,
         } => rt.block_on(up(dir, nodes, ztunnel_processes)),
-        Command::Analyze { dir, output } => {
-            let code = analyze::run(&dir, output)?;
+        Command::Analyze {
+            dir,
+            context,
+            output,
+        } => {
+            let code = match dir {
+                Some(dir) => analyze::run(&dir, output)?,
+                None => rt.block_on(async {
+                    let client = ambit::live::client(context.as_deref()).await?;
+                    let (resources, errors) = ambit::live::snapshot(client).await?;
+                    let findings = analyze::analyze_live(&resources, &errors);
+                    analyze::report(&findings, output, "the cluster")
+                })?,
+            };
             std::process::exit(code)
         }
         Command::Waypoint { action } => match action {
@@ -192,6 +257,43 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(())
             }
+            WaypointAction::List { at, output } => rt.block_on(async {
+                let rows = ambit::waypoint_cmd::list(&at).await?;
+                match output {
+                    ambit::inspect::Output::Table => {
+                        print!("{}", ambit::live::waypoint_table(&rows))
+                    }
+                    other => print!(
+                        "{}",
+                        ambit::inspect::render(&serde_json::to_value(&rows)?, other)?
+                    ),
+                }
+                anyhow::Ok(())
+            }),
+            WaypointAction::Status { name, at } => rt.block_on(async {
+                let rows = ambit::waypoint_cmd::list(&at).await?;
+                let ns = at.namespace_or_default();
+                let row = rows
+                    .iter()
+                    .find(|r| r.name == name && r.namespace == ns)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "no waypoint {ns}/{name}: `ambit waypoint list -A` lists them"
+                        )
+                    })?;
+                println!(
+                    "waypoint {}/{}: Programmed={} {}",
+                    row.namespace, row.name, row.programmed, row.message
+                );
+                if row.programmed != "True" {
+                    std::process::exit(1);
+                }
+                anyhow::Ok(())
+            }),
+            WaypointAction::Delete { name, at } => rt.block_on(async {
+                println!("{}", ambit::waypoint_cmd::delete(&at, &name).await?);
+                anyhow::Ok(())
+            }),
         },
         Command::Install(args) => {
             let manifests = ambit::install::render(&args)?;
@@ -216,6 +318,19 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(if report.ok() { 0 } else { 1 })
             }
             XAction::TraceSink(args) => rt.block_on(ambit::trace_sink::run(args)),
+            XAction::Authz {
+                action: AuthzAction::Check { pod, run, output },
+            } => rt.block_on(async {
+                let cluster = ambit::inspect::local_cluster(run.as_deref())?;
+                let report = ambit::dashboard::authz_check(&cluster, &pod).await?;
+                match output {
+                    ambit::inspect::Output::Table => {
+                        print!("{}", ambit::dashboard::authz_table(&report))
+                    }
+                    other => print!("{}", ambit::inspect::render(&report, other)?),
+                }
+                anyhow::Ok(())
+            }),
             XAction::Explain(args) => {
                 let e = ambit::explain::explain(&args)?;
                 print!("{}", e.text());

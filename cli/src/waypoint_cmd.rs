@@ -199,3 +199,86 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// Which cluster `waypoint list|status|delete` act on: the running local
+/// cluster by default, the Kubernetes cluster with `--context` or `--kube`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Where {
+    /// Namespace (default `default`).
+    #[arg(short = 'n', long = "namespace")]
+    pub namespace: Option<String>,
+    /// Every namespace (`list`).
+    #[arg(short = 'A', long = "all-namespaces")]
+    pub all_namespaces: bool,
+    /// Kubeconfig context of the Kubernetes cluster.
+    #[arg(long)]
+    pub context: Option<String>,
+    /// The Kubernetes cluster of KUBECONFIG's current context (or in-cluster).
+    #[arg(long)]
+    pub kube: bool,
+    /// Which local cluster (`ambit-<pid>`; default: the newest).
+    #[arg(long)]
+    pub run: Option<String>,
+}
+
+impl Where {
+    /// `-n`, else `default`.
+    pub fn namespace_or_default(&self) -> String {
+        self.namespace.clone().unwrap_or_else(|| "default".into())
+    }
+
+    fn kube(&self) -> bool {
+        self.kube || self.context.is_some()
+    }
+
+    /// The namespace to list (`None`: all).
+    fn scope(&self) -> Option<String> {
+        (!self.all_namespaces).then(|| self.namespace_or_default())
+    }
+}
+
+/// The waypoints `at` holds.
+pub async fn list(at: &Where) -> anyhow::Result<Vec<crate::live::WaypointRow>> {
+    if at.kube() {
+        let client = crate::live::client(at.context.as_deref()).await?;
+        return crate::live::waypoints(client, at.scope().as_deref()).await;
+    }
+    let cluster = crate::inspect::local_cluster(at.run.as_deref())?;
+    let scope = at.scope();
+    Ok(cluster
+        .gateways
+        .iter()
+        .filter_map(crate::live::waypoint_row)
+        .filter(|r| scope.as_ref().is_none_or(|ns| *ns == r.namespace))
+        .collect())
+}
+
+/// Deletes waypoint `name`: the Gateway object (Kubernetes), or the file
+/// `waypoint apply` wrote into the local cluster's directory. Returns what
+/// was done.
+pub async fn delete(at: &Where, name: &str) -> anyhow::Result<String> {
+    let ns = at.namespace_or_default();
+    if at.kube() {
+        let client = crate::live::client(at.context.as_deref()).await?;
+        crate::live::delete_waypoint(client, &ns, name).await?;
+        return Ok(format!("deleted waypoint {ns}/{name}"));
+    }
+    let cluster = crate::inspect::local_cluster(at.run.as_deref())?;
+    let dir = cluster
+        .config_dir
+        .as_ref()
+        .context("the running cluster did not record its directory")?;
+    let file = dir.join(format!("waypoint-{ns}-{name}.yaml"));
+    if file.exists() {
+        std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
+        return Ok(format!(
+            "removed {} (the cluster tears the waypoint down)",
+            file.display()
+        ));
+    }
+    bail!(
+        "no file {} (what `ambit waypoint apply` writes): if the Gateway {ns}/{name} is declared in another file of {}, remove it there",
+        file.display(),
+        dir.display()
+    )
+}

@@ -99,6 +99,31 @@ async fn debugging_a_denied_request() {
         bad.contains("no node node9") && bad.contains("node1, node2"),
         "{bad}"
     );
+    // Which policies apply to web-0, and who enforces each.
+    let (code, authz) = ambit(&["x", "authz", "check", "shop/web-0", "--run", &run]);
+    println!("$ ambit x authz check shop/web-0\n{authz}");
+    assert_eq!(code, 0, "{authz}");
+    let line = |name: &str| {
+        authz
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {authz}"))
+            .to_string()
+    };
+    assert!(
+        line("shop/no-7000").contains("DENY") && line("shop/no-7000").contains("ztunnel node2")
+    );
+    assert!(line("shop/no-admin").contains("waypoint shop/waypoint"));
+    // The local cluster's waypoints, as `istioctl waypoint list|status`.
+    let (code, waypoints) = ambit(&["waypoint", "list", "-A", "--run", &run]);
+    assert_eq!(code, 0, "{waypoints}");
+    assert!(
+        waypoints.contains("shop       waypoint  service       True"),
+        "{waypoints}"
+    );
+    let (code, status) = ambit(&["waypoint", "status", "-n", "shop", "--run", &run]);
+    assert_eq!(code, 0, "{status}");
+    assert!(status.contains("Programmed=True"), "{status}");
     let (_, version) = ambit(&["version", "--run", &run]);
     assert!(
         version.contains("client version") && version.contains("ztunnel node2 version"),

@@ -27,6 +27,10 @@ pub struct ClusterInfo {
     pub nodes: Vec<NodeInfo>,
     /// Pods, waypoints included.
     pub pods: Vec<PodInfo>,
+    /// The Gateway objects, each with the status the waypoint deployer
+    /// gave it (what `kubectl get gateway -o yaml` shows).
+    #[serde(default)]
+    pub gateways: Vec<serde_json::Value>,
 }
 
 /// One node: its namespace and its ztunnel's endpoints (inside it).
@@ -136,6 +140,7 @@ mod tests {
                 waypoint_for: None,
                 ambient: true,
             }],
+            gateways: vec![],
         }
     }
 

@@ -772,6 +772,25 @@ impl LocalCluster {
                     ambient: self.is_enrolled(p.node, &p.uid),
                 })
                 .collect(),
+            gateways: self
+                .resources
+                .gateways
+                .iter()
+                .filter_map(|(_, g)| {
+                    let mut v = serde_json::to_value(g).ok()?;
+                    let (ns, name) = ns_name(&g.metadata);
+                    let status = self
+                        .deployer
+                        .statuses()
+                        .iter()
+                        .find(|(r, _)| r.namespace == ns && r.name == name)
+                        .map(|(_, s)| s.clone());
+                    if let (Some(map), Some(status)) = (v.as_object_mut(), status) {
+                        map.insert("status".into(), status);
+                    }
+                    Some(v)
+                })
+                .collect(),
         }
     }
 

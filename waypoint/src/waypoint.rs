@@ -703,6 +703,12 @@ impl Waypoint {
                     "vips": l7.vips,
                     "routes": l7.http.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
                     "policies": l7.authorization.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect::<Vec<_>>(),
+                    "authorization": l7.authorization.iter().map(|p| serde_json::json!({
+                        "name": format!("{}/{}", p.namespace, p.name),
+                        "action": pb::http_policy::Action::try_from(p.action).map_or("DENY (unknown action)", |a| a.as_str_name()),
+                        "rules": p.rules.len(),
+                        "dryRun": p.dry_run,
+                    })).collect::<Vec<_>>(),
                     "backends": s.backends.iter().map(|(h, b)| (h.clone(), b.subsets.iter().map(|(n, ss)| (n.clone(), ss.endpoints.iter().map(|e| e.address.clone()).collect::<Vec<_>>())).collect::<HashMap<_, _>>())).collect::<HashMap<_, _>>(),
                     "sources": l7.sources,
                     "tracing": l7.tracing.as_ref().map(|t| serde_json::json!({

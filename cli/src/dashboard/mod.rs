@@ -231,7 +231,7 @@ fn percent_decode(s: &str) -> String {
 
 /// One workload: where it runs, its identity, the L4 policies ztunnel
 /// applies to it and, for Services behind a waypoint, the L7 ones.
-async fn workload_detail(cluster: &ClusterInfo, id: &str) -> anyhow::Result<Value> {
+pub async fn workload_detail(cluster: &ClusterInfo, id: &str) -> anyhow::Result<Value> {
     let (ns, name) = id
         .split_once('/')
         .ok_or_else(|| anyhow::anyhow!("id {id:?}: write namespace/workload"))?;
@@ -244,10 +244,7 @@ async fn workload_detail(cluster: &ClusterInfo, id: &str) -> anyhow::Result<Valu
         .as_array()
         .into_iter()
         .flatten()
-        .find(|w| {
-            w["namespace"] == ns
-                && (w["workloadName"] == name || (w["workloadName"] == "" && w["name"] == name))
-        })
+        .find(|w| w["namespace"] == ns && (w["workloadName"] == name || w["name"] == name))
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("no workload {id}"))?;
     let listed: Vec<&str> = workload["authorizationPolicies"]
@@ -287,8 +284,8 @@ async fn workload_detail(cluster: &ClusterInfo, id: &str) -> anyhow::Result<Valu
         for s in d["services"].as_array().into_iter().flatten() {
             let host = s["hostname"].as_str().unwrap_or_default();
             if services.iter().any(|k| k.ends_with(&format!("/{host}"))) {
-                for policy in s["policies"].as_array().into_iter().flatten() {
-                    l7.push(json!({"service": host, "waypoint": d["waypoint"], "name": policy}));
+                for policy in s["authorization"].as_array().into_iter().flatten() {
+                    l7.push(json!({"service": host, "waypoint": d["waypoint"], "name": policy["name"], "action": policy["action"]}));
                 }
             }
         }
@@ -300,6 +297,61 @@ async fn workload_detail(cluster: &ClusterInfo, id: &str) -> anyhow::Result<Valu
         "l4Policies": l4,
         "l7Policies": l7,
     }))
+}
+
+/// `ambit x authz check NS/POD`: the policies that apply to the pod, each
+/// with the proxy that enforces it.
+pub async fn authz_check(cluster: &ClusterInfo, pod: &str) -> anyhow::Result<Value> {
+    let d = workload_detail(cluster, pod).await?;
+    let node = d["workload"]["node"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut rows: Vec<Value> = d["l4Policies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            json!({
+                "policy": p["name"],
+                "action": p["action"].as_str().unwrap_or_default().to_uppercase(),
+                "enforcedBy": format!("ztunnel {node} (L4, every connection to the pod)"),
+                "scope": p["scope"],
+            })
+        })
+        .collect();
+    rows.extend(d["l7Policies"].as_array().into_iter().flatten().map(|p| {
+        json!({
+            "policy": p["name"],
+            "action": p["action"],
+            "enforcedBy": format!("waypoint {} (L7, requests to {})", p["waypoint"].as_str().unwrap_or_default(), p["service"].as_str().unwrap_or_default()),
+            "scope": "targetRefs",
+        })
+    }));
+    Ok(json!({"pod": pod, "node": node, "policies": rows}))
+}
+
+/// [`authz_check`] as a table.
+pub fn authz_table(report: &Value) -> String {
+    let rows: Vec<Vec<String>> = report["policies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let t = |k: &str| {
+                p[k].as_str()
+                    .map_or_else(|| p[k].to_string(), str::to_string)
+            };
+            vec![t("policy"), t("action"), t("scope"), t("enforcedBy")]
+        })
+        .collect();
+    if rows.is_empty() {
+        return format!(
+            "no AuthorizationPolicy applies to {}: every connection and request is allowed\n",
+            report["pod"].as_str().unwrap_or_default()
+        );
+    }
+    crate::inspect::table(&["POLICY", "ACTION", "SCOPE", "ENFORCED BY"], &rows)
 }
 
 /// The config findings of the cluster's directory, as `ambit analyze`.
