@@ -28,14 +28,7 @@ pub fn analyze(dir: &Path) -> anyhow::Result<Vec<Finding>> {
         let mut one = Resources::default();
         match one.add_yaml(&text, &f.display().to_string()) {
             Ok(()) => all.extend(one),
-            Err(e) => findings.push(Finding {
-                severity: Severity::Error,
-                code: ambit_api::translate::codes::SCHEMA_VALIDATION_ERROR,
-                source: e.source_ref.clone(),
-                object: e.object.clone(),
-                field: String::new(),
-                message: e.message.clone(),
-            }),
+            Err(e) => findings.push(load_finding(&e)),
         }
     }
     findings.extend(ambit_api::validate::validate(&all));
@@ -45,19 +38,21 @@ pub fn analyze(dir: &Path) -> anyhow::Result<Vec<Finding>> {
 /// The findings for a cluster's objects (`errors`: those that did not
 /// load), as the controller would report them.
 pub fn analyze_live(all: &Resources, errors: &[ambit_api::k8s::LoadError]) -> Vec<Finding> {
-    let mut findings: Vec<Finding> = errors
-        .iter()
-        .map(|e| Finding {
-            severity: Severity::Error,
-            code: ambit_api::translate::codes::SCHEMA_VALIDATION_ERROR,
-            source: e.source_ref.clone(),
-            object: e.object.clone(),
-            field: String::new(),
-            message: e.message.clone(),
-        })
-        .collect();
+    let mut findings: Vec<Finding> = errors.iter().map(load_finding).collect();
     findings.extend(ambit_api::validate::validate(all));
     findings
+}
+
+/// An object that did not load, as a schema error finding (`IST0106`).
+fn load_finding(e: &ambit_api::k8s::LoadError) -> Finding {
+    Finding {
+        severity: Severity::Error,
+        code: ambit_api::translate::codes::SCHEMA_VALIDATION_ERROR,
+        source: e.source_ref.clone(),
+        object: e.object.clone(),
+        field: String::new(),
+        message: e.message.clone(),
+    }
 }
 
 /// How findings are printed (`istioctl analyze -o`).
