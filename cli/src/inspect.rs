@@ -289,14 +289,17 @@ pub struct ProxyStatus {
 }
 
 /// Reads every proxy of `cluster`.
-pub async fn proxy_status(cluster: &ClusterInfo) -> Vec<ProxyStatus> {
+pub async fn proxy_status(cluster: &crate::proxies::Cluster) -> anyhow::Result<Vec<ProxyStatus>> {
+    use crate::proxies::Port;
     let mut out = Vec::new();
-    for node in &cluster.nodes {
-        let ready = admin_text(&node.netns, node.readiness, "/healthz/ready")
-            .await
-            .is_ok();
-        let (config, version) = match ztunnel_dump(node).await {
-            Ok(d) => {
+    for p in crate::proxies::list(cluster).await? {
+        let ready = p.get(Port::Readiness, "/healthz/ready").await.is_ok();
+        let dump = match p.get(Port::Admin, "/config_dump").await {
+            Ok(body) => serde_json::from_str::<Value>(&body).map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        let (config, version) = match dump {
+            Ok(d) if p.kind == "ztunnel" => {
                 let n = |k: &str| d[k].as_array().map_or(0, Vec::len);
                 (
                     format!(
@@ -309,23 +312,6 @@ pub async fn proxy_status(cluster: &ClusterInfo) -> Vec<ProxyStatus> {
                     text(&d["version"]["version"]),
                 )
             }
-            Err(e) => (format!("unreachable: {e:#}"), "-".into()),
-        };
-        out.push(ProxyStatus {
-            name: format!("ztunnel {}", node.name),
-            kind: "ztunnel",
-            node: node.name.clone(),
-            ready,
-            config,
-            version,
-        });
-    }
-    for pod in cluster.pods.iter().filter(|p| p.waypoint_for.is_some()) {
-        let readiness = SocketAddr::from(([127, 0, 0, 1], waypoint::admin::READINESS));
-        let ready = admin_text(&pod.netns, readiness, "/healthz/ready")
-            .await
-            .is_ok();
-        let (config, version) = match waypoint_dump(pod).await {
             Ok(d) => (
                 format!(
                     "{} services (waypoint {})",
@@ -337,15 +323,37 @@ pub async fn proxy_status(cluster: &ClusterInfo) -> Vec<ProxyStatus> {
             Err(e) => (format!("unreachable: {e:#}"), "-".into()),
         };
         out.push(ProxyStatus {
-            name: pod.key.clone(),
-            kind: "waypoint",
-            node: format!("node{}", pod.node),
+            name: p.name.clone(),
+            kind: p.kind,
+            node: p.node.clone(),
             ready,
             config,
             version,
         });
     }
-    out
+    Ok(out)
+}
+
+/// The `/config_dump` of the ztunnel on `node` (`None`: the first one).
+pub async fn ztunnel_dump_on(
+    cluster: &crate::proxies::Cluster,
+    node: Option<&str>,
+) -> anyhow::Result<Value> {
+    let all = crate::proxies::list(cluster).await?;
+    let ztunnels: Vec<_> = all.iter().filter(|p| p.kind == "ztunnel").collect();
+    let chosen = match node {
+        Some(n) => ztunnels.iter().find(|p| p.node == n).ok_or_else(|| {
+            let names: Vec<&str> = ztunnels.iter().map(|p| p.node.as_str()).collect();
+            anyhow::anyhow!("no ztunnel on node {n}: nodes are {}", names.join(", "))
+        })?,
+        None => ztunnels
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("no ztunnel found (pods labelled app=ztunnel)"))?,
+    };
+    let body = chosen
+        .get(crate::proxies::Port::Admin, "/config_dump")
+        .await?;
+    serde_json::from_str(&body).with_context(|| format!("{} /config_dump", chosen.name))
 }
 
 /// `proxy-status` as a table.

@@ -11,5 +11,6 @@ pub mod inspect;
 pub mod install;
 pub mod live;
 pub mod precheck;
+pub mod proxies;
 pub mod trace_sink;
 pub mod waypoint_cmd;

@@ -70,12 +70,11 @@ enum Command {
         /// What to show.
         #[arg(value_enum)]
         section: ambit::inspect::ZtunnelSection,
-        /// Which node's ztunnel (`node1`, ...).
-        #[arg(long, default_value = "node1")]
-        node: String,
-        /// Which local cluster (`ambit-<pid>`; default: the newest).
+        /// Which node's ztunnel (default: the first).
         #[arg(long)]
-        run: Option<String>,
+        node: Option<String>,
+        #[command(flatten)]
+        at: ClusterArgs,
         /// Output format.
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: ambit::inspect::Output,
@@ -83,9 +82,8 @@ enum Command {
     /// Every proxy of the cluster (ztunnels, waypoints): ready, what config
     /// it holds, its version; as `istioctl proxy-status`.
     ProxyStatus {
-        /// Which local cluster (`ambit-<pid>`; default: the newest).
-        #[arg(long)]
-        run: Option<String>,
+        #[command(flatten)]
+        at: ClusterArgs,
         /// Output format.
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: ambit::inspect::Output,
@@ -96,9 +94,8 @@ enum Command {
     Dashboard(ambit::dashboard::DashboardArgs),
     /// The client's version and, with a running cluster, each proxy's.
     Version {
-        /// Which local cluster (`ambit-<pid>`; default: the newest).
-        #[arg(long)]
-        run: Option<String>,
+        #[command(flatten)]
+        at: ClusterArgs,
     },
     /// Experimental commands.
     X {
@@ -131,6 +128,27 @@ enum XAction {
     /// A small OpenTelemetry collector: receives OTLP/gRPC spans and
     /// prints each as a JSON line (point a mesh config extensionProvider at it).
     TraceSink(ambit::trace_sink::TraceSinkArgs),
+}
+
+/// Which cluster an inspection command reads.
+#[derive(clap::Args, Debug, Clone)]
+struct ClusterArgs {
+    /// Which local cluster (`ambit-<pid>`; default: the newest).
+    #[arg(long)]
+    run: Option<String>,
+    /// The Kubernetes cluster of KUBECONFIG (proxies reached by port-forward).
+    #[arg(long)]
+    kube: bool,
+    /// Kubeconfig context (implies --kube).
+    #[arg(long)]
+    context: Option<String>,
+}
+
+impl ClusterArgs {
+    async fn cluster(&self) -> anyhow::Result<ambit::proxies::Cluster> {
+        ambit::proxies::Cluster::choose(self.run.as_deref(), self.kube, self.context.as_deref())
+            .await
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -340,32 +358,20 @@ fn main() -> anyhow::Result<()> {
         Command::ZtunnelConfig {
             section,
             node,
-            run,
+            at,
             output,
         } => rt.block_on(async {
-            let cluster = ambit::inspect::local_cluster(run.as_deref())?;
-            let n = cluster
-                .nodes
-                .iter()
-                .find(|n| n.name == node)
-                .ok_or_else(|| {
-                    let names: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
-                    anyhow::anyhow!(
-                        "no node {node} in {}: nodes are {}",
-                        cluster.run,
-                        names.join(", ")
-                    )
-                })?;
-            let dump = ambit::inspect::ztunnel_dump(n).await?;
+            let cluster = at.cluster().await?;
+            let dump = ambit::inspect::ztunnel_dump_on(&cluster, node.as_deref()).await?;
             print!(
                 "{}",
                 ambit::inspect::ztunnel_section(&dump, section, output)?
             );
             anyhow::Ok(())
         }),
-        Command::ProxyStatus { run, output } => rt.block_on(async {
-            let cluster = ambit::inspect::local_cluster(run.as_deref())?;
-            let rows = ambit::inspect::proxy_status(&cluster).await;
+        Command::ProxyStatus { at, output } => rt.block_on(async {
+            let cluster = at.cluster().await?;
+            let rows = ambit::inspect::proxy_status(&cluster).await?;
             match output {
                 ambit::inspect::Output::Table => {
                     print!("{}", ambit::inspect::proxy_status_table(&rows))
@@ -378,13 +384,15 @@ fn main() -> anyhow::Result<()> {
             anyhow::Ok(())
         }),
         Command::Dashboard(args) => rt.block_on(ambit::dashboard::run(args)),
-        Command::Version { run } => {
+        Command::Version { at } => {
             println!("client version: {}", env!("CARGO_PKG_VERSION"));
-            let Ok(cluster) = ambit::inspect::local_cluster(run.as_deref()) else {
-                println!("no local cluster running (data plane versions need one)");
+            let Ok(cluster) = rt.block_on(at.cluster()) else {
+                println!(
+                    "no cluster to read (data plane versions need `ambit up` running, or --kube)"
+                );
                 return Ok(());
             };
-            for p in rt.block_on(ambit::inspect::proxy_status(&cluster)) {
+            for p in rt.block_on(ambit::inspect::proxy_status(&cluster))? {
                 println!("{} version: {}", p.name, p.version);
             }
             Ok(())

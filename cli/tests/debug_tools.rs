@@ -96,7 +96,7 @@ async fn debugging_a_denied_request() {
     ]);
     assert_ne!(code, 0);
     assert!(
-        bad.contains("no node node9") && bad.contains("node1, node2"),
+        bad.contains("no ztunnel on node node9") && bad.contains("node1, node2"),
         "{bad}"
     );
     // Which policies apply to web-0, and who enforces each.

@@ -2,7 +2,10 @@
 //! the HTTP level (KUBECONFIG pointing at it): `ambit analyze` without `-f`
 //! reports the cluster's objects as the controller would (exit 79 on
 //! errors), `ambit waypoint list|status|delete --kube` read and delete the
-//! `istio-waypoint` Gateways and refuse to delete another class's.
+//! `istio-waypoint` Gateways and refuse to delete another class's, and
+//! `proxy-status`, `ztunnel-config` and `version --kube` reach the proxies'
+//! admin endpoints through port-forwards (the WebSocket protocol the API
+//! server speaks), found by their labels.
 
 #[path = "../../controller/tests/common/fake_api.rs"]
 mod fake_api;
@@ -113,6 +116,108 @@ async fn analyze_and_waypoints_on_a_kubernetes_cluster() {
     assert!(
         api.object(GATEWAYS, "gateways", "shop", "ingress")
             .is_some()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A proxy's endpoints on loopback: `/config_dump` (`dump`) and
+/// `/healthz/ready`, one request per connection.
+async fn fake_proxy(dump: serde_json::Value) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let dump = dump.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                let body = if head.starts_with("GET /config_dump") {
+                    dump.to_string()
+                } else {
+                    "ready".to_string()
+                };
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_through_port_forwards() {
+    let api = FakeApi::start().await;
+    let dir = std::env::temp_dir().join(format!("ambit-live-pf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let kubeconfig = api.kubeconfig(&dir);
+    let ztunnel = fake_proxy(json!({
+        "workloads": [{"uid": "u", "name": "web-0", "namespace": "shop", "workloadIps": ["10.1.2.3"],
+                       "node": "node-a", "protocol": "HBONE"}],
+        "services": [], "policies": [], "certificates": [],
+        "version": {"version": "9.9.9"},
+    }))
+    .await;
+    let waypoint = fake_proxy(
+        json!({"waypoint": "shop/waypoint", "services": [{}], "version": {"version": "9.9.9"}}),
+    )
+    .await;
+    api.insert(
+        "/api/v1",
+        "pods",
+        json!({"metadata": {"name": "ztunnel-x1", "namespace": "istio-system", "labels": {"app": "ztunnel"}},
+               "spec": {"nodeName": "node-a", "containers": [{"name": "z", "image": "z"}]}}),
+    );
+    api.insert(
+        "/api/v1",
+        "pods",
+        json!({"metadata": {"name": "waypoint-7f9", "namespace": "shop", "labels": {"gateway.networking.k8s.io/gateway-name": "waypoint"}},
+               "spec": {"nodeName": "node-a", "containers": [{"name": "w", "image": "w"}]}}),
+    );
+    for port in [15000, 15021] {
+        api.forward_pod("istio-system", "ztunnel-x1", port, ztunnel);
+        api.forward_pod("shop", "waypoint-7f9", port, waypoint);
+    }
+
+    let (code, status) = ambit(&kubeconfig, &["proxy-status", "--kube"]);
+    println!("$ ambit proxy-status --kube\n{status}");
+    assert_eq!(code, 0, "{status}");
+    let z = status
+        .lines()
+        .find(|l| l.starts_with("ztunnel node-a"))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(
+        z.contains(" READY ") && z.contains("1 workloads") && z.contains("9.9.9"),
+        "{z}"
+    );
+    let w = status
+        .lines()
+        .find(|l| l.starts_with("shop/waypoint-7f9"))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(w.contains("1 services (waypoint shop/waypoint)"), "{w}");
+    let (code, workloads) = ambit(&kubeconfig, &["ztunnel-config", "workloads", "--kube"]);
+    assert_eq!(code, 0, "{workloads}");
+    assert!(
+        workloads.contains("shop       web-0     10.1.2.3  node-a"),
+        "{workloads}"
+    );
+    // Every read went through the pod's portforward subresource.
+    let forwards = api
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/api/v1/namespaces/istio-system/pods/ztunnel-x1/portforward")
+        .count();
+    assert!(forwards >= 3, "{:#?}", api.requests());
+    let (_, version) = ambit(&kubeconfig, &["version", "--kube"]);
+    assert!(
+        version.contains("ztunnel node-a version: 9.9.9"),
+        "{version}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

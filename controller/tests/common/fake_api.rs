@@ -1,13 +1,15 @@
 #![allow(dead_code)] // shared by test binaries that each use part of it
 
 //! A Kubernetes API server on loopback, at the HTTP level: objects by path,
-//! list (with `labelSelector`/`fieldSelector` on `k=v`), watch (held open,
+//! list (with `labelSelector`/`fieldSelector` on `k=v`, labels also on
+//! `k`), watch (held open,
 //! no events), get, create (409 when it exists), replace (409 unless the
 //! `resourceVersion` matches), server-side apply (PATCH
 //! `application/apply-patch+yaml`, the body stored as the object), status
-//! apply, delete. API groups can be
-//! left "not installed" (404 under `/apis/GROUP/`). Every request is
-//! recorded with its body, for tests to assert on.
+//! apply, delete, and a pod's `portforward` (the WebSocket `v4.channel.k8s.io`
+//! protocol kubectl and kube-rs speak, to an address the test names). API
+//! groups can be left "not installed" (404 under `/apis/GROUP/`). Every
+//! request is recorded with its body, for tests to assert on.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -42,6 +44,8 @@ struct State {
     version: u64,
     /// Open watch streams (kept so they stay open).
     watches: Vec<tokio::sync::mpsc::Sender<Result<Frame<Bytes>, Infallible>>>,
+    /// Port-forward targets: (namespace, pod, port) → address.
+    forwards: BTreeMap<(String, String, u16), SocketAddr>,
 }
 
 /// The running server.
@@ -118,7 +122,8 @@ fn matches_selector(object: &Value, selector: Option<&str>, at: &str) -> bool {
     };
     selector.split(',').all(|term| {
         let Some((k, v)) = term.split_once('=') else {
-            return false;
+            // A bare key: the label exists.
+            return at == "labels" && !object["metadata"]["labels"][term].is_null();
         };
         if at == "fields" {
             let mut field = object;
@@ -177,6 +182,7 @@ impl FakeApi {
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .with_upgrades()
                         .await;
                 });
             }
@@ -297,7 +303,128 @@ impl FakeApi {
             .collect()
     }
 
+    /// Port-forwards to pod `namespace/pod`'s `port` reach `to`.
+    pub fn forward_pod(&self, namespace: &str, pod: &str, port: u16, to: SocketAddr) {
+        self.state
+            .lock()
+            .expect("state")
+            .forwards
+            .insert((namespace.into(), pod.into(), port), to);
+    }
+
+    /// `GET .../pods/NAME/portforward?ports=P` upgraded to a WebSocket: the
+    /// data channel (0) carries the TCP stream to the forwarded address, the
+    /// error channel (1) stays quiet; each channel's first frame names the
+    /// port, as the API server does.
+    fn portforward(&self, req: Request<Incoming>) -> Option<Response<Body>> {
+        let path = req.uri().path().to_string();
+        let rest = path.strip_prefix("/api/v1/namespaces/")?;
+        let (ns, rest) = rest.split_once("/pods/")?;
+        let pod = rest.strip_suffix("/portforward")?;
+        let port: u16 = req
+            .uri()
+            .query()?
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("ports="))?
+            .parse()
+            .ok()?;
+        let key = req.headers().get("sec-websocket-key")?.as_bytes().to_vec();
+        let to = self
+            .state
+            .lock()
+            .expect("state")
+            .forwards
+            .get(&(ns.to_string(), pod.to_string(), port))
+            .copied();
+        self.state.lock().expect("state").requests.push(Recorded {
+            method: "GET".into(),
+            path: path.clone(),
+            query: req.uri().query().unwrap_or_default().into(),
+            content_type: String::new(),
+            body: Value::Null,
+        });
+        let Some(to) = to else {
+            return Some(json_response(
+                404,
+                json!({"kind": "Status", "code": 404, "message": "pod not found"}),
+            ));
+        };
+        tokio::spawn(async move {
+            use futures_util::{SinkExt, StreamExt};
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            use tokio_tungstenite::tungstenite::Message;
+            let Ok(upgraded) = hyper::upgrade::on(req).await else {
+                return;
+            };
+            let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                hyper_util::rt::TokioIo::new(upgraded),
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            let [lo, hi] = port.to_le_bytes();
+            for channel in [0u8, 1] {
+                if ws
+                    .send(Message::binary(vec![channel, lo, hi]))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let Ok(mut tcp) = tokio::net::TcpStream::connect(to).await else {
+                let _ = ws.close(None).await;
+                return;
+            };
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                tokio::select! {
+                    msg = ws.next() => match msg {
+                        Some(Ok(Message::Binary(data))) if data.first() == Some(&0) => {
+                            if tcp.write_all(&data[1..]).await.is_err() { break }
+                        }
+                        Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_))) => {}
+                        _ => break,
+                    },
+                    n = tcp.read(&mut buf) => match n {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            let mut frame = Vec::with_capacity(n + 1);
+                            frame.push(0);
+                            frame.extend_from_slice(&buf[..n]);
+                            if ws.send(Message::binary(frame)).await.is_err() { break }
+                        }
+                    },
+                }
+            }
+            let _ = ws.close(None).await;
+        });
+        Some(
+            Response::builder()
+                .status(101)
+                .header("upgrade", "websocket")
+                .header("connection", "Upgrade")
+                .header(
+                    "sec-websocket-accept",
+                    tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key),
+                )
+                .header("sec-websocket-protocol", "v4.channel.k8s.io")
+                .body(Full::new(Bytes::new()).boxed())
+                .expect("response"),
+        )
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        if req.uri().path().ends_with("/portforward")
+            && req.headers().contains_key("sec-websocket-key")
+        {
+            return self.portforward(req).unwrap_or_else(|| {
+                json_response(
+                    400,
+                    json!({"kind": "Status", "code": 400, "message": "bad portforward request"}),
+                )
+            });
+        }
         let method = req.method().to_string();
         let path = req.uri().path().to_string();
         let query = req.uri().query().unwrap_or("").to_string();
