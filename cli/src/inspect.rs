@@ -34,6 +34,8 @@ pub enum ZtunnelSection {
     Policies,
     /// The workload certificates this ztunnel holds.
     Certificates,
+    /// Open inbound connections and what they were admitted on.
+    Connections,
     /// Everything (`-o json|yaml` only).
     All,
 }
@@ -146,6 +148,7 @@ pub fn ztunnel_section(
         ZtunnelSection::Services => "services",
         ZtunnelSection::Policies => "policies",
         ZtunnelSection::Certificates => "certificates",
+        ZtunnelSection::Connections => "connections",
         ZtunnelSection::All => {
             if output == Output::Table {
                 bail!("`ztunnel-config all` prints the whole dump: use -o json or -o yaml");
@@ -260,6 +263,31 @@ pub fn ztunnel_section(
                         text(&leaf["serialNumber"]),
                         text(&leaf["expirationTime"]),
                         text(&leaf["validFrom"]),
+                    ]
+                })
+                .collect(),
+        ),
+        ZtunnelSection::Connections => (
+            &[
+                "WORKLOAD",
+                "DIRECTION",
+                "LOCAL",
+                "REMOTE",
+                "REMOTE IDENTITY",
+            ],
+            items
+                .iter()
+                .map(|c| {
+                    let workload = c["workload"].as_str().unwrap_or_default();
+                    vec![
+                        workload
+                            .strip_prefix("Kubernetes//Pod/")
+                            .unwrap_or(workload)
+                            .to_string(),
+                        text(&c["direction"]),
+                        text(&c["dst"]),
+                        text(&c["src"]),
+                        text(&c["srcIdentity"]),
                     ]
                 })
                 .collect(),

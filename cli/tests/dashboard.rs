@@ -83,6 +83,14 @@ fn wd(port: u16, method: &str, path: &str, body: Option<Value>) -> Value {
         .unwrap_or_else(|e| panic!("{method} {path}: {e}: {}", String::from_utf8_lossy(&body)))
 }
 
+/// The element a find returned (W3C's element key); `None` for an error
+/// such as `no such element`.
+fn element_id(reply: &Value) -> Option<String> {
+    reply["value"]["element-6066-11e4-a52e-4f735466cecf"]
+        .as_str()
+        .map(str::to_string)
+}
+
 /// The browser session.
 struct Browser {
     port: u16,
@@ -147,12 +155,8 @@ impl Browser {
                 "/element",
                 Some(json!({"using": "css selector", "value": css})),
             );
-            if let Some(id) = r["value"]
-                .as_object()
-                .and_then(|o| o.values().next())
-                .and_then(Value::as_str)
-            {
-                return id.to_string();
+            if let Some(id) = element_id(&r) {
+                return id;
             }
             assert!(
                 Instant::now() < deadline,
@@ -183,12 +187,7 @@ impl Browser {
             "/element",
             Some(json!({"using": "css selector", "value": "body"})),
         );
-        r["value"]
-            .as_object()
-            .and_then(|o| o.values().next())
-            .and_then(Value::as_str)
-            .map(|id| self.text(id))
-            .unwrap_or_default()
+        element_id(&r).map(|id| self.text(&id)).unwrap_or_default()
     }
 
     /// Waits until the text of `css` contains `want`.

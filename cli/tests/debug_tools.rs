@@ -124,6 +124,28 @@ async fn debugging_a_denied_request() {
     let (code, status) = ambit(&["waypoint", "status", "-n", "shop", "--run", &run]);
     assert_eq!(code, 0, "{status}");
     assert!(status.contains("Programmed=True"), "{status}");
+    // An open connection shows up in ztunnel-config connections.
+    let echo_port = format!("{}:9000", up.pod_field("shop/web-0", "ip"));
+    let client = up.pod_field("shop/client", "netns");
+    let held = common::open_echo(&client, echo_port.parse().expect("addr")).await;
+    let (code, conns) = ambit(&[
+        "ztunnel-config",
+        "connections",
+        "--run",
+        &run,
+        "--node",
+        "node2",
+    ]);
+    println!("$ ambit ztunnel-config connections --node node2\n{conns}");
+    assert_eq!(code, 0, "{conns}");
+    assert!(
+        conns.lines().any(|l| l.starts_with("shop/web-0")
+            && l.contains("inbound")
+            && l.contains(":9000")
+            && l.contains("sa/client")),
+        "{conns}"
+    );
+    drop(held);
     let (_, version) = ambit(&["version", "--run", &run]);
     assert!(
         version.contains("client version") && version.contains("ztunnel node2 version"),

@@ -100,6 +100,15 @@ impl<T> OpenConnections<T> {
         self.len() == 0
     }
 
+    /// `describe` of every open connection's facts (for the admin dump).
+    pub fn describe<R>(&self, describe: impl FnMut(&T) -> R) -> Vec<R> {
+        self.lock()
+            .values()
+            .map(|e| &e.facts)
+            .map(describe)
+            .collect()
+    }
+
     /// Asks `still_admitted` about every open connection; closes (and
     /// returns the number of) those it answers `false` for. The caller logs
     /// why, with the fields its access log uses.
@@ -128,6 +137,9 @@ mod tests {
         let allowed = open.register(80);
         let denied = open.register(22);
         assert_eq!(open.len(), 2);
+        let mut ports = open.describe(|p| *p);
+        ports.sort();
+        assert_eq!(ports, vec![22, 80]);
         assert_eq!(open.recheck(|port| *port != 22), 1);
         // The permit is kept: a relay that starts waiting later still sees it.
         tokio::time::timeout(Duration::from_secs(1), denied.revoked())

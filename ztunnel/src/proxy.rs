@@ -596,11 +596,24 @@ impl Ztunnel {
             .iter()
             .map(|uid| (uid.clone(), serde_json::json!({"state": "Up"})))
             .collect();
+        // Open inbound connections with what they were admitted on (the
+        // facts policy re-checks); outbound ones are not tracked.
+        let mut connections = self.shared.admitted.describe(|a| {
+            serde_json::json!({
+                "direction": "inbound",
+                "workload": a.pod_uid.as_ref(),
+                "src": a.conn.src_ip.to_string(),
+                "srcIdentity": a.conn.src_identity.as_ref().map(ToString::to_string),
+                "dst": std::net::SocketAddr::new(a.conn.dst_ip, a.conn.dst_port).to_string(),
+            })
+        });
+        connections.sort_by_key(|c| c.to_string());
         serde_json::json!({
             "workloads": workloads,
             "services": services,
             "policies": policies,
             "certificates": certificates,
+            "connections": connections,
             "workloadState": workload_state,
             "config": {"proxyMode": "shared", "nodeName": self.node},
             "version": {"version": env!("CARGO_PKG_VERSION"), "cryptoProvider": "ring"},
