@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
-use ambit_cluster::info::{ClusterInfo, NodeInfo, PodInfo};
+use ambit_cluster::info::ClusterInfo;
 use anyhow::{Context, bail};
 use serde_json::Value;
 
@@ -69,19 +69,6 @@ pub async fn admin_text(netns: &str, addr: SocketAddr, path: &str) -> anyhow::Re
         bail!("GET {addr}{path}: {status}");
     }
     Ok(body.to_string())
-}
-
-/// The node's ztunnel `/config_dump`.
-pub async fn ztunnel_dump(node: &NodeInfo) -> anyhow::Result<Value> {
-    let body = admin_text(&node.netns, node.admin, "/config_dump").await?;
-    serde_json::from_str(&body).with_context(|| format!("ztunnel {} /config_dump", node.name))
-}
-
-/// A waypoint pod's `/config_dump`.
-pub async fn waypoint_dump(pod: &PodInfo) -> anyhow::Result<Value> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], waypoint::admin::ADMIN));
-    let body = admin_text(&pod.netns, addr, "/config_dump").await?;
-    serde_json::from_str(&body).with_context(|| format!("waypoint {} /config_dump", pod.key))
 }
 
 /// Prints `value` as JSON or YAML.

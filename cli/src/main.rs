@@ -153,14 +153,13 @@ impl ClusterArgs {
 
 #[derive(Subcommand, Debug)]
 enum AuthzAction {
-    /// The policies that apply to pod `NAMESPACE/POD` of the running local
-    /// cluster.
+    /// The policies that apply to pod `NAMESPACE/POD` (local cluster, or
+    /// Kubernetes with `--kube`/`--context`).
     Check {
         /// The pod, `namespace/name`.
         pod: String,
-        /// Which local cluster (`ambit-<pid>`; default: the newest).
-        #[arg(long)]
-        run: Option<String>,
+        #[command(flatten)]
+        at: ClusterArgs,
         /// Output format.
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: ambit::inspect::Output,
@@ -337,9 +336,9 @@ fn main() -> anyhow::Result<()> {
             }
             XAction::TraceSink(args) => rt.block_on(ambit::trace_sink::run(args)),
             XAction::Authz {
-                action: AuthzAction::Check { pod, run, output },
+                action: AuthzAction::Check { pod, at, output },
             } => rt.block_on(async {
-                let cluster = ambit::inspect::local_cluster(run.as_deref())?;
+                let cluster = at.cluster().await?;
                 let report = ambit::dashboard::authz_check(&cluster, &pod).await?;
                 match output {
                     ambit::inspect::Output::Table => {

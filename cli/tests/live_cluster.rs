@@ -120,6 +120,16 @@ async fn analyze_and_waypoints_on_a_kubernetes_cluster() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A child process killed when the test ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A proxy's endpoints on loopback: `/config_dump` (`dump`) and
 /// `/healthz/ready`, one request per connection.
 async fn fake_proxy(dump: serde_json::Value) -> std::net::SocketAddr {
@@ -159,13 +169,17 @@ async fn proxies_through_port_forwards() {
     let kubeconfig = api.kubeconfig(&dir);
     let ztunnel = fake_proxy(json!({
         "workloads": [{"uid": "u", "name": "web-0", "namespace": "shop", "workloadIps": ["10.1.2.3"],
-                       "node": "node-a", "protocol": "HBONE"}],
-        "services": [], "policies": [], "certificates": [],
+                       "node": "node-a", "protocol": "HBONE", "workloadName": "web",
+                       "services": {"shop/web.shop.svc.cluster.local": {"8080": 8080}}}],
+        "services": [], "certificates": [],
+        "policies": [{"name": "shop-only", "namespace": "shop", "action": "Allow", "scope": "Namespace"}],
         "version": {"version": "9.9.9"},
     }))
     .await;
     let waypoint = fake_proxy(
-        json!({"waypoint": "shop/waypoint", "services": [{}], "version": {"version": "9.9.9"}}),
+        json!({"waypoint": "shop/waypoint", "version": {"version": "9.9.9"},
+        "services": [{"hostname": "web.shop.svc.cluster.local",
+                      "authorization": [{"name": "shop/no-admin", "action": "DENY"}]}]}),
     )
     .await;
     api.insert(
@@ -180,7 +194,7 @@ async fn proxies_through_port_forwards() {
         json!({"metadata": {"name": "waypoint-7f9", "namespace": "shop", "labels": {"gateway.networking.k8s.io/gateway-name": "waypoint"}},
                "spec": {"nodeName": "node-a", "containers": [{"name": "w", "image": "w"}]}}),
     );
-    for port in [15000, 15021] {
+    for port in [15000, 15020, 15021] {
         api.forward_pod("istio-system", "ztunnel-x1", port, ztunnel);
         api.forward_pod("shop", "waypoint-7f9", port, waypoint);
     }
@@ -219,5 +233,69 @@ async fn proxies_through_port_forwards() {
         version.contains("ztunnel node-a version: 9.9.9"),
         "{version}"
     );
+    // Which policies apply to a pod, from both proxies' dumps.
+    let (code, authz) = ambit(
+        &kubeconfig,
+        &["x", "authz", "check", "shop/web-0", "--kube"],
+    );
+    println!("$ ambit x authz check shop/web-0 --kube\n{authz}");
+    assert_eq!(code, 0, "{authz}");
+    assert!(
+        authz.contains("shop/shop-only") && authz.contains("ztunnel node-a"),
+        "{authz}"
+    );
+    assert!(
+        authz.contains("shop/no-admin") && authz.contains("waypoint shop/waypoint"),
+        "{authz}"
+    );
+    // The dashboard on Kubernetes: its API answers from the same proxies.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    let _dashboard = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_ambit"))
+            .args([
+                "dashboard",
+                "--kube",
+                "--address",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .env("KUBECONFIG", &kubeconfig)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("ambit dashboard"),
+    );
+    let get = |path: &str| -> Option<serde_json::Value> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).ok()?;
+        serde_json::from_str(reply.split_once("\r\n\r\n")?.1).ok()
+    };
+    let mut graph = None;
+    for _ in 0..100 {
+        graph = get("/api/graph");
+        if graph.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let graph = graph.expect("dashboard /api/graph");
+    assert_eq!(graph["cluster"], "kubernetes", "{graph}");
+    assert_eq!(graph["graph"]["nodes"][0]["id"], "shop/web", "{graph}");
+    let detail = get("/api/workload?id=shop%2Fweb").expect("workload");
+    assert_eq!(
+        detail["l4Policies"][0]["name"], "shop/shop-only",
+        "{detail}"
+    );
+    assert_eq!(detail["l7Policies"][0]["name"], "shop/no-admin", "{detail}");
     let _ = std::fs::remove_dir_all(&dir);
 }

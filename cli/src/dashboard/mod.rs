@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use ambit_cluster::info::ClusterInfo;
+use crate::proxies::{Cluster, Port};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
@@ -46,29 +46,62 @@ pub struct DashboardArgs {
     /// Which local cluster (`ambit-<pid>`; default: the newest).
     #[arg(long)]
     pub run: Option<String>,
+    /// The Kubernetes cluster of KUBECONFIG (proxies reached by port-forward).
+    #[arg(long)]
+    pub kube: bool,
+    /// Kubeconfig context (implies --kube).
+    #[arg(long)]
+    pub context: Option<String>,
 }
 
-/// The dashboard's state: the cluster and the recent scrapes rates are
-/// computed from.
+/// The dashboard's state: where the cluster is and the recent scrapes rates
+/// are computed from.
 struct Dashboard {
-    run: Option<String>,
+    args: DashboardArgs,
+    /// Kubernetes: one client for every request.
+    kube: Option<kube::Client>,
     history: Mutex<VecDeque<(Instant, Counters)>>,
+}
+
+impl Dashboard {
+    /// The cluster now (a local one is looked up again: it may have gone).
+    fn cluster(&self) -> anyhow::Result<Cluster> {
+        match &self.kube {
+            Some(c) => Ok(Cluster::Kube(c.clone())),
+            None => Ok(Cluster::Local(crate::inspect::local_cluster(
+                self.args.run.as_deref(),
+            )?)),
+        }
+    }
+}
+
+/// The cluster's name for the page.
+fn cluster_name(c: &Cluster) -> String {
+    match c {
+        Cluster::Local(info) => info.run.clone(),
+        Cluster::Kube(_) => "kubernetes".into(),
+    }
 }
 
 /// Serves until the process ends (or the listener fails).
 pub async fn run(args: DashboardArgs) -> anyhow::Result<()> {
     // Fail early and clearly when there is nothing to show.
-    let cluster = crate::inspect::local_cluster(args.run.as_deref())?;
+    let cluster = Cluster::choose(args.run.as_deref(), args.kube, args.context.as_deref()).await?;
+    let kube = match &cluster {
+        Cluster::Kube(c) => Some(c.clone()),
+        Cluster::Local(_) => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.address)
         .await
         .map_err(|e| anyhow::anyhow!("listening on {}: {e}", args.address))?;
     println!(
         "ambit dashboard for {} on http://{}/ (Ctrl-C to stop)",
-        cluster.run,
+        cluster_name(&cluster),
         listener.local_addr()?
     );
     let dashboard = Arc::new(Dashboard {
-        run: args.run.clone(),
+        args,
+        kube,
         history: Mutex::new(VecDeque::new()),
     });
     let scraper = dashboard.clone();
@@ -76,7 +109,7 @@ pub async fn run(args: DashboardArgs) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval(SCRAPE_EVERY);
         loop {
             tick.tick().await;
-            if let Ok(c) = crate::inspect::local_cluster(scraper.run.as_deref()) {
+            if let Ok(c) = scraper.cluster() {
                 let _ = scraper.graph(&c).await;
             }
         }
@@ -115,7 +148,7 @@ fn json_reply(v: &Value) -> Response<Full<Bytes>> {
 
 impl Dashboard {
     async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        let cluster = match crate::inspect::local_cluster(self.run.as_deref()) {
+        let cluster = match self.cluster() {
             Ok(c) => c,
             Err(e) => {
                 return reply(
@@ -129,7 +162,7 @@ impl Dashboard {
         match req.uri().path() {
             "/" => reply(StatusCode::OK, "text/html; charset=utf-8", PAGE),
             "/api/graph" => match self.graph(&cluster).await {
-                Ok(g) => json_reply(&json!({"cluster": cluster.run, "graph": g})),
+                Ok(g) => json_reply(&json!({"cluster": cluster_name(&cluster), "graph": g})),
                 Err(e) => reply(StatusCode::BAD_GATEWAY, "text/plain", format!("{e:#}")),
             },
             "/api/workload" => {
@@ -143,40 +176,35 @@ impl Dashboard {
                     Err(e) => reply(StatusCode::NOT_FOUND, "text/plain", format!("{e:#}")),
                 }
             }
-            "/api/findings" => json_reply(&findings(&cluster)),
+            "/api/findings" => json_reply(&findings(&cluster).await),
             _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found"),
         }
     }
 
     /// Nodes from node1's ztunnel; edges from every proxy's metrics, with
     /// rates against the baseline scrape.
-    async fn graph(&self, cluster: &ClusterInfo) -> anyhow::Result<Graph> {
-        let first = cluster
-            .nodes
-            .first()
-            .ok_or_else(|| anyhow::anyhow!("the cluster has no nodes"))?;
-        let dump = crate::inspect::ztunnel_dump(first).await?;
-        let waypoint_pods: Vec<String> = cluster
-            .pods
+    async fn graph(&self, cluster: &Cluster) -> anyhow::Result<Graph> {
+        let proxies = crate::proxies::list(cluster).await?;
+        let dump = crate::inspect::ztunnel_dump_on(cluster, None).await?;
+        let waypoint_pods: Vec<String> = proxies
             .iter()
-            .filter(|p| p.waypoint_for.is_some())
-            .map(|p| p.key.clone())
+            .filter(|p| p.kind == "waypoint")
+            .map(|p| p.name.clone())
             .collect();
         let nodes = graph::nodes(&dump, &waypoint_pods);
         let mut ztunnels = Vec::new();
-        for n in &cluster.nodes {
-            let text = crate::inspect::admin_text(&n.netns, n.metrics, "/metrics").await?;
-            ztunnels.push(prom::parse(&text));
-        }
         let mut waypoints = Vec::new();
-        for p in cluster.pods.iter().filter(|p| p.waypoint_for.is_some()) {
-            let addr = SocketAddr::from(([127, 0, 0, 1], waypoint::admin::METRICS));
-            let text = crate::inspect::admin_text(&p.netns, addr, "/metrics").await?;
+        for p in &proxies {
+            let text = p.get(Port::Metrics, "/metrics").await?;
+            if p.kind == "ztunnel" {
+                ztunnels.push(prom::parse(&text));
+                continue;
+            }
             // The waypoint's own workload id, as the metrics name it.
             let id = nodes
                 .iter()
-                .find(|n| n.waypoint && p.key.starts_with(&format!("{}/", n.namespace)))
-                .map_or_else(|| p.key.clone(), |n| n.id.clone());
+                .find(|n| n.waypoint && p.name.starts_with(&format!("{}/", n.namespace)))
+                .map_or_else(|| p.name.clone(), |n| n.id.clone());
             waypoints.push((id, prom::parse(&text)));
         }
         let now = Counters::read(&ztunnels, &waypoints);
@@ -231,15 +259,11 @@ fn percent_decode(s: &str) -> String {
 
 /// One workload: where it runs, its identity, the L4 policies ztunnel
 /// applies to it and, for Services behind a waypoint, the L7 ones.
-pub async fn workload_detail(cluster: &ClusterInfo, id: &str) -> anyhow::Result<Value> {
+pub async fn workload_detail(cluster: &Cluster, id: &str) -> anyhow::Result<Value> {
     let (ns, name) = id
         .split_once('/')
         .ok_or_else(|| anyhow::anyhow!("id {id:?}: write namespace/workload"))?;
-    let first = cluster
-        .nodes
-        .first()
-        .ok_or_else(|| anyhow::anyhow!("the cluster has no nodes"))?;
-    let dump = crate::inspect::ztunnel_dump(first).await?;
+    let dump = crate::inspect::ztunnel_dump_on(cluster, None).await?;
     let workload = dump["workloads"]
         .as_array()
         .into_iter()
@@ -277,8 +301,16 @@ pub async fn workload_detail(cluster: &ClusterInfo, id: &str) -> anyhow::Result<
         .unwrap_or_default();
     // L7 policies from the waypoints serving this workload's Services.
     let mut l7 = Vec::new();
-    for p in cluster.pods.iter().filter(|p| p.waypoint_for.is_some()) {
-        let Ok(d) = crate::inspect::waypoint_dump(p).await else {
+    for p in crate::proxies::list(cluster)
+        .await?
+        .iter()
+        .filter(|p| p.kind == "waypoint")
+    {
+        let Ok(d) = p
+            .get(Port::Admin, "/config_dump")
+            .await
+            .and_then(|b| Ok(serde_json::from_str::<Value>(&b)?))
+        else {
             continue;
         };
         for s in d["services"].as_array().into_iter().flatten() {
@@ -301,7 +333,7 @@ pub async fn workload_detail(cluster: &ClusterInfo, id: &str) -> anyhow::Result<
 
 /// `ambit x authz check NS/POD`: the policies that apply to the pod, each
 /// with the proxy that enforces it.
-pub async fn authz_check(cluster: &ClusterInfo, pod: &str) -> anyhow::Result<Value> {
+pub async fn authz_check(cluster: &Cluster, pod: &str) -> anyhow::Result<Value> {
     let d = workload_detail(cluster, pod).await?;
     let node = d["workload"]["node"]
         .as_str()
@@ -354,20 +386,32 @@ pub fn authz_table(report: &Value) -> String {
     crate::inspect::table(&["POLICY", "ACTION", "SCOPE", "ENFORCED BY"], &rows)
 }
 
-/// The config findings of the cluster's directory, as `ambit analyze`.
-fn findings(cluster: &ClusterInfo) -> Value {
-    let Some(dir) = &cluster.config_dir else {
-        return json!([]);
+/// The config findings, as `ambit analyze` reports them: of the local
+/// cluster's directory (placed as the cluster placed it), or of the
+/// Kubernetes cluster's objects.
+async fn findings(cluster: &Cluster) -> Value {
+    let (res, load_errors) = match cluster {
+        Cluster::Local(info) => {
+            let Some(dir) = &info.config_dir else {
+                return json!([]);
+            };
+            match crate::explain::placed(dir, Some(info)) {
+                Ok((r, _)) => (r, vec![]),
+                Err(e) => return json!([{"severity": "Error", "message": format!("{e:#}")}]),
+            }
+        }
+        Cluster::Kube(client) => match crate::live::snapshot(client.clone()).await {
+            Ok(r) => r,
+            Err(e) => return json!([{"severity": "Error", "message": format!("{e:#}")}]),
+        },
     };
-    let res = match crate::explain::placed(dir, Some(cluster)) {
-        Ok((r, _)) => r,
-        Err(e) => return json!([{"severity": "Error", "message": format!("{e:#}")}]),
-    };
+    let errors = load_errors.iter().map(|e| {
+        json!({"severity": "Error", "object": e.object, "field": "", "file": e.source_ref.to_string(), "message": e.message})
+    });
     let t = ambit_api::translate::translate(&res);
     Value::Array(
-        t.findings
-            .iter()
-            .map(|f| {
+        errors
+            .chain(t.findings.iter().map(|f| {
                 json!({
                     "severity": format!("{:?}", f.severity),
                     "object": f.object,
@@ -375,7 +419,7 @@ fn findings(cluster: &ClusterInfo) -> Value {
                     "file": f.source.to_string(),
                     "message": f.message,
                 })
-            })
+            }))
             .collect(),
     )
 }
