@@ -124,11 +124,13 @@ fn waypoint_name(v: &Value) -> String {
         .to_string()
 }
 
-/// `ambit ztunnel-config SECTION` from one node's dump.
+/// `ambit ztunnel-config SECTION` from one node's dump, only what belongs
+/// to `namespace` when given (`-n`).
 pub fn ztunnel_section(
     dump: &Value,
     section: ZtunnelSection,
     output: Output,
+    namespace: Option<&str>,
 ) -> anyhow::Result<String> {
     let key = match section {
         ZtunnelSection::Workloads => "workloads",
@@ -143,7 +145,25 @@ pub fn ztunnel_section(
             return render(dump, output);
         }
     };
-    let items = dump[key].as_array().cloned().unwrap_or_default();
+    let in_namespace = |item: &Value| {
+        let Some(ns) = namespace else { return true };
+        match section {
+            ZtunnelSection::Certificates => item["identity"]
+                .as_str()
+                .is_some_and(|id| id.contains(&format!("/ns/{ns}/"))),
+            ZtunnelSection::Connections => item["workload"]
+                .as_str()
+                .is_some_and(|w| w.starts_with(&format!("Kubernetes//Pod/{ns}/"))),
+            _ => item["namespace"] == ns,
+        }
+    };
+    let items: Vec<Value> = dump[key]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| in_namespace(i))
+        .cloned()
+        .collect();
     if output != Output::Table {
         return render(&Value::Array(items), output);
     }
@@ -406,13 +426,17 @@ mod tests {
             "policies": [{"name": "no-7000", "namespace": "shop", "action": "Deny", "scope": "WorkloadSelector", "dryRun": false}],
             "certificates": [],
         });
-        let w = ztunnel_section(&dump, ZtunnelSection::Workloads, Output::Table).unwrap();
+        let w = ztunnel_section(&dump, ZtunnelSection::Workloads, Output::Table, None).unwrap();
+        let other =
+            ztunnel_section(&dump, ZtunnelSection::Workloads, Output::Table, Some("x")).unwrap();
+        assert_eq!(other.lines().count(), 1, "only the header: {other}");
         assert_eq!(
             w,
             "NAMESPACE  POD NAME  ADDRESS     NODE   WAYPOINT  PROTOCOL\n\
              shop       web-0     10.244.2.2  node2  waypoint  HBONE\n"
         );
-        let s = ztunnel_section(&dump, ZtunnelSection::Services, Output::Table).unwrap();
+        let s =
+            ztunnel_section(&dump, ZtunnelSection::Services, Output::Table, Some("shop")).unwrap();
         assert!(
             s.lines()
                 .nth(1)
@@ -420,13 +444,13 @@ mod tests {
                 .ends_with("10.96.0.60   None      1"),
             "{s}"
         );
-        let p = ztunnel_section(&dump, ZtunnelSection::Policies, Output::Table).unwrap();
+        let p = ztunnel_section(&dump, ZtunnelSection::Policies, Output::Table, None).unwrap();
         assert!(
             p.contains("shop       no-7000      Deny    WorkloadSelector"),
             "{p}"
         );
-        let j = ztunnel_section(&dump, ZtunnelSection::Policies, Output::Json).unwrap();
+        let j = ztunnel_section(&dump, ZtunnelSection::Policies, Output::Json, None).unwrap();
         assert_eq!(serde_json::from_str::<Value>(&j).unwrap(), dump["policies"]);
-        assert!(ztunnel_section(&dump, ZtunnelSection::All, Output::Table).is_err());
+        assert!(ztunnel_section(&dump, ZtunnelSection::All, Output::Table, None).is_err());
     }
 }

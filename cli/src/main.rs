@@ -73,6 +73,9 @@ enum Command {
         /// Which node's ztunnel (default: the first).
         #[arg(long)]
         node: Option<String>,
+        /// Only what belongs to this namespace.
+        #[arg(short = 'n', long = "namespace")]
+        namespace: Option<String>,
         #[command(flatten)]
         at: ClusterArgs,
         /// Output format.
@@ -357,6 +360,7 @@ fn main() -> anyhow::Result<()> {
         Command::ZtunnelConfig {
             section,
             node,
+            namespace,
             at,
             output,
         } => rt.block_on(async {
@@ -364,7 +368,7 @@ fn main() -> anyhow::Result<()> {
             let dump = ambit::inspect::ztunnel_dump_on(&cluster, node.as_deref()).await?;
             print!(
                 "{}",
-                ambit::inspect::ztunnel_section(&dump, section, output)?
+                ambit::inspect::ztunnel_section(&dump, section, output, namespace.as_deref())?
             );
             anyhow::Ok(())
         }),
@@ -391,6 +395,9 @@ fn main() -> anyhow::Result<()> {
                 );
                 return Ok(());
             };
+            for line in rt.block_on(ambit::proxies::control_plane_versions(&cluster))? {
+                println!("{line}");
+            }
             for p in rt.block_on(ambit::inspect::proxy_status(&cluster))? {
                 println!("{} version: {}", p.name, p.version);
             }

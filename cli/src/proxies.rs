@@ -173,6 +173,42 @@ pub async fn list(cluster: &Cluster) -> anyhow::Result<Vec<Proxy>> {
     }
 }
 
+/// The control plane's version: the `ambit up` process's (local), or each
+/// controller pod's `istio_build` tag from its `:15014/metrics`
+/// (Kubernetes), as `pod: version` lines.
+pub async fn control_plane_versions(cluster: &Cluster) -> anyhow::Result<Vec<String>> {
+    match cluster {
+        Cluster::Local(info) => Ok(vec![format!(
+            "local control plane ({}): {}",
+            info.run, info.version
+        )]),
+        Cluster::Kube(client) => {
+            let pods: Api<Pod> = Api::all(client.clone());
+            let list = pods
+                .list(&ListParams::default().labels("app=ambit-controller"))
+                .await
+                .context("listing controller pods (app=ambit-controller)")?;
+            let mut out = Vec::new();
+            for p in list.items {
+                let namespace = p.metadata.namespace.clone().unwrap_or_default();
+                let name = p.metadata.name.clone().unwrap_or_default();
+                let version =
+                    match forwarded_get(client.clone(), &namespace, &name, 15014, "/metrics").await
+                    {
+                        Ok(text) => crate::dashboard::prom::parse(&text)
+                            .into_iter()
+                            .find(|s| s.name == "istio_build")
+                            .map(|s| s.label("tag").to_string())
+                            .unwrap_or_else(|| "unknown (no istio_build metric)".into()),
+                        Err(e) => format!("unreachable: {e:#}"),
+                    };
+                out.push(format!("controller {namespace}/{name}: {version}"));
+            }
+            Ok(out)
+        }
+    }
+}
+
 /// `GET path` to `pod`'s `port` through a port-forward.
 async fn forwarded_get(
     client: kube::Client,

@@ -148,6 +148,10 @@ async fn debugging_a_denied_request() {
     drop(held);
     let (_, version) = ambit(&["version", "--run", &run]);
     assert!(
+        version.contains(&format!("local control plane ({run})")),
+        "{version}"
+    );
+    assert!(
         version.contains("client version") && version.contains("ztunnel node2 version"),
         "{version}"
     );

@@ -147,6 +147,8 @@ async fn fake_proxy(dump: serde_json::Value) -> std::net::SocketAddr {
                 let head = String::from_utf8_lossy(&buf[..n]).to_string();
                 let body = if head.starts_with("GET /config_dump") {
                     dump.to_string()
+                } else if head.starts_with("GET /metrics") {
+                    "istio_build{component=\"x\",tag=\"9.9.9\"} 1\n".to_string()
                 } else {
                     "ready".to_string()
                 };
@@ -194,6 +196,13 @@ async fn proxies_through_port_forwards() {
         json!({"metadata": {"name": "waypoint-7f9", "namespace": "shop", "labels": {"gateway.networking.k8s.io/gateway-name": "waypoint"}},
                "spec": {"nodeName": "node-a", "containers": [{"name": "w", "image": "w"}]}}),
     );
+    api.insert(
+        "/api/v1",
+        "pods",
+        json!({"metadata": {"name": "ambit-controller-0", "namespace": "istio-system", "labels": {"app": "ambit-controller"}},
+               "spec": {"nodeName": "node-a", "containers": [{"name": "c", "image": "c"}]}}),
+    );
+    api.forward_pod("istio-system", "ambit-controller-0", 15014, ztunnel);
     for port in [15000, 15020, 15021] {
         api.forward_pod("istio-system", "ztunnel-x1", port, ztunnel);
         api.forward_pod("shop", "waypoint-7f9", port, waypoint);
@@ -229,6 +238,10 @@ async fn proxies_through_port_forwards() {
         .count();
     assert!(forwards >= 3, "{:#?}", api.requests());
     let (_, version) = ambit(&kubeconfig, &["version", "--kube"]);
+    assert!(
+        version.contains("controller istio-system/ambit-controller-0: 9.9.9"),
+        "{version}"
+    );
     assert!(
         version.contains("ztunnel node-a version: 9.9.9"),
         "{version}"

@@ -21,6 +21,9 @@ pub struct ClusterInfo {
     pub run: String,
     /// The `ambit up` process.
     pub pid: u32,
+    /// The version of `ambit up`, whose process runs the control plane.
+    #[serde(default)]
+    pub version: String,
     /// The directory of YAML it was started from and watches.
     pub config_dir: Option<PathBuf>,
     /// Nodes, in order.
@@ -123,6 +126,7 @@ mod tests {
         ClusterInfo {
             run: format!("ambit-{pid}"),
             pid,
+            version: "0.1.0".into(),
             config_dir: Some("/tmp/x".into()),
             nodes: vec![NodeInfo {
                 name: "node1".into(),

@@ -742,6 +742,7 @@ impl LocalCluster {
         info::ClusterInfo {
             run: self.run.clone(),
             pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").into(),
             config_dir: config_dir.map(std::path::Path::to_path_buf),
             nodes: (1..=self.nodes)
                 .map(|n| {
