@@ -50,6 +50,13 @@ pub struct ExplainArgs {
     /// Which local cluster's placement (`ambit-<pid>`; default: the newest).
     #[arg(long)]
     pub run: Option<String>,
+    /// The Kubernetes cluster of KUBECONFIG: its objects as the controller
+    /// lists them (pods as they are placed there).
+    #[arg(long)]
+    pub kube: bool,
+    /// Kubeconfig context (implies --kube).
+    #[arg(long)]
+    pub context: Option<String>,
 }
 
 /// One hop of the trace.
@@ -116,7 +123,16 @@ struct World {
 }
 
 /// Loads the config (running cluster or `dir`) and places every pod.
-fn world(dir: Option<&PathBuf>, run: Option<&str>) -> anyhow::Result<World> {
+fn world(
+    dir: Option<&PathBuf>,
+    run: Option<&str>,
+    listed: Option<Resources>,
+) -> anyhow::Result<World> {
+    if let Some(res) = listed {
+        // A Kubernetes cluster's objects: pods carry their node and IP, and
+        // waypoints run as the deployer made them.
+        return Ok(world_of(&res, vec![]));
+    }
     let cluster = match run {
         Some(_) => Some(crate::inspect::local_cluster(run)?),
         None => crate::inspect::local_cluster(None).ok(),
@@ -134,7 +150,12 @@ fn world(dir: Option<&PathBuf>, run: Option<&str>) -> anyhow::Result<World> {
     };
     let (res, placement_notes) = placed(&dir, cluster.as_ref())?;
     notes.extend(placement_notes);
-    let t = translate(&res);
+    Ok(world_of(&res, notes))
+}
+
+/// Translates `res` as the controller does, its errors as notes.
+fn world_of(res: &Resources, mut notes: Vec<String>) -> World {
+    let t = translate(res);
     for f in t
         .findings
         .iter()
@@ -142,11 +163,11 @@ fn world(dir: Option<&PathBuf>, run: Option<&str>) -> anyhow::Result<World> {
     {
         notes.push(format!("config error (fails closed): {f}"));
     }
-    Ok(World {
+    World {
         state: ProxyState::from_config(&t.config),
         l7: t.l7,
         notes,
-    })
+    }
 }
 
 /// The resources of `dir` as the cluster runs them: waypoint objects added
@@ -272,11 +293,17 @@ fn first_ip(w: &Workload) -> IpAddr {
 
 /// Explains `args`.
 pub fn explain(args: &ExplainArgs) -> anyhow::Result<Explanation> {
+    explain_in(args, None)
+}
+
+/// Explains `args` on `listed` (a Kubernetes cluster's objects) when given,
+/// else on the local cluster or `-f DIR`.
+pub fn explain_in(args: &ExplainArgs, listed: Option<Resources>) -> anyhow::Result<Explanation> {
     let World {
         state,
         l7,
         mut notes,
-    } = world(args.dir.as_ref(), args.run.as_deref())?;
+    } = world(args.dir.as_ref(), args.run.as_deref(), listed)?;
     let (client_ns, client_name) = args
         .from
         .split_once('/')

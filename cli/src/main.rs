@@ -352,7 +352,19 @@ fn main() -> anyhow::Result<()> {
                 anyhow::Ok(())
             }),
             XAction::Explain(args) => {
-                let e = ambit::explain::explain(&args)?;
+                let listed = if args.kube || args.context.is_some() {
+                    Some(rt.block_on(async {
+                        let client = ambit::live::client(args.context.as_deref()).await?;
+                        let (resources, errors) = ambit::live::snapshot(client).await?;
+                        for e in &errors {
+                            eprintln!("not read (left out): {e}");
+                        }
+                        anyhow::Ok(resources)
+                    })?)
+                } else {
+                    None
+                };
+                let e = ambit::explain::explain_in(&args, listed)?;
                 print!("{}", e.text());
                 std::process::exit(if e.delivered { 0 } else { 1 })
             }

@@ -72,6 +72,43 @@ async fn analyze_and_waypoints_on_a_kubernetes_cluster() {
     assert!(out.contains("AuthorizationPolicy shop/bad-cidr"), "{out}");
     assert!(out.contains("ipBlocks"), "{out}");
 
+    // explain on the cluster's own objects: the broken DENY fails closed,
+    // and the refusal and the error both say so.
+    for (name, ip, node, sa) in [
+        ("client", "10.1.0.2", "n1", "client"),
+        ("web-0", "10.1.0.3", "n2", "web"),
+    ] {
+        api.insert(
+            "/api/v1",
+            "pods",
+            json!({"metadata": {"name": name, "namespace": "shop", "labels": {"app": name}},
+                   "spec": {"nodeName": node, "serviceAccountName": sa, "containers": [{"name": "c", "image": "c"}]},
+                   "status": {"podIP": ip, "phase": "Running"}}),
+        );
+    }
+    let (code, why) = ambit(
+        &kubeconfig,
+        &[
+            "x",
+            "explain",
+            "--kube",
+            "--from",
+            "shop/client",
+            "--to",
+            "shop/web-0:8080",
+        ],
+    );
+    println!("$ ambit x explain --kube --from shop/client --to shop/web-0:8080\n{why}");
+    assert_eq!(code, 1, "{why}");
+    assert!(
+        why.contains("REFUSED: connection closed due to policy rejection: explicitly denied by: shop/bad-cidr"),
+        "{why}"
+    );
+    assert!(
+        why.contains("config error (fails closed)") && why.contains("ipBlocks"),
+        "{why}"
+    );
+
     // waypoint list: only the waypoint class.
     let (code, list) = ambit(&kubeconfig, &["waypoint", "list", "-A", "--kube"]);
     println!("$ ambit waypoint list -A --kube\n{list}");
