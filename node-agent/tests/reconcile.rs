@@ -88,7 +88,10 @@ async fn namespace_labels_enrol_and_release_running_pods() {
     // `kubectl label namespace demo istio.io/dataplane-mode=ambient`.
     let pass = reconciler.reconcile(&resources("istio.io/dataplane-mode: ambient", ""));
     assert_eq!(pass.enrolled, vec![old.clone()], "{pass:?}");
-    assert_eq!(z.enrolled(), vec![old.clone()], "ztunnel has it");
+    // ztunnel has it: at once when its ZDS connection was up, else with the
+    // snapshot it gets when it connects (the agent keeps what it added while
+    // ztunnel was away), so wait rather than race the connect.
+    ambit_e2e::wait_for("ztunnel has it", || z.enrolled() == vec![old.clone()]).await;
     // The pod whose IP no namespace here holds is reported, not guessed.
     assert_eq!(pass.failed.len(), 1, "{pass:?}");
     assert!(pass.failed[0].0.ends_with("/lost") && pass.failed[0].1.contains("10.79.1.99"));
@@ -99,7 +102,7 @@ async fn namespace_labels_enrol_and_release_running_pods() {
     // The label goes: released.
     let pass = reconciler.reconcile(&resources("", ""));
     assert_eq!(pass.released, vec![old.clone()]);
-    assert!(z.enrolled().is_empty(), "{:?}", z.enrolled());
+    ambit_e2e::wait_for("ztunnel released it", || z.enrolled().is_empty()).await;
 
     // The pod opts out in an ambient namespace.
     let pass = reconciler.reconcile(&resources(
