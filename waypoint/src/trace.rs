@@ -319,7 +319,7 @@ impl Tracers {
             }
         };
         let socket = self.socket.clone();
-        let connector = tower_service_fn(move |_uri: http::Uri| {
+        let connector = tower::service_fn(move |_uri: http::Uri| {
             let socket = socket.clone();
             async move {
                 let s = match &socket {
@@ -378,40 +378,6 @@ async fn batch_loop(
         if let Err(e) = exporter.export(std::mem::take(&mut batch)).await {
             warn!(%endpoint, spans = n, error = %e, "OTLP export failed; spans dropped");
         }
-    }
-}
-
-/// A `tower::Service` from a closure (tonic's connector type).
-fn tower_service_fn<F, Fut, T>(f: F) -> ServiceFn<F>
-where
-    F: FnMut(http::Uri) -> Fut,
-    Fut: std::future::Future<Output = Result<T, std::io::Error>>,
-{
-    ServiceFn(f)
-}
-
-/// See [`tower_service_fn`].
-#[derive(Clone)]
-struct ServiceFn<F>(F);
-
-impl<F, Fut, T> tower_service::Service<http::Uri> for ServiceFn<F>
-where
-    F: FnMut(http::Uri) -> Fut,
-    Fut: std::future::Future<Output = Result<T, std::io::Error>>,
-{
-    type Response = T;
-    type Error = std::io::Error;
-    type Future = Fut;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        (self.0)(uri)
     }
 }
 

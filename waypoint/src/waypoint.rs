@@ -120,7 +120,7 @@ impl Waypoint {
         let certs = cfg.certs.clone();
         let id = cfg.identity.clone();
         let cert_source = Arc::new(move || certs.get(&id).map_err(|e| e.to_string()));
-        let name_for_spans = cfg.name.clone();
+        let tracers = crate::trace::Tracers::new(span_service_name(&cfg.name), cfg.socket.clone());
         Arc::new_cyclic(|me| Waypoint {
             upstreams: Upstreams::new(pool, cert_source, cfg.socket.clone()),
             name: cfg.name,
@@ -134,10 +134,7 @@ impl Waypoint {
             synced: AtomicBool::new(false),
             drain: drain::channel().0,
             self_ref: me.clone(),
-            tracers: crate::trace::Tracers::new(
-                span_service_name(&name_for_spans),
-                cfg.socket.clone(),
-            ),
+            tracers,
         })
     }
 
