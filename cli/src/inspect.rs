@@ -329,11 +329,7 @@ pub async fn proxy_status(cluster: &crate::proxies::Cluster) -> anyhow::Result<V
     let mut out = Vec::new();
     for p in crate::proxies::list(cluster).await? {
         let ready = p.get(Port::Readiness, "/healthz/ready").await.is_ok();
-        let dump = match p.get(Port::Admin, "/config_dump").await {
-            Ok(body) => serde_json::from_str::<Value>(&body).map_err(anyhow::Error::from),
-            Err(e) => Err(e),
-        };
-        let (config, version) = match dump {
+        let (config, version) = match p.config_dump().await {
             Ok(d) if p.kind == "ztunnel" => {
                 let n = |k: &str| d[k].as_array().map_or(0, Vec::len);
                 (
@@ -374,8 +370,15 @@ pub async fn ztunnel_dump_on(
     cluster: &crate::proxies::Cluster,
     node: Option<&str>,
 ) -> anyhow::Result<Value> {
-    let all = crate::proxies::list(cluster).await?;
-    let ztunnels: Vec<_> = all.iter().filter(|p| p.kind == "ztunnel").collect();
+    ztunnel_dump_in(&crate::proxies::list(cluster).await?, node).await
+}
+
+/// [`ztunnel_dump_on`] among proxies already listed.
+pub async fn ztunnel_dump_in(
+    proxies: &[crate::proxies::Proxy],
+    node: Option<&str>,
+) -> anyhow::Result<Value> {
+    let ztunnels: Vec<_> = proxies.iter().filter(|p| p.kind == "ztunnel").collect();
     let chosen = match node {
         Some(n) => ztunnels.iter().find(|p| p.node == n).ok_or_else(|| {
             let names: Vec<&str> = ztunnels.iter().map(|p| p.node.as_str()).collect();
@@ -385,10 +388,7 @@ pub async fn ztunnel_dump_on(
             .first()
             .ok_or_else(|| anyhow::anyhow!("no ztunnel found (pods labelled app=ztunnel)"))?,
     };
-    let body = chosen
-        .get(crate::proxies::Port::Admin, "/config_dump")
-        .await?;
-    serde_json::from_str(&body).with_context(|| format!("{} /config_dump", chosen.name))
+    chosen.config_dump().await
 }
 
 /// `proxy-status` as a table.

@@ -82,6 +82,12 @@ enum Endpoint {
 }
 
 impl Proxy {
+    /// Its `/config_dump`, parsed.
+    pub async fn config_dump(&self) -> anyhow::Result<serde_json::Value> {
+        let body = self.get(Port::Admin, "/config_dump").await?;
+        serde_json::from_str(&body).with_context(|| format!("{} /config_dump", self.name))
+    }
+
     /// GETs `path` on `port` and returns the body of a 200 answer.
     pub async fn get(&self, port: Port, path: &str) -> anyhow::Result<String> {
         match &self.at {

@@ -92,8 +92,10 @@ pub fn nodes(dump: &Value, waypoints: &[String]) -> Vec<Node> {
             } else {
                 s("serviceAccount")
             };
+            // Istio's defaults, as `Workload::identity` applies them (read
+            // field by field: a dump from another version still draws).
             let td = if s("trustDomain").is_empty() {
-                "cluster.local".to_string()
+                ambit_identity::DEFAULT_TRUST_DOMAIN.to_string()
             } else {
                 s("trustDomain")
             };

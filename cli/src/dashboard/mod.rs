@@ -185,7 +185,7 @@ impl Dashboard {
     /// rates against the baseline scrape.
     async fn graph(&self, cluster: &Cluster) -> anyhow::Result<Graph> {
         let proxies = crate::proxies::list(cluster).await?;
-        let dump = crate::inspect::ztunnel_dump_on(cluster, None).await?;
+        let dump = crate::inspect::ztunnel_dump_in(&proxies, None).await?;
         let waypoint_pods: Vec<String> = proxies
             .iter()
             .filter(|p| p.kind == "waypoint")
@@ -263,7 +263,8 @@ pub async fn workload_detail(cluster: &Cluster, id: &str) -> anyhow::Result<Valu
     let (ns, name) = id
         .split_once('/')
         .ok_or_else(|| anyhow::anyhow!("id {id:?}: write namespace/workload"))?;
-    let dump = crate::inspect::ztunnel_dump_on(cluster, None).await?;
+    let proxies = crate::proxies::list(cluster).await?;
+    let dump = crate::inspect::ztunnel_dump_in(&proxies, None).await?;
     let workload = dump["workloads"]
         .as_array()
         .into_iter()
@@ -281,19 +282,19 @@ pub async fn workload_detail(cluster: &Cluster, id: &str) -> anyhow::Result<Valu
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|p| {
+        .filter_map(|p| {
             let key = format!(
                 "{}/{}",
                 p["namespace"].as_str().unwrap_or_default(),
                 p["name"].as_str().unwrap_or_default()
             );
-            match p["scope"].as_str() {
+            let applies = match p["scope"].as_str() {
                 Some("Global") => true,
                 Some("Namespace") => p["namespace"] == ns,
                 _ => listed.contains(&key.as_str()),
-            }
+            };
+            applies.then(|| json!({"name": key, "action": p["action"], "scope": p["scope"]}))
         })
-        .map(|p| json!({"name": format!("{}/{}", p["namespace"].as_str().unwrap_or_default(), p["name"].as_str().unwrap_or_default()), "action": p["action"], "scope": p["scope"]}))
         .collect();
     let services: Vec<String> = workload["services"]
         .as_object()
@@ -301,16 +302,8 @@ pub async fn workload_detail(cluster: &Cluster, id: &str) -> anyhow::Result<Valu
         .unwrap_or_default();
     // L7 policies from the waypoints serving this workload's Services.
     let mut l7 = Vec::new();
-    for p in crate::proxies::list(cluster)
-        .await?
-        .iter()
-        .filter(|p| p.kind == "waypoint")
-    {
-        let Ok(d) = p
-            .get(Port::Admin, "/config_dump")
-            .await
-            .and_then(|b| Ok(serde_json::from_str::<Value>(&b)?))
-        else {
+    for p in proxies.iter().filter(|p| p.kind == "waypoint") {
+        let Ok(d) = p.config_dump().await else {
             continue;
         };
         for s in d["services"].as_array().into_iter().flatten() {
