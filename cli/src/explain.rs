@@ -472,8 +472,7 @@ pub fn explain_in(args: &ExplainArgs, listed: Option<Resources>) -> anyhow::Resu
                 ),
                 refused: None,
             });
-            if let Some(up) = v.upstream.as_deref() {
-                let host = up.split_whitespace().next().unwrap_or(up);
+            if let Some(host) = v.upstream_host.as_deref() {
                 let port = dst_addr.port();
                 if let Some(s) = state.service(&format!(
                     "{}/{host}",

@@ -47,6 +47,8 @@ pub struct Verdict {
     pub route: Option<String>,
     /// Where it goes upstream: `host` (with `subset` and `port` when given).
     pub upstream: Option<String>,
+    /// The upstream's host alone (the Service the request is sent to).
+    pub upstream_host: Option<String>,
     /// What was not decided (faults, splits, rate limits).
     pub notes: Vec<String>,
 }
@@ -62,6 +64,7 @@ pub fn explain(state: &WaypointState, conn: &ConnInfo, req: &ExplainRequest) -> 
         authorization: String::new(),
         route: None,
         upstream: None,
+        upstream_host: None,
         notes: vec![],
     };
     let Some((svc, via_vip)) = state.for_destination(conn.dst.ip()) else {
@@ -143,6 +146,7 @@ pub fn explain(state: &WaypointState, conn: &ConnInfo, req: &ExplainRequest) -> 
     }
     let Some(route) = selected.route else {
         v.upstream = Some(svc.service().hostname.clone());
+        v.upstream_host = v.upstream.clone();
         return v;
     };
     v.route = Some(if route.name.is_empty() {
@@ -174,21 +178,24 @@ pub fn explain(state: &WaypointState, conn: &ConnInfo, req: &ExplainRequest) -> 
             route.route.len()
         ));
     }
-    v.upstream = Some(
-        match selected.destination.and_then(|d| d.destination.as_ref()) {
-            Some(d) => {
-                let mut s = d.host.clone();
-                if !d.subset.is_empty() {
-                    s.push_str(&format!(" subset {}", d.subset));
-                }
-                if d.port != 0 {
-                    s.push_str(&format!(" port {}", d.port));
-                }
-                s
+    let (host, upstream) = match selected.destination.and_then(|d| d.destination.as_ref()) {
+        Some(d) => {
+            let mut s = d.host.clone();
+            if !d.subset.is_empty() {
+                s.push_str(&format!(" subset {}", d.subset));
             }
-            None => svc.service().hostname.clone(),
-        },
-    );
+            if d.port != 0 {
+                s.push_str(&format!(" port {}", d.port));
+            }
+            (d.host.clone(), s)
+        }
+        None => (
+            svc.service().hostname.clone(),
+            svc.service().hostname.clone(),
+        ),
+    };
+    v.upstream = Some(upstream);
+    v.upstream_host = Some(host);
     v
 }
 
