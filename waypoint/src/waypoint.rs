@@ -519,9 +519,11 @@ impl Waypoint {
         let this = self.clone();
         let client = conn.client;
         let dst = conn.dst;
+        // Only a sampled span takes the Service's tracing config along (an
+        // unsampled one only propagated its context).
         let traced = span
             .filter(crate::trace::RequestSpan::sampled)
-            .zip(svc.and_then(|s| s.service().tracing.clone()));
+            .and_then(|sp| Some((sp, svc?.service().tracing.clone()?)));
         // Telemetry `accessLogging` (or the mesh config) decides per Service;
         // a request no Service took is always logged.
         let access_log = svc.is_none_or(|s| s.service().access_log.is_some());
