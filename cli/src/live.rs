@@ -74,6 +74,20 @@ pub struct WaypointRow {
     pub message: String,
 }
 
+/// A Gateway status's `Programmed` condition: its status (`True`, ...) and
+/// `reason: message`, as `istioctl waypoint status` shows them.
+pub fn programmed(status: &Value) -> Option<(String, String)> {
+    let c = status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Programmed")?;
+    let text = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+    Some((
+        text("status"),
+        format!("{}: {}", text("reason"), text("message")),
+    ))
+}
+
 /// The row of a Gateway object (`None` when it is not a waypoint).
 pub fn waypoint_row(gateway: &Value) -> Option<WaypointRow> {
     if gateway["spec"]["gatewayClassName"] != "istio-waypoint" {
@@ -81,9 +95,12 @@ pub fn waypoint_row(gateway: &Value) -> Option<WaypointRow> {
     }
     let meta = &gateway["metadata"];
     let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
-    let programmed = gateway["status"]["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == "Programmed"));
+    let (programmed, message) = programmed(&gateway["status"]).unwrap_or_else(|| {
+        (
+            "Unknown".into(),
+            "no status yet (is the controller running?)".into(),
+        )
+    });
     Some(WaypointRow {
         namespace: text(&meta["namespace"]),
         name: text(&meta["name"]),
@@ -91,10 +108,8 @@ pub fn waypoint_row(gateway: &Value) -> Option<WaypointRow> {
             .as_str()
             .unwrap_or("service")
             .to_string(),
-        programmed: programmed.map_or_else(|| "Unknown".into(), |c| text(&c["status"])),
-        message: programmed
-            .map(|c| format!("{}: {}", text(&c["reason"]), text(&c["message"])))
-            .unwrap_or_else(|| "no status yet (is the controller running?)".into()),
+        programmed,
+        message,
     })
 }
 

@@ -424,18 +424,8 @@ fn main() -> anyhow::Result<()> {
 /// A Gateway status's `Programmed` condition as one line, as `istioctl
 /// waypoint status` shows it: status, reason, message.
 fn condition_line(status: &serde_json::Value) -> String {
-    status["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == "Programmed"))
-        .map(|c| {
-            let text = |k: &str| c[k].as_str().unwrap_or_default().to_string();
-            format!(
-                "Programmed={} {}: {}",
-                text("status"),
-                text("reason"),
-                text("message")
-            )
-        })
+    ambit::live::programmed(status)
+        .map(|(status, message)| format!("Programmed={status} {message}"))
         .unwrap_or_else(|| "no status".into())
 }
 
